@@ -1,0 +1,12 @@
+# libFuzzer targets, one per parser, each built from the parser's own sources
+# so that clang needs none of the rest of the project.
+# Run one: build/fuzz/fuzz_gguf tests/fuzz/gguf/corpus -max_total_time=60
+set(FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -g -O1)
+
+add_executable(fuzz_gguf
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/gguf/fuzz_gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/common/result.cc)
+target_include_directories(fuzz_gguf PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_compile_options(fuzz_gguf PRIVATE ${FUZZ_FLAGS})
+target_link_options(fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined)

@@ -1,14 +1,33 @@
-# Libraries shared by the command, the tests and the benchmarks.
+# Libraries shared by the command, the tests and the benchmarks. The engine is
+# split so that each part builds (and its tests run) with only what it needs.
 
 file(GLOB IDLEFLEET_COMMON_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/common/*.cc)
 add_library(idlefleet_common STATIC ${IDLEFLEET_COMMON_SOURCES})
 target_include_directories(idlefleet_common PUBLIC ${PROJECT_SOURCE_DIR}/src)
 
+# The file format and the weight formats.
+add_library(idlefleet_gguf STATIC
+  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/quant.cc)
+target_link_libraries(idlefleet_gguf PUBLIC idlefleet_common)
+
+# Text in and out: tokenizer, detokenizer, sampler.
+add_library(idlefleet_text STATIC
+  ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc)
+target_link_libraries(idlefleet_text PUBLIC idlefleet_gguf)
+
+# Everything else: kernels, forward pass, sessions, model tools.
 file(GLOB IDLEFLEET_ENGINE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/engine/*.cc)
+list(REMOVE_ITEM IDLEFLEET_ENGINE_SOURCES
+  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/quant.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc)
 add_library(idlefleet_engine STATIC ${IDLEFLEET_ENGINE_SOURCES})
-target_link_libraries(idlefleet_engine PUBLIC idlefleet_common Threads::Threads nlohmann_json::nlohmann_json)
+target_link_libraries(idlefleet_engine PUBLIC idlefleet_text Threads::Threads nlohmann_json::nlohmann_json)
 # Per-ISA kernels: each file is compiled for its instruction set only and is
-# called only after a run-time CPU check (engine/cpu.h).
+# called only after a run-time CPU check (engine/kernels.h).
 set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/kernels_avx2.cc
   PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
 set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/kernels_avx512.cc

@@ -1,0 +1,30 @@
+// The `idlefleet` subcommands. Each file in src/cli/ adds one command (or one
+// group) to the CLI11 application; main.cc wires them together and turns
+// exceptions and errors into exit codes at the process boundary.
+//
+// Exit codes: 0 success, 1 a runtime error (printed as "error: ..."), 2 a
+// usage error (CLI11 prints the help line).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace idlefleet::cli {
+
+// `idlefleet model inspect FILE`
+void add_model_inspect(CLI::App& model);
+// `idlefleet model convert-llama2c CHECKPOINT --tokenizer TOK -o OUT.gguf`
+void add_model_convert_llama2c(CLI::App& model);
+// `idlefleet model quantize IN OUT --type q8_0|q4_0|f16`
+void add_model_quantize(CLI::App& model);
+// `idlefleet model synth --shape tiny110m|tinyllama1b --type ... -o OUT`
+void add_model_synth(CLI::App& model);
+// `idlefleet run -m MODEL -p PROMPT ...`
+void add_run(CLI::App& app);
+
+// Thrown by command callbacks for a runtime failure; main prints it as
+// "error: <message>" and exits 1.
+struct CommandError {
+  std::string message;
+};
+
+}  // namespace idlefleet::cli

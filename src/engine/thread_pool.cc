@@ -1,0 +1,81 @@
+#include "engine/thread_pool.h"
+
+#include <immintrin.h>
+
+#include "common/check.h"
+
+namespace idlefleet::engine {
+
+namespace {
+// Spin iterations before a worker sleeps; about 50 microseconds.
+constexpr int kSpinIterationsMax = 20000;
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  CHECK(threads >= 1 && threads <= kThreadsMax);
+  workers_.reserve(static_cast<size_t>(threads - 1));
+  for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { worker_main(t); });
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  generation_.fetch_add(1);
+  generation_.notify_all();
+  for (auto& w : workers_) w.join();
+}
+
+void ThreadPool::run_range(int thread) {
+  const int64_t threads = size();
+  const int64_t begin = n_ * thread / threads;
+  const int64_t end = n_ * (thread + 1) / threads;
+  if (begin < end) (*fn_)(begin, end, thread);
+}
+
+void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
+  if (n <= 0) return;
+  if (workers_.empty() || n == 1) {
+    fn(0, n, 0);
+    return;
+  }
+  fn_ = &fn;
+  n_ = n;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  run_range(0);
+  int spins = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    if (++spins < kSpinIterationsMax) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  fn_ = nullptr;
+}
+
+void ThreadPool::worker_main(int thread) {
+  uint64_t seen = 0;
+  for (;;) {
+    int spins = 0;
+    uint64_t g;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < kSpinIterationsMax) {
+        _mm_pause();
+      } else {
+        generation_.wait(seen, std::memory_order_acquire);
+      }
+    }
+    seen = g;
+    if (stop_.load()) return;
+    run_range(thread);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+int default_thread_count() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n > kThreadsMax ? kThreadsMax : n);
+}
+
+}  // namespace idlefleet::engine

@@ -1,6 +1,120 @@
+// `idlefleet run`: generate text from a prompt on this machine.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
 #include "cli/commands.h"
+#include "cli/model_locator.h"
+#include "engine/model.h"
+#include "engine/session.h"
+#include "engine/tokenizer.h"
 
 namespace idlefleet::cli {
-// Placeholder while this command is being written; replaced in the same session.
-void add_run(CLI::App& app) { (void)app; }
+
+namespace {
+
+struct RunOptions {
+  std::string model;
+  std::string prompt = "Once upon a time";
+  int64_t tokens = 256;
+  engine::SamplerParams sampler;
+  int threads = 0;
+  int64_t context = 0;
+  std::string export_session;
+  std::string resume_session;
+  bool quiet = false;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CommandError{"cannot read " + path};
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+void run(const RunOptions& o) {
+  const std::string path = locate_model(o.model, !o.quiet);
+  auto model = engine::Model::load(path);
+  if (!model) throw CommandError{model.error().to_string()};
+  const engine::Model& m = **model;
+  const int threads = o.threads > 0 ? o.threads : engine::default_thread_count();
+  engine::ThreadPool pool(threads);
+  engine::Context ctx(m, o.context, &pool);
+  engine::Generator gen(m, ctx);
+  const engine::Tokenizer& tok = m.tokenizer();
+
+  if (!o.resume_session.empty()) {
+    auto state = engine::SessionState::from_json(read_file(o.resume_session));
+    if (!state) throw CommandError{o.resume_session + ": " + state.error().to_string()};
+    auto st = gen.resume(*state);
+    if (!st) throw CommandError{st.error().to_string()};
+  } else {
+    std::vector<int32_t> ids = tok.encode(o.prompt, tok.add_bos());
+    if (ids.empty()) ids.push_back(tok.bos());
+    // Stop at end of sequence, and at a new beginning (llama2.c's rule).
+    auto st = gen.start(std::move(ids), o.sampler, o.tokens, {tok.eos(), tok.bos()});
+    if (!st) throw CommandError{st.error().to_string()};
+  }
+
+  engine::Detokenizer detok(tok);
+  for (int32_t id : gen.state().prompt_ids) write(detok.push(id));
+  for (int32_t id : gen.state().produced_ids) write(detok.push(id));
+  for (;;) {
+    auto next = gen.next();
+    if (!next) throw CommandError{next.error().to_string()};
+    if (*next < 0) break;
+    write(detok.push(*next));
+  }
+  write(detok.flush());
+  write("\n");
+
+  if (!o.export_session.empty()) {
+    std::ofstream out(o.export_session, std::ios::binary | std::ios::trunc);
+    out << gen.state().to_json() << "\n";
+    if (!out) throw CommandError{"cannot write " + o.export_session};
+  }
+  const int64_t produced = static_cast<int64_t>(gen.state().produced_ids.size());
+  const double prefill_tps = gen.prefill_seconds() > 0 ? gen.prefill_tokens() / gen.prefill_seconds() : 0.0;
+  const double decode_tps = gen.decode_seconds() > 0 ? (produced - 1) / gen.decode_seconds() : 0.0;
+  std::fprintf(stderr,
+               "prefill: %lld tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s | %d threads, %s kernels\n",
+               static_cast<long long>(gen.prefill_tokens()), prefill_tps, static_cast<long long>(produced),
+               decode_tps, threads, ctx.kernels().name);
+}
+
+}  // namespace
+
+void add_run(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt with a local model");
+  cmd->add_option("-m,--model", o->model, "GGUF model file (default: $IDLEFLEET_MODEL or the bundled test model)");
+  cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->capture_default_str();
+  cmd->add_option("-n,--tokens", o->tokens, "Tokens to generate at most (0: until the context is full)")
+      ->check(CLI::Range(int64_t{0}, engine::kModelContextMax))->capture_default_str();
+  cmd->add_option("--temp", o->sampler.temperature, "Temperature; 0 is greedy")->check(CLI::Range(0.0f, engine::kTemperatureMax))->capture_default_str();
+  cmd->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--top-p", o->sampler.top_p, "Nucleus sampling mass (1: off)")->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--min-p", o->sampler.min_p, "Drop tokens below min-p x the top probability (0: off)")->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--repeat-penalty", o->sampler.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(0.0f, engine::kRepeatPenaltyMax));
+  cmd->add_option("--repeat-last-n", o->sampler.repeat_last_n, "Tokens the penalty looks back over")->check(CLI::Range(0, engine::kRepeatLastNMax));
+  cmd->add_option("--seed", o->sampler.seed, "Sampling seed");
+  cmd->add_option("-t,--threads", o->threads, "Threads (default: all hardware threads)")->check(CLI::Range(1, engine::kThreadsMax));
+  cmd->add_option("-c,--ctx", o->context, "Context length (default: the model's)")->check(CLI::Range(int64_t{0}, engine::kModelContextMax));
+  cmd->add_option("--export-session", o->export_session, "Write the finished session (ids, sampler, seed) as JSON to this file");
+  cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
+  cmd->add_flag("-q,--quiet", o->quiet, "Say nothing on stderr about locating the model");
+  cmd->callback([o] {
+    if (auto v = o->sampler.validate(); !v) throw CommandError{v.error().to_string()};
+    run(*o);
+  });
+}
+
 }  // namespace idlefleet::cli

@@ -18,6 +18,8 @@ void add_model_convert_llama2c(CLI::App& model);
 void add_model_quantize(CLI::App& model);
 // `idlefleet model synth --shape tiny110m|tinyllama1b --type ... -o OUT`
 void add_model_synth(CLI::App& model);
+// `idlefleet model pull URL [-o FILE]`
+void add_model_pull(CLI::App& model);
 // `idlefleet run -m MODEL -p PROMPT ...`
 void add_run(CLI::App& app);
 

@@ -9,12 +9,13 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "idlefleet 0.1.0");
 
-  CLI::App* model = app.add_subcommand("model", "Model tools: inspect, convert, quantize, synthesise");
+  CLI::App* model = app.add_subcommand("model", "Model tools: inspect, convert, quantize, synthesise, pull");
   model->require_subcommand(1);
   idlefleet::cli::add_model_inspect(*model);
   idlefleet::cli::add_model_convert_llama2c(*model);
   idlefleet::cli::add_model_quantize(*model);
   idlefleet::cli::add_model_synth(*model);
+  idlefleet::cli::add_model_pull(*model);
   idlefleet::cli::add_run(app);
 
   try {

@@ -7,8 +7,10 @@
 namespace idlefleet::engine {
 
 namespace {
-// Spin iterations before a worker sleeps; about 50 microseconds.
-constexpr int kSpinIterationsMax = 20000;
+// Spin iterations before a waiting thread sleeps on a futex: a few
+// microseconds, enough to cover the gap between a decode step's loops without
+// burning a core that an oversubscribed machine needs for the workers.
+constexpr int kSpinIterationsMax = 2000;
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -44,11 +46,11 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
   generation_.notify_all();
   run_range(0);
   int spins = 0;
-  while (pending_.load(std::memory_order_acquire) != 0) {
+  for (int left; (left = pending_.load(std::memory_order_acquire)) != 0;) {
     if (++spins < kSpinIterationsMax) {
       _mm_pause();
     } else {
-      std::this_thread::yield();
+      pending_.wait(left, std::memory_order_acquire);
     }
   }
   fn_ = nullptr;
@@ -69,7 +71,7 @@ void ThreadPool::worker_main(int thread) {
     seen = g;
     if (stop_.load()) return;
     run_range(thread);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
 

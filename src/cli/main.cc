@@ -21,7 +21,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 prints the message (or the help); usage errors exit 2 as
+    // documented in commands.h, whatever CLI11's own code for them.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   } catch (const idlefleet::cli::CommandError& e) {
     std::fprintf(stderr, "error: %s\n", e.message.c_str());
     return 1;

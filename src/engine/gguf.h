@@ -34,6 +34,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <variant>
 #include <vector>
 
@@ -121,6 +123,9 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
   uint64_t file_bytes() const { return bytes_.size(); }
+  // Where the data section starts: the end of the tensor directory, aligned.
+  // It exceeds file_bytes() only in a file without tensors, whose final
+  // padding is optional.
   uint64_t data_offset() const { return data_offset_; }
 
   const std::vector<GgufKv>& metadata() const { return kvs_; }
@@ -140,6 +145,10 @@ class GgufFile {
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(std::string_view name) const;
+  // Hands the mapped pages wholly inside [data, data + bytes) back to the
+  // page cache (madvise DONTNEED), after the caller copied what it needs;
+  // touching them again reads them back in. No-op for from_memory files.
+  void release_pages(const uint8_t* data, size_t bytes) const;
   // REQUIRES: `t` is one of tensors().
   const uint8_t* tensor_data(const GgufTensorInfo& t) const {
     return bytes_.data() + data_offset_ + t.offset;
@@ -157,10 +166,21 @@ class GgufFile {
   uint64_t data_offset_ = 0;
   std::vector<GgufKv> kvs_;
   std::vector<GgufTensorInfo> tensors_;
+  // Name -> index, for find() and find_tensor(). The views point into kvs_ and
+  // tensors_, which never change after parse().
+  std::unordered_map<std::string_view, size_t> kv_index_;
+  std::unordered_map<std::string_view, size_t> tensor_index_;
 };
 
 // Builds a GGUF v3 file. Keys and tensor names must be unique; tensors are
 // laid out in the order added, each aligned.
+//
+// The add_* calls cannot fail on the spot; a mistake in one (a duplicate key,
+// a string or array over the reader's limits) is remembered and returned by
+// write(), so the writer never produces a file that GgufFile refuses.
+// general.alignment belongs to the writer: the constructor's alignment is
+// written (when not the default) and an add_* of that key is ignored, so the
+// file always states the alignment its data really has.
 class GgufWriter {
  public:
   explicit GgufWriter(uint32_t alignment = kGgufDefaultAlignment);
@@ -184,8 +204,11 @@ class GgufWriter {
   // Serialises everything; writes to a temporary file and renames it into
   // place so that a failed write never leaves a half file under `path`.
   Status write(const std::string& path) const;
-  // The same bytes, in memory (tests).
+  // The same bytes, in memory (tests). It does not report the remembered
+  // error that write() would return.
   std::vector<uint8_t> serialize() const;
+  // The first error remembered from an add_* call (ok when none).
+  const Status& status() const { return status_; }
 
  private:
   struct PendingTensor {
@@ -194,11 +217,21 @@ class GgufWriter {
     std::vector<uint64_t> dims;
     std::vector<uint8_t> data;
   };
+  // Starts a metadata entry: checks the key and writes it with its type.
+  // False when the entry is to be skipped (general.alignment, or an error).
+  bool begin_kv(const std::string& key, GgufValueType type);
+  void fail(ErrorCode code, std::string message);
+  // Everything before the tensor data: header, metadata, tensor directory
+  // and the padding up to the data section.
+  std::vector<uint8_t> serialize_directory() const;
+
   uint32_t alignment_;
   std::vector<uint8_t> kv_bytes_;  // serialised metadata entries
   uint64_t kv_count_ = 0;
-  std::vector<std::string> keys_;
+  std::unordered_set<std::string> keys_;
+  std::unordered_set<std::string> tensor_names_;
   std::vector<PendingTensor> tensors_;
+  Status status_;  // first error from an add_* call
 };
 
 // Bytes of a tensor of `type` with `elements` elements; 0 when the element

@@ -54,8 +54,17 @@ struct QuantizedRows {
   const int32_t* row_sum4(int64_t c) const { return sum4.data() + c * (n / 4); }
 };
 
-// A view of a weight matrix: `rows` rows of `cols` elements, row-major, each
-// row `row_bytes` long in `type`'s layout.
+// A view of a weight matrix of `rows` rows of `cols` elements, each row
+// `row_bytes` long in `type`'s block layout.
+//
+// F32 and F16 matrices are row-major, as in the file. Q8_0 and Q4_0 matrices
+// are interleaved in groups of 8 rows (repacked at load, see
+// interleave_rows): group g holds rows 8g..8g+7 (rows past the end are zero),
+// and for each 32-element block j it stores the 8 rows' f16 scales, then the
+// 8 rows' quants (32 bytes each for Q8_0, 16 for Q4_0):
+//   group g, block j: u16 d[8] | qs[row 0] | qs[row 1] | ... | qs[row 7]
+// A tile of 8 rows thus reads one contiguous stream, and the 8 scales convert
+// with one instruction. The group is exactly 8 rows' bytes: no extra memory.
 struct WeightView {
   TensorType type = TensorType::kF32;
   const uint8_t* data = nullptr;
@@ -64,13 +73,24 @@ struct WeightView {
   size_t row_bytes = 0;
 };
 
+inline constexpr int64_t kInterleaveRows = 8;
+
+// Bytes of a quantised matrix in the interleaved layout (rows rounded up to 8).
+size_t interleaved_bytes(TensorType type, int64_t rows, int64_t cols);
+// Repacks a row-major Q8_0 or Q4_0 matrix (as in GGUF) into the interleaved
+// layout. REQUIRES: dst holds interleaved_bytes(...) zeroed bytes.
+void interleave_rows(TensorType type, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+// Dequantises row `row` of a matrix in the layout WeightView describes.
+void dequantize_weight_row(const WeightView& w, int64_t row, float* out);
+
 // The kernel set of one instruction-set level.
 struct KernelSet {
   const char* name;  // "scalar", "avx2", "avx512"
   // Quantises rows [r0, r1) of x (row stride ldx floats) into out (sized by
   // the caller with resize()).
   void (*quantize_rows)(const float* x, int64_t ldx, int64_t r0, int64_t r1, QuantizedRows* out);
-  // y[c * ldy + r] for r in [r0, r1), c in [0, cols), weights Q8_0 or Q4_0.
+  // y[c * ldy + r] for r in [r0, r1), c in [0, cols), weights Q8_0 or Q4_0
+  // (interleaved). REQUIRES: r0 % 8 == 0; r1 % 8 == 0 or r1 == w.rows.
   void (*matmul_q8_0)(const WeightView& w, int64_t r0, int64_t r1, const QuantizedRows& a,
                       int64_t cols, float* y, int64_t ldy);
   void (*matmul_q4_0)(const WeightView& w, int64_t r0, int64_t r1, const QuantizedRows& a,
@@ -80,6 +100,14 @@ struct KernelSet {
                      int64_t cols, float* y, int64_t ldy);
   void (*matmul_f16)(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
                      int64_t cols, float* y, int64_t ldy);
+  // Attention's vector operations, without fused multiply-add so that every
+  // implementation (and the compiler's own vectorisation of the scalar one)
+  // rounds alike:
+  //   dot_f32:  acc[l] = acc[l] + a[8i+l] * b[8i+l], reduced as above, then
+  //             r = r + a[i] * b[i] for the n % 8 tail
+  //   axpy_f32: y[i] = y[i] + alpha * x[i]
+  float (*dot_f32)(const float* a, const float* b, int64_t n);
+  void (*axpy_f32)(float alpha, const float* x, float* y, int64_t n);
 };
 
 const KernelSet& scalar_kernels();

@@ -77,17 +77,6 @@ Result<std::vector<float>> get_vector(const GgufFile& f, const std::string& name
   return out;
 }
 
-void dequantize_row(const WeightView& w, int64_t row, float* out) {
-  const uint8_t* p = w.data + static_cast<size_t>(row) * w.row_bytes;
-  switch (w.type) {
-    case TensorType::kF32: std::memcpy(out, p, static_cast<size_t>(w.cols) * sizeof(float)); break;
-    case TensorType::kF16: dequantize_row_f16(reinterpret_cast<const uint16_t*>(p), out, w.cols); break;
-    case TensorType::kQ8_0: dequantize_row_q8_0(reinterpret_cast<const BlockQ8_0*>(p), out, w.cols); break;
-    case TensorType::kQ4_0: dequantize_row_q4_0(reinterpret_cast<const BlockQ4_0*>(p), out, w.cols); break;
-    default: CHECK(false);
-  }
-}
-
 bool is_quantized(TensorType t) { return t == TensorType::kQ8_0 || t == TensorType::kQ4_0; }
 
 // llama2.c's rmsnorm, operation for operation.
@@ -231,6 +220,8 @@ Status Model::init() {
     }
   }
 
+  repack_quantized();
+
   auto tok = Tokenizer::from_gguf(f);
   if (!tok) return Unexpected(tok.error().code, "tokenizer: " + tok.error().message);
   if (tok->vocab_size() != c.vocab_size) {
@@ -240,6 +231,31 @@ Status Model::init() {
   }
   tokenizer_ = std::make_unique<Tokenizer>(std::move(*tok));
   return {};
+}
+
+void Model::repack_quantized() {
+  // Every distinct quantised matrix (token_embd and output may be one).
+  std::vector<WeightView*> views = {&token_embd_};
+  if (!config_.tied_output) views.push_back(&output_);
+  for (Layer& L : layers_) {
+    for (WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3}) views.push_back(w);
+  }
+  size_t total = 0;
+  for (const WeightView* w : views) {
+    if (is_quantized(w->type)) total += interleaved_bytes(w->type, w->rows, w->cols);
+  }
+  packed_ = PageBuffer(total);
+  CHECK(total == 0 || packed_.data() != nullptr);
+  size_t offset = 0;
+  for (WeightView* w : views) {
+    if (!is_quantized(w->type)) continue;
+    uint8_t* dst = packed_.data() + offset;
+    interleave_rows(w->type, w->data, w->rows, w->cols, dst);
+    file_->release_pages(w->data, static_cast<size_t>(w->rows) * w->row_bytes);
+    w->data = dst;
+    offset += interleaved_bytes(w->type, w->rows, w->cols);
+  }
+  if (config_.tied_output) output_ = token_embd_;
 }
 
 uint64_t Model::weight_bytes_per_token() const {
@@ -258,7 +274,7 @@ uint64_t Model::weight_bytes() const {
   return bytes;
 }
 
-void Model::embed(int32_t token, float* out) const { dequantize_row(token_embd_, token, out); }
+void Model::embed(int32_t token, float* out) const { dequantize_weight_row(token_embd_, token, out); }
 
 // ---- Context ---------------------------------------------------------------
 
@@ -396,6 +412,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
       std::memcpy(kc + (p0 + t) * kv_dim, k_.data() + t * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
       std::memcpy(vc + (p0 + t) * kv_dim, v_.data() + t * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
     }
+    const KernelSet& k = *kernels_;
     pool_->parallel_for(n * c.n_heads, [&](int64_t b, int64_t e, int thread) {
       float* att = scores_.data() + thread * n_ctx_;
       for (int64_t u = b; u < e; ++u) {
@@ -405,10 +422,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         const int64_t kv_off = (h / group) * hd;
         float max_score = -INFINITY;
         for (int64_t p = 0; p <= pos; ++p) {
-          const float* k = kc + p * kv_dim + kv_off;
-          float score = 0.0f;
-          for (int64_t i = 0; i < hd; ++i) score += q[i] * k[i];
-          score /= sqrt_hd;
+          const float score = k.dot_f32(q, kc + p * kv_dim + kv_off, hd) / sqrt_hd;
           att[p] = score;
           max_score = score > max_score ? score : max_score;
         }
@@ -417,14 +431,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
           att[p] = std::exp(att[p] - max_score);
           sum += att[p];
         }
-        for (int64_t p = 0; p <= pos; ++p) att[p] /= sum;
         float* out = att_out_.data() + t * q_dim + h * hd;
         for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
-        for (int64_t p = 0; p <= pos; ++p) {
-          const float* v = vc + p * kv_dim + kv_off;
-          const float a = att[p];
-          for (int64_t i = 0; i < hd; ++i) out[i] += a * v[i];
-        }
+        for (int64_t p = 0; p <= pos; ++p) k.axpy_f32(att[p] / sum, vc + p * kv_dim + kv_off, out, hd);
       }
     });
     prepare_input(att_out_.data(), n);

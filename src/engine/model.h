@@ -1,7 +1,10 @@
 // A llama-family model loaded from GGUF, and the forward pass that runs it.
 //
 // Model owns the mapped file, the hyperparameters, the tokenizer and views of
-// the weights (no copies: the weights stay in the page cache, mapped). Context
+// the weights: F32/F16 matrices stay mapped from the file; Q8_0/Q4_0 matrices
+// are repacked once, at load, into the kernels' interleaved layout in huge
+// pages (the file's pages are released as each is copied, so memory stays at
+// about one copy of the weights). Context
 // owns what one generation needs: the KV cache and scratch buffers. One Model
 // can serve many Contexts.
 //
@@ -36,6 +39,7 @@
 #include "common/result.h"
 #include "engine/gguf.h"
 #include "engine/kernels.h"
+#include "engine/page_buffer.h"
 #include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
 
@@ -99,6 +103,9 @@ class Model {
  private:
   Model() = default;
   Status init();
+  // Copies Q8_0 / Q4_0 matrices into the kernels' interleaved layout in huge
+  // pages, handing the file's pages back to the page cache.
+  void repack_quantized();
 
   std::unique_ptr<GgufFile> file_;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -107,6 +114,7 @@ class Model {
   WeightView token_embd_, output_;
   std::vector<float> output_norm_;
   std::vector<Layer> layers_;
+  PageBuffer packed_;  // interleaved quantised matrices
 };
 
 // One generation's state: KV cache, position and scratch.

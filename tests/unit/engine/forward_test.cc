@@ -93,16 +93,7 @@ class ReferenceForward {
     }
     return y;
   }
-  static void dequant(const WeightView& w, int64_t r, float* out) {
-    const uint8_t* p = w.data + r * w.row_bytes;
-    switch (w.type) {
-      case TensorType::kF32: std::memcpy(out, p, w.cols * sizeof(float)); break;
-      case TensorType::kF16: dequantize_row_f16(reinterpret_cast<const uint16_t*>(p), out, w.cols); break;
-      case TensorType::kQ8_0: dequantize_row_q8_0(reinterpret_cast<const BlockQ8_0*>(p), out, w.cols); break;
-      case TensorType::kQ4_0: dequantize_row_q4_0(reinterpret_cast<const BlockQ4_0*>(p), out, w.cols); break;
-      default: FAIL();
-    }
-  }
+  static void dequant(const WeightView& w, int64_t r, float* out) { dequantize_weight_row(w, r, out); }
 
   const Model& m_;
   const LlamaConfig& c_;

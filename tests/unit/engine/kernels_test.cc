@@ -22,8 +22,10 @@ struct Matrix {
   std::vector<uint8_t> bytes;
   std::vector<float> dequant;  // [rows][cols] values the weights stand for
 
+  std::vector<uint8_t> packed;  // the kernels' layout: interleaved for Q8_0 / Q4_0
+
   WeightView view() const {
-    return {type, bytes.data(), rows, cols, tensor_bytes(type, static_cast<uint64_t>(cols))};
+    return {type, packed.data(), rows, cols, tensor_bytes(type, static_cast<uint64_t>(cols))};
   }
 };
 
@@ -53,6 +55,18 @@ Matrix make_matrix(TensorType type, int64_t rows, int64_t cols, uint64_t seed) {
         break;
       default: ADD_FAILURE();
     }
+  }
+  if (type == TensorType::kQ8_0 || type == TensorType::kQ4_0) {
+    m.packed.assign(interleaved_bytes(type, rows, cols), 0);
+    interleave_rows(type, m.bytes.data(), rows, cols, m.packed.data());
+    // The interleaved layout dequantises to the same values.
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_weight_row(m.view(), r, row.data());
+      for (int64_t i = 0; i < cols; ++i) EXPECT_EQ(row[i], m.dequant[r * cols + i]);
+    }
+  } else {
+    m.packed = m.bytes;
   }
   return m;
 }
@@ -191,6 +205,33 @@ TEST(Kernels, ActivationQuantisationRoundsHalfToEvenAndSaturates) {
   EXPECT_EQ(q.sum4[0], 127 + 2 - 4);
   x[5] = NAN;
   scalar_kernels().quantize_rows(x.data(), 32, 0, 1, &q);  // must not crash or be UB
+}
+
+}  // namespace
+}  // namespace idlefleet::engine
+
+namespace idlefleet::engine {
+namespace {
+
+TEST(Kernels, AttentionVectorOpsEqualScalarReferenceBitForBit) {
+  Rng rng(9);
+  for (int64_t n : {1, 7, 8, 64, 67, 128}) {
+    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+    for (auto& v : a) v = rng.uniform_float() - 0.5f;
+    for (auto& v : b) v = rng.uniform_float() - 0.5f;
+    const float ref = scalar_kernels().dot_f32(a.data(), b.data(), n);
+    double exact = 0;
+    for (int64_t i = 0; i < n; ++i) exact += double(a[i]) * b[i];
+    EXPECT_NEAR(ref, exact, 1e-5);
+    std::vector<float> y_ref(b);
+    scalar_kernels().axpy_f32(0.37f, a.data(), y_ref.data(), n);
+    for (const KernelSet* ks : available_kernels()) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(ks->dot_f32(a.data(), b.data(), n)), std::bit_cast<uint32_t>(ref)) << ks->name;
+      std::vector<float> y(b);
+      ks->axpy_f32(0.37f, a.data(), y.data(), n);
+      for (int64_t i = 0; i < n; ++i) EXPECT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(y_ref[i]));
+    }
+  }
 }
 
 }  // namespace

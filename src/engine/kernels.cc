@@ -19,7 +19,8 @@ void QuantizedRows::resize(int64_t rows_new, int64_t n_new) {
   n = n_new;
   qs.resize(static_cast<size_t>(rows * n));
   d.resize(static_cast<size_t>(rows * (n / 32)));
-  sum4.resize(static_cast<size_t>(rows * (n / 4)));
+  bias_q8.resize(static_cast<size_t>(rows * (n / 32)));
+  bias_q4.resize(static_cast<size_t>(rows * (n / 32)));
 }
 
 namespace {
@@ -28,10 +29,8 @@ void quantize_rows_scalar(const float* x, int64_t ldx, int64_t r0, int64_t r1, Q
   const int64_t n = out->n;
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * ldx;
-    int8_t* q = out->qs.data() + r * n;
-    float* d = out->d.data() + r * (n / 32);
-    int32_t* s4 = out->sum4.data() + r * (n / 4);
     for (int64_t b = 0; b < n / 32; ++b) {
+      int8_t* q = out->block_qs(b, r);
       float amax = 0.0f;
       for (int i = 0; i < 32; ++i) {
         const float v = std::fabs(xr[b * 32 + i]);
@@ -39,52 +38,61 @@ void quantize_rows_scalar(const float* x, int64_t ldx, int64_t r0, int64_t r1, Q
       }
       const float db = amax / 127.0f;
       const float id = db != 0.0f ? 1.0f / db : 0.0f;
-      d[b] = db;
+      int32_t sum = 0;
       for (int i = 0; i < 32; ++i) {
         // Round half to even, as the hardware's float->int conversion does;
         // non-finite inputs (a diverged model) saturate instead of being UB.
         const float v = std::nearbyint(xr[b * 32 + i] * id);
         const int32_t iv = v >= -127.0f ? (v <= 127.0f ? static_cast<int32_t>(v) : 127) : -127;
-        q[b * 32 + i] = static_cast<int8_t>(iv);
+        q[i] = static_cast<int8_t>(iv);
+        sum += iv;
       }
-      for (int g = 0; g < 8; ++g) {
-        const int8_t* qg = q + b * 32 + g * 4;
-        s4[b * 8 + g] = qg[0] + qg[1] + qg[2] + qg[3];
+      const size_t k = out->block_index(b, r);
+      out->d[k] = db;
+      out->bias_q8[k] = -128 * sum;
+      out->bias_q4[k] = -8 * sum;
+    }
+  }
+}
+
+// Where row r's block j lives in the interleaved layout (see kernels.h).
+template <class Block>
+struct Interleaved {
+  static constexpr int64_t kChunks = std::is_same_v<Block, BlockQ8_0> ? 8 : 4;
+  static constexpr int64_t kGroupBlockBytes = 2 * kInterleaveRows + kChunks * 4 * kInterleaveRows;
+
+  const uint8_t* data;
+  int64_t blocks;  // per row
+
+  uint8_t* block(int64_t r, int64_t j) const {
+    return const_cast<uint8_t*>(data) + (r / kInterleaveRows) * blocks * kGroupBlockBytes + j * kGroupBlockBytes;
+  }
+  uint8_t* scale(int64_t r, int64_t j) const { return block(r, j) + 2 * (r % kInterleaveRows); }
+  uint8_t* chunk(int64_t r, int64_t j, int64_t c) const {
+    return block(r, j) + 2 * kInterleaveRows + (c * kInterleaveRows + r % kInterleaveRows) * 4;
+  }
+};
+
+// The 32 weights of row r's block j as signed values.
+template <class Block>
+void block_weights(const Interleaved<Block>& layout, int64_t r, int64_t j, int8_t w[32]) {
+  for (int64_t c = 0; c < Interleaved<Block>::kChunks; ++c) {
+    const uint8_t* p = layout.chunk(r, j, c);
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+        w[4 * c + i] = static_cast<int8_t>(p[i] ^ 0x80);
+      } else {
+        w[4 * c + i] = static_cast<int8_t>((p[i] & 15) - 8);
+        w[16 + 4 * c + i] = static_cast<int8_t>((p[i] >> 4) - 8);
       }
     }
   }
 }
 
-template <class Block>
-constexpr int64_t quant_bytes() { return sizeof(Block) - 2; }  // 32 (Q8_0) or 16 (Q4_0)
-
-// Where row r's block j lives in the interleaved layout (see kernels.h).
-template <class Block>
-struct Interleaved {
-  const uint8_t* data;
-  int64_t blocks;  // per row
-
-  static constexpr int64_t kGroupBlockBytes = 2 * kInterleaveRows + kInterleaveRows * quant_bytes<Block>();
-  const uint8_t* block(int64_t r, int64_t j) const {
-    return data + (r / kInterleaveRows) * blocks * kGroupBlockBytes + j * kGroupBlockBytes;
-  }
-  uint16_t scale(int64_t r, int64_t j) const {
-    uint16_t d;
-    std::memcpy(&d, block(r, j) + 2 * (r % kInterleaveRows), 2);
-    return d;
-  }
-  const uint8_t* quants(int64_t r, int64_t j) const {
-    return block(r, j) + 2 * kInterleaveRows + (r % kInterleaveRows) * quant_bytes<Block>();
-  }
-};
-
-// Weight values of one 32-block as int8.
-inline void block_weights(const BlockQ8_0*, const uint8_t* qs, int8_t w[32]) { std::memcpy(w, qs, 32); }
-inline void block_weights(const BlockQ4_0*, const uint8_t* qs, int8_t w[32]) {
-  for (int i = 0; i < 16; ++i) {
-    w[i] = static_cast<int8_t>((qs[i] & 15) - 8);
-    w[i + 16] = static_cast<int8_t>((qs[i] >> 4) - 8);
-  }
+uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
 }
 
 template <class Block>
@@ -95,19 +103,16 @@ void matmul_quant_scalar(const WeightView& w, int64_t r0, int64_t r1, const Quan
   int8_t wq[32];
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      const int8_t* aq = a.row_qs(c);
-      const float* ad = a.row_d(c);
-      float acc[8] = {};
+      float acc = 0.0f;
       for (int64_t j = 0; j < nb; ++j) {
-        block_weights(static_cast<const Block*>(nullptr), layout.quants(r, j), wq);
-        const float s = fp16_to_fp32(layout.scale(r, j)) * ad[j];
-        for (int l = 0; l < 8; ++l) {
-          int32_t isum = 0;
-          for (int i = 0; i < 4; ++i) isum += wq[4 * l + i] * aq[32 * j + 4 * l + i];
-          acc[l] = std::fma(static_cast<float>(isum), s, acc[l]);
-        }
+        block_weights(layout, r, j, wq);
+        const int8_t* aq = a.block_qs(j, c);
+        int32_t isum = 0;
+        for (int i = 0; i < 32; ++i) isum += wq[i] * aq[i];
+        const float s = fp16_to_fp32(load_u16(layout.scale(r, j))) * a.d[a.block_index(j, c)];
+        acc = std::fma(static_cast<float>(isum), s, acc);
       }
-      y[c * ldy + r] = reduce_lanes8(acc);
+      y[c * ldy + r] = acc;
     }
   }
 }
@@ -115,14 +120,21 @@ void matmul_quant_scalar(const WeightView& w, int64_t r0, int64_t r1, const Quan
 template <class Block>
 void interleave(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst) {
   const int64_t nb = cols / 32;
-  constexpr int64_t qb = quant_bytes<Block>();
   const Interleaved<Block> layout{dst, nb};
   for (int64_t r = 0; r < rows; ++r) {
     const Block* row = reinterpret_cast<const Block*>(src + static_cast<size_t>(r) * nb * sizeof(Block));
     for (int64_t j = 0; j < nb; ++j) {
-      uint8_t* blk = const_cast<uint8_t*>(layout.block(r, j));
-      std::memcpy(blk + 2 * (r % kInterleaveRows), &row[j].d, 2);
-      std::memcpy(const_cast<uint8_t*>(layout.quants(r, j)), row[j].qs, qb);
+      std::memcpy(layout.scale(r, j), &row[j].d, 2);
+      for (int64_t c = 0; c < Interleaved<Block>::kChunks; ++c) {
+        uint8_t* out = layout.chunk(r, j, c);
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+            out[i] = static_cast<uint8_t>(row[j].qs[4 * c + i]) ^ 0x80;
+          } else {
+            out[i] = row[j].qs[4 * c + i];
+          }
+        }
+      }
     }
   }
 }
@@ -130,15 +142,11 @@ void interleave(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst) {
 template <class Block>
 void dequantize_interleaved(const uint8_t* data, int64_t cols, int64_t r, float* out) {
   const Interleaved<Block> layout{data, cols / 32};
-  Block b;
+  int8_t w[32];
   for (int64_t j = 0; j < cols / 32; ++j) {
-    b.d = layout.scale(r, j);
-    std::memcpy(b.qs, layout.quants(r, j), quant_bytes<Block>());
-    if constexpr (std::is_same_v<Block, BlockQ8_0>) {
-      dequantize_row_q8_0(&b, out + 32 * j, 32);
-    } else {
-      dequantize_row_q4_0(&b, out + 32 * j, 32);
-    }
+    block_weights(layout, r, j, w);
+    const float d = fp16_to_fp32(load_u16(layout.scale(r, j)));
+    for (int i = 0; i < 32; ++i) out[32 * j + i] = d * static_cast<float>(w[i]);
   }
 }
 
@@ -165,19 +173,26 @@ void matmul_float_scalar(const WeightView& w, int64_t r0, int64_t r1, const floa
   }
 }
 
-float dot_f32_scalar(const float* a, const float* b, int64_t n) {
-  const int64_t n8 = n - n % 8;
-  float acc[8] = {};
-  for (int64_t i = 0; i < n8; i += 8) {
-    for (int l = 0; l < 8; ++l) acc[l] = acc[l] + a[i + l] * b[i + l];
+void attn_scores_scalar(const float* q, const float* k, int64_t stride, int64_t n, int64_t hd, float divisor,
+                        float* out) {
+  const int64_t h8 = hd - hd % 8;
+  for (int64_t p = 0; p < n; ++p) {
+    const float* kp = k + p * stride;
+    float acc[8] = {};
+    for (int64_t i = 0; i < h8; i += 8) {
+      for (int l = 0; l < 8; ++l) acc[l] = acc[l] + q[i + l] * kp[i + l];
+    }
+    float r = reduce_lanes8(acc);
+    for (int64_t i = h8; i < hd; ++i) r = r + q[i] * kp[i];
+    out[p] = r / divisor;
   }
-  float r = reduce_lanes8(acc);
-  for (int64_t i = n8; i < n; ++i) r = r + a[i] * b[i];
-  return r;
 }
 
-void axpy_f32_scalar(float alpha, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = y[i] + alpha * x[i];
+void attn_values_scalar(const float* a, const float* v, int64_t stride, int64_t n, int64_t hd, float* out) {
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
+  for (int64_t p = 0; p < n; ++p) {
+    for (int64_t i = 0; i < hd; ++i) out[i] = out[i] + a[p] * v[p * stride + i];
+  }
 }
 
 const KernelSet kScalar = {
@@ -187,8 +202,8 @@ const KernelSet kScalar = {
     matmul_quant_scalar<BlockQ4_0>,
     matmul_float_scalar<float>,
     matmul_float_scalar<uint16_t>,
-    dot_f32_scalar,
-    axpy_f32_scalar,
+    attn_scores_scalar,
+    attn_values_scalar,
 };
 
 }  // namespace

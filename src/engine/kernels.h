@@ -14,16 +14,19 @@
 // one-token evaluation (so a session resumes elsewhere by prefill), and of the
 // machine's ISA.
 //
-// The canonical sequences (k = row length; lanes l = 0..7; fma is fused):
-//   Q8_0 / Q4_0 weights x Q8 activations, per 32-element block j:
-//     isum[l] = sum_{i<4} w[32j+4l+i] * a[32j+4l+i]          (exact int32)
-//     s = fp16_to_fp32(dw_j) * da_j                           (one float mul)
-//     acc[l] = fma(float(isum[l]), s, acc[l])
-//   F32 / F16 weights x F32 activations, per 8 elements i (k rounded down):
-//     acc[l] = fma(w[8i+l], x[8i+l], acc[l])
-//   then, for every type, the 8 lanes are reduced as
+// The canonical sequences (k = row length; fma is fused):
+//   Q8_0 / Q4_0 weights x Q8 activations: one accumulator per pair; per
+//   32-element block j,
+//     isum = sum_{i<32} w[32j+i] * a[32j+i]                   (exact int32)
+//     s    = fp16_to_fp32(dw_j) * da_j                         (one float mul)
+//     acc  = fma(float(isum), s, acc)
+//   F32 / F16 weights x F32 activations, 8 lanes l = 0..7, per 8 elements i
+//   (k rounded down): acc[l] = fma(w[8i+l], x[8i+l], acc[l]); then
 //     h[l] = acc[l] + acc[l+4] (l<4); q[l] = h[l] + h[l+2] (l<2); r = q[0] + q[1]
-//   and (F32/F16 only) the k % 8 tail elements follow as r = fma(w[i], x[i], r).
+//   and the k % 8 tail elements follow as r = fma(w[i], x[i], r).
+// The SIMD quantised kernels put 8 rows in the 8 lanes of a register (see
+// the weight layout below), so the integer sum of a whole block lands in one
+// lane with no horizontal reduction, and each pair's chain is the scalar one.
 // Activations are quantised per 32-element block: d = amax / 127, q = round
 // half to even of x * (1 / d), exactly alike in every implementation.
 //
@@ -40,31 +43,40 @@
 
 namespace idlefleet::engine {
 
-// Activation rows quantised for the integer kernels. Row c holds n values.
+// Activation rows quantised for the integer kernels. Row (column of the
+// product) c holds n values in n / 32 blocks, stored block-major: block j of
+// every row is contiguous, so a tile of columns reads one stream per block.
 struct QuantizedRows {
   int64_t n = 0;     // elements per row, a multiple of 32
   int64_t rows = 0;
-  std::vector<int8_t> qs;       // [rows][n]
-  std::vector<float> d;         // [rows][n / 32] block scales
-  std::vector<int32_t> sum4;    // [rows][n / 4] sum of each 4-element group
+  std::vector<int8_t> qs;        // [n / 32][rows][32]
+  std::vector<float> d;          // [n / 32][rows] block scales
+  // Per block, -128 and -8 times the sum of its quants: the corrections
+  // for weights stored as unsigned bytes (Q8_0 as w + 128, Q4_0 as w + 8).
+  std::vector<int32_t> bias_q8;  // [n / 32][rows]
+  std::vector<int32_t> bias_q4;  // [n / 32][rows]
 
   void resize(int64_t rows_new, int64_t n_new);
-  const int8_t* row_qs(int64_t c) const { return qs.data() + c * n; }
-  const float* row_d(int64_t c) const { return d.data() + c * (n / 32); }
-  const int32_t* row_sum4(int64_t c) const { return sum4.data() + c * (n / 4); }
+  const int8_t* block_qs(int64_t j, int64_t c) const { return qs.data() + (j * rows + c) * 32; }
+  int8_t* block_qs(int64_t j, int64_t c) { return qs.data() + (j * rows + c) * 32; }
+  size_t block_index(int64_t j, int64_t c) const { return static_cast<size_t>(j * rows + c); }
 };
 
 // A view of a weight matrix of `rows` rows of `cols` elements, each row
 // `row_bytes` long in `type`'s block layout.
 //
 // F32 and F16 matrices are row-major, as in the file. Q8_0 and Q4_0 matrices
-// are interleaved in groups of 8 rows (repacked at load, see
-// interleave_rows): group g holds rows 8g..8g+7 (rows past the end are zero),
-// and for each 32-element block j it stores the 8 rows' f16 scales, then the
-// 8 rows' quants (32 bytes each for Q8_0, 16 for Q4_0):
-//   group g, block j: u16 d[8] | qs[row 0] | qs[row 1] | ... | qs[row 7]
-// A tile of 8 rows thus reads one contiguous stream, and the 8 scales convert
-// with one instruction. The group is exactly 8 rows' bytes: no extra memory.
+// are repacked at load (interleave_rows) into groups of 8 rows (rows past the
+// end are zero). For each 32-element block j, group g stores the 8 rows' f16
+// scales, then the quants transposed in 4-byte chunks, so that one 32-byte
+// load holds the same chunk of all 8 rows:
+//   Q8_0: u16 d[8] | for chunk c < 8: for row r < 8: 4 bytes (w + 128 as u8,
+//         elements 4c..4c+3 of the block)                 = 272 bytes = 8 x 34
+//   Q4_0: u16 d[8] | for chunk c < 4: for row r < 8: the block's raw bytes
+//         4c..4c+3 (low nibbles: elements 4c..4c+3; high nibbles: elements
+//         16+4c..16+4c+3; each is w + 8)                  = 144 bytes = 8 x 18
+// Same bytes as the file's layout; the kernels need no shuffles and no sign
+// tricks, and the 8 scales convert in one instruction.
 struct WeightView {
   TensorType type = TensorType::kF32;
   const uint8_t* data = nullptr;
@@ -100,14 +112,16 @@ struct KernelSet {
                      int64_t cols, float* y, int64_t ldy);
   void (*matmul_f16)(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
                      int64_t cols, float* y, int64_t ldy);
-  // Attention's vector operations, without fused multiply-add so that every
-  // implementation (and the compiler's own vectorisation of the scalar one)
-  // rounds alike:
-  //   dot_f32:  acc[l] = acc[l] + a[8i+l] * b[8i+l], reduced as above, then
-  //             r = r + a[i] * b[i] for the n % 8 tail
-  //   axpy_f32: y[i] = y[i] + alpha * x[i]
-  float (*dot_f32)(const float* a, const float* b, int64_t n);
-  void (*axpy_f32)(float alpha, const float* x, float* y, int64_t n);
+  // Attention, without fused multiply-add so that every implementation (and
+  // the compiler's own vectorisation of the scalar one) rounds alike:
+  //   attn_scores: out[p] = dot(q, k + p * stride) / divisor for p < n, where
+  //     dot = acc[l] = acc[l] + q[8i+l] * k[8i+l], reduced as above, then
+  //     r = r + q[i] * k[i] for the hd % 8 tail
+  //   attn_values: out[i] = 0, then for p = 0..n-1 in order:
+  //     out[i] = out[i] + a[p] * v[p * stride + i]
+  void (*attn_scores)(const float* q, const float* k, int64_t stride, int64_t n, int64_t hd, float divisor,
+                      float* out);
+  void (*attn_values)(const float* a, const float* v, int64_t stride, int64_t n, int64_t hd, float* out);
 };
 
 const KernelSet& scalar_kernels();

@@ -5,7 +5,7 @@
 #define KERNEL_SET_FN avx2_kernel_set
 #define USE_VNNI 0
 #define TILE_R 2
-#define TILE_C 1
+#define TILE_C 4
 #define TILE_C_FLOAT 4
 #define TILE_R_DECODE 4
 #include "engine/kernels_x86.inc"

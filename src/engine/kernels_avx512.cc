@@ -6,7 +6,7 @@
 #define KERNEL_SET_FN avx512_kernel_set
 #define USE_VNNI 1
 #define TILE_R 4
-#define TILE_C 2
+#define TILE_C 8
 #define TILE_C_FLOAT 4
 #define TILE_R_DECODE 8
 #include "engine/kernels_x86.inc"

@@ -343,26 +343,62 @@ void Context::prepare_input(const float* x, int64_t n) {
   input_q_valid_ = false;
 }
 
-void Context::matmul(const WeightView& w, int64_t n, float* y) {
-  if (is_quantized(w.type) && !input_q_valid_) {
-    input_q_.resize(n, w.cols);
+void Context::matmul(std::initializer_list<MatmulJob> jobs, int64_t n) {
+  bool any_quantized = false;
+  int64_t units_total = 0;
+  for (const MatmulJob& job : jobs) {
+    any_quantized = any_quantized || is_quantized(job.w->type);
+    units_total += (job.w->rows + kRowsPerUnit - 1) / kRowsPerUnit;
+  }
+  if (any_quantized && !input_q_valid_) {
+    const int64_t cols = jobs.begin()->w->cols;
+    input_q_.resize(n, cols);
     const float* x = input_;
-    const int64_t ld = w.cols;
-    pool_->parallel_for(n, [&](int64_t b, int64_t e, int) { kernels_->quantize_rows(x, ld, b, e, &input_q_); });
+    pool_->parallel_for(n, [&](int64_t b, int64_t e, int) { kernels_->quantize_rows(x, cols, b, e, &input_q_); });
     input_q_valid_ = true;
   }
-  const int64_t units = (w.rows + kRowsPerUnit - 1) / kRowsPerUnit;
+  // One parallel loop over the row units of every matrix: fewer
+  // synchronisations per token than a loop per matrix.
   const KernelSet& k = *kernels_;
-  pool_->parallel_for(units, [&](int64_t b, int64_t e, int) {
-    const int64_t r0 = b * kRowsPerUnit;
-    const int64_t r1 = std::min(w.rows, e * kRowsPerUnit);
-    switch (w.type) {
-      case TensorType::kQ8_0: k.matmul_q8_0(w, r0, r1, input_q_, n, y, w.rows); break;
-      case TensorType::kQ4_0: k.matmul_q4_0(w, r0, r1, input_q_, n, y, w.rows); break;
-      case TensorType::kF32: k.matmul_f32(w, r0, r1, input_, w.cols, n, y, w.rows); break;
-      case TensorType::kF16: k.matmul_f16(w, r0, r1, input_, w.cols, n, y, w.rows); break;
-      default: CHECK(false);
+  pool_->parallel_for(units_total, [&](int64_t b, int64_t e, int) {
+    int64_t first = 0;
+    for (const MatmulJob& job : jobs) {
+      const WeightView& w = *job.w;
+      const int64_t units = (w.rows + kRowsPerUnit - 1) / kRowsPerUnit;
+      const int64_t lo = std::max(b, first) - first, hi = std::min(e, first + units) - first;
+      first += units;
+      if (lo >= hi) continue;
+      const int64_t r0 = lo * kRowsPerUnit, r1 = std::min(w.rows, hi * kRowsPerUnit);
+      switch (w.type) {
+        case TensorType::kQ8_0: k.matmul_q8_0(w, r0, r1, input_q_, n, job.y, w.rows); break;
+        case TensorType::kQ4_0: k.matmul_q4_0(w, r0, r1, input_q_, n, job.y, w.rows); break;
+        case TensorType::kF32: k.matmul_f32(w, r0, r1, input_, w.cols, n, job.y, w.rows); break;
+        case TensorType::kF16: k.matmul_f16(w, r0, r1, input_, w.cols, n, job.y, w.rows); break;
+        default: CHECK(false);
+      }
     }
+  });
+}
+
+// Element-wise work is split in units of this many elements (tokens for
+// per-token work); each element's arithmetic is the same whoever does it.
+constexpr int64_t kElementsPerUnit = 4096;
+
+template <class Fn>
+void Context::for_tokens(int64_t n, const Fn& fn) {
+  pool_->parallel_for(n, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) fn(t);
+  });
+}
+
+void Context::add_into(float* x, const float* y, int64_t count) {
+  if (count <= kElementsPerUnit) {
+    for (int64_t i = 0; i < count; ++i) x[i] += y[i];
+    return;
+  }
+  pool_->parallel_for((count + kElementsPerUnit - 1) / kElementsPerUnit, [&](int64_t b, int64_t e, int) {
+    const int64_t end = std::min(e * kElementsPerUnit, count);
+    for (int64_t i = b * kElementsPerUnit; i < end; ++i) x[i] += y[i];
   });
 }
 
@@ -391,11 +427,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
     float* vc = value_cache_.data() + l * n_ctx_ * kv_dim;
 
     // Attention.
-    for (int64_t t = 0; t < n; ++t) rmsnorm(xb + t * dim, x + t * dim, L.attn_norm.data(), dim, c.rms_epsilon);
+    for_tokens(n, [&](int64_t t) { rmsnorm(xb + t * dim, x + t * dim, L.attn_norm.data(), dim, c.rms_epsilon); });
     prepare_input(xb, n);
-    matmul(L.wq, n, q_.data());
-    matmul(L.wk, n, k_.data());
-    matmul(L.wv, n, v_.data());
+    matmul({{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}}, n);
     for (int64_t t = 0; t < n; ++t) {
       const float* cs = rope_cos_.data() + t * half;
       const float* sn = rope_sin_.data() + t * half;
@@ -420,47 +454,45 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         const int64_t pos = p0 + t;
         const float* q = q_.data() + t * q_dim + h * hd;
         const int64_t kv_off = (h / group) * hd;
+        k.attn_scores(q, kc + kv_off, kv_dim, pos + 1, hd, sqrt_hd, att);
         float max_score = -INFINITY;
-        for (int64_t p = 0; p <= pos; ++p) {
-          const float score = k.dot_f32(q, kc + p * kv_dim + kv_off, hd) / sqrt_hd;
-          att[p] = score;
-          max_score = score > max_score ? score : max_score;
-        }
+        for (int64_t p = 0; p <= pos; ++p) max_score = att[p] > max_score ? att[p] : max_score;
         float sum = 0.0f;
         for (int64_t p = 0; p <= pos; ++p) {
           att[p] = std::exp(att[p] - max_score);
           sum += att[p];
         }
-        float* out = att_out_.data() + t * q_dim + h * hd;
-        for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
-        for (int64_t p = 0; p <= pos; ++p) k.axpy_f32(att[p] / sum, vc + p * kv_dim + kv_off, out, hd);
+        for (int64_t p = 0; p <= pos; ++p) att[p] /= sum;
+        k.attn_values(att, vc + kv_off, kv_dim, pos + 1, hd, att_out_.data() + t * q_dim + h * hd);
       }
     });
     prepare_input(att_out_.data(), n);
-    matmul(L.wo, n, proj_.data());
-    for (int64_t i = 0; i < n * dim; ++i) x[i] += proj_[static_cast<size_t>(i)];
+    matmul({{&L.wo, proj_.data()}}, n);
+    add_into(x, proj_.data(), n * dim);
 
     // Feed-forward (SwiGLU).
-    for (int64_t t = 0; t < n; ++t) rmsnorm(xb + t * dim, x + t * dim, L.ffn_norm.data(), dim, c.rms_epsilon);
+    for_tokens(n, [&](int64_t t) { rmsnorm(xb + t * dim, x + t * dim, L.ffn_norm.data(), dim, c.rms_epsilon); });
     prepare_input(xb, n);
-    matmul(L.w1, n, h1_.data());
-    matmul(L.w3, n, h3_.data());
-    for (int64_t i = 0; i < n * c.hidden_dim; ++i) {
-      float val = h1_[static_cast<size_t>(i)];
-      val *= 1.0f / (1.0f + std::exp(-val));
-      val *= h3_[static_cast<size_t>(i)];
-      h1_[static_cast<size_t>(i)] = val;
-    }
+    matmul({{&L.w1, h1_.data()}, {&L.w3, h3_.data()}}, n);
+    pool_->parallel_for(n * c.hidden_dim / kElementsPerUnit + 1, [&](int64_t b, int64_t e, int) {
+      const int64_t end = std::min(e * kElementsPerUnit, n * c.hidden_dim);
+      for (int64_t i = b * kElementsPerUnit; i < end; ++i) {
+        float val = h1_[static_cast<size_t>(i)];
+        val *= 1.0f / (1.0f + std::exp(-val));
+        val *= h3_[static_cast<size_t>(i)];
+        h1_[static_cast<size_t>(i)] = val;
+      }
+    });
     prepare_input(h1_.data(), n);
-    matmul(L.w2, n, proj_.data());
-    for (int64_t i = 0; i < n * dim; ++i) x[i] += proj_[static_cast<size_t>(i)];
+    matmul({{&L.w2, proj_.data()}}, n);
+    add_into(x, proj_.data(), n * dim);
   }
 
   position_ += n;
   // Logits of the last token only.
   rmsnorm(xb, x + (n - 1) * dim, model_.output_norm().data(), dim, c.rms_epsilon);
   prepare_input(xb, 1);
-  matmul(model_.output(), 1, logits_.data());
+  matmul({{&model_.output(), logits_.data()}}, 1);
 }
 
 }  // namespace idlefleet::engine

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -141,8 +142,16 @@ class Context {
 
  private:
   void forward_batch(const int32_t* tokens, int64_t n);
-  void matmul(const WeightView& w, int64_t n, float* y);  // y[n][w.rows] = W x_in
+  // y[n][w.rows] = W x for each job, x the current input (all jobs share it).
+  struct MatmulJob {
+    const WeightView* w;
+    float* y;
+  };
+  void matmul(std::initializer_list<MatmulJob> jobs, int64_t n);
   void prepare_input(const float* x, int64_t n);
+  template <class Fn>
+  void for_tokens(int64_t n, const Fn& fn);       // fn(t) for t < n, across threads
+  void add_into(float* x, const float* y, int64_t count);  // x += y
 
   const Model& model_;
   ThreadPool* pool_;

@@ -31,7 +31,7 @@ struct Matrix {
 
 Matrix make_matrix(TensorType type, int64_t rows, int64_t cols, uint64_t seed) {
   Rng rng(seed);
-  Matrix m{type, rows, cols, {}, std::vector<float>(static_cast<size_t>(rows * cols))};
+  Matrix m{type, rows, cols, {}, std::vector<float>(static_cast<size_t>(rows * cols)), {}};
   const size_t row_bytes = tensor_bytes(type, static_cast<uint64_t>(cols));
   m.bytes.resize(row_bytes * static_cast<size_t>(rows));
   std::vector<float> row(static_cast<size_t>(cols));
@@ -202,7 +202,8 @@ TEST(Kernels, ActivationQuantisationRoundsHalfToEvenAndSaturates) {
   EXPECT_EQ(q.qs[0], 127);
   EXPECT_EQ(q.qs[1], 2);   // 2.5 -> 2 (half to even)
   EXPECT_EQ(q.qs[2], -4);  // -3.5 -> -4
-  EXPECT_EQ(q.sum4[0], 127 + 2 - 4);
+  EXPECT_EQ(q.bias_q8[0], -128 * (127 + 2 - 4));
+  EXPECT_EQ(q.bias_q4[0], -8 * (127 + 2 - 4));
   x[5] = NAN;
   scalar_kernels().quantize_rows(x.data(), 32, 0, 1, &q);  // must not crash or be UB
 }
@@ -213,23 +214,55 @@ TEST(Kernels, ActivationQuantisationRoundsHalfToEvenAndSaturates) {
 namespace idlefleet::engine {
 namespace {
 
-TEST(Kernels, AttentionVectorOpsEqualScalarReferenceBitForBit) {
+TEST(Kernels, ActivationQuantisationIsIdenticalInEverySet) {
+  Rng rng(4);
+  const int64_t n = 256, rows = 3;
+  std::vector<float> x(static_cast<size_t>(n * rows));
+  for (auto& v : x) v = (rng.uniform_float() - 0.5f) * 10.0f;
+  x[5] = NAN;
+  x[40] = INFINITY;
+  x[70] = -0.0f;
+  x[100] = 2.5f * (x[96] = 0.0f);  // a block with zeros
+  for (int i = 128; i < 160; ++i) x[i] = 0.0f;  // an all-zero block
+  x[200] = -1e30f;
+  QuantizedRows ref;
+  ref.resize(rows, n);
+  scalar_kernels().quantize_rows(x.data(), n, 0, rows, &ref);
+  for (const KernelSet* ks : available_kernels()) {
+    QuantizedRows q;
+    q.resize(rows, n);
+    ks->quantize_rows(x.data(), n, 0, rows, &q);
+    EXPECT_EQ(q.qs, ref.qs) << ks->name;
+    EXPECT_EQ(q.bias_q8, ref.bias_q8) << ks->name;
+    EXPECT_EQ(q.bias_q4, ref.bias_q4) << ks->name;
+    for (size_t i = 0; i < ref.d.size(); ++i) EXPECT_EQ(std::bit_cast<uint32_t>(q.d[i]), std::bit_cast<uint32_t>(ref.d[i]));
+  }
+}
+
+TEST(Kernels, AttentionKernelsEqualScalarReferenceBitForBit) {
   Rng rng(9);
-  for (int64_t n : {1, 7, 8, 64, 67, 128}) {
-    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
-    for (auto& v : a) v = rng.uniform_float() - 0.5f;
-    for (auto& v : b) v = rng.uniform_float() - 0.5f;
-    const float ref = scalar_kernels().dot_f32(a.data(), b.data(), n);
-    double exact = 0;
-    for (int64_t i = 0; i < n; ++i) exact += double(a[i]) * b[i];
-    EXPECT_NEAR(ref, exact, 1e-5);
-    std::vector<float> y_ref(b);
-    scalar_kernels().axpy_f32(0.37f, a.data(), y_ref.data(), n);
-    for (const KernelSet* ks : available_kernels()) {
-      EXPECT_EQ(std::bit_cast<uint32_t>(ks->dot_f32(a.data(), b.data(), n)), std::bit_cast<uint32_t>(ref)) << ks->name;
-      std::vector<float> y(b);
-      ks->axpy_f32(0.37f, a.data(), y.data(), n);
-      for (int64_t i = 0; i < n; ++i) EXPECT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(y_ref[i]));
+  for (int64_t hd : {4, 8, 60, 64, 128}) {
+    for (int64_t n : {1, 3, 4, 9, 33}) {
+      const int64_t stride = hd + 16;
+      std::vector<float> q(static_cast<size_t>(hd)), kv(static_cast<size_t>(n * stride)), a(static_cast<size_t>(n));
+      for (auto& v : q) v = rng.uniform_float() - 0.5f;
+      for (auto& v : kv) v = rng.uniform_float() - 0.5f;
+      for (auto& v : a) v = rng.uniform_float();
+      std::vector<float> s_ref(static_cast<size_t>(n)), o_ref(static_cast<size_t>(hd));
+      scalar_kernels().attn_scores(q.data(), kv.data(), stride, n, hd, 8.0f, s_ref.data());
+      scalar_kernels().attn_values(a.data(), kv.data(), stride, n, hd, o_ref.data());
+      for (int64_t p = 0; p < n; ++p) {
+        double exact = 0;
+        for (int64_t i = 0; i < hd; ++i) exact += double(q[i]) * kv[p * stride + i];
+        EXPECT_NEAR(s_ref[p], exact / 8.0, 1e-5);
+      }
+      for (const KernelSet* ks : available_kernels()) {
+        std::vector<float> s(static_cast<size_t>(n)), o(static_cast<size_t>(hd));
+        ks->attn_scores(q.data(), kv.data(), stride, n, hd, 8.0f, s.data());
+        ks->attn_values(a.data(), kv.data(), stride, n, hd, o.data());
+        for (int64_t p = 0; p < n; ++p) ASSERT_EQ(std::bit_cast<uint32_t>(s[p]), std::bit_cast<uint32_t>(s_ref[p])) << ks->name;
+        for (int64_t i = 0; i < hd; ++i) ASSERT_EQ(std::bit_cast<uint32_t>(o[i]), std::bit_cast<uint32_t>(o_ref[i])) << ks->name;
+      }
     }
   }
 }

@@ -26,6 +26,7 @@
 
 #include "engine/model.h"
 #include "engine/model_tools.h"
+#include "engine/page_buffer.h"
 
 namespace {
 
@@ -56,11 +57,12 @@ __attribute__((target("avx2"))) uint64_t read_range(const uint8_t* p, size_t byt
 // buffer much larger than the caches.
 class BandwidthProbe {
  public:
-  explicit BandwidthProbe(size_t bytes) : bytes_(bytes) {
-    buf_ = static_cast<uint8_t*>(std::aligned_alloc(4096, bytes));
+  // The buffer lives in huge pages, like the engine's repacked weights, so
+  // that both are read under the same conditions.
+  explicit BandwidthProbe(size_t bytes) : pages_(bytes), bytes_(bytes) {
+    buf_ = pages_.data();
     std::memset(buf_, 1, bytes);
   }
-  ~BandwidthProbe() { std::free(buf_); }
 
   double measure(int threads) {
     std::vector<std::thread> ts;
@@ -79,6 +81,7 @@ class BandwidthProbe {
   }
 
  private:
+  PageBuffer pages_;
   uint8_t* buf_;
   size_t bytes_;
   volatile uint64_t sink_ = 0;

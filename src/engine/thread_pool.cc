@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "common/check.h"
 
 namespace idlefleet::engine {
@@ -27,10 +29,14 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::run_range(int thread) {
-  const int64_t threads = size();
-  const int64_t begin = n_ * thread / threads;
-  const int64_t end = n_ * (thread + 1) / threads;
-  if (begin < end) (*fn_)(begin, end, thread);
+  // Threads take chunks from a shared counter, so that a thread slowed down
+  // (by the OS, or by its share of memory bandwidth) does not hold the others
+  // up. Which thread computes an index never changes its result.
+  for (;;) {
+    const int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
+    if (begin >= n_) return;
+    (*fn_)(begin, std::min(n_, begin + chunk_), thread);
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
@@ -41,6 +47,9 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
   }
   fn_ = &fn;
   n_ = n;
+  // About four chunks per thread: enough to even out, few enough to be cheap.
+  chunk_ = std::max<int64_t>(1, n / (4 * size()));
+  next_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();

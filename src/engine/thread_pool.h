@@ -1,7 +1,7 @@
 // A fixed pool of worker threads for the engine's data-parallel loops.
 //
-// parallel_for splits [0, n) into one contiguous range per thread (the caller
-// is thread 0) and returns when all are done. Workers spin briefly between
+// parallel_for splits [0, n) into chunks that the threads (the caller is
+// thread 0) take in turn, and returns when all are done. Workers spin briefly between
 // loops, then sleep on a futex (std::atomic::wait), so that the hundreds of
 // small loops of a decode step cost microseconds, not milliseconds.
 //
@@ -42,6 +42,8 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   const RangeFn* fn_ = nullptr;
   int64_t n_ = 0;
+  int64_t chunk_ = 1;
+  std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

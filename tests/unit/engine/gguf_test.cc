@@ -893,14 +893,24 @@ TEST(GgufCorrupt, TruncatedInsideDims) {
 
 // Writes tests/fuzz/gguf/corpus when IDLEFLEET_WRITE_CORPUS=DIR is set:
 //   IDLEFLEET_WRITE_CORPUS=tests/fuzz/gguf/corpus build/.../gguf_test --gtest_filter='*Corpus*'
-TEST(GgufCorpus, WriteSeedCorpus) {
-  const char* dir = std::getenv("IDLEFLEET_WRITE_CORPUS");
-  if (dir == nullptr) GTEST_SKIP() << "IDLEFLEET_WRITE_CORPUS not set";
+// The checked-in fuzz seed corpus (tests/fuzz/gguf/corpus) is what this
+// generator writes: the test fails when they drift apart. To regenerate:
+//   IDLEFLEET_WRITE_CORPUS=tests/fuzz/gguf/corpus build/release/tests/gguf_test --gtest_filter='*Corpus*'
+TEST(GgufCorpus, SeedCorpusMatchesItsGenerator) {
+  const char* write_dir = std::getenv("IDLEFLEET_WRITE_CORPUS");
+  const std::string corpus = std::string(IDLEFLEET_SOURCE_DIR) + "/tests/fuzz/gguf/corpus";
   auto save = [&](const std::string& name, const std::vector<uint8_t>& bytes) {
     ASSERT_LT(bytes.size(), 4096u) << name;
-    std::ofstream out(std::string(dir) + "/" + name, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    ASSERT_TRUE(out.good()) << name;
+    if (write_dir != nullptr) {
+      std::ofstream out(std::string(write_dir) + "/" + name, std::ios::binary | std::ios::trunc);
+      out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      ASSERT_TRUE(out.good()) << name;
+      return;
+    }
+    std::ifstream in(corpus + "/" + name, std::ios::binary);
+    ASSERT_TRUE(in.good()) << "missing corpus file " << name;
+    const std::vector<uint8_t> have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(have, bytes) << "corpus file " << name << " differs from its generator";
   };
   save("valid_small", small_writer().serialize());
   save("valid_one_of_each_type", one_of_each_type());

@@ -1,0 +1,102 @@
+// The `idlefleet` command as a user runs it: model pull over a file:// URL,
+// and clear errors (exit 1 or 2, nothing left behind) for garbage.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "engine/model_tools.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Ran {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Ran run(const std::string& args, const std::string& cwd = "") {
+  const std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + "'" + IDLEFLEET_BINARY + "' " + args + " 2>&1";
+  Ran r{-1, {}};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("cli_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(Cli, PullCopiesAGgufFromAFileUrl) {
+  // A small real model: synthesise one and pull it through libcurl.
+  const fs::path src = dir_ / "src.gguf";
+  // tiny110m in q4_0 (62 MB) is the smallest shipped shape.
+  ASSERT_TRUE(idlefleet::engine::synth_model({"tiny110m", idlefleet::engine::TensorType::kQ4_0, 3}, src.string()));
+  const fs::path out = dir_ / "models" / "pulled.gguf";
+  const Ran r = run("model pull 'file://" + src.string() + "' -o '" + out.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(fs::file_size(out), fs::file_size(src));
+  EXPECT_FALSE(fs::exists(out.string() + ".part"));
+  const Ran inspect = run("model inspect '" + out.string() + "'");
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("token_embd.weight"), std::string::npos);
+}
+
+TEST_F(Cli, PullRefusesWhatIsNotAModelAndLeavesNothing) {
+  const fs::path junk = dir_ / "junk.gguf";
+  std::ofstream(junk) << "this is not a model";
+  const fs::path out = dir_ / "out.gguf";
+  Ran r = run("model pull 'file://" + junk.string() + "' -o '" + out.string() + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a usable GGUF model"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out.string() + ".part"));
+  r = run("model pull 'file://" + (dir_ / "missing.gguf").string() + "' -o '" + out.string() + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_FALSE(fs::exists(out.string() + ".part"));
+}
+
+TEST_F(Cli, RunWithoutAnyModelExplainsWhatToDo) {
+  // From a directory with no models/ and no ../shared beside it.
+  const Ran r = run("run -p hello", dir_.string());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("model pull"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, GarbageModelFilesGetClearErrors) {
+  const fs::path junk = dir_ / "junk.gguf";
+  std::ofstream(junk) << "GGUF but not really";
+  for (const std::string& args : {"model inspect '" + junk.string() + "'", "run -m '" + junk.string() + "'",
+                                  "model quantize '" + junk.string() + "' '" + (dir_ / "q.gguf").string() + "' --type q8_0",
+                                  "model inspect '" + (dir_ / "absent.gguf").string() + "'"}) {
+    const Ran r = run(args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
+  }
+}
+
+TEST_F(Cli, UsageErrorsExitTwo) {
+  for (const char* args : {"", "model", "model quantize a b --type q5_0", "run --threads 0", "frobnicate"}) {
+    const Ran r = run(args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+  }
+}
+
+}  // namespace

@@ -49,6 +49,11 @@ void run(const RunOptions& o) {
   engine::ThreadPool pool(threads);
   engine::Context ctx(m, o.context, &pool);
   engine::Generator gen(m, ctx);
+  if (!o.quiet) {
+    std::fprintf(stderr, "model: %s (%s), weights %.1f MB, KV cache %.1f MB for %lld positions\n", m.name().c_str(),
+                 path.c_str(), static_cast<double>(m.weight_bytes()) / 1e6, static_cast<double>(ctx.kv_bytes()) / 1e6,
+                 static_cast<long long>(ctx.capacity()));
+  }
   const engine::Tokenizer& tok = m.tokenizer();
 
   if (!o.resume_session.empty()) {
@@ -110,7 +115,7 @@ void add_run(CLI::App& app) {
   cmd->add_option("-c,--ctx", o->context, "Context length (default: the model's)")->check(CLI::Range(int64_t{0}, engine::kModelContextMax));
   cmd->add_option("--export-session", o->export_session, "Write the finished session (ids, sampler, seed) as JSON to this file");
   cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
-  cmd->add_flag("-q,--quiet", o->quiet, "Say nothing on stderr about locating the model");
+  cmd->add_flag("-q,--quiet", o->quiet, "Print only the text and the final speed line");
   cmd->callback([o] {
     if (auto v = o->sampler.validate(); !v) throw CommandError{v.error().to_string()};
     run(*o);

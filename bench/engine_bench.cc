@@ -11,7 +11,8 @@
 // (as llama-bench's pp128 / tg tests do). The read bandwidth is measured in
 // the same run with the same thread count, because this machine is shared and
 // its bandwidth varies: ceiling share = weight bytes per token x decode
-// tokens/s / read bandwidth, per run, then the median.
+// tokens/s / read bandwidth, per run (probed just before and after it), then
+// the median.
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -146,8 +147,9 @@ int main(int argc, char** argv) {
               threads, runs, static_cast<long long>(prompt_tokens), static_cast<long long>(decode_tokens),
               best_kernels().name);
   // The machine is shared and its bandwidth drifts, so the probe runs right
-  // before every decode run, and each run's share of the ceiling is computed
-  // against its own probe; the table shows medians.
+  // before and right after every decode run, and each run's share of the
+  // ceiling is computed against the mean of its own probes; the table shows
+  // medians.
   BandwidthProbe probe(size_t{1} << 30);
   std::printf("%-12s %-5s %9s %9s %7s %9s %9s %7s %8s %7s %8s\n", "model", "type", "prefill", "llama.cpp", "ratio",
               "decode", "llama.cpp", "ratio", "GB/tok", "GB/s", "ceiling");
@@ -192,13 +194,16 @@ int main(int argc, char** argv) {
         ctx.rewind(0);
         int32_t token = 1;
         (void)ctx.eval(std::span(&token, 1));
-        const double gbs = probe.measure(threads);
+        const double gbs_before = probe.measure(threads);
         const auto t2 = Clock::now();
         for (int64_t i = 0; i < decode_tokens; ++i) {
           auto l = ctx.eval(std::span(&token, 1));
           token = static_cast<int32_t>(std::max_element(l->begin(), l->end()) - l->begin());
         }
         const auto t3 = Clock::now();
+        // The bandwidth drifts on a shared machine: take the mean of probes
+        // right before and right after the decode run.
+        const double gbs = 0.5 * (gbs_before + probe.measure(threads));
         if (r == 0) continue;
         prefill.push_back(static_cast<double>(prompt_tokens) / seconds(t0, t1));
         decode.push_back(static_cast<double>(decode_tokens) / seconds(t2, t3));
@@ -216,7 +221,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  std::printf("\nGB/s: read bandwidth of %d threads over 1 GiB, probed before each decode run\n"
+  std::printf("\nGB/s: read bandwidth of %d threads over 1 GiB, mean of probes before and after each decode run\n"
               "ceiling: median over runs of weight bytes per token x decode tokens/s / that run's bandwidth\n",
               threads);
   return 0;

@@ -382,7 +382,11 @@ void Context::matmul(std::initializer_list<MatmulJob> jobs, int64_t n) {
 
 // Element-wise work is split in units of this many elements (tokens for
 // per-token work); each element's arithmetic is the same whoever does it.
-constexpr int64_t kElementsPerUnit = 4096;
+constexpr int64_t kElementsPerUnit = 16384;
+// Attention over fewer (token, position) pairs than this runs on the calling
+// thread: for one decoded token at a short context, waking the other threads
+// costs more than the work.
+constexpr int64_t kAttentionPairsParallelMin = 4096;
 
 template <class Fn>
 void Context::for_tokens(int64_t n, const Fn& fn) {
@@ -447,7 +451,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
       std::memcpy(vc + (p0 + t) * kv_dim, v_.data() + t * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
     }
     const KernelSet& k = *kernels_;
-    pool_->parallel_for(n * c.n_heads, [&](int64_t b, int64_t e, int thread) {
+    auto attention = [&](int64_t b, int64_t e, int thread) {
       float* att = scores_.data() + thread * n_ctx_;
       for (int64_t u = b; u < e; ++u) {
         const int64_t t = u / c.n_heads, h = u % c.n_heads;
@@ -465,7 +469,12 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         for (int64_t p = 0; p <= pos; ++p) att[p] /= sum;
         k.attn_values(att, vc + kv_off, kv_dim, pos + 1, hd, att_out_.data() + t * q_dim + h * hd);
       }
-    });
+    };
+    if (n * (p0 + n) < kAttentionPairsParallelMin) {
+      attention(0, n * c.n_heads, 0);
+    } else {
+      pool_->parallel_for(n * c.n_heads, attention);
+    }
     prepare_input(att_out_.data(), n);
     matmul({{&L.wo, proj_.data()}}, n);
     add_into(x, proj_.data(), n * dim);
@@ -474,7 +483,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
     for_tokens(n, [&](int64_t t) { rmsnorm(xb + t * dim, x + t * dim, L.ffn_norm.data(), dim, c.rms_epsilon); });
     prepare_input(xb, n);
     matmul({{&L.w1, h1_.data()}, {&L.w3, h3_.data()}}, n);
-    pool_->parallel_for(n * c.hidden_dim / kElementsPerUnit + 1, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for((n * c.hidden_dim + kElementsPerUnit - 1) / kElementsPerUnit, [&](int64_t b, int64_t e, int) {
       const int64_t end = std::min(e * kElementsPerUnit, n * c.hidden_dim);
       for (int64_t i = b * kElementsPerUnit; i < end; ++i) {
         float val = h1_[static_cast<size_t>(i)];

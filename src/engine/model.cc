@@ -383,10 +383,10 @@ void Context::matmul(std::initializer_list<MatmulJob> jobs, int64_t n) {
 // Element-wise work is split in units of this many elements (tokens for
 // per-token work); each element's arithmetic is the same whoever does it.
 constexpr int64_t kElementsPerUnit = 16384;
-// Attention over fewer (token, position) pairs than this runs on the calling
-// thread: for one decoded token at a short context, waking the other threads
-// costs more than the work.
-constexpr int64_t kAttentionPairsParallelMin = 4096;
+// Attention with fewer multiply-adds than this runs on the calling thread:
+// for one decoded token at a short context, waking the other threads costs
+// more than the work.
+constexpr int64_t kAttentionParallelMultiplyAddsMin = 16384;
 
 template <class Fn>
 void Context::for_tokens(int64_t n, const Fn& fn) {
@@ -470,7 +470,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         k.attn_values(att, vc + kv_off, kv_dim, pos + 1, hd, att_out_.data() + t * q_dim + h * hd);
       }
     };
-    if (n * (p0 + n) < kAttentionPairsParallelMin) {
+    if (n * (p0 + n) * c.n_heads * hd < kAttentionParallelMultiplyAddsMin) {
       attention(0, n * c.n_heads, 0);
     } else {
       pool_->parallel_for(n * c.n_heads, attention);

@@ -57,7 +57,11 @@ void pull(const std::string& url, std::string out_path) {
   if (d.out == nullptr) throw CommandError{"cannot write " + part};
   d.tty = isatty(2) != 0;
   CURL* curl = curl_easy_init();
-  if (curl == nullptr) throw CommandError{"libcurl failed to initialise"};
+  if (curl == nullptr) {
+    std::fclose(d.out);
+    std::filesystem::remove(part, ec);
+    throw CommandError{"libcurl failed to initialise"};
+  }
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 10L);

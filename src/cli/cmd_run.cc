@@ -25,6 +25,7 @@ struct RunOptions {
   std::string export_session;
   std::string resume_session;
   bool quiet = false;
+  bool tokens_given = false;  // -n on the command line (with --resume: tokens to add)
 };
 
 std::string read_file(const std::string& path) {
@@ -59,6 +60,8 @@ void run(const RunOptions& o) {
   if (!o.resume_session.empty()) {
     auto state = engine::SessionState::from_json(read_file(o.resume_session));
     if (!state) throw CommandError{o.resume_session + ": " + state.error().to_string()};
+    // -n with --resume allows that many more tokens than the session has.
+    if (o.tokens_given) state->max_tokens = o.tokens == 0 ? 0 : static_cast<int64_t>(state->produced_ids.size()) + o.tokens;
     auto st = gen.resume(*state);
     if (!st) throw CommandError{st.error().to_string()};
   } else {
@@ -69,6 +72,7 @@ void run(const RunOptions& o) {
     if (!st) throw CommandError{st.error().to_string()};
   }
 
+  const int64_t produced_before = static_cast<int64_t>(gen.state().produced_ids.size());
   engine::Detokenizer detok(tok);
   for (int32_t id : gen.state().prompt_ids) write(detok.push(id));
   for (int32_t id : gen.state().produced_ids) write(detok.push(id));
@@ -82,11 +86,24 @@ void run(const RunOptions& o) {
   write("\n");
 
   if (!o.export_session.empty()) {
-    std::ofstream out(o.export_session, std::ios::binary | std::ios::trunc);
-    out << gen.state().to_json() << "\n";
-    if (!out) throw CommandError{"cannot write " + o.export_session};
+    // Written beside the target and renamed, so a failure never leaves half a session.
+    const std::string temp = o.export_session + ".tmp." + std::to_string(::getpid());
+    {
+      std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+      out << gen.state().to_json() << "\n";
+      out.close();
+      if (!out) {
+        std::remove(temp.c_str());
+        throw CommandError{"cannot write " + o.export_session};
+      }
+    }
+    if (std::rename(temp.c_str(), o.export_session.c_str()) != 0) {
+      std::remove(temp.c_str());
+      throw CommandError{"cannot write " + o.export_session};
+    }
   }
-  const int64_t produced = static_cast<int64_t>(gen.state().produced_ids.size());
+  // Tokens produced by this process (a resumed session's earlier ones excluded).
+  const int64_t produced = static_cast<int64_t>(gen.state().produced_ids.size()) - produced_before;
   const double prefill_tps = gen.prefill_seconds() > 0 ? gen.prefill_tokens() / gen.prefill_seconds() : 0.0;
   const double decode_tps = gen.decode_seconds() > 0 ? (produced - 1) / gen.decode_seconds() : 0.0;
   std::fprintf(stderr,
@@ -102,7 +119,7 @@ void add_run(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt with a local model");
   cmd->add_option("-m,--model", o->model, "GGUF model file (default: $IDLEFLEET_MODEL or the bundled test model)");
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->capture_default_str();
-  cmd->add_option("-n,--tokens", o->tokens, "Tokens to generate at most (0: until the context is full)")
+  cmd->add_option("-n,--tokens", o->tokens, "Tokens to generate at most (0: until the context is full; with --resume: more tokens)")
       ->check(CLI::Range(int64_t{0}, engine::kModelContextMax))->capture_default_str();
   cmd->add_option("--temp", o->sampler.temperature, "Temperature; 0 is greedy")->check(CLI::Range(0.0f, engine::kTemperatureMax))->capture_default_str();
   cmd->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::Range(0, 1 << 20));
@@ -116,7 +133,8 @@ void add_run(CLI::App& app) {
   cmd->add_option("--export-session", o->export_session, "Write the finished session (ids, sampler, seed) as JSON to this file");
   cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
   cmd->add_flag("-q,--quiet", o->quiet, "Print only the text and the final speed line");
-  cmd->callback([o] {
+  cmd->callback([o, cmd] {
+    o->tokens_given = cmd->count("--tokens") > 0;
     if (auto v = o->sampler.validate(); !v) throw CommandError{v.error().to_string()};
     run(*o);
   });

@@ -2,6 +2,7 @@
 // run-time choice among kernel sets.
 #include "engine/kernels.h"
 
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -36,8 +37,12 @@ void quantize_rows_scalar(const float* x, int64_t ldx, int64_t r0, int64_t r1, Q
         const float v = std::fabs(xr[b * 32 + i]);
         amax = v > amax ? v : amax;
       }
-      const float db = amax / 127.0f;
-      const float id = db != 0.0f ? 1.0f / db : 0.0f;
+      float db = amax / 127.0f;
+      float id = db != 0.0f ? 1.0f / db : 0.0f;
+      if (!(id <= FLT_MAX)) {  // a block so tiny that 1/d overflows: all zeros
+        db = 0.0f;
+        id = 0.0f;
+      }
       int32_t sum = 0;
       for (int i = 0; i < 32; ++i) {
         // Round half to even, as the hardware's float->int conversion does;

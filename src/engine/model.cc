@@ -220,7 +220,7 @@ Status Model::init() {
     }
   }
 
-  repack_quantized();
+  IF_RETURN_IF_ERROR(repack_quantized());
 
   auto tok = Tokenizer::from_gguf(f);
   if (!tok) return Unexpected(tok.error().code, "tokenizer: " + tok.error().message);
@@ -233,7 +233,7 @@ Status Model::init() {
   return {};
 }
 
-void Model::repack_quantized() {
+Status Model::repack_quantized() {
   // Every distinct quantised matrix (token_embd and output may be one).
   std::vector<WeightView*> views = {&token_embd_};
   if (!config_.tied_output) views.push_back(&output_);
@@ -245,7 +245,9 @@ void Model::repack_quantized() {
     if (is_quantized(w->type)) total += interleaved_bytes(w->type, w->rows, w->cols);
   }
   packed_ = PageBuffer(total);
-  CHECK(total == 0 || packed_.data() != nullptr);
+  if (total != 0 && packed_.data() == nullptr) {
+    return Unexpected(ErrorCode::kIo, "cannot allocate " + std::to_string(total) + " bytes for the weights");
+  }
   size_t offset = 0;
   for (WeightView* w : views) {
     if (!is_quantized(w->type)) continue;
@@ -256,6 +258,7 @@ void Model::repack_quantized() {
     offset += interleaved_bytes(w->type, w->rows, w->cols);
   }
   if (config_.tied_output) output_ = token_embd_;
+  return {};
 }
 
 uint64_t Model::weight_bytes_per_token() const {
@@ -281,7 +284,7 @@ void Model::embed(int32_t token, float* out) const { dequantize_weight_row(token
 Context::Context(const Model& model, int64_t n_ctx, ThreadPool* pool, const KernelSet* kernels)
     : model_(model), pool_(pool), kernels_(kernels ? kernels : &best_kernels()) {
   const LlamaConfig& c = model.config();
-  n_ctx_ = (n_ctx <= 0 || n_ctx > c.context_length) ? c.context_length : n_ctx;
+  n_ctx_ = n_ctx <= 0 ? std::min(c.context_length, kDefaultContextLength) : std::min(n_ctx, c.context_length);
   const size_t cache = static_cast<size_t>(c.n_layers * n_ctx_ * c.kv_dim());
   key_cache_.assign(cache, 0.0f);
   value_cache_.assign(cache, 0.0f);

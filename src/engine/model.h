@@ -54,6 +54,9 @@ inline constexpr int64_t kModelContextMax = 1 << 20;
 inline constexpr int64_t kModelVocabMax = 1 << 20;
 // Tokens evaluated in one batch; longer inputs are split (results identical).
 inline constexpr int64_t kBatchTokensMax = 128;
+// Positions a Context holds when the caller does not say: a model may declare
+// a context (up to kModelContextMax) whose KV cache would not fit in memory.
+inline constexpr int64_t kDefaultContextLength = 4096;
 
 struct LlamaConfig {
   int64_t dim = 0;          // embedding width
@@ -106,7 +109,7 @@ class Model {
   Status init();
   // Copies Q8_0 / Q4_0 matrices into the kernels' interleaved layout in huge
   // pages, handing the file's pages back to the page cache.
-  void repack_quantized();
+  Status repack_quantized();
 
   std::unique_ptr<GgufFile> file_;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -121,8 +124,9 @@ class Model {
 // One generation's state: KV cache, position and scratch.
 class Context {
  public:
-  // n_ctx: positions this context holds (<= the model's context length; 0
-  // means the model's). kernels: null for best_kernels().
+  // n_ctx: positions this context holds, at most the model's context length;
+  // 0 means min(the model's, kDefaultContextLength). kernels: null for
+  // best_kernels().
   Context(const Model& model, int64_t n_ctx, ThreadPool* pool, const KernelSet* kernels = nullptr);
 
   // Evaluates `tokens` at positions [position(), position() + n) and returns

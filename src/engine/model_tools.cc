@@ -311,7 +311,7 @@ class StreamingGgufWriter {
 
  private:
   StreamingGgufWriter(std::string path, uint64_t alignment)
-      : path_(std::move(path)), temp_path_(path_ + ".partial"), alignment_(alignment) {}
+      : path_(std::move(path)), temp_path_(path_ + ".partial." + std::to_string(::getpid())), alignment_(alignment) {}
 
   Status write_raw(const void* data, uint64_t bytes) {
     if (bytes > 0 && std::fwrite(data, 1, bytes, file_) != bytes) {

@@ -88,7 +88,11 @@ Result<SessionState> SessionState::from_json(std::string_view text) {
       using T = std::remove_pointer_t<decltype(dst)>;
       if constexpr (std::is_floating_point_v<T>) {
         if (!p[key].is_number()) return Unexpected(ErrorCode::kCorrupt, std::string("session: sampler.") + key + " must be a number");
-        *dst = p[key].get<T>();
+        const double v = p[key].get<double>();
+        if (!(std::fabs(v) <= 1e30)) {  // also NaN; narrowing a huge double to float is undefined
+          return Unexpected(ErrorCode::kOutOfRange, std::string("session: sampler.") + key + " is out of range");
+        }
+        *dst = static_cast<T>(v);
       } else {
         if (!p[key].is_number_integer()) return Unexpected(ErrorCode::kCorrupt, std::string("session: sampler.") + key + " must be an integer");
         if constexpr (std::is_unsigned_v<T>) {

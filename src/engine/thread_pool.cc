@@ -9,10 +9,15 @@
 namespace idlefleet::engine {
 
 namespace {
-// Spin iterations before a waiting thread sleeps on a futex: a few
-// microseconds, enough to cover the gap between a decode step's loops without
-// burning a core that an oversubscribed machine needs for the workers.
+// Spin iterations before a waiting thread sleeps on a futex: tens of
+// microseconds (pause is 40-140 cycles depending on the CPU), enough to cover
+// the gap between a decode step's loops without burning for long a core that
+// an oversubscribed machine needs for the workers.
 constexpr int kSpinIterationsMax = 2000;
+
+// Set on pool threads: a parallel_for from inside a loop body would corrupt
+// the pool's state, so it is refused.
+thread_local bool t_inside_pool = false;
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -40,11 +45,13 @@ void ThreadPool::run_range(int thread) {
 }
 
 void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
+  CHECK(!t_inside_pool);  // REQUIRES: not called from inside a loop body
   if (n <= 0) return;
   if (workers_.empty() || n == 1) {
     fn(0, n, 0);
     return;
   }
+  t_inside_pool = true;
   fn_ = &fn;
   n_ = n;
   // About four chunks per thread: enough to even out, few enough to be cheap.
@@ -63,9 +70,11 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
     }
   }
   fn_ = nullptr;
+  t_inside_pool = false;
 }
 
 void ThreadPool::worker_main(int thread) {
+  t_inside_pool = true;
   uint64_t seen = 0;
   for (;;) {
     int spins = 0;

@@ -8,7 +8,8 @@
 // Results never depend on the number of threads: callers give each index a
 // fixed piece of work whose arithmetic does not depend on who runs it.
 //
-// Thread-safety: one parallel_for at a time, from the owning thread.
+// Thread-safety: one parallel_for at a time, from the owning thread; loop
+// bodies must not throw and must not call parallel_for (CHECKed).
 #pragma once
 
 #include <atomic>

@@ -225,9 +225,11 @@ TEST(Kernels, ActivationQuantisationIsIdenticalInEverySet) {
   x[100] = 2.5f * (x[96] = 0.0f);  // a block with zeros
   for (int i = 128; i < 160; ++i) x[i] = 0.0f;  // an all-zero block
   x[200] = -1e30f;
+  for (int i = 224; i < 256; ++i) x[i] = (i % 2 ? 1e-38f : 0.0f);  // 1/d overflows: all zeros
   QuantizedRows ref;
   ref.resize(rows, n);
   scalar_kernels().quantize_rows(x.data(), n, 0, rows, &ref);
+  for (int i = 224; i < 256; ++i) EXPECT_EQ(ref.block_qs(7, 0)[i - 224], 0) << i;
   for (const KernelSet* ks : available_kernels()) {
     QuantizedRows q;
     q.resize(rows, n);

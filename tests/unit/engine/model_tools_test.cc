@@ -5,6 +5,7 @@
 #include "engine/model_tools.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -53,7 +54,7 @@ struct TempPath {
   }
   ~TempPath() {
     std::filesystem::remove(path);
-    std::filesystem::remove(path + ".partial");
+    std::filesystem::remove(path + ".partial." + std::to_string(::getpid()));
   }
   std::string path;
 };
@@ -313,7 +314,7 @@ void expect_error(const Status& st, ErrorCode code, const std::string& needle,
   EXPECT_EQ(st.error().code, code) << st.error().to_string();
   EXPECT_NE(st.error().message.find(needle), std::string::npos) << st.error().to_string();
   EXPECT_FALSE(std::filesystem::exists(out));
-  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
+  EXPECT_FALSE(std::filesystem::exists(out + ".partial." + std::to_string(::getpid())));
 }
 
 TEST(ConvertLlama2c, RefusesBrokenCheckpoints) {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/check.h"
+#include "common/det_math.h"
 #include "engine/model_format.h"
 #include "engine/quant.h"
 
@@ -291,9 +292,9 @@ Context::Context(const Model& model, int64_t n_ctx, ThreadPool* pool, const Kern
   const int64_t half = c.head_dim / 2;
   rope_freq_.resize(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
-    // llama2.c: 1 / base^(head_dim_index / head_size) with the even index 2i.
-    rope_freq_[static_cast<size_t>(i)] =
-        1.0f / std::pow(c.rope_freq_base, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+    // base^(-2i / head_size), as llama2.c, with our deterministic exp and log.
+    rope_freq_[static_cast<size_t>(i)] = static_cast<float>(det_exp(
+        -static_cast<double>(2 * i) / static_cast<double>(c.head_dim) * det_log(c.rope_freq_base)));
   }
   const size_t B = static_cast<size_t>(kBatchTokensMax);
   x_.resize(B * c.dim);
@@ -422,8 +423,10 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
     const float pos = static_cast<float>(p0 + t);
     for (int64_t i = 0; i < half; ++i) {
       const float val = pos * rope_freq_[static_cast<size_t>(i)];
-      rope_cos_[static_cast<size_t>(t * half + i)] = std::cos(val);
-      rope_sin_[static_cast<size_t>(t * half + i)] = std::sin(val);
+      double sin_val, cos_val;
+      det_sincos(val, &sin_val, &cos_val);
+      rope_cos_[static_cast<size_t>(t * half + i)] = static_cast<float>(cos_val);
+      rope_sin_[static_cast<size_t>(t * half + i)] = static_cast<float>(sin_val);
     }
   }
   const float sqrt_hd = std::sqrt(static_cast<float>(hd));
@@ -466,7 +469,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         for (int64_t p = 0; p <= pos; ++p) max_score = att[p] > max_score ? att[p] : max_score;
         float sum = 0.0f;
         for (int64_t p = 0; p <= pos; ++p) {
-          att[p] = std::exp(att[p] - max_score);
+          att[p] = det_expf(att[p] - max_score);
           sum += att[p];
         }
         for (int64_t p = 0; p <= pos; ++p) att[p] /= sum;
@@ -490,7 +493,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
       const int64_t end = std::min(e * kElementsPerUnit, n * c.hidden_dim);
       for (int64_t i = b * kElementsPerUnit; i < end; ++i) {
         float val = h1_[static_cast<size_t>(i)];
-        val *= 1.0f / (1.0f + std::exp(-val));
+        val *= 1.0f / (1.0f + det_expf(-val));
         val *= h3_[static_cast<size_t>(i)];
         h1_[static_cast<size_t>(i)] = val;
       }

@@ -1,5 +1,7 @@
 #include "engine/sampler.h"
 
+#include "common/det_math.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -252,7 +254,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   u128 total = 0;  // before min_p, which top_p measures against
   const auto weigh = [&](float logit) -> uint64_t {
     if (best_logit == kPositiveInfinity) return static_cast<uint64_t>(kWeightOne);
-    const float weight = std::exp((logit - best_logit) * inverse_temperature);
+    const float weight = det_expf((logit - best_logit) * inverse_temperature);
     // Through int64 (the value is at most 2^52): x86 converts that directly.
     return static_cast<uint64_t>(static_cast<int64_t>(weight * kWeightOne + 0.5));
   };

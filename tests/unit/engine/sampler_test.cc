@@ -453,57 +453,6 @@ TEST(SamplerParams, Validation) {
   EXPECT_TRUE(edges.validate());
 }
 
-TEST(Sampler, CostAtALlamaVocabulary) {
-  constexpr int kVocab = 32000;
-  std::vector<float> logits(kVocab);
-  Rng rng(23);
-  // Roughly the shape of real logits: most small, a few large.
-  for (float& l : logits) l = (rng.uniform_float() - 0.5f) * 8 + (rng.below(500) == 0 ? 10 : 0);
-  std::vector<int32_t> history(512);
-  for (int32_t& id : history) id = static_cast<int32_t>(rng.below(kVocab));
-
-  SamplerParams typical = sampling(0.8f);
-  typical.top_k = 40;
-  typical.top_p = 0.95f;
-  typical.repeat_penalty = 1.1f;
-  SamplerParams nucleus_only = sampling(0.8f);
-  nucleus_only.top_p = 0.9f;
-  SamplerParams plain = sampling(1.0f);
-  SamplerParams flat = sampling(kTemperatureMax);  // the draw reaches deep
-  const std::pair<const char*, SamplerParams> configs[] = {
-      {"greedy", SamplerParams{}},
-      {"top_k 40, top_p 0.95, penalty", typical},
-      {"top_p 0.9", nucleus_only},
-      {"temperature 1", plain},
-      {"temperature 100", flat}};
-#if defined(__SANITIZE_ADDRESS__) || !defined(NDEBUG)
-  constexpr double kBudgetMs = 50.0;  // instrumented builds: only catch blow-ups
-#else
-  constexpr double kBudgetMs = 1.0;
-#endif
-  // CPU time of this thread, best of several batches: wall time on a shared
-  // machine measures the neighbours.
-  const auto cpu_ms = [] {
-    timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-  };
-  for (const auto& [name, params] : configs) {
-    const Sampler s(params);
-    constexpr int kBatches = 5;
-    constexpr int kCalls = 40;
-    int64_t checksum = 0;
-    double best_ms = 1e9;
-    for (int batch = 0; batch < kBatches; ++batch) {
-      const double start = cpu_ms();
-      for (int i = 0; i < kCalls; ++i) checksum += s.sample(logits, history, batch * kCalls + i);
-      best_ms = std::min(best_ms, (cpu_ms() - start) / kCalls);
-    }
-    std::printf("%-32s %.3f ms per call (checksum %lld)\n", name, best_ms,
-                static_cast<long long>(checksum));
-    EXPECT_LT(best_ms, kBudgetMs) << name;
-  }
-}
 
 }  // namespace
 }  // namespace idlefleet::engine

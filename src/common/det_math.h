@@ -6,8 +6,8 @@
 // vehicles could compute different logits from the same tokens, and a
 // generation resumed on another car could drift. These functions use only
 // IEEE double additions, multiplications and divisions in a fixed order
-// (the build forbids contraction into FMA), nearbyint in the default rounding
-// mode, and exact scaling by powers of two; each result is then rounded once
+// (the build forbids contraction into FMA), rounding to nearest even (det_round)
+// mode (det_round), and exact scaling by powers of two; each result is then rounded once
 // to float. Accuracy: within about 1 ulp of float (the double intermediate
 // carries ~1e-11 relative error at most), checked against the C library in
 // tests.
@@ -21,6 +21,15 @@
 
 namespace idlefleet {
 
+// x rounded to the nearest integer, ties to even (the default rounding mode),
+// for |x| < 2^51: adding and removing 1.5 * 2^52 leaves no fraction bits.
+// Inline IEEE additions, where std::nearbyint is a library call on baseline
+// x86-64 (no SSE4.1 roundsd).
+inline double det_round(double x) {
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52
+  return (x + kShift) - kShift;
+}
+
 // e^x in double, for |x| up to ~700 (inputs outside give 0 or inf).
 inline double det_exp(double x) {
   if (x != x) return x;
@@ -30,7 +39,7 @@ inline double det_exp(double x) {
   constexpr double kLog2e = 1.4426950408889634074;
   constexpr double kLn2Hi = 6.93147180369123816490e-01;
   constexpr double kLn2Lo = 1.90821492927058770002e-10;
-  const double n = std::nearbyint(x * kLog2e);
+  const double n = det_round(x * kLog2e);
   const double r = (x - n * kLn2Hi) - n * kLn2Lo;
   // Taylor series to r^10: the remainder is below 1e-11 relative for
   // |r| <= 0.35, far below a float ulp.
@@ -82,7 +91,7 @@ inline float det_expf(float xf) {
   // that m * hi is exact for |m| < 2^21.
   constexpr double kLn2Over64Hi = 6.93147180369123816490e-01 / 64.0;
   constexpr double kLn2Over64Lo = 1.90821492927058770002e-10 / 64.0;
-  const double m = std::nearbyint(x * k64OverLn2);
+  const double m = det_round(x * k64OverLn2);
   const double r = (x - m * kLn2Over64Hi) - m * kLn2Over64Lo;
   double p = 1.0 / 120.0;
   p = p * r + 1.0 / 24.0;
@@ -129,7 +138,7 @@ inline void det_sincos(double x, double* sin_out, double* cos_out) {
   constexpr double kPio2_1 = 1.57079632673412561417e+00;
   constexpr double kPio2_2 = 6.07710050630396597660e-11;
   constexpr double kPio2_3 = 2.02226624879595063154e-21;
-  const double k = std::nearbyint(x * k2OverPi);
+  const double k = det_round(x * k2OverPi);
   const double r = ((x - k * kPio2_1) - k * kPio2_2) - k * kPio2_3;
   const double r2 = r * r;
   // Taylor series to r^17 / r^16: remainder below 1e-16 for |r| <= pi/4.

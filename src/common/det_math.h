@@ -6,9 +6,9 @@
 // vehicles could compute different logits from the same tokens, and a
 // generation resumed on another car could drift. These functions use only
 // IEEE double additions, multiplications and divisions in a fixed order
-// (the build forbids contraction into FMA), rounding to nearest even (det_round)
-// mode (det_round), and exact scaling by powers of two; each result is then rounded once
-// to float. Accuracy: within about 1 ulp of float (the double intermediate
+// (the build forbids contraction into FMA), rounding to nearest even
+// (det_round), and exact scaling by powers of two; each result is then
+// rounded once to float. Accuracy: within about 1 ulp of float (the double intermediate
 // carries ~1e-11 relative error at most), checked against the C library in
 // tests.
 //

@@ -33,4 +33,10 @@ set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/kernels_avx2.cc
 set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/kernels_avx512.cc
   PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni")
 
+# The domain without I/O (docs/architecture.md, "Layers"): time and
+# randomness are inputs, so the simulator and the tests run the real logic.
+file(GLOB IDLEFLEET_CORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/core/*.cc)
+add_library(idlefleet_core STATIC ${IDLEFLEET_CORE_SOURCES})
+target_link_libraries(idlefleet_core PUBLIC idlefleet_common)
+
 file(GLOB IDLEFLEET_CLI_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cli/*.cc)

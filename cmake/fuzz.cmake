@@ -10,3 +10,13 @@ add_executable(fuzz_gguf
 target_include_directories(fuzz_gguf PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_compile_options(fuzz_gguf PRIVATE ${FUZZ_FLAGS})
 target_link_options(fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined)
+
+find_package(nlohmann_json 3 REQUIRED)
+add_executable(fuzz_protocol
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/protocol/fuzz_protocol.cc
+  ${PROJECT_SOURCE_DIR}/src/core/protocol.cc
+  ${PROJECT_SOURCE_DIR}/src/common/result.cc)
+target_include_directories(fuzz_protocol PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(fuzz_protocol PRIVATE nlohmann_json::nlohmann_json)
+target_compile_options(fuzz_protocol PRIVATE ${FUZZ_FLAGS})
+target_link_options(fuzz_protocol PRIVATE -fsanitize=fuzzer,address,undefined)

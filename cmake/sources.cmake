@@ -37,6 +37,6 @@ set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/kernels_avx512.cc
 # randomness are inputs, so the simulator and the tests run the real logic.
 file(GLOB IDLEFLEET_CORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/core/*.cc)
 add_library(idlefleet_core STATIC ${IDLEFLEET_CORE_SOURCES})
-target_link_libraries(idlefleet_core PUBLIC idlefleet_common)
+target_link_libraries(idlefleet_core PUBLIC idlefleet_common nlohmann_json::nlohmann_json)
 
 file(GLOB IDLEFLEET_CLI_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cli/*.cc)

@@ -1,0 +1,345 @@
+#include "core/protocol.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+namespace idlefleet::core {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Field access with validation; the first error is kept and reported.
+class Reader {
+ public:
+  Reader(const json& j, const char* type) : j_(j), type_(type) {}
+
+  const Status& status() const { return status_; }
+
+  std::string string(const char* key, size_t max_bytes, bool required = true) {
+    const json* v = field(key, required);
+    if (v == nullptr) return {};
+    if (!v->is_string()) return fail(key, "must be a string");
+    const auto& s = v->get_ref<const std::string&>();
+    if (s.size() > max_bytes) return fail(key, "is longer than " + std::to_string(max_bytes) + " bytes");
+    if (required && s.empty()) return fail(key, "must not be empty");
+    return s;
+  }
+
+  uint64_t uint(const char* key, uint64_t max, bool required = true) {
+    const json* v = field(key, required);
+    if (v == nullptr) return 0;
+    if (!v->is_number_unsigned() && !(v->is_number_integer() && v->get<int64_t>() >= 0)) {
+      fail(key, "must be an integer >= 0");
+      return 0;
+    }
+    const uint64_t x = v->get<uint64_t>();
+    if (x > max) {
+      fail(key, "is larger than " + std::to_string(max));
+      return 0;
+    }
+    return x;
+  }
+
+  int64_t integer(const char* key, int64_t min, int64_t max, bool required = true) {
+    const json* v = field(key, required);
+    if (v == nullptr) return 0;
+    if (!v->is_number_integer()) {
+      fail(key, "must be an integer");
+      return 0;
+    }
+    if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      fail(key, "is out of range");
+      return 0;
+    }
+    const int64_t x = v->get<int64_t>();
+    if (x < min || x > max) {
+      fail(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+      return 0;
+    }
+    return x;
+  }
+
+  double number(const char* key, double min, double max, bool required = true, double fallback = 0.0) {
+    const json* v = field(key, required);
+    if (v == nullptr) return fallback;
+    if (!v->is_number()) {
+      fail(key, "must be a number");
+      return fallback;
+    }
+    const double x = v->get<double>();
+    if (!(x >= min && x <= max)) {
+      fail(key, "must be a finite number in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+      return fallback;
+    }
+    return x;
+  }
+
+  bool boolean(const char* key, bool required = true) {
+    const json* v = field(key, required);
+    if (v == nullptr) return false;
+    if (!v->is_boolean()) {
+      fail(key, "must be true or false");
+      return false;
+    }
+    return v->get<bool>();
+  }
+
+  std::vector<int32_t> ids(const char* key, size_t max_count, bool required = true) {
+    std::vector<int32_t> out;
+    const json* v = field(key, required);
+    if (v == nullptr) return out;
+    if (!v->is_array()) {
+      fail(key, "must be an array of token ids");
+      return out;
+    }
+    if (v->size() > max_count) {
+      fail(key, "holds more than " + std::to_string(max_count) + " ids");
+      return out;
+    }
+    out.reserve(v->size());
+    for (const json& e : *v) {
+      if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > kTokenIdMax) {
+        fail(key, "must hold token ids in [0, " + std::to_string(kTokenIdMax) + "]");
+        return {};
+      }
+      out.push_back(static_cast<int32_t>(e.get<int64_t>()));
+    }
+    return out;
+  }
+
+  std::vector<std::string> strings(const char* key, size_t max_count, size_t max_bytes) {
+    std::vector<std::string> out;
+    const json* v = field(key, false);
+    if (v == nullptr) return out;
+    if (!v->is_array()) {
+      fail(key, "must be an array of strings");
+      return out;
+    }
+    if (v->size() > max_count) {
+      fail(key, "holds more than " + std::to_string(max_count) + " strings");
+      return out;
+    }
+    for (const json& e : *v) {
+      if (!e.is_string() || e.get_ref<const std::string&>().size() > max_bytes) {
+        fail(key, "must hold strings of at most " + std::to_string(max_bytes) + " bytes");
+        return {};
+      }
+      out.push_back(e.get<std::string>());
+    }
+    return out;
+  }
+
+  const json* object(const char* key) {
+    const json* v = field(key, false);
+    if (v != nullptr && !v->is_object()) {
+      fail(key, "must be an object");
+      return nullptr;
+    }
+    return v;
+  }
+
+ private:
+  const json* field(const char* key, bool required) {
+    if (!status_) return nullptr;
+    auto it = j_.find(key);
+    if (it == j_.end() || it->is_null()) {
+      if (required) fail(key, "is missing");
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  std::string fail(const char* key, const std::string& what) {
+    if (status_) {
+      status_ = Unexpected(ErrorCode::kCorrupt, std::string("message '") + type_ + "': field '" + key + "' " + what);
+    }
+    return {};
+  }
+
+  const json& j_;
+  const char* type_;
+  Status status_;
+};
+
+struct Encoder {
+  json operator()(const HelloMessage& m) const {
+    return {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
+            {"tokens_per_second", m.tokens_per_second}};
+  }
+  json operator()(const StateMessage& m) const {
+    return {{"vehicle_id", m.vehicle_id}, {"state", m.state}, {"eligible", m.eligible}, {"reasons", m.reasons},
+            {"soc_pct", m.soc_pct}, {"accelerator_temp_c", m.accelerator_temp_c},
+            {"departure_earliest", m.departure_earliest}, {"sent_at", m.sent_at}};
+  }
+  json operator()(const AssignMessage& m) const {
+    const Sampling& s = m.sampling;
+    return {{"job_id", m.job_id},           {"attempt", m.attempt},
+            {"model_id", m.model_id},       {"prompt_ids", m.prompt_ids},
+            {"produced_ids", m.produced_ids}, {"max_tokens", m.max_tokens},
+            {"stop_ids", m.stop_ids},       {"lease_expires_at", m.lease_expires_at},
+            {"sampling",
+             {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"min_p", s.min_p},
+              {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}}}};
+  }
+  json operator()(const CancelMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
+  json operator()(const StartedMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
+  json operator()(const ChunkMessage& m) const {
+    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"first_index", m.first_index}, {"ids", m.ids}};
+  }
+  json operator()(const DoneMessage& m) const {
+    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"total_tokens", m.total_tokens},
+            {"finish_reason", m.finish_reason}};
+  }
+  json operator()(const PreemptedMessage& m) const {
+    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"total_tokens", m.total_tokens}, {"reason", m.reason}};
+  }
+  json operator()(const FailedMessage& m) const {
+    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"error", m.error}};
+  }
+};
+
+struct TypeName {
+  const char* operator()(const HelloMessage&) const { return "hello"; }
+  const char* operator()(const StateMessage&) const { return "state"; }
+  const char* operator()(const AssignMessage&) const { return "assign"; }
+  const char* operator()(const CancelMessage&) const { return "cancel"; }
+  const char* operator()(const StartedMessage&) const { return "started"; }
+  const char* operator()(const ChunkMessage&) const { return "chunk"; }
+  const char* operator()(const DoneMessage&) const { return "done"; }
+  const char* operator()(const PreemptedMessage&) const { return "preempted"; }
+  const char* operator()(const FailedMessage&) const { return "failed"; }
+};
+
+constexpr uint64_t kAttemptMax = 1u << 20;
+constexpr int64_t kTimeMax = int64_t{1} << 52;  // ms: far beyond any real date
+
+template <class M>
+Result<Message> finish(Reader& r, M m) {
+  if (!r.status()) return Unexpected(r.status().error());
+  return Message(std::move(m));
+}
+
+}  // namespace
+
+const char* message_type(const Message& m) { return std::visit(TypeName{}, m); }
+
+std::string encode_message(const Message& m) {
+  json j = std::visit(Encoder{}, m);
+  j["v"] = kProtocolVersion;
+  j["type"] = message_type(m);
+  return j.dump();
+}
+
+Result<Message> decode_message(std::string_view text) {
+  if (text.size() > kMessageBytesMax) {
+    return Unexpected(ErrorCode::kOutOfRange,
+                      "message of " + std::to_string(text.size()) + " bytes exceeds " + std::to_string(kMessageBytesMax));
+  }
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Unexpected(ErrorCode::kCorrupt, "message is not valid JSON");
+  if (!j.is_object()) return Unexpected(ErrorCode::kCorrupt, "message is not a JSON object");
+  auto v = j.find("v");
+  if (v == j.end() || !v->is_number_integer()) return Unexpected(ErrorCode::kCorrupt, "message has no version 'v'");
+  if (v->get<int64_t>() != kProtocolVersion) {
+    return Unexpected(ErrorCode::kUnsupported, "message version " + v->dump() + " is not supported (expected " +
+                                                   std::to_string(kProtocolVersion) + ")");
+  }
+  auto t = j.find("type");
+  if (t == j.end() || !t->is_string()) return Unexpected(ErrorCode::kCorrupt, "message has no 'type'");
+  const std::string type = t->get<std::string>();
+  Reader r(j, type.size() <= 32 ? type.c_str() : "?");
+
+  if (type == "hello") {
+    HelloMessage m;
+    m.vehicle_id = r.string("vehicle_id", kIdBytesMax);
+    m.models_cached = r.strings("models_cached", kModelsMax, kIdBytesMax);
+    m.memory_bytes = r.uint("memory_bytes", uint64_t{1} << 50);
+    m.tokens_per_second = r.number("tokens_per_second", 0.0, 1e9, false);
+    return finish(r, std::move(m));
+  }
+  if (type == "state") {
+    StateMessage m;
+    m.vehicle_id = r.string("vehicle_id", kIdBytesMax);
+    m.state = r.string("state", 32);
+    m.eligible = r.boolean("eligible");
+    m.reasons = r.strings("reasons", kReasonsMax, kTextBytesMax);
+    m.soc_pct = r.number("soc_pct", 0.0, 100.0);
+    m.accelerator_temp_c = r.number("accelerator_temp_c", -100.0, 300.0, false);
+    m.departure_earliest = r.integer("departure_earliest", 0, kTimeMax, false);
+    m.sent_at = r.integer("sent_at", 0, kTimeMax);
+    return finish(r, std::move(m));
+  }
+  if (type == "assign") {
+    AssignMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.model_id = r.string("model_id", kIdBytesMax);
+    m.prompt_ids = r.ids("prompt_ids", kTokenIdsMax);
+    m.produced_ids = r.ids("produced_ids", kTokenIdsMax, false);
+    m.max_tokens = r.uint("max_tokens", kTokenIdsMax);
+    m.stop_ids = r.ids("stop_ids", 64, false);
+    m.lease_expires_at = r.integer("lease_expires_at", 0, kTimeMax);
+    if (const json* s = r.object("sampling")) {
+      Reader sr(*s, "assign.sampling");
+      m.sampling.temperature = sr.number("temperature", 0.0, 100.0, false, 0.0);
+      m.sampling.top_k = static_cast<int32_t>(sr.integer("top_k", 0, 1 << 20, false));
+      m.sampling.top_p = sr.number("top_p", 0.0, 1.0, false, 1.0);
+      m.sampling.min_p = sr.number("min_p", 0.0, 1.0, false, 0.0);
+      m.sampling.repeat_penalty = sr.number("repeat_penalty", 1e-6, 100.0, false, 1.0);
+      m.sampling.repeat_last_n = static_cast<int32_t>(sr.integer("repeat_last_n", 0, 1 << 20, false));
+      if (s->find("repeat_last_n") == s->end()) m.sampling.repeat_last_n = 64;
+      m.sampling.seed = sr.uint("seed", UINT64_MAX, false);
+      if (!sr.status()) return Unexpected(sr.status().error());
+    }
+    if (r.status() && m.prompt_ids.empty()) return Unexpected(ErrorCode::kCorrupt, "message 'assign': field 'prompt_ids' is empty");
+    if (r.status() && m.prompt_ids.size() + m.produced_ids.size() > kTokenIdsMax) {
+      return Unexpected(ErrorCode::kOutOfRange, "message 'assign': prompt and produced ids exceed " + std::to_string(kTokenIdsMax));
+    }
+    return finish(r, std::move(m));
+  }
+  if (type == "cancel" || type == "started") {
+    const std::string job_id = r.string("job_id", kIdBytesMax);
+    const auto attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    if (type == "cancel") return finish(r, CancelMessage{job_id, attempt});
+    return finish(r, StartedMessage{job_id, attempt});
+  }
+  if (type == "chunk") {
+    ChunkMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.first_index = r.uint("first_index", kTokenIdsMax);
+    m.ids = r.ids("ids", kChunkTokensMax);
+    return finish(r, std::move(m));
+  }
+  if (type == "done") {
+    DoneMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.total_tokens = r.uint("total_tokens", kTokenIdsMax);
+    m.finish_reason = r.string("finish_reason", 16);
+    if (r.status() && m.finish_reason != "stop" && m.finish_reason != "length") {
+      return Unexpected(ErrorCode::kCorrupt, "message 'done': field 'finish_reason' must be \"stop\" or \"length\"");
+    }
+    return finish(r, std::move(m));
+  }
+  if (type == "preempted") {
+    PreemptedMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.total_tokens = r.uint("total_tokens", kTokenIdsMax);
+    m.reason = r.string("reason", kTextBytesMax, false);
+    return finish(r, std::move(m));
+  }
+  if (type == "failed") {
+    FailedMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.error = r.string("error", kTextBytesMax);
+    return finish(r, std::move(m));
+  }
+  return Unexpected(ErrorCode::kUnsupported,
+                    "message type '" + (type.size() <= 32 ? type : type.substr(0, 32) + "...") + "' is unknown");
+}
+
+}  // namespace idlefleet::core

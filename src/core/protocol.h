@@ -1,0 +1,136 @@
+// Messages between the coordinator and the vehicles, and their JSON form.
+//
+// Every message is one JSON object {"v": 1, "type": "...", ...}. Parsing
+// trusts nothing: the text is bounded (kMessageBytesMax), every field is
+// checked for presence, type and range, every string and array for length,
+// and unknown types or versions are refused with an error that names the
+// field. Unknown extra fields are ignored, so a newer peer can add optional
+// fields without breaking an older one; anything else is a new version.
+//
+//   vehicle -> coordinator            coordinator -> vehicle
+//   hello      (who, what it can run)  assign    (a job attempt to run)
+//   state      (state, eligibility)    cancel    (stop an attempt)
+//   started    (attempt accepted)
+//   chunk      (produced token ids)
+//   done       (attempt finished)
+//   preempted  (attempt stopped: driver back, policy)
+//   failed     (attempt could not run)
+//
+// Token ids travel as ids: the text is derived, and ids are what makes a
+// resumed generation continue exactly.
+//
+// Thread-safety: values and pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "common/result.h"
+#include "core/time.h"
+
+namespace idlefleet::core {
+
+inline constexpr int kProtocolVersion = 1;
+inline constexpr size_t kMessageBytesMax = 4u << 20;     // one message
+inline constexpr size_t kIdBytesMax = 128;               // vehicle, job and model ids
+inline constexpr size_t kTextBytesMax = 4096;            // reasons and error texts
+inline constexpr size_t kTokenIdsMax = 1u << 18;         // prompt + produced in one assign
+inline constexpr size_t kChunkTokensMax = 4096;          // tokens in one chunk
+inline constexpr size_t kModelsMax = 64;                 // cached models in a hello
+inline constexpr size_t kReasonsMax = 32;                // eligibility reasons in a state
+inline constexpr int32_t kTokenIdMax = (1 << 24) - 1;    // vocabularies are far smaller
+
+// The sampler settings of a job, as the engine's SamplerParams.
+struct Sampling {
+  double temperature = 0.0;
+  int32_t top_k = 0;
+  double top_p = 1.0;
+  double min_p = 0.0;
+  double repeat_penalty = 1.0;
+  int32_t repeat_last_n = 64;
+  uint64_t seed = 0;
+};
+
+struct HelloMessage {
+  std::string vehicle_id;
+  std::vector<std::string> models_cached;
+  uint64_t memory_bytes = 0;         // accelerator memory for models
+  double tokens_per_second = 0.0;    // measured on the reference model, for scheduling
+};
+
+struct StateMessage {
+  std::string vehicle_id;
+  std::string state;                 // a VehicleState name: driving, parked, ...
+  bool eligible = false;
+  std::vector<std::string> reasons;  // why not eligible, for owners
+  double soc_pct = 0.0;
+  double accelerator_temp_c = 0.0;
+  TimeMs departure_earliest = 0;
+  TimeMs sent_at = 0;
+};
+
+struct AssignMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  std::string model_id;
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> produced_ids;  // tokens earlier attempts produced: resume from them
+  uint64_t max_tokens = 0;
+  std::vector<int32_t> stop_ids;
+  Sampling sampling;
+  TimeMs lease_expires_at = 0;
+};
+
+struct CancelMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+};
+
+struct StartedMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+};
+
+struct ChunkMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t first_index = 0;  // index of ids[0] among the job's produced tokens
+  std::vector<int32_t> ids;
+};
+
+struct DoneMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t total_tokens = 0;
+  std::string finish_reason;  // "stop" or "length"
+};
+
+struct PreemptedMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t total_tokens = 0;  // tokens sent before stopping
+  std::string reason;
+};
+
+struct FailedMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  std::string error;
+};
+
+using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
+                             DoneMessage, PreemptedMessage, FailedMessage>;
+
+// The "type" field of a message.
+const char* message_type(const Message& m);
+
+// One line of JSON.
+std::string encode_message(const Message& m);
+// Validates everything; errors name the field (kCorrupt, kOutOfRange,
+// kUnsupported for an unknown type or version).
+Result<Message> decode_message(std::string_view text);
+
+}  // namespace idlefleet::core

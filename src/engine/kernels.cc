@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common/check.h"
+#include "common/det_math.h"
 #include "engine/quant.h"
 
 namespace idlefleet::engine {
@@ -200,6 +201,19 @@ void attn_values_scalar(const float* a, const float* v, int64_t stride, int64_t 
   }
 }
 
+void exp_f32_scalar(const float* x, float bias, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = det_expf(x[i] - bias);
+}
+
+void silu_mul_f32_scalar(float* h1, const float* h3, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float val = h1[i];
+    val *= 1.0f / (1.0f + det_expf(-val));
+    val *= h3[i];
+    h1[i] = val;
+  }
+}
+
 const KernelSet kScalar = {
     "scalar",
     quantize_rows_scalar,
@@ -209,6 +223,8 @@ const KernelSet kScalar = {
     matmul_float_scalar<uint16_t>,
     attn_scores_scalar,
     attn_values_scalar,
+    exp_f32_scalar,
+    silu_mul_f32_scalar,
 };
 
 }  // namespace

@@ -122,6 +122,12 @@ struct KernelSet {
   void (*attn_scores)(const float* q, const float* k, int64_t stride, int64_t n, int64_t hd, float divisor,
                       float* out);
   void (*attn_values)(const float* a, const float* v, int64_t stride, int64_t n, int64_t hd, float* out);
+  // Element-wise functions with the project's deterministic exp
+  // (common/det_math.h), lane for lane the same operations as det_expf:
+  //   exp_f32:      out[i] = det_expf(x[i] - bias)        (float subtraction first)
+  //   silu_mul_f32: h1[i] = (h1[i] * (1 / (1 + det_expf(-h1[i])))) * h3[i]
+  void (*exp_f32)(const float* x, float bias, float* out, int64_t n);
+  void (*silu_mul_f32)(float* h1, const float* h3, int64_t n);
 };
 
 const KernelSet& scalar_kernels();

@@ -467,11 +467,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         k.attn_scores(q, kc + kv_off, kv_dim, pos + 1, hd, sqrt_hd, att);
         float max_score = -INFINITY;
         for (int64_t p = 0; p <= pos; ++p) max_score = att[p] > max_score ? att[p] : max_score;
+        k.exp_f32(att, max_score, att, pos + 1);
         float sum = 0.0f;
-        for (int64_t p = 0; p <= pos; ++p) {
-          att[p] = det_expf(att[p] - max_score);
-          sum += att[p];
-        }
+        for (int64_t p = 0; p <= pos; ++p) sum += att[p];
         for (int64_t p = 0; p <= pos; ++p) att[p] /= sum;
         k.attn_values(att, vc + kv_off, kv_dim, pos + 1, hd, att_out_.data() + t * q_dim + h * hd);
       }
@@ -491,12 +489,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
     matmul({{&L.w1, h1_.data()}, {&L.w3, h3_.data()}}, n);
     pool_->parallel_for((n * c.hidden_dim + kElementsPerUnit - 1) / kElementsPerUnit, [&](int64_t b, int64_t e, int) {
       const int64_t end = std::min(e * kElementsPerUnit, n * c.hidden_dim);
-      for (int64_t i = b * kElementsPerUnit; i < end; ++i) {
-        float val = h1_[static_cast<size_t>(i)];
-        val *= 1.0f / (1.0f + det_expf(-val));
-        val *= h3_[static_cast<size_t>(i)];
-        h1_[static_cast<size_t>(i)] = val;
-      }
+      const int64_t begin = b * kElementsPerUnit;
+      kernels_->silu_mul_f32(h1_.data() + begin, h3_.data() + begin, end - begin);
     });
     prepare_input(h1_.data(), n);
     matmul({{&L.w2, proj_.data()}}, n);

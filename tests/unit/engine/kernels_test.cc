@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/det_math.h"
 #include "common/random.h"
 #include "engine/quant.h"
 
@@ -238,6 +239,45 @@ TEST(Kernels, ActivationQuantisationIsIdenticalInEverySet) {
     EXPECT_EQ(q.bias_q8, ref.bias_q8) << ks->name;
     EXPECT_EQ(q.bias_q4, ref.bias_q4) << ks->name;
     for (size_t i = 0; i < ref.d.size(); ++i) EXPECT_EQ(std::bit_cast<uint32_t>(q.d[i]), std::bit_cast<uint32_t>(ref.d[i]));
+  }
+}
+
+TEST(Kernels, ExpAndSiluEqualTheScalarDeterministicExpBitForBit) {
+  Rng rng(12);
+  const int64_t n = 4099;  // not a multiple of 8: the tail too
+  std::vector<float> x(static_cast<size_t>(n)), h3(static_cast<size_t>(n));
+  for (auto& v : x) v = (rng.uniform_float() - 0.5f) * 240.0f;  // beyond both cut-offs
+  for (auto& v : h3) v = rng.uniform_float() - 0.5f;
+  x[3] = NAN;
+  x[4] = INFINITY;
+  x[5] = -INFINITY;
+  x[6] = -0.0f;
+  x[7] = 88.99f;
+  x[8] = -103.99f;
+  std::vector<float> ref(static_cast<size_t>(n)), silu_ref(x);
+  scalar_kernels().exp_f32(x.data(), 0.25f, ref.data(), n);
+  scalar_kernels().silu_mul_f32(silu_ref.data(), h3.data(), n);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isnan(ref[i])) {
+      EXPECT_EQ(ref[i], idlefleet::det_expf(x[i] - 0.25f));
+    }
+  }
+  for (const KernelSet* ks : available_kernels()) {
+    std::vector<float> got(static_cast<size_t>(n)), silu(x);
+    ks->exp_f32(x.data(), 0.25f, got.data(), n);
+    ks->silu_mul_f32(silu.data(), h3.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isnan(ref[i])) {
+        EXPECT_TRUE(std::isnan(got[i])) << ks->name << " " << i;
+      } else {
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(ref[i])) << ks->name << " x=" << x[i];
+      }
+      if (std::isnan(silu_ref[i])) {
+        EXPECT_TRUE(std::isnan(silu[i]));
+      } else {
+        ASSERT_EQ(std::bit_cast<uint32_t>(silu[i]), std::bit_cast<uint32_t>(silu_ref[i])) << ks->name << " x=" << x[i];
+      }
+    }
   }
 }
 

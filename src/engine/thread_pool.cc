@@ -37,10 +37,18 @@ void ThreadPool::run_range(int thread) {
   // Threads take chunks from a shared counter, so that a thread slowed down
   // (by the OS, or by its share of memory bandwidth) does not hold the others
   // up. Which thread computes an index never changes its result.
+  // Guided self-scheduling: each take is half of an even share of what is
+  // left (at least one index), so chunks start large (few atomic operations)
+  // and shrink towards the end (the last thread finishes soon after the others).
+  const int64_t threads = size();
+  int64_t begin = next_.load(std::memory_order_relaxed);
   for (;;) {
-    const int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
     if (begin >= n_) return;
-    (*fn_)(begin, std::min(n_, begin + chunk_), thread);
+    const int64_t take = std::max<int64_t>(1, (n_ - begin) / (2 * threads));
+    if (next_.compare_exchange_weak(begin, begin + take, std::memory_order_relaxed)) {
+      (*fn_)(begin, std::min(n_, begin + take), thread);
+      begin = next_.load(std::memory_order_relaxed);
+    }
   }
 }
 
@@ -54,8 +62,6 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
   t_inside_pool = true;
   fn_ = &fn;
   n_ = n;
-  // About four chunks per thread: enough to even out, few enough to be cheap.
-  chunk_ = std::max<int64_t>(1, n / (4 * size()));
   next_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);

@@ -43,7 +43,6 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   const RangeFn* fn_ = nullptr;
   int64_t n_ = 0;
-  int64_t chunk_ = 1;
   std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};

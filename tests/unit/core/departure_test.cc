@@ -119,7 +119,8 @@ TEST(DeparturePrior, CalibrationAgainstTrondheimData) {
 TEST(DeparturePrior, HourlyCountsMatchTheDerivedFile) {
   SESSIONS_OR_SKIP(text);
   auto hourly = read_file(kHourlyPath);
-  if (!hourly) GTEST_SKIP() << "absent: " << kHourlyPath;
+  // The sessions file is there (checked above), so its derived companion must be too.
+  ASSERT_TRUE(hourly) << "absent: " << kHourlyPath;
   auto prior = DeparturePrior::from_trondheim_csv(text);
   ASSERT_TRUE(prior);
   std::istringstream in(*hourly);

@@ -12,7 +12,8 @@
 // the same run with the same thread count, because this machine is shared and
 // its bandwidth varies: ceiling share = weight bytes per token x decode
 // tokens/s / read bandwidth, per run (probed just before and after it), then
-// the median.
+// the median. --profile adds where decode time goes (matrix products,
+// attention, the rest), a ratio that hardly moves with the bandwidth.
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -115,6 +116,7 @@ std::vector<std::string> split(const std::string& s) {
 int main(int argc, char** argv) {
   int threads = 2, runs = 9;
   int64_t prompt_tokens = 128, decode_tokens = 64;
+  bool profile = false;  // also print where decode time goes
   std::string dir = "build/bench-models";
   std::string shapes = "tiny110m,tinyllama1b", types = "q8_0,q4_0";
   for (int i = 1; i < argc; ++i) {
@@ -133,8 +135,9 @@ int main(int argc, char** argv) {
     else if (a == "--types") types = value();
     else if (a == "--decode-tokens") decode_tokens = std::stoll(value());
     else if (a == "--prompt-tokens") prompt_tokens = std::stoll(value());
+    else if (a == "--profile") profile = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench [--threads N] [--runs N] [--models DIR] [--shapes a,b] [--types a,b] [--decode-tokens N] [--prompt-tokens N]\n");
+      std::fprintf(stderr, "usage: engine_bench [--threads N] [--runs N] [--models DIR] [--shapes a,b] [--types a,b] [--decode-tokens N] [--prompt-tokens N] [--profile]\n");
       return 2;
     }
   }
@@ -180,7 +183,7 @@ int main(int argc, char** argv) {
       Context ctx(m, prompt_tokens + decode_tokens + 8, &pool);
       std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));
       for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(3 + (i * 7919) % (m.config().vocab_size - 3));
-      std::vector<double> prefill, decode, bandwidth, share;
+      std::vector<double> prefill, decode, bandwidth, share, in_matmul, in_attention;
       const double gb_per_token = static_cast<double>(m.weight_bytes_per_token()) / 1e9;
       for (int r = 0; r <= runs; ++r) {  // run 0 warms up (page faults, caches)
         ctx.rewind(0);
@@ -195,12 +198,19 @@ int main(int argc, char** argv) {
         int32_t token = 1;
         (void)ctx.eval(std::span(&token, 1));
         const double gbs_before = probe.measure(threads);
+        ctx.enable_profile(profile);
         const auto t2 = Clock::now();
         for (int64_t i = 0; i < decode_tokens; ++i) {
           auto l = ctx.eval(std::span(&token, 1));
           token = static_cast<int32_t>(std::max_element(l->begin(), l->end()) - l->begin());
         }
         const auto t3 = Clock::now();
+        ctx.enable_profile(false);
+        const double decode_seconds = seconds(t2, t3);
+        if (profile) {
+          in_matmul.push_back(ctx.profile().matmul_seconds / decode_seconds);
+          in_attention.push_back(ctx.profile().attention_seconds / decode_seconds);
+        }
         // The bandwidth drifts on a shared machine: take the mean of probes
         // right before and right after the decode run.
         const double gbs = 0.5 * (gbs_before + probe.measure(threads));
@@ -218,6 +228,14 @@ int main(int argc, char** argv) {
       std::printf("%-12s %-5s %9.1f %9.1f %6.2fx %9.1f %9.1f %6.2fx %8.3f %7.1f %7.1f%%\n", shape.c_str(),
                   type.c_str(), p, ref_p, ref_p > 0 ? p / ref_p : 0.0, d, ref_d, ref_d > 0 ? d / ref_d : 0.0,
                   gb_per_token, median(bandwidth), 100.0 * median(share));
+      if (profile) {
+        // Time outside the matrix products is what keeps decode below the
+        // bandwidth ceiling; unlike the ceiling share, this ratio hardly moves
+        // with the machine's bandwidth.
+        std::printf("  decode time: %.1f%% in matrix products, %.1f%% in attention, %.1f%% elsewhere\n",
+                    100.0 * median(in_matmul), 100.0 * median(in_attention),
+                    100.0 * (1.0 - median(in_matmul) - median(in_attention)));
+      }
       std::fflush(stdout);
     }
   }

@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -347,7 +348,27 @@ void Context::prepare_input(const float* x, int64_t n) {
   input_q_valid_ = false;
 }
 
+namespace {
+// Adds the wall time of its scope to *sink when sink is not null.
+class ScopeTimer {
+ public:
+  explicit ScopeTimer(double* sink) : sink_(sink) {
+    if (sink_ != nullptr) start_ = std::chrono::steady_clock::now();
+  }
+  ~ScopeTimer() {
+    if (sink_ != nullptr) *sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  ScopeTimer(const ScopeTimer&) = delete;
+  ScopeTimer& operator=(const ScopeTimer&) = delete;
+
+ private:
+  double* sink_;
+  std::chrono::steady_clock::time_point start_;
+};
+}  // namespace
+
 void Context::matmul(std::initializer_list<MatmulJob> jobs, int64_t n) {
+  const ScopeTimer timer(profile_on_ ? &profile_.matmul_seconds : nullptr);
   bool any_quantized = false;
   int64_t units_total = 0;
   for (const MatmulJob& job : jobs) {
@@ -474,10 +495,13 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
         k.attn_values(att, vc + kv_off, kv_dim, pos + 1, hd, att_out_.data() + t * q_dim + h * hd);
       }
     };
-    if (n * (p0 + n) * c.n_heads * hd < kAttentionParallelMultiplyAddsMin) {
-      attention(0, n * c.n_heads, 0);
-    } else {
-      pool_->parallel_for(n * c.n_heads, attention);
+    {
+      const ScopeTimer timer(profile_on_ ? &profile_.attention_seconds : nullptr);
+      if (n * (p0 + n) * c.n_heads * hd < kAttentionParallelMultiplyAddsMin) {
+        attention(0, n * c.n_heads, 0);
+      } else {
+        pool_->parallel_for(n * c.n_heads, attention);
+      }
     }
     prepare_input(att_out_.data(), n);
     matmul({{&L.wo, proj_.data()}}, n);

@@ -144,6 +144,19 @@ class Context {
   // Bytes held by the KV cache.
   uint64_t kv_bytes() const { return (key_cache_.size() + value_cache_.size()) * sizeof(float); }
 
+  // Where evaluation time goes, for benchmarks: wall seconds inside the
+  // matrix products and inside attention since enable_profile(true) (which
+  // starts from zero). Off by default (two clock reads per loop when on).
+  struct Profile {
+    double matmul_seconds = 0.0;
+    double attention_seconds = 0.0;
+  };
+  void enable_profile(bool on) {
+    if (on) profile_ = {};
+    profile_on_ = on;
+  }
+  const Profile& profile() const { return profile_; }
+
  private:
   void forward_batch(const int32_t* tokens, int64_t n);
   // y[n][w.rows] = W x for each job, x the current input (all jobs share it).
@@ -173,6 +186,8 @@ class Context {
   int64_t input_cols_ = 0;
   QuantizedRows input_q_;
   bool input_q_valid_ = false;
+  bool profile_on_ = false;
+  Profile profile_;
 };
 
 }  // namespace idlefleet::engine

@@ -39,4 +39,38 @@ file(GLOB IDLEFLEET_CORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cor
 add_library(idlefleet_core STATIC ${IDLEFLEET_CORE_SOURCES})
 target_link_libraries(idlefleet_core PUBLIC idlefleet_common nlohmann_json::nlohmann_json)
 
+# A layer is a static library, or an interface library while it is only headers.
+macro(idlefleet_layer name sources_var)
+  if(${sources_var})
+    add_library(${name} STATIC ${${sources_var}})
+    set(${name}_scope PUBLIC)
+  else()
+    add_library(${name} INTERFACE)
+    target_include_directories(${name} INTERFACE ${PROJECT_SOURCE_DIR}/src)
+    set(${name}_scope INTERFACE)
+  endif()
+endmacro()
+
+# Thin wrappers over libnats, the HTTP server (Boost.Beast) and processes;
+# nothing domain-specific.
+file(GLOB IDLEFLEET_TRANSPORT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/transport/*.cc)
+idlefleet_layer(idlefleet_transport IDLEFLEET_TRANSPORT_SOURCES)
+target_link_libraries(idlefleet_transport ${idlefleet_transport_scope} idlefleet_common Boost::headers PkgConfig::NATS Threads::Threads)
+
+# Persistence behind small interfaces: SQLite (WAL).
+file(GLOB IDLEFLEET_STORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/store/*.cc)
+idlefleet_layer(idlefleet_store IDLEFLEET_STORE_SOURCES)
+target_link_libraries(idlefleet_store ${idlefleet_store_scope} idlefleet_core PkgConfig::SQLITE3)
+
+# The shells: they turn I/O into core events and core effects into I/O.
+file(GLOB IDLEFLEET_AGENT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/agent/*.cc)
+idlefleet_layer(idlefleet_agent IDLEFLEET_AGENT_SOURCES)
+target_link_libraries(idlefleet_agent ${idlefleet_agent_scope} idlefleet_core idlefleet_engine idlefleet_transport
+  PkgConfig::SODIUM CURL::libcurl)
+
+file(GLOB IDLEFLEET_COORDINATOR_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/coordinator/*.cc)
+idlefleet_layer(idlefleet_coordinator IDLEFLEET_COORDINATOR_SOURCES)
+target_link_libraries(idlefleet_coordinator ${idlefleet_coordinator_scope} idlefleet_core idlefleet_store idlefleet_transport
+  idlefleet_text PkgConfig::SODIUM PkgConfig::TOMLPP)
+
 file(GLOB IDLEFLEET_CLI_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cli/*.cc)

@@ -5,6 +5,8 @@
 
 #include "common/check.h"
 
+#include <nlohmann/json.hpp>
+
 namespace idlefleet::core {
 
 const char* job_state_name(JobState s) {
@@ -66,9 +68,13 @@ Status Job::assign(const std::string& vehicle_id, TimeMs now) {
                       "job " + id_ + ": cannot assign while " + job_state_name(state_));
   }
   if (vehicle_id.empty()) return Unexpected(ErrorCode::kInvalidArgument, "job " + id_ + ": empty vehicle id");
-  if (attempts_.size() >= limits_.attempts_max) {
+  const auto unlucky = std::count_if(attempts_.begin(), attempts_.end(), [](const Attempt& a) {
+    return a.end == AttemptEnd::kFailed || a.end == AttemptEnd::kLost;
+  });
+  if (static_cast<uint32_t>(unlucky) >= limits_.attempts_max || attempts_.size() >= limits_.attempts_total_max) {
     state_ = JobState::kFailed;
-    finish_reason_ = "no vehicle finished it in " + std::to_string(limits_.attempts_max) + " attempts";
+    finish_reason_ = "no vehicle finished it: " + std::to_string(unlucky) + " attempts failed or were lost, " +
+                     std::to_string(attempts_.size()) + " attempts in all";
     return Unexpected(ErrorCode::kOutOfRange, "job " + id_ + ": " + finish_reason_);
   }
   Attempt a;
@@ -164,6 +170,23 @@ Status Job::complete(uint32_t attempt, uint64_t total_tokens, const std::string&
   return {};
 }
 
+Status Job::lose(uint32_t attempt, TimeMs now) {
+  IF_RETURN_IF_ERROR(check_attempt(attempt, "loss"));
+  end_attempt(AttemptEnd::kLost, now);
+  state_ = JobState::kPreempted;
+  return {};
+}
+
+Status Job::fail(const std::string& why, TimeMs now) {
+  if (job_state_final(state_)) {
+    return Unexpected(ErrorCode::kInvalidArgument, "job " + id_ + ": already " + job_state_name(state_));
+  }
+  if (current() != nullptr) end_attempt(AttemptEnd::kFailed, now);
+  state_ = JobState::kFailed;
+  finish_reason_ = why;
+  return {};
+}
+
 Status Job::cancel(TimeMs now) {
   if (job_state_final(state_)) {
     return Unexpected(ErrorCode::kInvalidArgument, "job " + id_ + ": already " + job_state_name(state_));
@@ -174,12 +197,107 @@ Status Job::cancel(TimeMs now) {
   return {};
 }
 
+Result<Job> Job::restore(std::string id, TimeMs created_at, uint64_t max_tokens, JobLimits limits, JobState state,
+                         std::vector<int32_t> produced, std::vector<Attempt> attempts, std::string finish_reason,
+                         TimeMs now) {
+  Job job(std::move(id), created_at, max_tokens, limits);
+  if (produced.size() > job.max_tokens_) {
+    return Unexpected(ErrorCode::kCorrupt, "job " + job.id_ + ": stored with more tokens than its budget");
+  }
+  uint64_t appended = 0;
+  for (size_t i = 0; i < attempts.size(); ++i) {
+    if (attempts[i].number != i + 1 || (attempts[i].end == AttemptEnd::kLive && i + 1 != attempts.size())) {
+      return Unexpected(ErrorCode::kCorrupt, "job " + job.id_ + ": stored attempts are out of order");
+    }
+    appended += attempts[i].tokens_appended;
+  }
+  if (appended != produced.size()) {
+    return Unexpected(ErrorCode::kCorrupt, "job " + job.id_ + ": stored attempts account for " +
+                                               std::to_string(appended) + " tokens, not " +
+                                               std::to_string(produced.size()));
+  }
+  job.produced_ = std::move(produced);
+  job.attempts_ = std::move(attempts);
+  job.finish_reason_ = std::move(finish_reason);
+  job.state_ = state;
+  if (job.current() != nullptr) {
+    if (job_state_final(state)) {
+      return Unexpected(ErrorCode::kCorrupt, "job " + job.id_ + ": stored final with a live attempt");
+    }
+    job.end_attempt(AttemptEnd::kLost, now);
+  }
+  if (state == JobState::kAssigned || state == JobState::kRunning) job.state_ = JobState::kPreempted;
+  return job;
+}
+
 bool Job::expire_lease(TimeMs now) {
   const Attempt* live = current();
   if (live == nullptr || now < live->lease_expires_at) return false;
   end_attempt(AttemptEnd::kLost, now);
   state_ = JobState::kPreempted;
   return true;
+}
+
+std::optional<JobState> job_state_from_name(std::string_view name) {
+  for (JobState s : {JobState::kQueued, JobState::kAssigned, JobState::kRunning, JobState::kPreempted, JobState::kDone,
+                     JobState::kFailed, JobState::kCancelled}) {
+    if (name == job_state_name(s)) return s;
+  }
+  return std::nullopt;
+}
+
+namespace {
+constexpr size_t kAttemptsJsonBytesMax = 1u << 20;
+}  // namespace
+
+std::string attempts_to_json(const std::vector<Attempt>& attempts) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Attempt& a : attempts) {
+    out.push_back({{"number", a.number},
+                   {"vehicle_id", a.vehicle_id},
+                   {"assigned_at", a.assigned_at},
+                   {"started_at", a.started_at},
+                   {"lease_expires_at", a.lease_expires_at},
+                   {"ended_at", a.ended_at},
+                   {"end", attempt_end_name(a.end)},
+                   {"tokens_at_start", a.tokens_at_start},
+                   {"tokens_appended", a.tokens_appended}});
+  }
+  return out.dump();
+}
+
+Result<std::vector<Attempt>> attempts_from_json(std::string_view text) {
+  if (text.size() > kAttemptsJsonBytesMax) return Unexpected(ErrorCode::kOutOfRange, "attempts: too long");
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array()) return Unexpected(ErrorCode::kCorrupt, "attempts: not a JSON array");
+  std::vector<Attempt> out;
+  try {
+    for (const auto& e : j) {
+      Attempt a;
+      a.number = e.at("number").get<uint32_t>();
+      a.vehicle_id = e.at("vehicle_id").get<std::string>();
+      a.assigned_at = e.at("assigned_at").get<TimeMs>();
+      a.started_at = e.at("started_at").get<TimeMs>();
+      a.lease_expires_at = e.at("lease_expires_at").get<TimeMs>();
+      a.ended_at = e.at("ended_at").get<TimeMs>();
+      const std::string end = e.at("end").get<std::string>();
+      bool known = false;
+      for (AttemptEnd x : {AttemptEnd::kLive, AttemptEnd::kCompleted, AttemptEnd::kPreempted, AttemptEnd::kLost,
+                           AttemptEnd::kCancelled, AttemptEnd::kFailed}) {
+        if (end == attempt_end_name(x)) {
+          a.end = x;
+          known = true;
+        }
+      }
+      if (!known) return Unexpected(ErrorCode::kCorrupt, "attempts: unknown end '" + end + "'");
+      a.tokens_at_start = e.at("tokens_at_start").get<uint64_t>();
+      a.tokens_appended = e.at("tokens_appended").get<uint64_t>();
+      out.push_back(std::move(a));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return Unexpected(ErrorCode::kCorrupt, std::string("attempts: ") + e.what());
+  }
+  return out;
 }
 
 }  // namespace idlefleet::core

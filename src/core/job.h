@@ -23,6 +23,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string_view>
 #include <span>
 #include <string>
 #include <vector>
@@ -60,7 +62,11 @@ struct Attempt {
 };
 
 struct JobLimits {
-  uint32_t attempts_max = 8;                  // then the job fails
+  // Attempts that failed or were lost (the vehicle's error, an expired
+  // lease): this many and the job fails. Preemptions do not count: a driver
+  // coming home is nobody's fault, and the job keeps its tokens.
+  uint32_t attempts_max = 8;
+  uint32_t attempts_total_max = 256;          // every attempt, preempted ones included
   DurationMs lease_ms = 10 * kSecondMs;       // renewed by every chunk and heartbeat
   uint64_t tokens_max = 1u << 20;             // produced tokens per job
   size_t chunk_tokens_max = 4096;             // tokens in one chunk message
@@ -96,8 +102,21 @@ class Job {
   Status attempt_failed(uint32_t attempt, const std::string& why, TimeMs now);
   // running -> done, when the vehicle's count of produced tokens matches.
   Status complete(uint32_t attempt, uint64_t total_tokens, const std::string& finish_reason, TimeMs now);
+  // The vehicle lost the attempt without saying so (it restarted): the
+  // attempt ends as lost and the job goes back to be placed, tokens kept.
+  Status lose(uint32_t attempt, TimeMs now);
+  // Any live state -> failed with a reason (e.g. no vehicle took it in time).
+  Status fail(const std::string& why, TimeMs now);
   // Any live state -> cancelled.
   Status cancel(TimeMs now);
+  // Rebuilds a job from what the coordinator stored, after a restart. A live
+  // attempt is ended as lost at `now` (its vehicle's later messages are then
+  // stale), and an unfinished job goes back to be placed with its tokens.
+  // Fails on a stored record that breaks the job's invariants.
+  static Result<Job> restore(std::string id, TimeMs created_at, uint64_t max_tokens, JobLimits limits,
+                             JobState state, std::vector<int32_t> produced, std::vector<Attempt> attempts,
+                             std::string finish_reason, TimeMs now);
+
   // If the live attempt's lease has expired: it is lost and the job is
   // preempted. Returns true when that happened.
   bool expire_lease(TimeMs now);
@@ -115,5 +134,12 @@ class Job {
   std::vector<Attempt> attempts_;
   std::string finish_reason_;
 };
+
+// "queued" -> JobState; nullopt for anything else.
+std::optional<JobState> job_state_from_name(std::string_view name);
+
+// Attempts as JSON (for the store) and back, validated.
+std::string attempts_to_json(const std::vector<Attempt>& attempts);
+Result<std::vector<Attempt>> attempts_from_json(std::string_view text);
 
 }  // namespace idlefleet::core

@@ -165,12 +165,13 @@ class Reader {
 struct Encoder {
   json operator()(const HelloMessage& m) const {
     return {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
-            {"tokens_per_second", m.tokens_per_second}};
+            {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}};
   }
   json operator()(const StateMessage& m) const {
     return {{"vehicle_id", m.vehicle_id}, {"state", m.state}, {"eligible", m.eligible}, {"reasons", m.reasons},
             {"soc_pct", m.soc_pct}, {"accelerator_temp_c", m.accelerator_temp_c},
-            {"departure_earliest", m.departure_earliest}, {"sent_at", m.sent_at}};
+            {"departure_earliest", m.departure_earliest}, {"sent_at", m.sent_at}, {"job_id", m.job_id},
+            {"attempt", m.attempt}};
   }
   json operator()(const AssignMessage& m) const {
     const Sampling& s = m.sampling;
@@ -256,6 +257,7 @@ Result<Message> decode_message(std::string_view text) {
     m.models_cached = r.strings("models_cached", kModelsMax, kIdBytesMax);
     m.memory_bytes = r.uint("memory_bytes", uint64_t{1} << 50);
     m.tokens_per_second = r.number("tokens_per_second", 0.0, 1e9, false);
+    m.instance = r.string("instance", kIdBytesMax, false);
     return finish(r, std::move(m));
   }
   if (type == "state") {
@@ -268,6 +270,8 @@ Result<Message> decode_message(std::string_view text) {
     m.accelerator_temp_c = r.number("accelerator_temp_c", -100.0, 300.0, false);
     m.departure_earliest = r.integer("departure_earliest", 0, kTimeMax, false);
     m.sent_at = r.integer("sent_at", 0, kTimeMax);
+    m.job_id = r.string("job_id", kIdBytesMax, false);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax, false));
     return finish(r, std::move(m));
   }
   if (type == "assign") {

@@ -59,6 +59,10 @@ struct HelloMessage {
   std::vector<std::string> models_cached;
   uint64_t memory_bytes = 0;         // accelerator memory for models
   double tokens_per_second = 0.0;    // measured on the reference model, for scheduling
+  // Changes every time the agent starts: a new instance has no attempts, so
+  // the coordinator ends the old instance's live attempt at once instead of
+  // waiting for its lease. Optional ("" from agents that do not send it).
+  std::string instance;
 };
 
 struct StateMessage {
@@ -70,6 +74,11 @@ struct StateMessage {
   double accelerator_temp_c = 0.0;
   TimeMs departure_earliest = 0;
   TimeMs sent_at = 0;
+  // The attempt the vehicle is serving, if any (optional): renews its lease
+  // while no chunk flows (a long prefill), and tells the coordinator which
+  // attempt the vehicle believes it holds.
+  std::string job_id;
+  uint32_t attempt = 0;
 };
 
 struct AssignMessage {

@@ -85,12 +85,25 @@ TEST(Job, AttemptsRunOutAndTheJobFails) {
   Job j("j5", 0, 10, limits);
   for (uint32_t a = 1; a <= 2; ++a) {
     ASSERT_TRUE(j.assign("car", 0));
-    ASSERT_TRUE(j.preempt(a, 1));
+    ASSERT_TRUE(j.attempt_failed(a, "engine error", 1));
   }
   auto r = j.assign("car", 2);
   ASSERT_FALSE(r);
   EXPECT_EQ(j.state(), JobState::kFailed);
   EXPECT_FALSE(j.cancel(3));
+}
+
+TEST(Job, PreemptionsDoNotUseUpAttempts) {
+  JobLimits limits;
+  limits.attempts_max = 2;
+  limits.attempts_total_max = 5;
+  Job j("j7", 0, 10, limits);
+  for (uint32_t a = 1; a <= 5; ++a) {
+    ASSERT_TRUE(j.assign("car", 0));
+    ASSERT_TRUE(j.preempt(a, 1));
+  }
+  EXPECT_FALSE(j.assign("car", 2));  // the overall bound still holds
+  EXPECT_EQ(j.state(), JobState::kFailed);
 }
 
 TEST(Job, CancelEndsTheLiveAttemptAndRefusesLaterMessages) {

@@ -1,0 +1,217 @@
+#include "core/agent_machine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/check.h"
+
+namespace idlefleet::core {
+
+AgentMachine::AgentMachine(AgentConfig config) : config_(std::move(config)) {
+  CHECK(!config_.vehicle_id.empty());
+  CHECK(config_.policy.validate().has_value());
+  decision_.eligible = false;
+  decision_.reasons.push_back({ReasonCode::kSignalsMissing, "no vehicle signals yet"});
+}
+
+VehicleState AgentMachine::state() const {
+  if (attempt_) return attempt_->stopping ? VehicleState::kPreempting : VehicleState::kServing;
+  const VehicleState physical = physical_state(signals_);
+  if (physical == VehicleState::kDriving) return physical;
+  return decision_.eligible ? VehicleState::kEligible : physical;
+}
+
+bool AgentMachine::is_current(const std::string& job_id, uint32_t attempt) const {
+  return attempt_ && attempt_->job_id == job_id && attempt_->attempt == attempt;
+}
+
+void AgentMachine::reject(const std::string& text, std::vector<AgentEffect>* out) {
+  ++counters_.messages_rejected;
+  out->push_back(AgentLogEffect{"rejected_message", text});
+}
+
+// Stays feed the vehicle's own departure history: parked (or charging)
+// from the first event that shows it until the first that shows driving.
+void AgentMachine::track_stay(TimeMs now) {
+  const bool parked = physical_state(signals_) != VehicleState::kDriving;
+  if (parked && !parked_since_) parked_since_ = now;
+  if (!parked && parked_since_) {
+    (void)predictor_.observe(*parked_since_, now, config_.utc_offset_minutes);  // a holiday-long stay is refused: fine
+    parked_since_.reset();
+  }
+  departure_earliest_.reset();
+  if (parked_since_ && config_.prior != nullptr) {
+    auto p = predictor_.predict(*parked_since_, now, config_.utc_offset_minutes, *config_.prior);
+    if (p) departure_earliest_ = p->earliest_likely;
+  }
+}
+
+void AgentMachine::evaluate(TimeMs now, std::vector<AgentEffect>* out) {
+  track_stay(now);
+  EligibilityInputs in;
+  in.signals = signals_;
+  in.policy = config_.policy;
+  in.utc_offset_minutes = config_.utc_offset_minutes;
+  in.battery_capacity_kwh = config_.battery_capacity_kwh;
+  in.charge_power_kw = config_.charge_power_kw;
+  in.inference_power_kw = config_.inference_power_kw;
+  in.wear_used_hours = wear_used_hours_;
+  // The owner's declared departures gate the car; the prediction only
+  // guides placement (docs/architecture.md, "Departures: declared and
+  // predicted"): a wrong guess costs a preemption, never the owner's charge.
+  in.next_departure = std::nullopt;
+  in.signal_age_ms_max = config_.signal_age_ms_max;
+  decision_ = decide_eligibility(in, now);
+
+  if (attempt_ && !attempt_->stopping && !decision_.eligible) {
+    attempt_->stopping = true;
+    attempt_->stop_reason = format_reasons(decision_);
+    ++counters_.attempts_preempted;
+    out->push_back(StopEngineEffect{attempt_->job_id, attempt_->attempt, attempt_->stop_reason});
+    out->push_back(AgentLogEffect{"preempted", "job " + attempt_->job_id + " attempt " +
+                                                   std::to_string(attempt_->attempt) + ": " + attempt_->stop_reason});
+  }
+}
+
+void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
+  HelloMessage h;
+  h.vehicle_id = config_.vehicle_id;
+  h.models_cached = config_.models_cached;
+  if (h.models_cached.size() > kModelsMax) h.models_cached.resize(kModelsMax);
+  h.memory_bytes = config_.memory_bytes;
+  h.tokens_per_second = config_.tokens_per_second;
+  h.instance = config_.instance;
+  out->push_back(SendEffect{std::move(h)});
+  last_hello_sent_ = now;
+}
+
+void AgentMachine::send_state(TimeMs now, std::vector<AgentEffect>* out) {
+  StateMessage s;
+  s.vehicle_id = config_.vehicle_id;
+  const VehicleState st = state();
+  s.state = vehicle_state_name(st);
+  s.eligible = decision_.eligible;
+  for (const EligibilityReason& r : decision_.reasons) {
+    if (s.reasons.size() == kReasonsMax) break;
+    s.reasons.push_back(r.text.size() <= kTextBytesMax ? r.text : r.text.substr(0, kTextBytesMax));
+  }
+  s.soc_pct = std::clamp(signals_.soc_pct.value_or(0.0), 0.0, 100.0);
+  s.accelerator_temp_c = std::clamp(signals_.accelerator_temperature_c.value_or(0.0), -100.0, 300.0);
+  s.departure_earliest = departure_earliest_.value_or(0);
+  s.sent_at = now;
+  if (attempt_) {
+    s.job_id = attempt_->job_id;
+    s.attempt = attempt_->attempt;
+  }
+  out->push_back(SendEffect{std::move(s)});
+  last_state_sent_ = now;
+  last_state_reported_ = st;
+  last_eligible_reported_ = decision_.eligible;
+}
+
+void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out) {
+  if (const auto* a = std::get_if<AssignMessage>(&m)) {
+    if (attempt_) {
+      if (is_current(a->job_id, a->attempt)) return;  // a duplicate: already running it
+      ++counters_.attempts_refused;
+      out->push_back(SendEffect{FailedMessage{a->job_id, a->attempt, "vehicle " + config_.vehicle_id +
+                                                                          " is busy with job " + attempt_->job_id}});
+      return;
+    }
+    if (!decision_.eligible) {
+      // Not a failure of the job: the car said no, as it may at any moment.
+      ++counters_.attempts_refused;
+      out->push_back(SendEffect{PreemptedMessage{a->job_id, a->attempt, a->produced_ids.size(),
+                                                 "not eligible: " + format_reasons(decision_)}});
+      return;
+    }
+    Current c;
+    c.job_id = a->job_id;
+    c.attempt = a->attempt;
+    c.tokens_at_start = a->produced_ids.size();
+    attempt_ = std::move(c);
+    ++counters_.attempts_started;
+    out->push_back(StartEngineEffect{*a});
+    out->push_back(SendEffect{StartedMessage{a->job_id, a->attempt}});
+    return;
+  }
+  if (const auto* c = std::get_if<CancelMessage>(&m)) {
+    if (!is_current(c->job_id, c->attempt)) {
+      reject("cancel for job " + c->job_id + " attempt " + std::to_string(c->attempt) + ", which is not running here",
+             out);
+      return;
+    }
+    attempt_->cancelled = true;
+    if (!attempt_->stopping) {
+      attempt_->stopping = true;
+      attempt_->stop_reason = "cancelled by the coordinator";
+      out->push_back(StopEngineEffect{c->job_id, c->attempt, attempt_->stop_reason});
+    }
+    return;
+  }
+  reject(std::string("unexpected message '") + message_type(m) + "' from the coordinator", out);
+}
+
+std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs now) {
+  std::vector<AgentEffect> out;
+  bool force_state = false;
+  if (const auto* e = std::get_if<SignalsEvent>(&event)) {
+    signals_ = e->signals;
+  } else if (std::holds_alternative<ConnectedEvent>(event)) {
+    evaluate(now, &out);
+    send_hello(now, &out);
+    send_state(now, &out);
+    return out;
+  } else if (const auto* e = std::get_if<CoordinatorMessageEvent>(&event)) {
+    evaluate(now, &out);  // decide on the freshest view of the car
+    on_message(e->message, now, &out);
+    force_state = std::holds_alternative<AssignMessage>(e->message);
+  } else if (const auto* e = std::get_if<EngineTokensEvent>(&event)) {
+    if (!is_current(e->job_id, e->attempt)) {
+      reject("engine tokens for job " + e->job_id + " attempt " + std::to_string(e->attempt) + ", not current", &out);
+    } else if (!e->ids.empty()) {
+      out.push_back(SendEffect{ChunkMessage{e->job_id, e->attempt, e->first_index, e->ids}});
+    }
+  } else if (const auto* e = std::get_if<EngineFinishedEvent>(&event)) {
+    if (is_current(e->job_id, e->attempt)) {
+      // Finished before the stop took effect: the work is complete, report it.
+      out.push_back(SendEffect{DoneMessage{e->job_id, e->attempt, e->total_tokens, e->finish_reason}});
+      ++counters_.attempts_finished;
+      attempt_.reset();
+      force_state = true;
+    }
+  } else if (const auto* e = std::get_if<EngineStoppedEvent>(&event)) {
+    if (is_current(e->job_id, e->attempt)) {
+      if (!attempt_->cancelled) {
+        out.push_back(SendEffect{PreemptedMessage{e->job_id, e->attempt, e->total_tokens, attempt_->stop_reason}});
+      }
+      attempt_.reset();
+      force_state = true;
+    }
+  } else if (const auto* e = std::get_if<EngineFailedEvent>(&event)) {
+    if (is_current(e->job_id, e->attempt)) {
+      out.push_back(SendEffect{FailedMessage{e->job_id, e->attempt,
+                                             e->error.size() <= kTextBytesMax ? e->error : e->error.substr(0, kTextBytesMax)}});
+      attempt_.reset();
+      force_state = true;
+    }
+  } else if (const auto* e = std::get_if<PolicyEvent>(&event)) {
+    if (e->policy.validate()) config_.policy = e->policy;
+    else out.push_back(AgentLogEffect{"rejected_policy", e->policy.validate().error().message});
+    force_state = true;
+  } else if (const auto* e = std::get_if<WearEvent>(&event)) {
+    if (e->wear_hours > 0.0 && e->wear_hours < kWearUsedHoursMax) {
+      wear_used_hours_ = std::min(wear_used_hours_ + e->wear_hours, kWearUsedHoursMax);
+    }
+  }
+
+  evaluate(now, &out);
+  if (last_hello_sent_ < 0 || now - last_hello_sent_ >= config_.hello_ms) send_hello(now, &out);
+  if (force_state || last_state_sent_ < 0 || state() != last_state_reported_ ||
+      decision_.eligible != last_eligible_reported_ || now - last_state_sent_ >= config_.heartbeat_ms) {
+    send_state(now, &out);
+  }
+  return out;
+}
+
+}  // namespace idlefleet::core

@@ -1,0 +1,189 @@
+// The vehicle agent's decision logic: one vehicle, as a state machine.
+//
+//   handle(event, now) -> effects
+//
+// Events are what the agent's shell observes (new signals, a message from the
+// coordinator, the engine's progress, a timer tick); effects are what the
+// shell must do (send a message, start or stop the engine). The machine owns
+// every decision: whether the car may work (the owner's policy, re-checked on
+// every event, because the car is the final authority over itself), whether
+// to accept an assignment, when to stop, what to report. The shell owns none.
+//
+//   driving ─park─> parked/charging ─policy ok─> eligible ─assign─> serving
+//      ^                                             ^                  │
+//      └──────────── driver back ───────────── preempting <── policy fails
+//
+// Preemption is immediate: the event that makes the car ineligible (a door,
+// the gear, the charger, a hot chip) returns StopEngine in the same call, and
+// the shell's engine stops at its next token boundary. Tokens the engine
+// produced before it stopped are still reported: they are correct, and the
+// next vehicle continues after them.
+//
+// No I/O, no clock: `now` is an argument. Thread-safety: one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "core/departure.h"
+#include "core/policy.h"
+#include "core/protocol.h"
+#include "core/signals.h"
+#include "core/time.h"
+
+namespace idlefleet::core {
+
+struct AgentConfig {
+  std::string vehicle_id;
+  std::string instance;                 // unique per agent start (HelloMessage::instance)
+  OwnerPolicy policy;
+  int utc_offset_minutes = 0;
+  double battery_capacity_kwh = 60.0;
+  double charge_power_kw = 7.0;         // net into the battery when plugged in
+  double inference_power_kw = 0.4;      // the accelerator's draw while serving
+  uint64_t memory_bytes = 8ull << 30;   // for models
+  double tokens_per_second = 0.0;
+  std::vector<std::string> models_cached;
+  DurationMs heartbeat_ms = 2 * kSecondMs;   // a state report at least this often
+  DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us
+  DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
+  const DeparturePrior* prior = nullptr;     // not owned; null: declared departures only
+};
+
+// ---- Events ----------------------------------------------------------------
+
+// The latest value of every signal (the shell applies updates with apply_signal).
+struct SignalsEvent {
+  VehicleSignals signals;
+};
+// Time passes: re-check the policy and send a heartbeat when due.
+struct AgentTick {};
+// Connected (or reconnected) to the fabric: introduce ourselves.
+struct ConnectedEvent {};
+// A message from the coordinator (assign or cancel; others are refused).
+struct CoordinatorMessageEvent {
+  Message message;
+};
+// The engine produced tokens [first_index, first_index + ids.size()).
+struct EngineTokensEvent {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t first_index = 0;
+  std::vector<int32_t> ids;
+};
+// The engine finished the job: a stop token or the token budget.
+struct EngineFinishedEvent {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t total_tokens = 0;
+  std::string finish_reason;
+};
+// The engine stopped because we asked it to (StopEngineEffect).
+struct EngineStoppedEvent {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t total_tokens = 0;
+};
+// The engine could not run the job (model missing, bad input).
+struct EngineFailedEvent {
+  std::string job_id;
+  uint32_t attempt = 0;
+  std::string error;
+};
+// The owner changed the policy (takes effect at once, even mid-job).
+struct PolicyEvent {
+  OwnerPolicy policy;
+};
+// Metered wear for this month's budget (weighted accelerator-hours added).
+struct WearEvent {
+  double wear_hours = 0.0;
+};
+
+using AgentEvent = std::variant<SignalsEvent, AgentTick, ConnectedEvent, CoordinatorMessageEvent, EngineTokensEvent,
+                                EngineFinishedEvent, EngineStoppedEvent, EngineFailedEvent, PolicyEvent, WearEvent>;
+
+// ---- Effects ---------------------------------------------------------------
+
+struct SendEffect {
+  Message message;
+};
+// Run this attempt (resume from prompt + produced ids).
+struct StartEngineEffect {
+  AssignMessage assign;
+};
+// Stop the running attempt at the next token boundary, then report EngineStoppedEvent.
+struct StopEngineEffect {
+  std::string job_id;
+  uint32_t attempt = 0;
+  std::string reason;
+};
+// Something refused or noteworthy, for the log and a metric named by `what`.
+struct AgentLogEffect {
+  std::string what;  // metric label: "rejected_message", "preempted", ...
+  std::string text;
+};
+
+using AgentEffect = std::variant<SendEffect, StartEngineEffect, StopEngineEffect, AgentLogEffect>;
+
+struct AgentCounters {
+  uint64_t attempts_started = 0;
+  uint64_t attempts_finished = 0;
+  uint64_t attempts_preempted = 0;
+  uint64_t attempts_refused = 0;   // assignments refused (busy, not eligible)
+  uint64_t messages_rejected = 0;  // unknown type, wrong vehicle, stale attempt
+};
+
+class AgentMachine {
+ public:
+  // REQUIRES: config.policy valid, config.vehicle_id non-empty.
+  explicit AgentMachine(AgentConfig config);
+
+  std::vector<AgentEffect> handle(const AgentEvent& event, TimeMs now);
+
+  // driving / parked / charging / eligible / serving / preempting.
+  VehicleState state() const;
+  const EligibilityDecision& decision() const { return decision_; }
+  bool serving() const { return attempt_.has_value(); }
+  const AgentCounters& counters() const { return counters_; }
+  const AgentConfig& config() const { return config_; }
+  const VehicleSignals& signals() const { return signals_; }
+  // The predictor's earliest likely departure for the current stay, if parked.
+  std::optional<TimeMs> departure_earliest() const { return departure_earliest_; }
+
+ private:
+  struct Current {
+    std::string job_id;
+    uint32_t attempt = 0;
+    uint64_t tokens_at_start = 0;
+    bool stopping = false;
+    bool cancelled = false;
+    std::string stop_reason;
+  };
+
+  void evaluate(TimeMs now, std::vector<AgentEffect>* out);
+  void track_stay(TimeMs now);
+  void on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out);
+  bool is_current(const std::string& job_id, uint32_t attempt) const;
+  void send_state(TimeMs now, std::vector<AgentEffect>* out);
+  void send_hello(TimeMs now, std::vector<AgentEffect>* out);
+  void reject(const std::string& text, std::vector<AgentEffect>* out);
+
+  AgentConfig config_;
+  VehicleSignals signals_;
+  double wear_used_hours_ = 0.0;
+  DeparturePredictor predictor_;
+  std::optional<TimeMs> parked_since_;
+  std::optional<TimeMs> departure_earliest_;
+  EligibilityDecision decision_;
+  std::optional<Current> attempt_;
+  TimeMs last_state_sent_ = -1;
+  TimeMs last_hello_sent_ = -1;
+  VehicleState last_state_reported_ = VehicleState::kDriving;
+  bool last_eligible_reported_ = false;
+  AgentCounters counters_;
+};
+
+}  // namespace idlefleet::core

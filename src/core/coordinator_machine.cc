@@ -1,0 +1,434 @@
+#include "core/coordinator_machine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/check.h"
+
+namespace idlefleet::core {
+
+CoordinatorMachine::CoordinatorMachine(CoordinatorCoreConfig config) : config_(std::move(config)) {}
+
+const JobEntry* CoordinatorMachine::job(const std::string& id) const {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+const ModelInfo* CoordinatorMachine::model(const std::string& id) const {
+  for (const ModelInfo& m : config_.models) {
+    if (m.id == id) return &m;
+  }
+  return nullptr;
+}
+
+size_t CoordinatorMachine::vehicles_eligible() const {
+  size_t n = 0;
+  for (const auto& [id, v] : vehicles_) n += (v.online && v.state && v.state->eligible) ? 1 : 0;
+  return n;
+}
+
+void CoordinatorMachine::reject(const char* what, std::string text, Effects* out) {
+  ++counters_.messages_rejected;
+  out->push_back(CoordinatorLogEffect{what, std::move(text)});
+}
+
+void CoordinatorMachine::update_idle(const VehicleView& v) {
+  if (v.online && v.state && v.state->eligible && v.job_id.empty()) {
+    idle_.insert(v.id);
+  } else {
+    idle_.erase(v.id);
+  }
+}
+
+void CoordinatorMachine::release_vehicle(const std::string& vid, const std::string& job_id) {
+  auto it = vehicles_.find(vid);
+  if (it == vehicles_.end() || it->second.job_id != job_id) return;
+  it->second.job_id.clear();
+  it->second.attempt = 0;
+  update_idle(it->second);
+}
+
+void CoordinatorMachine::requeue(JobEntry* entry, TimeMs now) {
+  running_.erase(entry->job.id());
+  entry->queued_since = now;
+  queue_[{entry->spec.batch, entry->sequence}] = entry->job.id();
+}
+
+void CoordinatorMachine::finish(JobEntry* entry, Effects* out) {
+  CHECK(job_state_final(entry->job.state()));
+  const std::string& id = entry->job.id();
+  running_.erase(id);
+  queue_.erase({entry->spec.batch, entry->sequence});
+  CHECK(live_jobs_ > 0);
+  --live_jobs_;
+  finished_.push_back(id);
+  switch (entry->job.state()) {
+    case JobState::kDone: ++counters_.jobs_done; break;
+    case JobState::kFailed: ++counters_.jobs_failed; break;
+    default: ++counters_.jobs_cancelled; break;
+  }
+  out->push_back(JobEndedEffect{id, entry->job.state(), entry->job.finish_reason()});
+  out->push_back(PersistJobEffect{id});
+}
+
+// ---- Clients ----------------------------------------------------------------
+
+void CoordinatorMachine::submit(const SubmitJobEvent& e, TimeMs now, Effects* out) {
+  auto refuse = [&](ErrorCode code, std::string why) {
+    ++counters_.jobs_refused;
+    out->push_back(JobAcceptedEffect{e.job_id, Unexpected(code, std::move(why))});
+  };
+  const JobSpec& s = e.spec;
+  if (e.job_id.empty() || e.job_id.size() > kJobIdBytesMax) {
+    return refuse(ErrorCode::kInvalidArgument, "job id must be 1 to " + std::to_string(kJobIdBytesMax) + " bytes");
+  }
+  if (jobs_.count(e.job_id) != 0) return refuse(ErrorCode::kInvalidArgument, "job " + e.job_id + " already exists");
+  if (model(s.model_id) == nullptr) return refuse(ErrorCode::kNotFound, "model '" + s.model_id + "' is not served");
+  if (s.prompt_ids.empty()) return refuse(ErrorCode::kInvalidArgument, "the prompt is empty");
+  if (s.max_tokens == 0 || s.max_tokens > config_.limits.tokens_max ||
+      s.prompt_ids.size() + s.max_tokens > kTokenIdsMax) {
+    return refuse(ErrorCode::kOutOfRange, "prompt of " + std::to_string(s.prompt_ids.size()) + " tokens and " +
+                                              std::to_string(s.max_tokens) + " new tokens exceed the limits");
+  }
+  if (live_jobs_ >= config_.queue_jobs_max) {
+    return refuse(ErrorCode::kOutOfRange, "the queue is full (" + std::to_string(config_.queue_jobs_max) + " jobs)");
+  }
+  const uint64_t seq = next_sequence_++;
+  JobEntry entry{Job(e.job_id, now, s.max_tokens, config_.limits), s, seq, now};
+  jobs_.emplace(e.job_id, std::move(entry));
+  queue_[{s.batch, seq}] = e.job_id;
+  ++live_jobs_;
+  ++counters_.jobs_submitted;
+  out->push_back(JobAcceptedEffect{e.job_id, {}});
+  out->push_back(PersistJobEffect{e.job_id});
+  place_queued(now, out);
+}
+
+void CoordinatorMachine::cancel(const std::string& job_id, TimeMs now, Effects* out) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || job_state_final(it->second.job.state())) return;
+  JobEntry& entry = it->second;
+  if (const Attempt* a = entry.job.current()) {
+    // The vehicle stays busy until its state report no longer names the job.
+    out->push_back(SendToVehicleEffect{a->vehicle_id, CancelMessage{job_id, a->number}});
+  }
+  CHECK(entry.job.cancel(now).has_value());
+  finish(&entry, out);
+}
+
+// ---- Vehicles ---------------------------------------------------------------
+
+void CoordinatorMachine::on_hello(const std::string& vid, const HelloMessage& m, TimeMs now, Effects* out) {
+  auto it = vehicles_.find(vid);
+  if (it == vehicles_.end()) {
+    if (vehicles_.size() >= config_.vehicles_max) {
+      reject("too_many_vehicles", "vehicle " + vid + " refused: " + std::to_string(config_.vehicles_max) + " tracked",
+             out);
+      return;
+    }
+    it = vehicles_.emplace(vid, VehicleView{}).first;
+    it->second.id = vid;
+  }
+  VehicleView& v = it->second;
+  if (!v.instance.empty() && v.instance != m.instance && !v.job_id.empty()) {
+    // A new agent instance holds no attempts: the old one's is lost now,
+    // not when its lease runs out.
+    auto jt = jobs_.find(v.job_id);
+    if (jt != jobs_.end() && jt->second.job.current() != nullptr && jt->second.job.current()->number == v.attempt &&
+        jt->second.job.lose(v.attempt, now)) {
+      ++counters_.attempts_lost;
+      ++v.attempts_lost;
+      out->push_back(CoordinatorLogEffect{"vehicle_restarted", "vehicle " + vid + " restarted: job " + v.job_id +
+                                                                   " attempt " + std::to_string(v.attempt) +
+                                                                   " lost, placing it again"});
+      requeue(&jt->second, now);
+      out->push_back(PersistJobEffect{v.job_id});
+    }
+    v.job_id.clear();
+    v.attempt = 0;
+  }
+  v.instance = m.instance;
+  v.hello = m;
+  v.last_heard = now;
+  v.online = true;
+  update_idle(v);
+}
+
+void CoordinatorMachine::on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out) {
+  v->state = m;
+  if (!v->job_id.empty()) {
+    auto jt = jobs_.find(v->job_id);
+    const Attempt* live = jt == jobs_.end() ? nullptr : jt->second.job.current();
+    const bool still_held = live != nullptr && live->number == v->attempt && live->vehicle_id == v->id;
+    if (still_held && m.job_id == v->job_id && m.attempt == v->attempt) {
+      (void)jt->second.job.heartbeat(v->attempt, now);
+    } else if (!still_held && m.job_id != v->job_id) {
+      // A cancelled or lost attempt, and the vehicle confirms it has let go.
+      v->job_id.clear();
+      v->attempt = 0;
+    }
+  }
+  update_idle(*v);
+}
+
+JobEntry* CoordinatorMachine::attempt_of(const std::string& vid, const std::string& job_id, uint32_t attempt,
+                                         const char* what, Effects* out) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    reject("unknown_job", std::string(what) + " from vehicle " + vid + " for unknown job " + job_id, out);
+    return nullptr;
+  }
+  const Attempt* live = it->second.job.current();
+  if (live == nullptr || live->number != attempt || live->vehicle_id != vid) {
+    reject("stale_message", std::string(what) + " from vehicle " + vid + " for job " + job_id + " attempt " +
+                                std::to_string(attempt) + ", which it does not hold",
+           out);
+    return nullptr;
+  }
+  return &it->second;
+}
+
+void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Effects* out) {
+  const std::string& vid = e.vehicle_id;
+  const Message& msg = e.message;
+  if (const auto* h = std::get_if<HelloMessage>(&msg)) {
+    if (h->vehicle_id != vid) {
+      return reject("vehicle_mismatch", "hello for " + h->vehicle_id + " arrived on vehicle " + vid + "'s subject", out);
+    }
+    ++counters_.messages_accepted;
+    on_hello(vid, *h, now, out);
+    place_queued(now, out);
+    return;
+  }
+  auto vit = vehicles_.find(vid);
+  if (vit == vehicles_.end()) {
+    return reject("unknown_vehicle", std::string(message_type(msg)) + " from vehicle " + vid + ", which has not said hello",
+                  out);
+  }
+  VehicleView& v = vit->second;
+  if (const auto* s = std::get_if<StateMessage>(&msg)) {
+    if (s->vehicle_id != vid) {
+      return reject("vehicle_mismatch", "state for " + s->vehicle_id + " arrived on vehicle " + vid + "'s subject", out);
+    }
+  }
+  if (std::holds_alternative<AssignMessage>(msg) || std::holds_alternative<CancelMessage>(msg)) {
+    return reject("unexpected_message", std::string(message_type(msg)) + " sent by vehicle " + vid, out);
+  }
+  v.last_heard = now;
+  v.online = true;
+
+  if (const auto* s = std::get_if<StateMessage>(&msg)) {
+    on_state(&v, *s, now, out);
+  } else if (const auto* m = std::get_if<StartedMessage>(&msg)) {
+    JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "started", out);
+    if (entry == nullptr) return;
+    if (Status st = entry->job.start(m->attempt, now); !st) return reject("stale_message", st.error().message, out);
+    out->push_back(PersistJobEffect{m->job_id});
+  } else if (const auto* m = std::get_if<ChunkMessage>(&msg)) {
+    JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "chunk", out);
+    if (entry == nullptr) return;
+    const size_t before = entry->job.produced().size();
+    Status st = entry->job.append(m->attempt, m->first_index, m->ids, now);
+    if (!st) {
+      if (st.error().code != ErrorCode::kCorrupt) return reject("bad_chunk", st.error().message, out);
+      // Different tokens for the same positions: the vehicle's engine is not
+      // the deterministic engine we trust. End its attempt; another redoes it.
+      reject("chunk_conflict", "vehicle " + vid + ": " + st.error().message, out);
+      CHECK(entry->job.attempt_failed(m->attempt, "tokens differ from those already produced", now).has_value());
+      out->push_back(SendToVehicleEffect{vid, CancelMessage{m->job_id, m->attempt}});
+      ++v.attempts_lost;
+      release_vehicle(vid, m->job_id);
+      requeue(entry, now);
+      out->push_back(PersistJobEffect{m->job_id});
+      return;
+    }
+    const auto& produced = entry->job.produced();
+    if (produced.size() > before) {
+      counters_.tokens_relayed += produced.size() - before;
+      out->push_back(JobTokensEffect{m->job_id, before, std::vector<int32_t>(produced.begin() + before, produced.end())});
+      out->push_back(PersistJobEffect{m->job_id});
+    }
+  } else if (const auto* m = std::get_if<DoneMessage>(&msg)) {
+    JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "done", out);
+    if (entry == nullptr) return;
+    Status st = entry->job.complete(m->attempt, m->total_tokens, m->finish_reason, now);
+    if (!st) return reject("bad_done", st.error().message, out);
+    ++v.attempts_completed;
+    release_vehicle(vid, m->job_id);
+    finish(entry, out);
+  } else if (const auto* m = std::get_if<PreemptedMessage>(&msg)) {
+    JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "preempted", out);
+    if (entry == nullptr) return;
+    CHECK(entry->job.preempt(m->attempt, now).has_value());
+    ++counters_.preemptions;
+    out->push_back(CoordinatorLogEffect{"preempted", "job " + m->job_id + " attempt " + std::to_string(m->attempt) +
+                                                         " on " + vid + " preempted after " +
+                                                         std::to_string(entry->job.produced().size()) +
+                                                         " tokens: " + m->reason});
+    release_vehicle(vid, m->job_id);
+    requeue(entry, now);
+    out->push_back(PersistJobEffect{m->job_id});
+  } else if (const auto* m = std::get_if<FailedMessage>(&msg)) {
+    JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "failed", out);
+    if (entry == nullptr) return;
+    CHECK(entry->job.attempt_failed(m->attempt, m->error, now).has_value());
+    ++v.attempts_lost;
+    out->push_back(CoordinatorLogEffect{"attempt_failed", "job " + m->job_id + " attempt " +
+                                                              std::to_string(m->attempt) + " on " + vid + ": " +
+                                                              m->error});
+    release_vehicle(vid, m->job_id);
+    requeue(entry, now);
+    out->push_back(PersistJobEffect{m->job_id});
+  }
+  ++counters_.messages_accepted;
+  if (!queue_.empty() && !idle_.empty()) place_queued(now, out);
+}
+
+// ---- Placement and time -----------------------------------------------------
+
+void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
+  std::vector<VehicleCandidate> candidates;
+  for (auto qit = queue_.begin(); qit != queue_.end() && !idle_.empty();) {
+    JobEntry& entry = jobs_.at(qit->second);
+    const ModelInfo* info = model(entry.spec.model_id);
+    CHECK(info != nullptr);
+    PlacementRequest req;
+    req.model_id = info->id;
+    req.model_bytes = info->bytes;
+    const uint64_t remaining = entry.spec.max_tokens - std::min<uint64_t>(entry.spec.max_tokens,
+                                                                           entry.job.produced().size());
+    req.expected_duration_ms = static_cast<DurationMs>(remaining) * config_.expected_ms_per_token;
+    req.batch = entry.spec.batch;
+
+    // A bounded sample of idle vehicles, from the rotating cursor on.
+    candidates.clear();
+    auto vit = idle_.upper_bound(cursor_);
+    std::string last;
+    for (size_t n = 0; n < idle_.size() && candidates.size() < kPlacementCandidatesMax; ++n) {
+      if (vit == idle_.end()) vit = idle_.begin();
+      const VehicleView& v = vehicles_.at(*vit);
+      VehicleCandidate c;
+      c.vehicle_id = v.id;
+      c.eligible = true;
+      c.memory_free_bytes = v.hello.memory_bytes;
+      c.model_cached = std::find(v.hello.models_cached.begin(), v.hello.models_cached.end(), info->id) !=
+                       v.hello.models_cached.end();
+      c.departure_earliest = v.state->departure_earliest;
+      c.accelerator_temp_c = v.state->accelerator_temp_c;
+      c.attempts_completed = v.attempts_completed;
+      c.attempts_lost = v.attempts_lost;
+      candidates.push_back(std::move(c));
+      last = *vit;
+      ++vit;
+    }
+    cursor_ = last;
+    const std::optional<Placement> p = place(req, candidates, now, config_.weights);
+    if (!p) {
+      ++qit;
+      continue;
+    }
+    const std::string job_id = qit->second;
+    qit = queue_.erase(qit);
+    if (Status st = entry.job.assign(p->vehicle_id, now); !st) {
+      finish(&entry, out);  // out of attempts: the job has failed
+      continue;
+    }
+    VehicleView& v = vehicles_.at(p->vehicle_id);
+    const Attempt& a = *entry.job.current();
+    v.job_id = job_id;
+    v.attempt = a.number;
+    idle_.erase(v.id);
+    running_.insert(job_id);
+    ++counters_.placements;
+    AssignMessage m;
+    m.job_id = job_id;
+    m.attempt = a.number;
+    m.model_id = entry.spec.model_id;
+    m.prompt_ids = entry.spec.prompt_ids;
+    m.produced_ids = entry.job.produced();
+    m.max_tokens = entry.job.max_tokens();
+    m.stop_ids = entry.spec.stop_ids;
+    m.sampling = entry.spec.sampling;
+    m.lease_expires_at = a.lease_expires_at;
+    out->push_back(SendToVehicleEffect{v.id, std::move(m)});
+    out->push_back(PersistJobEffect{job_id});
+  }
+}
+
+void CoordinatorMachine::tick(TimeMs now, Effects* out) {
+  while (finished_.size() > config_.finished_jobs_kept_max) {
+    jobs_.erase(finished_.front());
+    finished_.pop_front();
+  }
+  for (auto& [id, v] : vehicles_) {
+    if (v.online && now - v.last_heard > config_.vehicle_timeout_ms) {
+      v.online = false;
+      update_idle(v);
+      out->push_back(CoordinatorLogEffect{"vehicle_offline", "vehicle " + id + " silent for " +
+                                                                 std::to_string(now - v.last_heard) + " ms"});
+    }
+  }
+  const std::vector<std::string> running(running_.begin(), running_.end());
+  for (const std::string& id : running) {
+    JobEntry& entry = jobs_.at(id);
+    const Attempt* a = entry.job.current();
+    if (a == nullptr) {
+      running_.erase(id);
+      continue;
+    }
+    const std::string vid = a->vehicle_id;
+    const uint32_t number = a->number;
+    if (!entry.job.expire_lease(now)) continue;
+    ++counters_.attempts_lost;
+    auto vit = vehicles_.find(vid);
+    if (vit != vehicles_.end()) ++vit->second.attempts_lost;
+    out->push_back(CoordinatorLogEffect{"lease_expired", "job " + id + " attempt " + std::to_string(number) + " on " +
+                                                             vid + ": lease expired, placing it again"});
+    out->push_back(SendToVehicleEffect{vid, CancelMessage{id, number}});
+    release_vehicle(vid, id);
+    requeue(&entry, now);
+    out->push_back(PersistJobEffect{id});
+  }
+  for (auto qit = queue_.begin(); qit != queue_.end();) {
+    JobEntry& entry = jobs_.at(qit->second);
+    ++qit;  // finish() erases the entry's queue key
+    const DurationMs limit = entry.spec.batch ? config_.queued_batch_ms_max : config_.queued_ms_max;
+    if (now - entry.job.created_at() > limit) {
+      CHECK(entry.job.fail("no vehicle finished it within " + std::to_string(limit / kSecondMs) + " s", now)
+                .has_value());
+      finish(&entry, out);
+    }
+  }
+  place_queued(now, out);
+}
+
+std::vector<CoordinatorEffect> CoordinatorMachine::handle(const CoordinatorEvent& event, TimeMs now) {
+  Effects out;
+  if (const auto* e = std::get_if<SubmitJobEvent>(&event)) {
+    submit(*e, now, &out);
+  } else if (const auto* e = std::get_if<CancelJobEvent>(&event)) {
+    cancel(e->job_id, now, &out);
+  } else if (const auto* e = std::get_if<VehicleMessageEvent>(&event)) {
+    on_vehicle(*e, now, &out);
+  } else if (std::holds_alternative<CoordinatorTick>(event)) {
+    tick(now, &out);
+  } else if (const auto* e = std::get_if<RestoreJobEvent>(&event)) {
+    const std::string id = e->job.id();
+    if (jobs_.count(id) != 0) {
+      reject("duplicate_restore", "job " + id + " restored twice", &out);
+      return out;
+    }
+    const uint64_t seq = next_sequence_++;
+    auto [it, inserted] = jobs_.emplace(id, JobEntry{e->job, e->spec, seq, now});
+    if (job_state_final(it->second.job.state())) {
+      finished_.push_back(id);
+    } else {
+      ++live_jobs_;
+      queue_[{e->spec.batch, seq}] = id;
+      out.push_back(PersistJobEffect{id});
+    }
+  }
+  return out;
+}
+
+}  // namespace idlefleet::core

@@ -1,0 +1,223 @@
+// The coordinator's decision logic: every job and every vehicle, as one
+// state machine.
+//
+//   handle(event, now) -> effects
+//
+// Events: a client submits or cancels a job, a vehicle sends a message, time
+// passes, a job is restored from the store after a restart. Effects: send a
+// message to a vehicle, relay new tokens to the job's client, end a job,
+// persist a job, log (and count) a refusal. The shell (src/coordinator/) does
+// the I/O; everything that decides is here, so the simulator and the
+// deterministic simulation tests run exactly what production runs.
+//
+// Trust: a vehicle's messages are checked against what the coordinator
+// knows. Only a vehicle that said hello is tracked; a message about an
+// attempt must come from the vehicle that holds it and name the live
+// attempt (anything else is stale and refused); chunks must continue the
+// job's tokens without a gap and agree with any they repeat. Each refusal is
+// an effect with a metric name, and never changes a job.
+//
+// Placement looks at most kPlacementCandidatesMax idle, eligible vehicles
+// per job, taken in turn from a rotating cursor (the "power of k choices"):
+// the best of a bounded sample is nearly as good as the best of all, and a
+// placement costs the same in a fleet of ten or of a million.
+//
+// No I/O, no clock: `now` is an argument. Iteration is over ordered maps, so
+// the same events give the same effects. Thread-safety: one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/result.h"
+#include "core/job.h"
+#include "core/protocol.h"
+#include "core/scheduler.h"
+#include "core/time.h"
+
+namespace idlefleet::core {
+
+inline constexpr size_t kPlacementCandidatesMax = 64;
+inline constexpr size_t kJobIdBytesMax = kIdBytesMax;
+
+// What a client asked for, validated and tokenised by the API layer.
+struct JobSpec {
+  std::string model_id;
+  std::vector<int32_t> prompt_ids;
+  uint64_t max_tokens = 0;
+  std::vector<int32_t> stop_ids;
+  Sampling sampling;
+  bool batch = false;  // low priority: placed after every interactive job
+};
+
+struct ModelInfo {
+  std::string id;
+  uint64_t bytes = 0;  // accelerator memory it needs
+};
+
+struct CoordinatorCoreConfig {
+  JobLimits limits;
+  DurationMs vehicle_timeout_ms = 15 * kSecondMs;  // silent this long: offline
+  DurationMs queued_ms_max = 10 * kMinuteMs;       // interactive jobs fail if no vehicle takes them
+  DurationMs queued_batch_ms_max = 24 * kHourMs;   // the batch completion window
+  size_t queue_jobs_max = 10000;                   // live (unfinished) jobs
+  size_t finished_jobs_kept_max = 10000;           // in memory; the store keeps all
+  size_t vehicles_max = 1u << 22;
+  DurationMs expected_ms_per_token = 20;           // for the expected duration of a job
+  std::vector<ModelInfo> models;
+  PlacementWeights weights;
+};
+
+// ---- Events ----------------------------------------------------------------
+
+struct SubmitJobEvent {
+  std::string job_id;
+  JobSpec spec;
+};
+struct CancelJobEvent {
+  std::string job_id;
+};
+// vehicle_id is the one the transport vouches for (the subject it came on).
+struct VehicleMessageEvent {
+  std::string vehicle_id;
+  Message message;
+};
+struct CoordinatorTick {};
+// A job read back from the store after a restart.
+struct RestoreJobEvent {
+  Job job;
+  JobSpec spec;
+};
+
+using CoordinatorEvent =
+    std::variant<SubmitJobEvent, CancelJobEvent, VehicleMessageEvent, CoordinatorTick, RestoreJobEvent>;
+
+// ---- Effects ---------------------------------------------------------------
+
+struct SendToVehicleEffect {
+  std::string vehicle_id;
+  Message message;
+};
+// A submitted job was accepted (queued) or refused (status says why).
+struct JobAcceptedEffect {
+  std::string job_id;
+  Status status;
+};
+// New tokens of a job, in order and never repeated: relay them to the client.
+struct JobTokensEffect {
+  std::string job_id;
+  uint64_t first_index = 0;
+  std::vector<int32_t> ids;
+};
+struct JobEndedEffect {
+  std::string job_id;
+  JobState state = JobState::kDone;
+  std::string finish_reason;
+};
+// The job changed: write its snapshot (job()) to the store.
+struct PersistJobEffect {
+  std::string job_id;
+};
+struct CoordinatorLogEffect {
+  std::string what;  // metric label: "stale_message", "unknown_vehicle", "lease_expired", ...
+  std::string text;
+};
+
+using CoordinatorEffect = std::variant<SendToVehicleEffect, JobAcceptedEffect, JobTokensEffect, JobEndedEffect,
+                                       PersistJobEffect, CoordinatorLogEffect>;
+
+// What the coordinator knows of one vehicle.
+struct VehicleView {
+  std::string id;
+  std::string instance;
+  HelloMessage hello;
+  std::optional<StateMessage> state;
+  TimeMs last_heard = 0;
+  bool online = false;
+  std::string job_id;     // the attempt it holds, if any
+  uint32_t attempt = 0;
+  uint32_t attempts_completed = 0;
+  uint32_t attempts_lost = 0;  // lost, failed or forked
+};
+
+struct CoordinatorCounters {
+  uint64_t jobs_submitted = 0;
+  uint64_t jobs_refused = 0;
+  uint64_t jobs_done = 0;
+  uint64_t jobs_failed = 0;
+  uint64_t jobs_cancelled = 0;
+  uint64_t placements = 0;
+  uint64_t preemptions = 0;       // attempts ended by the vehicle (driver back, policy)
+  uint64_t attempts_lost = 0;     // lease expired or the vehicle restarted
+  uint64_t tokens_relayed = 0;
+  uint64_t messages_accepted = 0;
+  uint64_t messages_rejected = 0;
+};
+
+struct JobEntry {
+  Job job;
+  JobSpec spec;
+  uint64_t sequence = 0;  // submission order
+  TimeMs queued_since = 0;
+};
+
+class CoordinatorMachine {
+ public:
+  explicit CoordinatorMachine(CoordinatorCoreConfig config);
+
+  std::vector<CoordinatorEffect> handle(const CoordinatorEvent& event, TimeMs now);
+
+  const CoordinatorCoreConfig& config() const { return config_; }
+  const CoordinatorCounters& counters() const { return counters_; }
+  const JobEntry* job(const std::string& id) const;
+  const std::map<std::string, VehicleView>& vehicles() const { return vehicles_; }
+  const std::map<std::string, JobEntry>& jobs() const { return jobs_; }
+  size_t queue_depth() const { return queue_.size(); }
+  size_t jobs_live() const { return live_jobs_; }
+  // Vehicles online, eligible and idle: what can take a job now.
+  size_t vehicles_available() const { return idle_.size(); }
+  // Vehicles online and eligible, idle or serving.
+  size_t vehicles_eligible() const;
+
+ private:
+  using Effects = std::vector<CoordinatorEffect>;
+  // Queue order: interactive before batch, then submission order.
+  using QueueKey = std::pair<bool, uint64_t>;
+
+  void submit(const SubmitJobEvent& e, TimeMs now, Effects* out);
+  void cancel(const std::string& job_id, TimeMs now, Effects* out);
+  void on_vehicle(const VehicleMessageEvent& e, TimeMs now, Effects* out);
+  void on_hello(const std::string& vid, const HelloMessage& m, TimeMs now, Effects* out);
+  void on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out);
+  // Finds the job and checks that `vid` holds its live attempt `attempt`.
+  JobEntry* attempt_of(const std::string& vid, const std::string& job_id, uint32_t attempt, const char* what,
+                       Effects* out);
+  void tick(TimeMs now, Effects* out);
+  void place_queued(TimeMs now, Effects* out);
+  void requeue(JobEntry* entry, TimeMs now);
+  void release_vehicle(const std::string& vid, const std::string& job_id);
+  void finish(JobEntry* entry, Effects* out);
+  void update_idle(const VehicleView& v);
+  void reject(const char* what, std::string text, Effects* out);
+  const ModelInfo* model(const std::string& id) const;
+
+  CoordinatorCoreConfig config_;
+  CoordinatorCounters counters_;
+  std::map<std::string, VehicleView> vehicles_;
+  std::map<std::string, JobEntry> jobs_;
+  std::map<QueueKey, std::string> queue_;  // jobs waiting for a vehicle
+  std::set<std::string> running_;          // jobs with a live attempt (leases to watch)
+  std::set<std::string> idle_;             // vehicles online, eligible, idle
+  std::deque<std::string> finished_;       // finished jobs kept in memory, oldest first
+  size_t live_jobs_ = 0;
+  uint64_t next_sequence_ = 1;
+  std::string cursor_;                     // placement's rotating start in idle_
+};
+
+}  // namespace idlefleet::core

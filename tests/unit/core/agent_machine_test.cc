@@ -1,0 +1,202 @@
+// The agent's state machine: the car decides, at once, on every event.
+#include "core/agent_machine.h"
+
+#include <gtest/gtest.h>
+
+namespace idlefleet::core {
+namespace {
+
+constexpr TimeMs kT0 = 1'700'000'000'000;  // a Tuesday
+
+VehicleSignals parked_signals(TimeMs now) {
+  VehicleSignals s;
+  s.speed_kmh = 0.0;
+  s.gear = kGearPark;
+  s.soc_pct = 70.0;
+  s.is_charging = true;
+  s.charger_connected = true;
+  s.charger_power_kw = 7.0;
+  s.driver_seat_occupied = false;
+  s.driver_door_open = false;
+  s.ambient_temperature_c = 15.0;
+  s.accelerator_temperature_c = 40.0;
+  s.heard_at = now;
+  return s;
+}
+
+AgentConfig config() {
+  AgentConfig c;
+  c.vehicle_id = "car-1";
+  c.instance = "i1";
+  c.policy.opted_in = true;
+  c.models_cached = {"stories260K"};
+  return c;
+}
+
+AssignMessage assign(const std::string& job, uint32_t attempt) {
+  AssignMessage a;
+  a.job_id = job;
+  a.attempt = attempt;
+  a.model_id = "stories260K";
+  a.prompt_ids = {1, 2, 3};
+  a.produced_ids = {7};
+  a.max_tokens = 10;
+  return a;
+}
+
+template <class T>
+std::vector<T> effects_of(const std::vector<AgentEffect>& effects) {
+  std::vector<T> out;
+  for (const auto& e : effects) {
+    if (const auto* x = std::get_if<T>(&e)) out.push_back(*x);
+  }
+  return out;
+}
+
+template <class M>
+std::vector<M> sent(const std::vector<AgentEffect>& effects) {
+  std::vector<M> out;
+  for (const auto& s : effects_of<SendEffect>(effects)) {
+    if (const auto* m = std::get_if<M>(&s.message)) out.push_back(*m);
+  }
+  return out;
+}
+
+TEST(AgentMachine, IntroducesItselfAndReportsEligibility) {
+  AgentMachine a(config());
+  auto fx = a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  EXPECT_EQ(a.state(), VehicleState::kEligible);
+  fx = a.handle(ConnectedEvent{}, kT0);
+  ASSERT_EQ(sent<HelloMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<HelloMessage>(fx)[0].instance, "i1");
+  ASSERT_EQ(sent<StateMessage>(fx).size(), 1u);
+  EXPECT_TRUE(sent<StateMessage>(fx)[0].eligible);
+  EXPECT_EQ(sent<StateMessage>(fx)[0].state, "eligible");
+}
+
+TEST(AgentMachine, AcceptsAnAssignmentWhenEligibleAndReportsTokensAndDone) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  auto fx = a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0 + 10);
+  ASSERT_EQ(effects_of<StartEngineEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<StartEngineEffect>(fx)[0].assign.produced_ids, std::vector<int32_t>({7}));
+  ASSERT_EQ(sent<StartedMessage>(fx).size(), 1u);
+  EXPECT_EQ(a.state(), VehicleState::kServing);
+  ASSERT_EQ(sent<StateMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<StateMessage>(fx)[0].job_id, "j1");
+
+  fx = a.handle(EngineTokensEvent{"j1", 1, 1, {8, 9}}, kT0 + 20);
+  ASSERT_EQ(sent<ChunkMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<ChunkMessage>(fx)[0].first_index, 1u);
+  fx = a.handle(EngineFinishedEvent{"j1", 1, 3, "stop"}, kT0 + 30);
+  ASSERT_EQ(sent<DoneMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<DoneMessage>(fx)[0].total_tokens, 3u);
+  EXPECT_FALSE(a.serving());
+  EXPECT_EQ(a.counters().attempts_finished, 1u);
+}
+
+TEST(AgentMachine, DriverReturningStopsTheEngineInTheSameEvent) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0);
+  VehicleSignals s = parked_signals(kT0 + 100);
+  s.driver_door_open = true;
+  auto fx = a.handle(SignalsEvent{s}, kT0 + 100);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  EXPECT_NE(effects_of<StopEngineEffect>(fx)[0].reason.find("door"), std::string::npos);
+  EXPECT_EQ(a.state(), VehicleState::kPreempting);
+  // Tokens produced before the stop took effect are still reported.
+  fx = a.handle(EngineTokensEvent{"j1", 1, 1, {5}}, kT0 + 101);
+  EXPECT_EQ(sent<ChunkMessage>(fx).size(), 1u);
+  fx = a.handle(EngineStoppedEvent{"j1", 1, 2}, kT0 + 102);
+  ASSERT_EQ(sent<PreemptedMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<PreemptedMessage>(fx)[0].total_tokens, 2u);
+  EXPECT_FALSE(a.serving());
+  EXPECT_EQ(a.state(), VehicleState::kCharging);
+  EXPECT_EQ(a.counters().attempts_preempted, 1u);
+}
+
+TEST(AgentMachine, RefusesWorkWhenNotEligibleOrBusy) {
+  AgentMachine a(config());
+  VehicleSignals s = parked_signals(kT0);
+  s.soc_pct = 20.0;
+  s.charger_connected = false;
+  s.is_charging = false;
+  a.handle(SignalsEvent{s}, kT0);
+  auto fx = a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0);
+  EXPECT_TRUE(effects_of<StartEngineEffect>(fx).empty());
+  ASSERT_EQ(sent<PreemptedMessage>(fx).size(), 1u);
+  EXPECT_NE(sent<PreemptedMessage>(fx)[0].reason.find("not eligible"), std::string::npos);
+
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(CoordinatorMessageEvent{assign("j1", 2)}, kT0);
+  fx = a.handle(CoordinatorMessageEvent{assign("j1", 2)}, kT0);  // duplicate: ignored
+  EXPECT_TRUE(effects_of<StartEngineEffect>(fx).empty());
+  EXPECT_TRUE(sent<FailedMessage>(fx).empty());
+  fx = a.handle(CoordinatorMessageEvent{assign("j2", 1)}, kT0);
+  ASSERT_EQ(sent<FailedMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<FailedMessage>(fx)[0].job_id, "j2");
+  EXPECT_EQ(a.counters().attempts_refused, 2u);
+}
+
+TEST(AgentMachine, CancelStopsSilently) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0);
+  auto fx = a.handle(CoordinatorMessageEvent{CancelMessage{"j1", 1}}, kT0 + 5);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  fx = a.handle(EngineStoppedEvent{"j1", 1, 1}, kT0 + 6);
+  EXPECT_TRUE(sent<PreemptedMessage>(fx).empty());
+  EXPECT_FALSE(a.serving());
+  // A cancel for something not running here is refused and counted.
+  fx = a.handle(CoordinatorMessageEvent{CancelMessage{"j9", 1}}, kT0 + 7);
+  EXPECT_EQ(effects_of<AgentLogEffect>(fx).size(), 1u);
+  EXPECT_EQ(a.counters().messages_rejected, 1u);
+}
+
+TEST(AgentMachine, RefusesMessagesOnlyVehiclesSend) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  auto fx = a.handle(CoordinatorMessageEvent{DoneMessage{"j1", 1, 3, "stop"}}, kT0);
+  EXPECT_EQ(a.counters().messages_rejected, 1u);
+  EXPECT_TRUE(effects_of<StartEngineEffect>(fx).empty());
+}
+
+TEST(AgentMachine, HeartbeatsAndStaleSignalsPreempt) {
+  AgentConfig c = config();
+  c.heartbeat_ms = 1000;
+  c.signal_age_ms_max = 5000;
+  AgentMachine a(c);
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(ConnectedEvent{}, kT0);
+  auto fx = a.handle(AgentTick{}, kT0 + 500);
+  EXPECT_TRUE(sent<StateMessage>(fx).empty());
+  fx = a.handle(AgentTick{}, kT0 + 1000);
+  EXPECT_EQ(sent<StateMessage>(fx).size(), 1u);
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0 + 1000);
+  // The feed goes silent: serving on stale knowledge of the car is not allowed.
+  fx = a.handle(AgentTick{}, kT0 + 7000);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  EXPECT_FALSE(a.decision().eligible);
+  EXPECT_TRUE(a.decision().has(ReasonCode::kSignalsStale));
+}
+
+TEST(AgentMachine, PolicyChangeAppliesMidJob) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0);
+  OwnerPolicy p = config().policy;
+  p.opted_in = false;
+  auto fx = a.handle(PolicyEvent{p}, kT0 + 1);
+  EXPECT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  EXPECT_TRUE(a.decision().has(ReasonCode::kOptedOut));
+  // An invalid policy is refused and the old one stays.
+  OwnerPolicy bad = p;
+  bad.soc_floor_pct = 150.0;
+  fx = a.handle(PolicyEvent{bad}, kT0 + 2);
+  ASSERT_EQ(effects_of<AgentLogEffect>(fx).size(), 1u);
+  EXPECT_FALSE(a.config().policy.opted_in);
+}
+
+}  // namespace
+}  // namespace idlefleet::core

@@ -1,0 +1,407 @@
+// The coordinator's state machine: placement, leases, trust in messages, and
+// a seeded chaos run in which no job is lost or duplicated.
+#include "core/coordinator_machine.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <map>
+
+#include "common/random.h"
+
+namespace idlefleet::core {
+namespace {
+
+constexpr TimeMs kT0 = 1'700'000'000'000;
+
+CoordinatorCoreConfig config() {
+  CoordinatorCoreConfig c;
+  c.models = {{"m", 1u << 20}};
+  c.limits.lease_ms = 1000;
+  c.vehicle_timeout_ms = 3000;
+  return c;
+}
+
+JobSpec spec(uint64_t max_tokens = 8) {
+  JobSpec s;
+  s.model_id = "m";
+  s.prompt_ids = {1, 5, 6};
+  s.max_tokens = max_tokens;
+  return s;
+}
+
+HelloMessage hello(const std::string& id, const std::string& instance = "a") {
+  HelloMessage h;
+  h.vehicle_id = id;
+  h.models_cached = {"m"};
+  h.memory_bytes = 8ull << 30;
+  h.instance = instance;
+  return h;
+}
+
+StateMessage state(const std::string& id, bool eligible, TimeMs now, std::string job = "", uint32_t attempt = 0) {
+  StateMessage s;
+  s.vehicle_id = id;
+  s.state = eligible ? "eligible" : "parked";
+  s.eligible = eligible;
+  s.soc_pct = 60;
+  s.sent_at = now;
+  s.job_id = std::move(job);
+  s.attempt = attempt;
+  return s;
+}
+
+template <class T>
+std::vector<T> effects_of(const std::vector<CoordinatorEffect>& fx) {
+  std::vector<T> out;
+  for (const auto& e : fx) {
+    if (const auto* x = std::get_if<T>(&e)) out.push_back(*x);
+  }
+  return out;
+}
+
+std::vector<AssignMessage> assigns(const std::vector<CoordinatorEffect>& fx, std::vector<std::string>* to = nullptr) {
+  std::vector<AssignMessage> out;
+  for (const auto& s : effects_of<SendToVehicleEffect>(fx)) {
+    if (const auto* a = std::get_if<AssignMessage>(&s.message)) {
+      out.push_back(*a);
+      if (to) to->push_back(s.vehicle_id);
+    }
+  }
+  return out;
+}
+
+void join(CoordinatorMachine* c, const std::string& vid, TimeMs now, bool eligible = true) {
+  c->handle(VehicleMessageEvent{vid, hello(vid)}, now);
+  c->handle(VehicleMessageEvent{vid, state(vid, eligible, now)}, now);
+}
+
+TEST(CoordinatorMachine, PlacesRunsAndFinishesAJob) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  auto fx = c.handle(SubmitJobEvent{"j1", spec(3)}, kT0);
+  ASSERT_EQ(effects_of<JobAcceptedEffect>(fx).size(), 1u);
+  EXPECT_TRUE(effects_of<JobAcceptedEffect>(fx)[0].status.has_value());
+  std::vector<std::string> to;
+  auto a = assigns(fx, &to);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(to[0], "v1");
+  EXPECT_EQ(a[0].prompt_ids, spec().prompt_ids);
+  EXPECT_EQ(c.vehicles_available(), 0u);
+
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0 + 1);
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {10, 11}}}, kT0 + 2);
+  ASSERT_EQ(effects_of<JobTokensEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobTokensEffect>(fx)[0].ids, std::vector<int32_t>({10, 11}));
+  // A duplicate that agrees is harmless and relays nothing new.
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {10, 11}}}, kT0 + 3);
+  EXPECT_TRUE(effects_of<JobTokensEffect>(fx).empty());
+  // A gap is refused.
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 5, {1}}}, kT0 + 3);
+  ASSERT_EQ(effects_of<CoordinatorLogEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "bad_chunk");
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 2, {12}}}, kT0 + 4);
+  EXPECT_EQ(effects_of<JobTokensEffect>(fx)[0].first_index, 2u);
+  fx = c.handle(VehicleMessageEvent{"v1", DoneMessage{"j1", 1, 3, "length"}}, kT0 + 5);
+  ASSERT_EQ(effects_of<JobEndedEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx)[0].state, JobState::kDone);
+  EXPECT_EQ(c.job("j1")->job.produced(), std::vector<int32_t>({10, 11, 12}));
+  EXPECT_EQ(c.vehicles_available(), 1u);
+  EXPECT_EQ(c.counters().jobs_done, 1u);
+  // Done twice: stale.
+  fx = c.handle(VehicleMessageEvent{"v1", DoneMessage{"j1", 1, 3, "length"}}, kT0 + 6);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "stale_message");
+  EXPECT_EQ(c.counters().jobs_done, 1u);
+}
+
+TEST(CoordinatorMachine, PreemptedJobContinuesOnAnotherVehicleFromItsTokens) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec(4)}, kT0);
+  join(&c, "v2", kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {10, 11}}}, kT0);
+  // v1's driver returns: it reports ineligible and preempted.
+  c.handle(VehicleMessageEvent{"v1", state("v1", false, kT0 + 1, "j1", 1)}, kT0 + 1);
+  std::vector<std::string> to;
+  auto fx = c.handle(VehicleMessageEvent{"v1", PreemptedMessage{"j1", 1, 2, "driver's door open"}}, kT0 + 2);
+  auto a = assigns(fx, &to);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(to[0], "v2");
+  EXPECT_EQ(a[0].attempt, 2u);
+  EXPECT_EQ(a[0].produced_ids, std::vector<int32_t>({10, 11}));
+  EXPECT_EQ(c.counters().preemptions, 1u);
+  // v1's late chunk for the old attempt is stale.
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 2, {12}}}, kT0 + 3);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "stale_message");
+  EXPECT_EQ(c.job("j1")->job.produced().size(), 2u);
+}
+
+TEST(CoordinatorMachine, ExpiredLeaseReplacesTheJobAndCancelsTheSilentVehicle) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  join(&c, "v2", kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v2", state("v2", true, kT0 + 900)}, kT0 + 900);
+  auto fx = c.handle(CoordinatorTick{}, kT0 + 999);
+  EXPECT_TRUE(assigns(fx).empty());
+  fx = c.handle(CoordinatorTick{}, kT0 + 1000);
+  std::vector<std::string> to;
+  ASSERT_EQ(assigns(fx, &to).size(), 1u);
+  EXPECT_EQ(to[0], "v2");
+  bool cancelled = false;
+  for (const auto& s : effects_of<SendToVehicleEffect>(fx)) {
+    cancelled |= s.vehicle_id == "v1" && std::holds_alternative<CancelMessage>(s.message);
+  }
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(c.counters().attempts_lost, 1u);
+}
+
+TEST(CoordinatorMachine, HeartbeatRenewsTheLease) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 800, "j1", 1)}, kT0 + 800);
+  c.handle(CoordinatorTick{}, kT0 + 1500);
+  EXPECT_EQ(c.counters().attempts_lost, 0u);
+  EXPECT_EQ(c.job("j1")->job.state(), JobState::kRunning);
+}
+
+TEST(CoordinatorMachine, RestartedAgentLosesItsAttemptAtOnce) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {3}}}, kT0);
+  auto fx = c.handle(VehicleMessageEvent{"v1", hello("v1", "b")}, kT0 + 10);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "vehicle_restarted");
+  // Placed again at once, here on the same (restarted, still eligible) car.
+  auto a = assigns(fx);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0].attempt, 2u);
+  EXPECT_EQ(a[0].produced_ids, std::vector<int32_t>({3}));
+}
+
+TEST(CoordinatorMachine, RefusesWhatItCannotTrust) {
+  CoordinatorMachine c(config());
+  auto fx = c.handle(VehicleMessageEvent{"ghost", state("ghost", true, kT0)}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "unknown_vehicle");
+  fx = c.handle(VehicleMessageEvent{"v1", hello("v2")}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "vehicle_mismatch");
+  join(&c, "v1", kT0);
+  join(&c, "v2", kT0, false);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  // v2 does not hold j1's attempt.
+  fx = c.handle(VehicleMessageEvent{"v2", ChunkMessage{"j1", 1, 0, {1}}}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "stale_message");
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"nope", 1, 0, {1}}}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "unknown_job");
+  fx = c.handle(VehicleMessageEvent{"v1", CancelMessage{"j1", 1}}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "unexpected_message");
+  EXPECT_EQ(c.counters().messages_rejected, 5u);
+  EXPECT_EQ(c.job("j1")->job.produced().size(), 0u);
+}
+
+TEST(CoordinatorMachine, ConflictingTokensEndTheAttempt) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {3, 4}}}, kT0);
+  auto fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 1, {9}}}, kT0);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "chunk_conflict");
+  EXPECT_EQ(c.job("j1")->job.produced(), std::vector<int32_t>({3, 4}));
+  EXPECT_EQ(c.vehicles().at("v1").attempts_lost, 1u);
+}
+
+TEST(CoordinatorMachine, RefusesBadSubmissions) {
+  CoordinatorCoreConfig cfg = config();
+  cfg.queue_jobs_max = 1;
+  CoordinatorMachine c(cfg);
+  auto status_of = [&](const std::string& id, JobSpec s) {
+    auto fx = c.handle(SubmitJobEvent{id, std::move(s)}, kT0);
+    return effects_of<JobAcceptedEffect>(fx).at(0).status;
+  };
+  JobSpec unknown = spec();
+  unknown.model_id = "nope";
+  EXPECT_EQ(status_of("a", unknown).error().code, ErrorCode::kNotFound);
+  JobSpec empty = spec();
+  empty.prompt_ids.clear();
+  EXPECT_EQ(status_of("a", empty).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(status_of("", spec()).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(status_of("a", spec()).has_value());
+  EXPECT_EQ(status_of("a", spec()).error().code, ErrorCode::kInvalidArgument);  // duplicate id
+  EXPECT_EQ(status_of("b", spec()).error().code, ErrorCode::kOutOfRange);       // queue full
+}
+
+TEST(CoordinatorMachine, QueuedJobFailsWhenNoVehicleTakesIt) {
+  CoordinatorMachine c(config());
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  auto fx = c.handle(CoordinatorTick{}, kT0 + config().queued_ms_max + 1);
+  ASSERT_EQ(effects_of<JobEndedEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx)[0].state, JobState::kFailed);
+}
+
+TEST(CoordinatorMachine, RestoredJobsResumeFromTheirTokens) {
+  CoordinatorMachine c(config());
+  Job j("j1", kT0, 8);
+  ASSERT_TRUE(j.assign("v9", kT0).has_value());
+  ASSERT_TRUE(j.start(1, kT0).has_value());
+  const int32_t ids[] = {4, 4};
+  ASSERT_TRUE(j.append(1, 0, ids, kT0).has_value());
+  auto restored = Job::restore("j1", kT0, 8, {}, j.state(), j.produced(), j.attempts(), "", kT0 + 5);
+  ASSERT_TRUE(restored.has_value()) << restored.error().to_string();
+  EXPECT_EQ(restored->state(), JobState::kPreempted);
+  c.handle(RestoreJobEvent{*restored, spec()}, kT0 + 5);
+  join(&c, "v1", kT0 + 6);
+  auto fx = c.handle(CoordinatorTick{}, kT0 + 6);
+  EXPECT_EQ(c.job("j1")->job.current()->vehicle_id, "v1");
+  EXPECT_EQ(c.job("j1")->job.attempts().size(), 2u);
+}
+
+// ---- Chaos -----------------------------------------------------------------
+//
+// Vehicles whose "engine" produces token k of a job as a pure function of the
+// job and k (as the real, deterministic engine does), on a network that drops,
+// duplicates and delays messages, with drivers returning and agents restarting.
+// Whatever happens, every job must end done with exactly the expected tokens,
+// and the tokens relayed to clients must be those, each once, in order.
+
+int32_t expected_token(const std::string& job, uint64_t k) {
+  return static_cast<int32_t>((std::hash<std::string>{}(job) + k * 7919) % 500);
+}
+
+struct FakeVehicle {
+  std::string id;
+  std::string instance = "0";
+  bool eligible = true;
+  std::optional<AssignMessage> job;
+  uint64_t produced = 0;  // tokens of the current job known (including resumed ones)
+};
+
+TEST(CoordinatorMachine, ChaosLosesAndDuplicatesNothing) {
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    Rng rng(seed);
+    CoordinatorMachine c(config());
+    std::vector<FakeVehicle> fleet(6);
+    for (size_t i = 0; i < fleet.size(); ++i) fleet[i].id = "v" + std::to_string(i);
+    struct InFlight {
+      TimeMs at;
+      bool to_vehicle;
+      size_t vehicle;
+      Message m;
+    };
+    std::vector<InFlight> net;
+    auto send_up = [&](TimeMs now, size_t v, Message m) {
+      if (rng.uniform() < 0.03) return;  // lost
+      const int copies = rng.uniform() < 0.05 ? 2 : 1;
+      for (int k = 0; k < copies; ++k) net.push_back({now + 1 + static_cast<TimeMs>(rng.uniform() * 5), false, v, m});
+    };
+    std::map<std::string, std::vector<int32_t>> relayed;
+    std::map<std::string, JobState> ended;
+    TimeMs now = kT0;
+    auto apply = [&](const std::vector<CoordinatorEffect>& fx) {
+      for (const auto& e : fx) {
+        if (const auto* s = std::get_if<SendToVehicleEffect>(&e)) {
+          const size_t v = std::stoul(s->vehicle_id.substr(1));
+          if (rng.uniform() < 0.03) continue;
+          net.push_back({now + 1 + static_cast<TimeMs>(rng.uniform() * 5), true, v, s->message});
+        } else if (const auto* t = std::get_if<JobTokensEffect>(&e)) {
+          auto& r = relayed[t->job_id];
+          ASSERT_EQ(t->first_index, r.size()) << "seed " << seed;
+          r.insert(r.end(), t->ids.begin(), t->ids.end());
+        } else if (const auto* d = std::get_if<JobEndedEffect>(&e)) {
+          ASSERT_EQ(ended.count(d->job_id), 0u) << "job ended twice, seed " << seed;
+          ended[d->job_id] = d->state;
+        }
+      }
+    };
+    for (size_t v = 0; v < fleet.size(); ++v) {
+      apply(c.handle(VehicleMessageEvent{fleet[v].id, hello(fleet[v].id, fleet[v].instance)}, now));
+    }
+    const int jobs = 20;
+    for (int j = 0; j < jobs; ++j) apply(c.handle(SubmitJobEvent{"j" + std::to_string(j), spec(12)}, now));
+
+    for (int step = 0; step < 200000 && static_cast<int>(ended.size()) < jobs; ++step) {
+      now += 5;
+      // Deliver due messages (in arrival order; duplicates may interleave).
+      std::vector<InFlight> due;
+      for (size_t i = 0; i < net.size();) {
+        if (net[i].at <= now) {
+          due.push_back(std::move(net[i]));
+          net.erase(net.begin() + static_cast<std::ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+      for (auto& d : due) {
+        FakeVehicle& fv = fleet[d.vehicle];
+        if (!d.to_vehicle) {
+          apply(c.handle(VehicleMessageEvent{fv.id, d.m}, now));
+          continue;
+        }
+        if (const auto* a = std::get_if<AssignMessage>(&d.m)) {
+          if (fv.job && fv.job->job_id == a->job_id && fv.job->attempt == a->attempt) continue;
+          if (fv.job || !fv.eligible) {
+            send_up(now, d.vehicle, PreemptedMessage{a->job_id, a->attempt, a->produced_ids.size(), "busy"});
+            continue;
+          }
+          for (size_t k = 0; k < a->produced_ids.size(); ++k) {
+            ASSERT_EQ(a->produced_ids[k], expected_token(a->job_id, k)) << "resumed from wrong tokens";
+          }
+          fv.job = *a;
+          fv.produced = a->produced_ids.size();
+          send_up(now, d.vehicle, StartedMessage{a->job_id, a->attempt});
+        } else if (const auto* x = std::get_if<CancelMessage>(&d.m)) {
+          if (fv.job && fv.job->job_id == x->job_id && fv.job->attempt == x->attempt) fv.job.reset();
+        }
+      }
+      for (size_t v = 0; v < fleet.size(); ++v) {
+        FakeVehicle& fv = fleet[v];
+        const double r = rng.uniform();
+        if (r < 0.002) {  // the agent process dies and restarts
+          fv.job.reset();
+          fv.instance = std::to_string(std::stoi(fv.instance) + 1);
+          send_up(now, v, hello(fv.id, fv.instance));
+        } else if (r < 0.006) {  // the driver returns (or leaves again)
+          fv.eligible = !fv.eligible;
+          if (fv.job && !fv.eligible) {
+            send_up(now, v, PreemptedMessage{fv.job->job_id, fv.job->attempt, fv.produced, "driver back"});
+            fv.job.reset();
+          }
+        }
+        if (fv.job && rng.uniform() < 0.5) {
+          const AssignMessage& a = *fv.job;
+          const uint64_t n = std::min<uint64_t>(1 + static_cast<uint64_t>(rng.uniform() * 3), a.max_tokens - fv.produced);
+          ChunkMessage ch{a.job_id, a.attempt, fv.produced, {}};
+          for (uint64_t k = 0; k < n; ++k) ch.ids.push_back(expected_token(a.job_id, fv.produced + k));
+          fv.produced += n;
+          if (!ch.ids.empty()) send_up(now, v, ch);
+          if (fv.produced == a.max_tokens) {
+            send_up(now, v, DoneMessage{a.job_id, a.attempt, fv.produced, "length"});
+            fv.job.reset();
+          }
+        }
+        if (step % 20 == static_cast<int>(v)) {
+          send_up(now, v, hello(fv.id, fv.instance));
+          send_up(now, v, state(fv.id, fv.eligible, now, fv.job ? fv.job->job_id : "", fv.job ? fv.job->attempt : 0));
+        }
+      }
+      if (step % 10 == 0) apply(c.handle(CoordinatorTick{}, now));
+    }
+    ASSERT_EQ(static_cast<int>(ended.size()), jobs) << "seed " << seed;
+    for (const auto& [id, st] : ended) {
+      EXPECT_EQ(st, JobState::kDone) << id << " seed " << seed << ": " << c.job(id)->job.finish_reason();
+      const auto& produced = c.job(id)->job.produced();
+      ASSERT_EQ(produced.size(), 12u);
+      for (uint64_t k = 0; k < produced.size(); ++k) ASSERT_EQ(produced[k], expected_token(id, k));
+      EXPECT_EQ(relayed[id], produced) << "client saw other tokens, seed " << seed;
+    }
+    EXPECT_EQ(c.jobs_live(), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace idlefleet::core

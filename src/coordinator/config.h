@@ -1,0 +1,107 @@
+// The coordinator's configuration: a TOML file read once at start.
+//
+//   nats_url = "nats://127.0.0.1:4222"
+//   data_dir = "idlefleet-data"          # the SQLite files live here
+//   [http]
+//   host = "127.0.0.1"
+//   port = 8080                          # 0: the OS picks a free port (tests)
+//   threads = 2
+//   [jobs]
+//   lease_ms = 10000                     # a vehicle's lease on an attempt
+//   tick_ms = 50                         # how often the coordinator checks leases
+//   vehicle_timeout_ms = 15000           # silence after which a vehicle is gone
+//   attempts_max = 8
+//   max_tokens_default = 256             # when a request names none
+//   max_tokens_limit = 4096              # the most a request may ask for
+//   queue_jobs_max = 10000               # unfinished jobs held at once
+//   request_bytes_max = 1048576          # one HTTP request body
+//   [[models]]                           # one entry per GGUF file served
+//   id = "stories15M"
+//   path = "models/stories15M.gguf"
+//
+// Every key is optional (the defaults below) except id and path inside each
+// [[models]] entry. The parser trusts nothing: a key it does not know, a value
+// of the wrong type, or one outside the ranges below is an error that names
+// the key and its line, so that a typo fails loudly instead of running with a
+// default. toml++ throws; its exceptions stop at this boundary.
+//
+// Thread-safety: pure functions over values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace idlefleet::coordinator {
+
+// An inclusive range for one integer key; the parser and validate() share them.
+struct IntRange {
+  int64_t min;
+  int64_t max;
+  bool contains(int64_t v) const { return v >= min && v <= max; }
+};
+
+inline constexpr size_t kConfigBytesMax = 1u << 20;
+inline constexpr size_t kUrlBytesMax = 1024;
+inline constexpr size_t kHostBytesMax = 255;
+inline constexpr size_t kPathBytesMax = 4096;
+inline constexpr size_t kModelIdBytesMax = 128;
+inline constexpr size_t kModelsMax = 256;
+inline constexpr IntRange kHttpPortRange{0, 65535};
+inline constexpr IntRange kHttpThreadsRange{1, 64};
+inline constexpr IntRange kLeaseMsRange{100, 3'600'000};
+inline constexpr IntRange kTickMsRange{1, 60'000};
+inline constexpr IntRange kVehicleTimeoutMsRange{100, 3'600'000};
+inline constexpr IntRange kAttemptsMaxRange{1, 100};
+inline constexpr IntRange kMaxTokensRange{1, 1 << 20};  // max_tokens_default and max_tokens_limit
+inline constexpr IntRange kQueueJobsMaxRange{1, 100'000};
+inline constexpr IntRange kRequestBytesMaxRange{1024, 4 << 20};
+
+// A GGUF file served by the catalog, under the id clients name it by.
+struct ModelEntry {
+  std::string id;    // printable ASCII without spaces, 1..kModelIdBytesMax bytes, unique
+  std::string path;  // relative paths are relative to the working directory; existence is the catalog's check
+
+  bool operator==(const ModelEntry&) const = default;
+};
+
+// Everything the coordinator reads at start; the defaults are a working local setup.
+struct CoordinatorConfig {
+  std::string nats_url = "nats://127.0.0.1:4222";
+  std::string http_host = "127.0.0.1";
+  uint16_t http_port = 8080;
+  int http_threads = 2;
+  std::string data_dir = "idlefleet-data";  // SQLite lives here
+  std::vector<ModelEntry> models;
+  int64_t lease_ms = 10000;
+  int64_t tick_ms = 50;
+  int64_t vehicle_timeout_ms = 15000;
+  uint32_t attempts_max = 8;
+  uint64_t max_tokens_default = 256;
+  uint64_t max_tokens_limit = 4096;
+  size_t queue_jobs_max = 10000;
+  size_t request_bytes_max = 1 << 20;
+
+  // Every field in its range and the fields consistent with each other
+  // (tick_ms < lease_ms, max_tokens_default <= max_tokens_limit, model ids
+  // unique). The message names the field as its TOML key ("http.port").
+  Status validate() const;
+
+  bool operator==(const CoordinatorConfig&) const = default;
+};
+
+// Reads and parses the file at `path`. A missing file is kNotFound; one
+// larger than kConfigBytesMax kOutOfRange; otherwise as parse_coordinator_config().
+Result<CoordinatorConfig> load_coordinator_config(const std::string& path);
+
+// Parses TOML text; `source_name` (usually the path) starts every message.
+// Errors: not TOML -> kCorrupt; an unknown key, a wrong type, a duplicate or
+// missing model field -> kInvalidArgument; a value out of range ->
+// kOutOfRange. Each names the key and its line: "unknown key 'foo' at line 3".
+Result<CoordinatorConfig> parse_coordinator_config(std::string_view toml_text, std::string_view source_name);
+
+}  // namespace idlefleet::coordinator

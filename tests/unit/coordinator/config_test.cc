@@ -1,0 +1,245 @@
+// Coordinator config: the defaults, a full file, and every kind of garbage,
+// each refused with a message that names the key (and its line).
+#include "coordinator/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace idlefleet::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kFull = R"toml(# a complete coordinator config
+nats_url = "nats://10.0.0.2:4222"
+data_dir = "/var/lib/idlefleet"
+
+[http]
+host = "0.0.0.0"
+port = 9090
+threads = 4
+
+[jobs]
+lease_ms = 20000
+tick_ms = 100
+vehicle_timeout_ms = 30000
+attempts_max = 5
+max_tokens_default = 128
+max_tokens_limit = 2048
+queue_jobs_max = 500
+request_bytes_max = 65536
+
+[[models]]
+id = "stories15M"
+path = "models/stories15M.gguf"
+
+[[models]]
+id = "stories110M-q8"
+path = "/models/stories110M-q8_0.gguf"
+)toml";
+
+// Parses `text`, expects an error with `code`, and that its message contains every one of `needles`.
+void expect_error(std::string_view text, ErrorCode code, std::initializer_list<std::string_view> needles) {
+  auto r = parse_coordinator_config(text, "test.toml");
+  ASSERT_FALSE(r) << "accepted:\n" << text;
+  EXPECT_EQ(r.error().code, code) << r.error().to_string();
+  EXPECT_EQ(r.error().message.rfind("test.toml: ", 0), 0u) << r.error().to_string();
+  for (std::string_view n : needles) {
+    EXPECT_NE(r.error().message.find(n), std::string::npos) << "'" << n << "' not in: " << r.error().to_string();
+  }
+}
+
+TEST(CoordinatorConfig, DefaultsAreValidAndAnEmptyFileGivesThem) {
+  const CoordinatorConfig defaults;
+  EXPECT_TRUE(defaults.validate()) << defaults.validate().error().to_string();
+  auto r = parse_coordinator_config("", "empty.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(*r, defaults);
+  EXPECT_EQ(r->nats_url, "nats://127.0.0.1:4222");
+  EXPECT_EQ(r->http_port, 8080);
+  EXPECT_EQ(r->lease_ms, 10000);
+  EXPECT_TRUE(r->models.empty());
+}
+
+TEST(CoordinatorConfig, FullFile) {
+  auto r = parse_coordinator_config(kFull, "full.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  const CoordinatorConfig& c = *r;
+  EXPECT_EQ(c.nats_url, "nats://10.0.0.2:4222");
+  EXPECT_EQ(c.data_dir, "/var/lib/idlefleet");
+  EXPECT_EQ(c.http_host, "0.0.0.0");
+  EXPECT_EQ(c.http_port, 9090);
+  EXPECT_EQ(c.http_threads, 4);
+  EXPECT_EQ(c.lease_ms, 20000);
+  EXPECT_EQ(c.tick_ms, 100);
+  EXPECT_EQ(c.vehicle_timeout_ms, 30000);
+  EXPECT_EQ(c.attempts_max, 5u);
+  EXPECT_EQ(c.max_tokens_default, 128u);
+  EXPECT_EQ(c.max_tokens_limit, 2048u);
+  EXPECT_EQ(c.queue_jobs_max, 500u);
+  EXPECT_EQ(c.request_bytes_max, 65536u);
+  ASSERT_EQ(c.models.size(), 2u);
+  EXPECT_EQ(c.models[0], (ModelEntry{"stories15M", "models/stories15M.gguf"}));
+  EXPECT_EQ(c.models[1], (ModelEntry{"stories110M-q8", "/models/stories110M-q8_0.gguf"}));
+}
+
+TEST(CoordinatorConfig, PartialTablesKeepTheOtherDefaults) {
+  auto r = parse_coordinator_config("[http]\nport = 0\n", "p.toml");  // 0: any free port
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->http_port, 0);
+  EXPECT_EQ(r->http_host, "127.0.0.1");
+  EXPECT_EQ(r->http_threads, 2);
+  // Inline tables are the same TOML.
+  r = parse_coordinator_config(R"(models = [{ id = "m", path = "m.gguf" }])", "i.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->models, (std::vector<ModelEntry>{{"m", "m.gguf"}}));
+}
+
+TEST(CoordinatorConfig, NotToml) {
+  expect_error("this is not toml", ErrorCode::kCorrupt, {"not valid TOML", "line 1"});
+  expect_error("[http\nport = 1\n", ErrorCode::kCorrupt, {"line 1"});
+  expect_error("[http]\nport = 1\nport = 2\n", ErrorCode::kCorrupt, {"line 3", "port"});
+  expect_error("[jobs]\nlease_ms = 99999999999999999999\n", ErrorCode::kCorrupt, {"line 2"});
+  expect_error("nats_url = \"\xff\xfe\"\n", ErrorCode::kCorrupt, {"line 1"});
+}
+
+TEST(CoordinatorConfig, UnknownKeys) {
+  expect_error("nats_url = \"nats://x:1\"\n\nfoo = 1\n", ErrorCode::kInvalidArgument, {"unknown key 'foo' at line 3"});
+  expect_error("[http]\nhost = \"h\"\nprot = 80\n", ErrorCode::kInvalidArgument, {"unknown key 'http.prot' at line 3"});
+  expect_error("[jobs]\nlease = 5\n", ErrorCode::kInvalidArgument, {"'jobs.lease' at line 2"});
+  expect_error("[[models]]\nid = \"a\"\npath = \"p\"\nsha = \"x\"\n", ErrorCode::kInvalidArgument,
+               {"'models[0].sha' at line 4"});
+  expect_error("[server]\nport = 1\n", ErrorCode::kInvalidArgument, {"unknown key 'server' at line 1"});
+  // The first in the file is named, not the first alphabetically.
+  expect_error("zzz = 1\naaa = 2\n", ErrorCode::kInvalidArgument, {"'zzz' at line 1"});
+}
+
+TEST(CoordinatorConfig, WrongTypes) {
+  expect_error("[http]\nport = \"8080\"\n", ErrorCode::kInvalidArgument,
+               {"'http.port' at line 2", "an integer", "a string"});
+  expect_error("[http]\nport = 8080.0\n", ErrorCode::kInvalidArgument, {"'http.port' at line 2", "a float"});
+  expect_error("nats_url = 4222\n", ErrorCode::kInvalidArgument, {"'nats_url' at line 1", "a string"});
+  expect_error("http = 1\n", ErrorCode::kInvalidArgument, {"'http' at line 1", "a table"});
+  expect_error("[jobs]\nattempts_max = true\n", ErrorCode::kInvalidArgument, {"'jobs.attempts_max' at line 2"});
+  expect_error("models = \"all\"\n", ErrorCode::kInvalidArgument, {"'models' at line 1"});
+  expect_error("models = [1]\n", ErrorCode::kInvalidArgument, {"'models[0]' at line 1", "a table"});
+}
+
+TEST(CoordinatorConfig, OutOfRange) {
+  expect_error("[http]\nport = 70000\n", ErrorCode::kOutOfRange, {"http.port at line 2", "70000", "[0, 65535]"});
+  expect_error("[http]\nport = -1\n", ErrorCode::kOutOfRange, {"http.port at line 2"});
+  expect_error("[http]\nthreads = 0\n", ErrorCode::kOutOfRange, {"http.threads at line 2"});
+  expect_error("[jobs]\n\nlease_ms = -5\n", ErrorCode::kOutOfRange, {"jobs.lease_ms at line 3", "-5"});
+  expect_error("[jobs]\ntick_ms = 0\n", ErrorCode::kOutOfRange, {"jobs.tick_ms at line 2"});
+  expect_error("[jobs]\nattempts_max = 4294967297\n", ErrorCode::kOutOfRange, {"jobs.attempts_max at line 2"});
+  expect_error("[jobs]\nqueue_jobs_max = 0\n", ErrorCode::kOutOfRange, {"jobs.queue_jobs_max"});
+  expect_error("[jobs]\nrequest_bytes_max = 1073741824\n", ErrorCode::kOutOfRange, {"jobs.request_bytes_max"});
+  expect_error("[jobs]\nmax_tokens_limit = 0\n", ErrorCode::kOutOfRange, {"jobs.max_tokens_limit"});
+  expect_error("nats_url = \"\"\n", ErrorCode::kInvalidArgument, {"nats_url at line 1", "empty"});
+  expect_error("data_dir = \"a\\u0000b\"\n", ErrorCode::kInvalidArgument, {"data_dir at line 1", "control"});
+  expect_error("data_dir = \"" + std::string(kPathBytesMax + 1, 'd') + "\"\n", ErrorCode::kOutOfRange,
+               {"data_dir at line 1"});
+}
+
+TEST(CoordinatorConfig, FieldsAgainstEachOther) {
+  expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
+               {"jobs.tick_ms", "jobs.lease_ms"});
+  expect_error("[jobs]\nmax_tokens_default = 5000\n", ErrorCode::kInvalidArgument,
+               {"jobs.max_tokens_default", "jobs.max_tokens_limit"});
+}
+
+TEST(CoordinatorConfig, Models) {
+  expect_error("[[models]]\nid = \"a\"\npath = \"a.gguf\"\n\n[[models]]\nid = \"a\"\npath = \"b.gguf\"\n",
+               ErrorCode::kInvalidArgument, {"duplicate model id 'a'", "models[1].id' at line 6", "line 2"});
+  expect_error("[[models]]\nid = \"a\"\n", ErrorCode::kInvalidArgument, {"missing key 'models[0].path'", "line 1"});
+  expect_error("[[models]]\npath = \"a.gguf\"\n", ErrorCode::kInvalidArgument, {"missing key 'models[0].id'"});
+  expect_error("[[models]]\nid = \"my model\"\npath = \"a.gguf\"\n", ErrorCode::kInvalidArgument,
+               {"models[0].id at line 2", "printable ASCII"});
+  expect_error("[[models]]\nid = \"a\"\npath = \"\"\n", ErrorCode::kInvalidArgument, {"models[0].path at line 3"});
+  std::string many;
+  for (size_t i = 0; i <= kModelsMax; ++i) many += "[[models]]\nid = \"m" + std::to_string(i) + "\"\npath = \"p\"\n";
+  expect_error(many, ErrorCode::kOutOfRange, {"models", std::to_string(kModelsMax)});
+}
+
+TEST(CoordinatorConfig, ValidateNamesTheField) {
+  CoordinatorConfig c;
+  c.http_threads = 0;
+  auto s = c.validate();
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("http.threads"), std::string::npos) << s.error().to_string();
+  c = CoordinatorConfig{};
+  c.lease_ms = -1;
+  s = c.validate();
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().code, ErrorCode::kOutOfRange);
+  EXPECT_NE(s.error().message.find("jobs.lease_ms"), std::string::npos);
+  c = CoordinatorConfig{};
+  c.models = {{"x", "a"}, {"x", "b"}};
+  s = c.validate();
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("models[1].id"), std::string::npos) << s.error().to_string();
+  c = CoordinatorConfig{};
+  c.queue_jobs_max = static_cast<size_t>(kQueueJobsMaxRange.max) + 1;
+  EXPECT_FALSE(c.validate());
+}
+
+TEST(CoordinatorConfig, TooLarge) {
+  expect_error(std::string(kConfigBytesMax + 1, '#'), ErrorCode::kOutOfRange, {"bytes"});
+}
+
+class ConfigFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("idlefleet-config-" + std::to_string(::getpid()) + "-" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p, std::ios::binary) << text;
+    return p.string();
+  }
+  fs::path dir_;
+};
+
+TEST_F(ConfigFileTest, LoadsAFile) {
+  const std::string path = write("coordinator.toml", kFull);
+  auto r = load_coordinator_config(path);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(*r, *parse_coordinator_config(kFull, "x"));
+}
+
+TEST_F(ConfigFileTest, MissingFileIsNotFound) {
+  auto r = load_coordinator_config((dir_ / "nope.toml").string());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("nope.toml"), std::string::npos);
+}
+
+TEST_F(ConfigFileTest, ErrorsNameThePath) {
+  const std::string path = write("bad.toml", "[http]\nport = 65536\n");
+  auto r = load_coordinator_config(path);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message.rfind(path + ": http.port at line 2", 0), 0u) << r.error().to_string();
+}
+
+TEST_F(ConfigFileTest, OversizedFileIsRefusedBeforeParsing) {
+  const std::string path = write("big.toml", std::string(kConfigBytesMax + 10, '#'));
+  auto r = load_coordinator_config(path);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kOutOfRange);
+}
+
+TEST_F(ConfigFileTest, ADirectoryIsAnIoError) {
+  auto r = load_coordinator_config(dir_.string());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kIo) << r.error().to_string();
+}
+
+}  // namespace
+}  // namespace idlefleet::coordinator

@@ -20,3 +20,13 @@ target_include_directories(fuzz_protocol PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_link_libraries(fuzz_protocol PRIVATE nlohmann_json::nlohmann_json)
 target_compile_options(fuzz_protocol PRIVATE ${FUZZ_FLAGS})
 target_link_options(fuzz_protocol PRIVATE -fsanitize=fuzzer,address,undefined)
+
+add_executable(fuzz_replay
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/replay/fuzz_replay.cc
+  ${PROJECT_SOURCE_DIR}/src/agent/replay.cc
+  ${PROJECT_SOURCE_DIR}/src/core/signals.cc
+  ${PROJECT_SOURCE_DIR}/src/common/result.cc)
+target_include_directories(fuzz_replay PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(fuzz_replay PRIVATE nlohmann_json::nlohmann_json)
+target_compile_options(fuzz_replay PRIVATE ${FUZZ_FLAGS})
+target_link_options(fuzz_replay PRIVATE -fsanitize=fuzzer,address,undefined)

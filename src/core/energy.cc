@@ -86,7 +86,7 @@ double taper_switch_soc(const Taper& t, double dc_kw, double avail_kw) {
 // ---------------------------------------------------------------------------
 
 Status BatteryParams::validate() const {
-  IF_RETURN_IF_ERROR(check_range("battery.capacity_kwh", capacity_kwh, 0.0, kBatteryCapacityKwhMax, true, "kWh"));
+  IF_RETURN_IF_ERROR(check_range("battery.capacity_kwh", capacity_kwh, 0.0, kBatteryPackKwhMax, true, "kWh"));
   IF_RETURN_IF_ERROR(check_range("battery.charge_efficiency", charge_efficiency, 0.0, 1.0, true, ""));
   IF_RETURN_IF_ERROR(check_range("battery.charger_power_kw", charger_power_kw, 0.0, kChargerPowerKwMax, true, "kW"));
   IF_RETURN_IF_ERROR(

@@ -25,6 +25,7 @@
 #include <limits>
 
 #include "common/result.h"
+#include "core/signals.h"
 #include "core/time.h"
 
 namespace idlefleet::core {
@@ -34,11 +35,11 @@ namespace idlefleet::core {
 // ---------------------------------------------------------------------------
 
 // Limits on battery parameters (validate() rejects values outside them).
-inline constexpr double kBatteryCapacityKwhMax = 2000.0;  // above any car or truck pack
-inline constexpr double kChargerPowerKwMax = 1000.0;      // above any AC or DC charger
+// SoC and charger power share their limits with the signals (signals.h).
+// The model accepts packs up to trucks' size; the policy (policy.h) bounds
+// the cars it serves by kBatteryCapacityKwhMax.
+inline constexpr double kBatteryPackKwhMax = 2000.0;      // above any car or truck pack
 inline constexpr double kLoadKwMax = 1000.0;              // loads on the vehicle's DC bus
-inline constexpr double kSocPctMin = 0.0;
-inline constexpr double kSocPctMax = 100.0;
 
 // The traction battery and the charger it is plugged into.
 //

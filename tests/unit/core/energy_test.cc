@@ -232,7 +232,7 @@ TEST(Battery, ValidationNamesTheField) {
     fails(p, "taper_start_soc_pct");
   }
   BatteryParams big;
-  big.capacity_kwh = kBatteryCapacityKwhMax * 2;
+  big.capacity_kwh = kBatteryPackKwhMax * 2;
   EXPECT_EQ(big.validate().error().code, ErrorCode::kOutOfRange);
   BatteryParams nan;
   nan.capacity_kwh = kNaN;

@@ -55,7 +55,8 @@ endmacro()
 # nothing domain-specific.
 file(GLOB IDLEFLEET_TRANSPORT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/transport/*.cc)
 idlefleet_layer(idlefleet_transport IDLEFLEET_TRANSPORT_SOURCES)
-target_link_libraries(idlefleet_transport ${idlefleet_transport_scope} idlefleet_common Boost::headers PkgConfig::NATS Threads::Threads)
+target_link_libraries(idlefleet_transport ${idlefleet_transport_scope} idlefleet_common Boost::headers PkgConfig::NATS
+  PkgConfig::SODIUM CURL::libcurl Threads::Threads)
 
 # Persistence behind small interfaces: SQLite (WAL).
 file(GLOB IDLEFLEET_STORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/store/*.cc)

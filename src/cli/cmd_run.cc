@@ -25,6 +25,7 @@ struct RunOptions {
   std::string export_session;
   std::string resume_session;
   bool quiet = false;
+  bool no_echo = false;  // print only the generated text, not the prompt
   bool tokens_given = false;  // -n on the command line (with --resume: tokens to add)
 };
 
@@ -74,8 +75,16 @@ void run(const RunOptions& o) {
 
   const int64_t produced_before = static_cast<int64_t>(gen.state().produced_ids.size());
   engine::Detokenizer detok(tok);
-  for (int32_t id : gen.state().prompt_ids) write(detok.push(id));
-  for (int32_t id : gen.state().produced_ids) write(detok.push(id));
+  // The prompt (and a resumed session's earlier tokens) primes the
+  // detokenizer either way, so the generated text is the same with --no-echo.
+  for (int32_t id : gen.state().prompt_ids) {
+    const std::string piece = detok.push(id);
+    if (!o.no_echo) write(piece);
+  }
+  for (int32_t id : gen.state().produced_ids) {
+    const std::string piece = detok.push(id);
+    if (!o.no_echo) write(piece);
+  }
   for (;;) {
     auto next = gen.next();
     if (!next) throw CommandError{next.error().to_string()};
@@ -133,6 +142,7 @@ void add_run(CLI::App& app) {
   cmd->add_option("--export-session", o->export_session, "Write the finished session (ids, sampler, seed) as JSON to this file");
   cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
   cmd->add_flag("-q,--quiet", o->quiet, "Print only the text and the final speed line");
+  cmd->add_flag("--no-echo", o->no_echo, "Print only the generated text, not the prompt (as the API returns it)");
   cmd->callback([o, cmd] {
     o->tokens_given = cmd->count("--tokens") > 0;
     if (auto v = o->sampler.validate(); !v) throw CommandError{v.error().to_string()};

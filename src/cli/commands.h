@@ -23,6 +23,13 @@ void add_model_pull(CLI::App& model);
 // `idlefleet run -m MODEL -p PROMPT ...`
 void add_run(CLI::App& app);
 
+// `idlefleet coordinator [--config FILE] ...`
+void add_coordinator(CLI::App& app);
+// `idlefleet agent [--vehicles N] ...`
+void add_agent(CLI::App& app);
+// `idlefleet demo`: nats-server, a coordinator, simulated vehicles and requests
+void add_demo(CLI::App& app);
+
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.
 struct CommandError {

@@ -102,6 +102,7 @@ void AgentMachine::send_state(TimeMs now, std::vector<AgentEffect>* out) {
   if (attempt_) {
     s.job_id = attempt_->job_id;
     s.attempt = attempt_->attempt;
+    s.power_w = config_.inference_power_kw * 1000.0;
   }
   out->push_back(SendEffect{std::move(s)});
   last_state_sent_ = now;
@@ -199,6 +200,9 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
     if (e->policy.validate()) config_.policy = e->policy;
     else out.push_back(AgentLogEffect{"rejected_policy", e->policy.validate().error().message});
     force_state = true;
+  } else if (const auto* e = std::get_if<CachedModelsEvent>(&event)) {
+    config_.models_cached = e->models;
+    last_hello_sent_ = -1;  // tell the coordinator now
   } else if (const auto* e = std::get_if<WearEvent>(&event)) {
     if (e->wear_hours > 0.0 && e->wear_hours < kWearUsedHoursMax) {
       wear_used_hours_ = std::min(wear_used_hours_ + e->wear_hours, kWearUsedHoursMax);

@@ -102,8 +102,14 @@ struct WearEvent {
   double wear_hours = 0.0;
 };
 
+// The models on the vehicle changed (a download finished, an eviction).
+struct CachedModelsEvent {
+  std::vector<std::string> models;
+};
+
 using AgentEvent = std::variant<SignalsEvent, AgentTick, ConnectedEvent, CoordinatorMessageEvent, EngineTokensEvent,
-                                EngineFinishedEvent, EngineStoppedEvent, EngineFailedEvent, PolicyEvent, WearEvent>;
+                                EngineFinishedEvent, EngineStoppedEvent, EngineFailedEvent, PolicyEvent, WearEvent,
+                                CachedModelsEvent>;
 
 // ---- Effects ---------------------------------------------------------------
 

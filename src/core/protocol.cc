@@ -171,7 +171,7 @@ struct Encoder {
     return {{"vehicle_id", m.vehicle_id}, {"state", m.state}, {"eligible", m.eligible}, {"reasons", m.reasons},
             {"soc_pct", m.soc_pct}, {"accelerator_temp_c", m.accelerator_temp_c},
             {"departure_earliest", m.departure_earliest}, {"sent_at", m.sent_at}, {"job_id", m.job_id},
-            {"attempt", m.attempt}};
+            {"attempt", m.attempt}, {"power_w", m.power_w}};
   }
   json operator()(const AssignMessage& m) const {
     const Sampling& s = m.sampling;
@@ -223,6 +223,27 @@ Result<Message> finish(Reader& r, M m) {
 
 }  // namespace
 
+std::string up_subject(std::string_view vehicle_id) { return "idlefleet.v1.up." + std::string(vehicle_id); }
+std::string down_subject(std::string_view vehicle_id) { return "idlefleet.v1.down." + std::string(vehicle_id); }
+std::string vss_subject(std::string_view vehicle_id) { return "idlefleet.v1.vss." + std::string(vehicle_id); }
+std::string sim_subject(std::string_view vehicle_id) { return "idlefleet.v1.sim." + std::string(vehicle_id); }
+
+std::string_view vehicle_of_up_subject(std::string_view subject) {
+  constexpr std::string_view kPrefix = "idlefleet.v1.up.";
+  if (subject.substr(0, kPrefix.size()) != kPrefix) return {};
+  const std::string_view id = subject.substr(kPrefix.size());
+  return valid_vehicle_id(id) ? id : std::string_view{};
+}
+
+bool valid_vehicle_id(std::string_view id) {
+  if (id.empty() || id.size() > kIdBytesMax) return false;
+  for (char c : id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 const char* message_type(const Message& m) { return std::visit(TypeName{}, m); }
 
 std::string encode_message(const Message& m) {
@@ -272,6 +293,7 @@ Result<Message> decode_message(std::string_view text) {
     m.sent_at = r.integer("sent_at", 0, kTimeMax);
     m.job_id = r.string("job_id", kIdBytesMax, false);
     m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax, false));
+    m.power_w = r.number("power_w", 0.0, 1e6, false);
     return finish(r, std::move(m));
   }
   if (type == "assign") {

@@ -79,6 +79,7 @@ struct StateMessage {
   // attempt the vehicle believes it holds.
   std::string job_id;
   uint32_t attempt = 0;
+  double power_w = 0.0;  // the accelerator's draw now (optional), for the fleet's kW in use
 };
 
 struct AssignMessage {
@@ -132,6 +133,19 @@ struct FailedMessage {
 
 using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
                              DoneMessage, PreemptedMessage, FailedMessage>;
+
+// NATS subjects. A vehicle publishes on its own "up" subject and listens on
+// its own "down" subject, so per-vehicle credentials can allow exactly those.
+inline constexpr const char* kUpSubjectWildcard = "idlefleet.v1.up.*";
+std::string up_subject(std::string_view vehicle_id);
+std::string down_subject(std::string_view vehicle_id);
+// VSS signals from a vehicle gateway, and commands to simulated vehicles.
+std::string vss_subject(std::string_view vehicle_id);
+std::string sim_subject(std::string_view vehicle_id);
+// The vehicle id in an "up" subject, or "" if it is not one.
+std::string_view vehicle_of_up_subject(std::string_view subject);
+// A vehicle id is 1..kIdBytesMax of [A-Za-z0-9_-]: one NATS subject token.
+bool valid_vehicle_id(std::string_view id);
 
 // The "type" field of a message.
 const char* message_type(const Message& m);

@@ -1,0 +1,501 @@
+#include "agent/fleet.h"
+
+#include <sodium.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "common/check.h"
+#include "engine/session.h"
+#include "engine/thread_pool.h"
+
+namespace idlefleet::agent {
+
+namespace {
+
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+core::TimeMs wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string random_instance() {
+  if (sodium_init() < 0) std::abort();
+  unsigned char bytes[8];
+  randombytes_buf(bytes, sizeof bytes);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 15]);
+  }
+  return out;
+}
+
+engine::SamplerParams to_sampler(const core::Sampling& s) {
+  engine::SamplerParams p;
+  p.temperature = static_cast<float>(s.temperature);
+  p.top_k = s.top_k;
+  p.top_p = static_cast<float>(s.top_p);
+  p.min_p = static_cast<float>(s.min_p);
+  p.repeat_penalty = static_cast<float>(s.repeat_penalty);
+  p.repeat_last_n = s.repeat_last_n;
+  p.seed = s.seed;
+  return p;
+}
+
+}  // namespace
+
+Status FleetOptions::validate() const {
+  auto bad = [](std::string what) -> Status { return Unexpected(ErrorCode::kInvalidArgument, std::move(what)); };
+  if (vehicles < 1 || vehicles > kFleetVehiclesMax) {
+    return bad("vehicles must be 1 to " + std::to_string(kFleetVehiclesMax));
+  }
+  if (!core::valid_vehicle_id(id_prefix) || id_prefix.size() > 64) {
+    return bad("vehicle id prefix must be 1 to 64 of [A-Za-z0-9_-]");
+  }
+  if (source == SignalSourceKind::kReplay && replay_path.empty()) return bad("a replay source needs a file");
+  if (source != SignalSourceKind::kSimulated && vehicles != 1) {
+    return bad("replay and NATS signal sources feed one vehicle: use --vehicles 1");
+  }
+  if (!(time_scale >= 1.0 && time_scale <= 100000.0)) return bad("time scale must be 1 to 100000");
+  if (tick_ms < 1 || tick_ms > 1000) return bad("tick must be 1 to 1000 ms");
+  if (heartbeat_ms < 100 || heartbeat_ms > 60000) return bad("heartbeat must be 100 to 60000 ms");
+  if (cache_bytes_max == 0) return bad("the model cache needs some room");
+  if (auto st = policy.validate(); !st) return bad("owner policy: " + st.error().message);
+  return {};
+}
+
+struct Fleet::Vehicle {
+  std::string id;
+  std::unique_ptr<core::AgentMachine> machine;
+  std::unique_ptr<SimVehicle> sim;
+  std::unique_ptr<ReplaySource> replay;
+  core::VehicleSignals signals;
+  std::unique_ptr<transport::NatsClient> nats;
+  std::thread engine;
+  std::shared_ptr<std::atomic<bool>> stop;
+  int64_t stop_origin_ns = 0;  // when the event that stopped the engine reached us
+  VehicleStatus status;        // guarded by Fleet::mu_
+};
+
+Fleet::Fleet(FleetOptions options)
+    : options_(std::move(options)),
+      prior_(core::DeparturePrior::builtin()),
+      cache_(options_.cache_dir, options_.cache_bytes_max) {}
+
+Fleet::~Fleet() { stop(); }
+
+Result<std::unique_ptr<Fleet>> Fleet::start(FleetOptions options) {
+  IF_RETURN_IF_ERROR(options.validate());
+  std::unique_ptr<Fleet> fleet(new Fleet(std::move(options)));
+  IF_RETURN_IF_ERROR(fleet->init());
+  return fleet;
+}
+
+core::TimeMs Fleet::sim_now() const {
+  const double elapsed_ms = static_cast<double>(steady_ns() - steady_start_ns_) / 1e6;
+  return sim_start_ + static_cast<core::TimeMs>(elapsed_ms * options_.time_scale);
+}
+
+core::TimeMs Fleet::to_wall(core::TimeMs sim) const {
+  return wall_start_ + static_cast<core::TimeMs>(static_cast<double>(sim - sim_start_) / options_.time_scale);
+}
+
+Result<CatalogEntry> Fleet::catalog_entry(const std::string& model_id) {
+  std::lock_guard<std::mutex> lock(catalog_mu_);
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const CatalogEntry& e : catalog_) {
+      if (e.id == model_id) return e;
+    }
+    if (pass == 0) {  // a model we have not heard of: the catalog may have grown
+      auto fresh = fetch_catalog(options_.coordinator_url);
+      if (!fresh) return Unexpected(fresh.error());
+      catalog_ = std::move(*fresh);
+    }
+  }
+  return Unexpected(ErrorCode::kNotFound, "model '" + model_id + "' is not in the coordinator's catalog");
+}
+
+std::vector<std::string> Fleet::cached_model_ids() {
+  const std::vector<std::string> digests = cache_.cached();
+  std::vector<std::string> ids;
+  std::lock_guard<std::mutex> lock(catalog_mu_);
+  for (const CatalogEntry& e : catalog_) {
+    if (std::binary_search(digests.begin(), digests.end(), e.sha256)) ids.push_back(e.id);
+  }
+  return ids;
+}
+
+Status Fleet::init() {
+  steady_start_ns_ = steady_ns();
+  wall_start_ = wall_ms();
+  sim_start_ = options_.sim_start != 0 ? options_.sim_start : wall_start_;
+  if (options_.instance.empty()) options_.instance = random_instance();
+  {
+    // Not fatal: the coordinator may start after us; asked again on demand.
+    auto catalog = fetch_catalog(options_.coordinator_url);
+    if (catalog) catalog_ = std::move(*catalog);
+  }
+  const std::vector<std::string> cached = cached_model_ids();
+  std::vector<ReplayEvent> replay_events;
+  if (options_.source == SignalSourceKind::kReplay) {
+    auto events = load_replay(options_.replay_path);
+    if (!events) return Unexpected(events.error());
+    replay_events = std::move(*events);
+    // The replay's clock: its first event happens at the start.
+    if (!replay_events.empty() && options_.sim_start == 0) sim_start_ = replay_events.front().t;
+  }
+  const int width = options_.vehicles >= 1000 ? 5 : (options_.vehicles >= 100 ? 3 : 2);
+  for (int i = 0; i < options_.vehicles; ++i) {
+    auto v = std::make_unique<Vehicle>();
+    char suffix[16];
+    std::snprintf(suffix, sizeof suffix, "%0*d", width, i + 1);
+    v->id = options_.id_prefix + "-" + suffix;
+
+    core::AgentConfig c;
+    c.vehicle_id = v->id;
+    c.instance = options_.instance + "-" + std::to_string(i);
+    c.policy = options_.policy;
+    c.utc_offset_minutes = options_.utc_offset_minutes;
+    c.models_cached = cached;
+    const double scale = options_.time_scale;
+    c.heartbeat_ms = static_cast<core::DurationMs>(static_cast<double>(options_.heartbeat_ms) * scale);
+    c.hello_ms = static_cast<core::DurationMs>(10000.0 * scale);
+    // A live feed is fresh if heard within 50 ticks (simulated time), at least
+    // the policy's default and never beyond its limit.
+    c.signal_age_ms_max = std::clamp<core::DurationMs>(
+        static_cast<core::DurationMs>(50.0 * static_cast<double>(options_.tick_ms) * scale),
+        core::kSignalAgeMsMaxDefault, core::kSignalAgeMsMaxLimit);
+    c.prior = &prior_;
+    if (options_.source == SignalSourceKind::kSimulated) {
+      SimVehicleParams p;
+      p.seed = options_.seed * 1000003u + static_cast<uint64_t>(i);
+      p.utc_offset_minutes = options_.utc_offset_minutes;
+      IF_RETURN_IF_ERROR(p.validate());
+      v->sim = std::make_unique<SimVehicle>(p, sim_start_);
+      c.battery_capacity_kwh = p.battery.capacity_kwh;
+      c.charge_power_kw = p.charger_power_kw * p.battery.charge_efficiency;
+      c.inference_power_kw = p.accelerator.max_w / 1000.0;
+      if (c.policy.departures_minute_of_week.empty()) {
+        c.policy.departures_minute_of_week = v->sim->declared_departures_minute_of_week();
+      }
+    } else if (options_.source == SignalSourceKind::kReplay) {
+      v->replay = std::make_unique<ReplaySource>(replay_events);
+    }
+    if (auto st = c.policy.validate(); !st) return Unexpected(st.error());
+    v->machine = std::make_unique<core::AgentMachine>(std::move(c));
+    v->status.id = v->id;
+
+    transport::NatsOptions n;
+    n.url = options_.nats_url;
+    n.name = "idlefleet-agent " + v->id;
+    auto client = transport::NatsClient::connect(n);
+    if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
+    v->nats = std::move(*client);
+    const size_t index = vehicles_.size();
+    v->nats->set_connection_callbacks(nullptr, [this, index] {
+      InboxItem item;
+      item.index = index;
+      item.event = core::ConnectedEvent{};
+      post(std::move(item));
+    });
+    auto sub = v->nats->subscribe(core::down_subject(v->id), [this, index](std::string_view, std::string_view data) {
+      auto m = core::decode_message(data);
+      if (!m) {
+        if (options_.verbose) std::fprintf(stderr, "agent: refused a message: %s\n", m.error().to_string().c_str());
+        return;
+      }
+      InboxItem item;
+      item.index = index;
+      item.event = core::CoordinatorMessageEvent{std::move(*m)};
+      post(std::move(item));
+    });
+    if (!sub) return Unexpected(sub.error());
+    if (options_.source == SignalSourceKind::kNats) {
+      auto s = v->nats->subscribe(core::vss_subject(v->id),
+                                  [this, index](std::string_view, std::string_view data) { on_vss(index, data); });
+      if (!s) return Unexpected(s.error());
+    }
+    if (options_.sim_control && v->sim) {
+      auto s = v->nats->subscribe(core::sim_subject(v->id),
+                                  [this, index](std::string_view, std::string_view data) { on_sim(index, data); });
+      if (!s) return Unexpected(s.error());
+    }
+    vehicles_.push_back(std::move(v));
+  }
+  for (auto& v : vehicles_) {
+    if (auto st = v->nats->flush(); !st) return Unexpected(st.error());
+  }
+  for (size_t i = 0; i < vehicles_.size(); ++i) {
+    InboxItem item;
+    item.index = i;
+    item.event = core::ConnectedEvent{};
+    post(std::move(item));
+  }
+  loop_thread_ = std::thread([this] { loop(); });
+  return {};
+}
+
+void Fleet::stop() {
+  if (stopping_.exchange(true)) return;
+  cv_.notify_all();
+  if (loop_thread_.joinable()) loop_thread_.join();
+  for (auto& v : vehicles_) {
+    if (v->stop) v->stop->store(true);
+  }
+  for (auto& v : vehicles_) {
+    if (v->engine.joinable()) v->engine.join();
+  }
+  for (auto& v : vehicles_) v->nats.reset();
+}
+
+void Fleet::post(InboxItem item) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (inbox_.size() >= kInboxEventsMax) return;  // only under a flood; the heartbeat repairs what is lost
+    inbox_.push_back(std::move(item));
+  }
+  cv_.notify_one();
+}
+
+void Fleet::on_vss(size_t index, std::string_view data) {
+  if (data.size() > kVssMessageBytesMax) return;
+  const nlohmann::json j = nlohmann::json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return;
+  auto one = [&](const nlohmann::json& u) {
+    if (!u.is_object() || !u.contains("path") || !u["path"].is_string() || !u.contains("value")) return;
+    const auto& value = u["value"];
+    std::string text;
+    if (value.is_string()) text = value.get<std::string>();
+    else if (value.is_boolean()) text = value.get<bool>() ? "true" : "false";
+    else if (value.is_number()) text = value.dump();
+    else return;
+    InboxItem item;
+    item.index = index;
+    item.kind = InboxItem::Kind::kSignal;
+    item.path = u["path"].get<std::string>();
+    item.value = std::move(text);
+    post(std::move(item));
+  };
+  if (j.contains("updates") && j["updates"].is_array()) {
+    size_t n = 0;
+    for (const auto& u : j["updates"]) {
+      if (++n > core::kSignalCount * 4) break;
+      one(u);
+    }
+  } else {
+    one(j);
+  }
+}
+
+void Fleet::on_sim(size_t index, std::string_view data) {
+  if (data.size() > 1024) return;
+  const nlohmann::json j = nlohmann::json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("action") || j["action"] != "driver_returns") return;
+  InboxItem item;
+  item.index = index;
+  item.kind = InboxItem::Kind::kDriverReturns;
+  post(std::move(item));
+}
+
+void Fleet::driver_returns(size_t index) {
+  CHECK(index < vehicles_.size());
+  InboxItem item;
+  item.index = index;
+  item.kind = InboxItem::Kind::kDriverReturns;
+  post(std::move(item));
+}
+
+std::vector<VehicleStatus> Fleet::status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<VehicleStatus> out;
+  for (const auto& v : vehicles_) out.push_back(v->status);
+  return out;
+}
+
+std::vector<double> Fleet::preemption_latencies_ms() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return latencies_ms_;
+}
+
+// ---- The loop thread ---------------------------------------------------------
+
+void Fleet::handle(size_t index, const core::AgentEvent& event) {
+  Vehicle& v = *vehicles_[index];
+  run_effects(index, v.machine->handle(event, sim_now()));
+  const core::AgentMachine& m = *v.machine;
+  std::lock_guard<std::mutex> lock(mu_);
+  v.status.state = core::vehicle_state_name(m.state());
+  v.status.eligible = m.decision().eligible;
+  v.status.reasons = core::format_reasons(m.decision());
+  v.status.soc_pct = m.signals().soc_pct.value_or(0.0);
+  v.status.accelerator_temp_c = m.signals().accelerator_temperature_c.value_or(0.0);
+  v.status.counters = m.counters();
+}
+
+void Fleet::run_effects(size_t index, std::vector<core::AgentEffect> effects) {
+  Vehicle& v = *vehicles_[index];
+  for (auto& effect : effects) {
+    if (auto* send = std::get_if<core::SendEffect>(&effect)) {
+      if (auto* s = std::get_if<core::StateMessage>(&send->message)) {
+        s->sent_at = to_wall(s->sent_at);
+        if (s->departure_earliest != 0) s->departure_earliest = to_wall(s->departure_earliest);
+        std::lock_guard<std::mutex> lock(mu_);
+        v.status.job_id = s->job_id;
+      }
+      if (auto st = v.nats->publish(core::up_subject(v.id), core::encode_message(send->message));
+          !st && options_.verbose) {
+        std::fprintf(stderr, "agent %s: publish failed: %s\n", v.id.c_str(), st.error().to_string().c_str());
+      }
+    } else if (auto* start = std::get_if<core::StartEngineEffect>(&effect)) {
+      start_engine(index, start->assign);
+    } else if (std::holds_alternative<core::StopEngineEffect>(effect)) {
+      if (v.stop) {
+        v.stop_origin_ns = steady_ns();
+        v.stop->store(true);
+      }
+    } else if (auto* log = std::get_if<core::AgentLogEffect>(&effect)) {
+      if (options_.verbose) std::fprintf(stderr, "agent %s: %s: %s\n", v.id.c_str(), log->what.c_str(), log->text.c_str());
+    }
+  }
+}
+
+void Fleet::start_engine(size_t index, const core::AssignMessage& assign) {
+  Vehicle& v = *vehicles_[index];
+  // The machine starts an attempt only when the previous one has reported
+  // its end, which the engine thread does as its last act.
+  if (v.engine.joinable()) v.engine.join();
+  v.stop = std::make_shared<std::atomic<bool>>(false);
+  v.engine = std::thread([this, index, assign, stop = v.stop] { engine_main(index, assign, stop); });
+}
+
+void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std::atomic<bool>> stop) {
+  Vehicle& v = *vehicles_[index];
+  auto post_event = [&](core::AgentEvent e) {
+    InboxItem item;
+    item.index = index;
+    item.event = std::move(e);
+    post(std::move(item));
+  };
+  auto fail = [&](const std::string& why) { post_event(core::EngineFailedEvent{a.job_id, a.attempt, why}); };
+  auto entry = catalog_entry(a.model_id);
+  if (!entry) return fail(entry.error().to_string());
+  const bool was_cached = [&] {
+    const auto digests = cache_.cached();
+    return std::binary_search(digests.begin(), digests.end(), entry->sha256);
+  }();
+  auto path = cache_.ensure(*entry);
+  if (!path) return fail(path.error().to_string());
+  if (!was_cached) post_event(core::CachedModelsEvent{cached_model_ids()});
+  auto model = models_.get(*path);
+  if (!model) return fail(model.error().to_string());
+  const engine::Model& m = **model;
+
+  engine::ThreadPool pool(1);  // vehicles run side by side; one thread each
+  engine::Context ctx(m, 0, &pool);
+  engine::Generator gen(m, ctx);
+  engine::SessionState state;
+  state.model = m.name();
+  state.prompt_ids = a.prompt_ids;
+  state.produced_ids = a.produced_ids;
+  state.sampler = to_sampler(a.sampling);
+  state.max_tokens = static_cast<int64_t>(a.max_tokens);
+  state.stop_ids = a.stop_ids;
+  if (auto st = gen.resume(state); !st) return fail(st.error().to_string());
+  for (;;) {
+    if (stop->load(std::memory_order_acquire)) {
+      const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns) / 1e6;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        latencies_ms_.push_back(ms);
+      }
+      post_event(core::EngineStoppedEvent{a.job_id, a.attempt, gen.state().produced_ids.size()});
+      return;
+    }
+    auto token = gen.next();
+    if (!token) return fail(token.error().to_string());
+    const uint64_t total = gen.state().produced_ids.size();
+    if (*token < 0) {
+      const char* reason = gen.stop_reason() == engine::StopReason::kStopToken ? "stop" : "length";
+      post_event(core::EngineFinishedEvent{a.job_id, a.attempt, total, reason});
+      return;
+    }
+    post_event(core::EngineTokensEvent{a.job_id, a.attempt, total - 1, {*token}});
+  }
+}
+
+void Fleet::advance_sources(core::TimeMs now) {
+  for (size_t i = 0; i < vehicles_.size(); ++i) {
+    Vehicle& v = *vehicles_[i];
+    bool changed = false;
+    if (v.sim) {
+      v.sim->advance(now, v.machine->serving() ? 1.0 : 0.0);
+      for (const auto& [path, value] : v.sim->take_updates()) {
+        changed |= core::apply_signal(&v.signals, path, value, now).has_value();
+      }
+      v.signals.heard_at = now;  // the simulated car is a live feed
+      changed = true;
+    } else if (v.replay) {
+      for (const ReplayEvent& e : v.replay->take_until(now)) {
+        changed |= core::apply_signal(&v.signals, e.path, e.value, e.t).has_value();
+      }
+    }
+    if (changed) handle(i, core::SignalsEvent{v.signals});
+    handle(i, core::AgentTick{});
+  }
+}
+
+void Fleet::loop() {
+  const int64_t tick_ns = options_.tick_ms * 1'000'000;
+  int64_t next_tick = steady_ns();
+  std::deque<InboxItem> items;
+  while (!stopping_.load()) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next_tick));
+      cv_.wait_until(lock, deadline, [&] { return !inbox_.empty() || stopping_.load(); });
+      items.swap(inbox_);
+    }
+    for (InboxItem& item : items) {
+      Vehicle& v = *vehicles_[item.index];
+      switch (item.kind) {
+        case InboxItem::Kind::kEvent:
+          handle(item.index, item.event);
+          break;
+        case InboxItem::Kind::kSignal: {
+          const core::TimeMs now = sim_now();
+          auto st = core::apply_signal(&v.signals, item.path, item.value, now);
+          if (!st) {
+            if (options_.verbose) std::fprintf(stderr, "agent %s: %s\n", v.id.c_str(), st.error().to_string().c_str());
+            break;
+          }
+          handle(item.index, core::SignalsEvent{v.signals});
+          break;
+        }
+        case InboxItem::Kind::kDriverReturns:
+          if (v.sim) {
+            v.sim->driver_returns(sim_now());
+            advance_sources(sim_now());
+          }
+          break;
+      }
+    }
+    items.clear();
+    const int64_t t = steady_ns();
+    if (t >= next_tick) {
+      advance_sources(sim_now());
+      next_tick += tick_ns;
+      if (next_tick < t) next_tick = t + tick_ns;  // fell behind: do not try to catch up
+    }
+  }
+}
+
+}  // namespace idlefleet::agent

@@ -1,0 +1,145 @@
+// The agent process: one vehicle, or (for tests and demos) many simulated
+// vehicles, each with its own identity, NATS connection, state machine
+// (core::AgentMachine) and engine slot, sharing loaded model weights.
+//
+// The shell turns I/O into events and effects into I/O; it decides nothing:
+//   - signal sources: a built-in simulated vehicle (SimVehicle, on a clock
+//     that may run faster than real time), a JSONL replay file, or VSS
+//     updates published on NATS by a vehicle gateway (idlefleet.v1.vss.<id>,
+//     JSON {"path": "...", "value": ...} or {"updates": [...]});
+//   - messages from the coordinator on idlefleet.v1.down.<id>;
+//   - the engine: an attempt runs on its own thread, which checks a stop flag
+//     before every token, so a preemption takes at most one token's time
+//     after the machine decides;
+//   - a timer: every tick_ms the sources advance and the machines tick.
+//
+// Clocks: the machines, the policy and the simulated cars run on simulated
+// time (sim_start + elapsed x time_scale). Times sent to the coordinator are
+// converted back to wall-clock time, because leases and placement run on the
+// coordinator's clock.
+//
+// Thread-safety: start() and stop() from one thread; status() and
+// driver_returns() from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/model_cache.h"
+#include "agent/replay.h"
+#include "agent/sim_vehicle.h"
+#include "common/result.h"
+#include "core/agent_machine.h"
+#include "transport/nats_client.h"
+
+namespace idlefleet::agent {
+
+inline constexpr int kFleetVehiclesMax = 100'000;
+inline constexpr size_t kVssMessageBytesMax = 64u << 10;
+inline constexpr size_t kInboxEventsMax = 1u << 20;
+
+enum class SignalSourceKind { kSimulated, kReplay, kNats };
+
+struct FleetOptions {
+  std::string nats_url = "nats://127.0.0.1:4222";
+  std::string coordinator_url = "http://127.0.0.1:8080";  // the model catalog
+  int vehicles = 1;
+  std::string id_prefix = "car";          // vehicles are <prefix>-01, <prefix>-02, ...
+  SignalSourceKind source = SignalSourceKind::kSimulated;
+  std::string replay_path;                // for kReplay
+  uint64_t seed = 1;
+  double time_scale = 1.0;                // simulated seconds per wall second (1 .. 100000)
+  core::TimeMs sim_start = 0;             // 0: the wall clock at start
+  int utc_offset_minutes = 0;
+  core::OwnerPolicy policy;               // every vehicle's owner policy
+  std::string cache_dir = "idlefleet-cache";
+  uint64_t cache_bytes_max = uint64_t{16} << 30;
+  int64_t tick_ms = 10;                   // wall
+  int64_t heartbeat_ms = 2000;            // wall
+  bool sim_control = true;                // accept idlefleet.v1.sim.<id> commands (simulated cars only)
+  std::string instance;                   // "" = random per start
+  bool verbose = false;                   // log every refusal and preemption to stderr
+
+  Status validate() const;
+};
+
+struct VehicleStatus {
+  std::string id;
+  std::string state;
+  bool eligible = false;
+  std::string reasons;
+  double soc_pct = 0.0;
+  double accelerator_temp_c = 0.0;
+  std::string job_id;
+  core::AgentCounters counters;
+};
+
+class Fleet {
+ public:
+  static Result<std::unique_ptr<Fleet>> start(FleetOptions options);
+  ~Fleet();
+  void stop();
+
+  std::vector<VehicleStatus> status() const;
+  // The simulated driver of vehicle `index` comes back now.
+  void driver_returns(size_t index);
+  // Preemption latencies so far: from the signal reaching the agent to the
+  // engine having stopped, in ms.
+  std::vector<double> preemption_latencies_ms() const;
+  size_t size() const { return vehicles_.size(); }
+  // The simulated clock now.
+  core::TimeMs sim_now() const;
+
+ private:
+  struct Vehicle;
+  // What the loop thread processes, in arrival order.
+  struct InboxItem {
+    enum class Kind { kEvent, kSignal, kDriverReturns };
+    size_t index = 0;
+    Kind kind = Kind::kEvent;
+    core::AgentEvent event;
+    std::string path, value;  // kSignal
+  };
+
+  explicit Fleet(FleetOptions options);
+  Status init();
+  void loop();
+  void post(InboxItem item);
+  void handle(size_t index, const core::AgentEvent& event);
+  void run_effects(size_t index, std::vector<core::AgentEffect> effects);
+  void start_engine(size_t index, const core::AssignMessage& assign);
+  void engine_main(size_t index, core::AssignMessage assign, std::shared_ptr<std::atomic<bool>> stop);
+  void on_vss(size_t index, std::string_view data);
+  void on_sim(size_t index, std::string_view data);
+  void advance_sources(core::TimeMs sim_now);
+  Result<CatalogEntry> catalog_entry(const std::string& model_id);
+  std::vector<std::string> cached_model_ids();
+  core::TimeMs to_wall(core::TimeMs sim) const;
+
+  FleetOptions options_;
+  core::TimeMs sim_start_ = 0;
+  core::TimeMs wall_start_ = 0;
+  int64_t steady_start_ns_ = 0;
+  core::DeparturePrior prior_;
+  ModelCache cache_;
+  ModelPool models_;
+  std::mutex catalog_mu_;
+  std::vector<CatalogEntry> catalog_;
+
+  std::vector<std::unique_ptr<Vehicle>> vehicles_;
+  mutable std::mutex mu_;  // inbox, status snapshots, latencies
+  std::condition_variable cv_;
+  std::deque<InboxItem> inbox_;
+  std::vector<double> latencies_ms_;
+  std::atomic<bool> stopping_{false};
+  std::thread loop_thread_;
+};
+
+}  // namespace idlefleet::agent

@@ -1,0 +1,130 @@
+// `idlefleet agent`: one vehicle, or many simulated ones, serving the fleet.
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include "agent/fleet.h"
+#include "cli/agent_flags.h"
+#include "cli/commands.h"
+#include "cli/shutdown.h"
+
+namespace idlefleet::cli {
+
+namespace {
+
+core::TimeMs wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+agent::FleetOptions fleet_options(const AgentFlags& f) {
+  agent::FleetOptions o;
+  o.nats_url = f.nats_url;
+  o.coordinator_url = f.coordinator_url;
+  o.vehicles = f.vehicles;
+  o.id_prefix = f.id_prefix;
+  o.seed = f.seed;
+  o.cache_dir = f.cache_dir;
+  o.cache_bytes_max = f.cache_mb * (uint64_t{1} << 20);
+  o.utc_offset_minutes = f.utc_offset_minutes;
+  o.verbose = f.verbose;
+  if (!f.replay.empty() && f.vss_nats) throw CommandError{"--replay and --vss-nats are two signal sources: pick one"};
+  if (!f.replay.empty()) {
+    o.source = agent::SignalSourceKind::kReplay;
+    o.replay_path = f.replay;
+  } else if (f.vss_nats) {
+    o.source = agent::SignalSourceKind::kNats;
+  }
+  if (f.day_minutes > 0) o.time_scale = 1440.0 / f.day_minutes;
+  if (f.time_scale > 0) o.time_scale = f.time_scale;
+  if (!f.start.empty()) {
+    int h = -1, m = -1;
+    char tail = 0;
+    if (std::sscanf(f.start.c_str(), "%d:%d%c", &h, &m, &tail) != 2 || h < 0 || h > 23 || m < 0 || m > 59) {
+      throw CommandError{"--start takes HH:MM (local time of day), got '" + f.start + "'"};
+    }
+    const core::TimeMs local_now = wall_ms() + int64_t{f.utc_offset_minutes} * core::kMinuteMs;
+    const core::TimeMs local_midnight = local_now - local_now % core::kDayMs;
+    o.sim_start = local_midnight + (int64_t{h} * 60 + m) * core::kMinuteMs - int64_t{f.utc_offset_minutes} * core::kMinuteMs;
+  }
+  // Simulated cars are lent by running this command; a real car's owner opts in explicitly.
+  o.policy.opted_in = f.opt_in || o.source == agent::SignalSourceKind::kSimulated;
+  o.policy.soc_floor_pct = f.soc_floor_pct;
+  o.policy.target_soc_pct = f.target_soc_pct;
+  o.policy.accelerator_temp_limit_c = f.temp_limit_c;
+  if (auto st = o.validate(); !st) throw CommandError{st.error().message};
+  return o;
+}
+
+std::string fleet_summary(const std::vector<agent::VehicleStatus>& vehicles) {
+  std::map<std::string, int> by_state;
+  for (const auto& v : vehicles) by_state[v.state.empty() ? "starting" : v.state]++;
+  std::string out;
+  for (const auto& [s, n] : by_state) out += (out.empty() ? "" : ", ") + std::to_string(n) + " " + s;
+  return out;
+}
+
+namespace {
+
+void run_agent(const AgentFlags& f) {
+  const agent::FleetOptions o = fleet_options(f);
+  block_shutdown_signals();
+  auto fleet = agent::Fleet::start(o);
+  if (!fleet) throw CommandError{fleet.error().message};
+  std::fprintf(stderr, "agent: %d vehicle%s (%s-...), NATS %s, catalog %s, clock x%g\n", o.vehicles,
+               o.vehicles == 1 ? "" : "s", o.id_prefix.c_str(), o.nats_url.c_str(), o.coordinator_url.c_str(),
+               o.time_scale);
+  int seconds = 0;
+  const int sig = wait_for_shutdown(1000, [&] {
+    if (f.status_every_s > 0 && ++seconds % f.status_every_s == 0) {
+      std::fprintf(stderr, "agent: %s\n", fleet_summary((*fleet)->status()).c_str());
+    }
+    return true;
+  });
+  std::fprintf(stderr, "agent: signal %d, stopping\n", sig);
+  (*fleet)->stop();
+}
+
+}  // namespace
+
+void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
+  cmd->add_option("--nats", f->nats_url, "NATS server URL")->capture_default_str();
+  cmd->add_option("--coordinator", f->coordinator_url, "Coordinator base URL (model catalog)")->capture_default_str();
+  cmd->add_option("--vehicles", f->vehicles, "Simulated vehicles in this process")
+      ->check(CLI::Range(1, agent::kFleetVehiclesMax))->capture_default_str();
+  cmd->add_option("--id-prefix", f->id_prefix, "Vehicle ids are PREFIX-01, PREFIX-02, ...")->capture_default_str();
+  cmd->add_option("--seed", f->seed, "Seed of the simulated vehicles' lives")->capture_default_str();
+  cmd->add_option("--day-minutes", f->day_minutes, "Compress the simulated clock: one day in this many minutes")
+      ->check(CLI::Range(0.01, 1440.0));
+  cmd->add_option("--time-scale", f->time_scale, "Simulated seconds per real second (overrides --day-minutes)")
+      ->check(CLI::Range(1.0, 100000.0));
+  cmd->add_option("--start", f->start, "Simulated clock starts today at this local time, HH:MM (default: now)");
+  cmd->add_option("--utc-offset-minutes", f->utc_offset_minutes, "The owners' time zone")
+      ->check(CLI::Range(-14 * 60, 14 * 60));
+  cmd->add_option("--replay", f->replay, "Feed one vehicle from a JSONL signal replay file");
+  cmd->add_flag("--vss-nats", f->vss_nats, "Feed one vehicle from VSS updates on NATS (idlefleet.v1.vss.<id>)");
+  cmd->add_flag("--opt-in", f->opt_in, "The owner lends the car (always on for simulated vehicles)");
+  cmd->add_option("--soc-floor", f->soc_floor_pct, "Never serve at or below this SoC (%)")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+  cmd->add_option("--target-soc", f->target_soc_pct, "SoC wanted at every declared departure (%)")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+  cmd->add_option("--temp-limit", f->temp_limit_c, "Stop at this accelerator temperature (C)")
+      ->check(CLI::Range(0.0, 150.0))->capture_default_str();
+  cmd->add_option("--cache-dir", f->cache_dir, "Model cache directory")->capture_default_str();
+  cmd->add_option("--cache-mb", f->cache_mb, "Model cache size cap (MiB)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
+  cmd->add_flag("-v,--verbose", f->verbose, "Log every refusal and preemption");
+}
+
+void add_agent(CLI::App& app) {
+  auto f = std::make_shared<AgentFlags>();
+  CLI::App* cmd = app.add_subcommand("agent", "Run a vehicle agent (or many simulated vehicles)");
+  add_agent_flags(cmd, f.get());
+  cmd->add_option("--status-every", f->status_every_s, "Print the vehicles' states every N seconds (0: never)")
+      ->check(CLI::Range(0, 3600))->capture_default_str();
+  cmd->callback([f] { run_agent(*f); });
+}
+
+}  // namespace idlefleet::cli

@@ -1,0 +1,198 @@
+// `idlefleet demo`: the whole system on one machine, the README's main job.
+//
+// Starts nats-server (the Debian package, on a free loopback port) unless
+// --nats names one, a coordinator, and an agent with simulated vehicles on a
+// compressed day; sends a steady trickle of real requests; prints a live
+// status line and how to send your own request; serves until Ctrl-C (or for
+// --seconds).
+#include <curl/curl.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/fleet.h"
+#include "cli/agent_flags.h"
+#include "cli/commands.h"
+#include "cli/model_locator.h"
+#include "cli/shutdown.h"
+#include "coordinator/server.h"
+#include "transport/nats_server.h"
+
+namespace idlefleet::cli {
+
+namespace {
+
+struct DemoFlags {
+  AgentFlags agent;
+  std::string model;
+  int http_port = 8080;
+  std::string data_dir = "idlefleet-demo";
+  double requests_per_minute = 30;
+  int seconds = 0;  // 0: until Ctrl-C
+  bool external_nats = false;
+};
+
+const char* kWeekdays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+
+const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
+                          "Tom and his mom went to the park", "The sun was shining and"};
+
+size_t discard(char*, size_t size, size_t n, void*) { return size * n; }
+
+// One request, as a client would send it; returns the HTTP status.
+long send_request(const std::string& base_url, const std::string& body) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return 0;
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  const std::string url = base_url + "/v1/completions";
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  long status = 0;
+  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return status;
+}
+
+std::string status_line(const agent::Fleet& fleet, const std::string& status_json, int utc_offset_minutes) {
+  const core::LocalTime local = core::to_local(fleet.sim_now(), utc_offset_minutes);
+  char clock[32];
+  std::snprintf(clock, sizeof clock, "%s %02d:%02d", kWeekdays[static_cast<int>(local.weekday)],
+                local.minute_of_day / 60, local.minute_of_day % 60);
+  const nlohmann::json s = nlohmann::json::parse(status_json, nullptr, false);
+  if (s.is_discarded() || !s.is_object()) return std::string("[") + clock + "] starting";
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "[%s] vehicles: %s | jobs: %d running, %d queued, %d done | %.0f tokens/s | %.2f kW | preemptions %d",
+                clock, fleet_summary(fleet.status()).c_str(), s["jobs"].value("running", 0),
+                s["jobs"].value("queued", 0), s["jobs"].value("done", 0), s["tokens"].value("per_second", 0.0),
+                s.value("kw_in_use", 0.0), s.value("preemptions", 0));
+  return line;
+}
+
+void run_demo(DemoFlags& f) {
+  const std::string model_path = locate_model(f.model, true);
+  block_shutdown_signals();
+
+  std::unique_ptr<transport::NatsServer> nats;
+  if (!f.external_nats) {
+    transport::NatsServerOptions n;
+    n.log_path = (std::filesystem::path(f.data_dir) / "nats-server.log").string();
+    std::error_code ec;
+    std::filesystem::create_directories(f.data_dir, ec);
+    auto started = transport::NatsServer::start(n);
+    if (!started) {
+      throw CommandError{started.error().message +
+                         " (install the nats-server package, or name a running server with --nats URL)"};
+    }
+    nats = std::move(*started);
+    f.agent.nats_url = nats->url();
+    std::fprintf(stderr, "demo: nats-server on %s (log %s)\n", nats->url().c_str(), n.log_path.c_str());
+  }
+
+  coordinator::ServerOptions co;
+  co.config.nats_url = f.agent.nats_url;
+  co.config.http_port = static_cast<uint16_t>(f.http_port);
+  co.config.data_dir = f.data_dir;
+  co.config.models.push_back({"stories260K", model_path});
+  co.config.lease_ms = 5000;
+  co.config.vehicle_timeout_ms = 10000;
+  auto coordinator = coordinator::CoordinatorServer::start(co);
+  if (!coordinator) {
+    throw CommandError{"coordinator: " + coordinator.error().message +
+                       (f.http_port != 0 ? " (is the port taken? try --http-port 0)" : "")};
+  }
+  const std::string base_url = "http://127.0.0.1:" + std::to_string((*coordinator)->http_port());
+  f.agent.coordinator_url = base_url;
+  agent::FleetOptions fo = fleet_options(f.agent);
+  fo.cache_dir = (std::filesystem::path(f.data_dir) / "cache").string();
+  auto fleet = agent::Fleet::start(fo);
+  if (!fleet) throw CommandError{"agent: " + fleet.error().message};
+
+  std::fprintf(stderr,
+               "demo: coordinator on %s, %d simulated vehicles, one simulated day every %.1f minutes\n"
+               "demo: model %s\n"
+               "demo: sending about %.0f requests a minute. Send your own:\n\n"
+               "  curl -s %s/v1/completions -H 'Content-Type: application/json' \\\n"
+               "    -d '{\"model\": \"stories260K\", \"prompt\": \"Once upon a time\", \"max_tokens\": 64}'\n\n"
+               "demo: status at %s/v1/status, metrics at %s/metrics. Ctrl-C stops.\n",
+               base_url.c_str(), fo.vehicles, 1440.0 / fo.time_scale, model_path.c_str(), f.requests_per_minute,
+               base_url.c_str(), base_url.c_str(), base_url.c_str());
+
+  // The trickle: one client thread per request in flight, at a steady rate.
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> clients;
+  std::thread trickle([&] {
+    uint64_t n = 0;
+    const auto period = std::chrono::milliseconds(static_cast<int64_t>(60000.0 / f.requests_per_minute));
+    auto next = std::chrono::steady_clock::now();
+    while (!stop.load()) {
+      next += period;
+      const nlohmann::json body = {{"model", "stories260K"},
+                                   {"prompt", kPrompts[n % (sizeof kPrompts / sizeof kPrompts[0])]},
+                                   {"max_tokens", 200},
+                                   {"temperature", 0.8},
+                                   {"seed", n}};
+      ++n;
+      clients.emplace_back([&, text = body.dump()] {
+        (send_request(base_url, text) == 200 ? ok : failed)++;
+      });
+      while (!stop.load() && std::chrono::steady_clock::now() < next) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+  });
+
+  int elapsed = 0;
+  const int sig = wait_for_shutdown(2000, [&] {
+    std::fprintf(stderr, "%s | requests ok %d, failed %d\n",
+                 status_line(**fleet, (*coordinator)->status_json(), fo.utc_offset_minutes).c_str(), ok.load(),
+                 failed.load());
+    elapsed += 2;
+    return f.seconds == 0 || elapsed < f.seconds;
+  });
+  if (sig != 0) std::fprintf(stderr, "demo: signal %d, stopping\n", sig);
+  stop = true;
+  trickle.join();
+  (*fleet)->stop();      // vehicles stop; requests in flight end as the coordinator stops
+  (*coordinator)->stop();
+  for (auto& t : clients) t.join();
+  if (nats) nats->stop();
+  std::fprintf(stderr, "demo: %d requests completed, %d failed\n", ok.load(), failed.load());
+  if (f.seconds > 0 && ok.load() == 0) throw CommandError{"no request completed during the demo"};
+}
+
+}  // namespace
+
+void add_demo(CLI::App& app) {
+  auto f = std::make_shared<DemoFlags>();
+  f->agent.vehicles = 12;
+  f->agent.day_minutes = 10;
+  f->agent.start = "20:00";
+  f->agent.id_prefix = "car";
+  CLI::App* cmd = app.add_subcommand("demo", "Run a local demo fleet: nats-server, coordinator, simulated vehicles, requests");
+  add_agent_flags(cmd, &f->agent);
+  cmd->add_option("-m,--model", f->model, "GGUF model to serve (default: $IDLEFLEET_MODEL or the bundled test model)");
+  cmd->add_option("--http-port", f->http_port, "Coordinator HTTP port (0 picks a free one)")
+      ->check(CLI::Range(0, 65535))->capture_default_str();
+  cmd->add_option("--data-dir", f->data_dir, "Job store, model cache and logs")->capture_default_str();
+  cmd->add_option("--rate", f->requests_per_minute, "Requests per minute the demo sends")
+      ->check(CLI::Range(0.1, 6000.0))->capture_default_str();
+  cmd->add_option("--seconds", f->seconds, "Stop after this many seconds (0: at Ctrl-C)")->check(CLI::Range(0, 86400 * 365));
+  cmd->callback([f, cmd] {
+    f->external_nats = cmd->count("--nats") > 0;
+    run_demo(*f);
+  });
+}
+
+}  // namespace idlefleet::cli

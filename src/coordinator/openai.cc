@@ -1,0 +1,261 @@
+#include "coordinator/openai.h"
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+namespace idlefleet::coordinator {
+
+using nlohmann::json;
+
+namespace {
+
+ApiError bad(std::string param, std::string message) {
+  ApiError e;
+  e.status = 400;
+  e.param = std::move(param);
+  e.message = std::move(message);
+  return e;
+}
+
+bool present(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
+
+// A number in [min, max] or an error naming it.
+std::optional<ApiError> read_number(const json& j, const char* key, double min, double max, double* out) {
+  if (!present(j, key)) return std::nullopt;
+  if (!j[key].is_number()) return bad(key, std::string("'") + key + "' must be a number");
+  const double v = j[key].get<double>();
+  if (!std::isfinite(v) || v < min || v > max) {
+    return bad(key, std::string("'") + key + "' must be between " + json(min).dump() + " and " + json(max).dump());
+  }
+  *out = v;
+  return std::nullopt;
+}
+
+std::optional<ApiError> refuse_unsupported(const json& j, bool chat) {
+  if (present(j, "n") && !(j["n"].is_number_integer() && j["n"].get<int64_t>() == 1)) {
+    return bad("n", "only n = 1 is supported");
+  }
+  for (const char* key : {"stop", "tools", "functions", "tool_choice", "suffix", "best_of", "logit_bias",
+                          "response_format"}) {
+    if (present(j, key)) return bad(key, std::string("'") + key + "' is not supported yet");
+  }
+  if (present(j, "logprobs") && !(j["logprobs"].is_boolean() && !j["logprobs"].get<bool>())) {
+    return bad("logprobs", "'logprobs' is not supported yet");
+  }
+  if (present(j, "top_logprobs")) return bad("top_logprobs", "'top_logprobs' is not supported yet");
+  if (!chat && present(j, "echo") && !(j["echo"].is_boolean() && !j["echo"].get<bool>())) {
+    return bad("echo", "'echo' is not supported yet");
+  }
+  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
+    if (present(j, key) && !(j[key].is_number() && j[key].get<double>() == 0.0)) {
+      return bad(key, std::string("'") + key + "' is not supported yet (only 0)");
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string error_body(const ApiError& e) {
+  json err = {{"message", e.message},
+              {"type", e.type},
+              {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+              {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
+  return json{{"error", err}}.dump();
+}
+
+std::string render_chat_prompt(const std::vector<ChatMessage>& messages) {
+  std::string out;
+  auto add = [&](const std::string& content) {
+    if (content.empty()) return;
+    if (!out.empty()) out += "\n\n";
+    out += content;
+  };
+  for (const ChatMessage& m : messages) {
+    if (m.role == "system") add(m.content);
+  }
+  for (const ChatMessage& m : messages) {
+    if (m.role != "system") add(m.content);
+  }
+  return out;
+}
+
+std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_view body, bool chat,
+                                                                   const ApiLimits& limits) {
+  if (body.size() > limits.body_bytes_max) {
+    ApiError e = bad("", "request body larger than " + std::to_string(limits.body_bytes_max) + " bytes");
+    e.status = 413;
+    return e;
+  }
+  const json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad("", "the request body is not valid JSON");
+  if (!j.is_object()) return bad("", "the request body must be a JSON object");
+  if (auto e = refuse_unsupported(j, chat)) return *e;
+
+  CompletionRequest r;
+  r.chat = chat;
+  if (!present(j, "model") || !j["model"].is_string() || j["model"].get_ref<const std::string&>().empty()) {
+    return bad("model", "'model' is required");
+  }
+  r.model = j["model"].get<std::string>();
+  if (r.model.size() > core::kIdBytesMax) return bad("model", "'model' is too long");
+
+  if (chat) {
+    if (!present(j, "messages") || !j["messages"].is_array() || j["messages"].empty()) {
+      return bad("messages", "'messages' must be a non-empty array");
+    }
+    if (j["messages"].size() > kChatMessagesMax) {
+      return bad("messages", "at most " + std::to_string(kChatMessagesMax) + " messages");
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < j["messages"].size(); ++i) {
+      const json& m = j["messages"][i];
+      const std::string where = "messages[" + std::to_string(i) + "]";
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+        return bad(where + ".role", where + " needs a 'role'");
+      }
+      ChatMessage cm;
+      cm.role = m["role"].get<std::string>();
+      if (cm.role == "developer") cm.role = "system";
+      if (cm.role != "system" && cm.role != "user" && cm.role != "assistant") {
+        return bad(where + ".role", "role '" + cm.role.substr(0, 32) + "' is not supported");
+      }
+      if (!present(m, "content")) return bad(where + ".content", where + " needs 'content'");
+      if (m["content"].is_string()) {
+        cm.content = m["content"].get<std::string>();
+      } else if (m["content"].is_array()) {
+        // Content parts: text parts only.
+        for (const json& part : m["content"]) {
+          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+              !part["text"].is_string()) {
+            return bad(where + ".content", "only text content parts are supported");
+          }
+          cm.content += part["text"].get<std::string>();
+        }
+      } else {
+        return bad(where + ".content", where + ".content must be a string or text parts");
+      }
+      total += cm.content.size();
+      if (total > kPromptBytesMax) return bad("messages", "messages longer than " + std::to_string(kPromptBytesMax) + " bytes");
+      r.messages.push_back(std::move(cm));
+    }
+    r.prompt = render_chat_prompt(r.messages);
+  } else {
+    if (!present(j, "prompt")) return bad("prompt", "'prompt' is required");
+    const json& p = j["prompt"];
+    if (p.is_string()) {
+      r.prompt = p.get<std::string>();
+    } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
+      r.prompt = p[0].get<std::string>();
+    } else {
+      return bad("prompt", "'prompt' must be a string (one prompt per request)");
+    }
+    if (r.prompt.size() > kPromptBytesMax) return bad("prompt", "'prompt' longer than " + std::to_string(kPromptBytesMax) + " bytes");
+  }
+
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    if (!present(j, key)) continue;
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 1 ||
+        static_cast<uint64_t>(j[key].get<int64_t>()) > limits.max_tokens_limit) {
+      return bad(key, std::string("'") + key + "' must be an integer from 1 to " + std::to_string(limits.max_tokens_limit));
+    }
+    r.max_tokens = static_cast<uint64_t>(j[key].get<int64_t>());
+  }
+  // OpenAI's defaults: temperature 1, top_p 1.
+  r.sampling.temperature = 1.0;
+  if (auto e = read_number(j, "temperature", 0.0, 2.0, &r.sampling.temperature)) return *e;
+  if (auto e = read_number(j, "top_p", 0.0, 1.0, &r.sampling.top_p)) return *e;
+  if (present(j, "top_p") && r.sampling.top_p <= 0.0) return bad("top_p", "'top_p' must be above 0");
+  r.sampling.repeat_penalty = 1.0;
+  r.sampling.repeat_last_n = 64;
+  if (present(j, "seed")) {
+    if (!j["seed"].is_number_integer()) return bad("seed", "'seed' must be an integer");
+    r.sampling.seed = j["seed"].is_number_unsigned() ? j["seed"].get<uint64_t>()
+                                                     : static_cast<uint64_t>(j["seed"].get<int64_t>());
+    r.seed_given = true;
+  }
+  if (present(j, "stream")) {
+    if (!j["stream"].is_boolean()) return bad("stream", "'stream' must be true or false");
+    r.stream = j["stream"].get<bool>();
+  }
+  if (present(j, "stream_options")) {
+    const json& so = j["stream_options"];
+    if (!so.is_object()) return bad("stream_options", "'stream_options' must be an object");
+    if (!r.stream) return bad("stream_options", "'stream_options' is only allowed with 'stream': true");
+    if (present(so, "include_usage")) {
+      if (!so["include_usage"].is_boolean()) return bad("stream_options.include_usage", "must be true or false");
+      r.include_usage = so["include_usage"].get<bool>();
+    }
+  }
+  return r;
+}
+
+namespace {
+
+json base(const ResponseMeta& meta, const char* object) {
+  return {{"id", meta.id},
+          {"object", object},
+          {"created", meta.created},
+          {"model", meta.model},
+          {"system_fingerprint", meta.system_fingerprint}};
+}
+
+json usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+}  // namespace
+
+std::string completion_response(const ResponseMeta& meta, bool chat, const std::string& text,
+                                const std::string& finish_reason, const Usage& usage) {
+  json j = base(meta, chat ? "chat.completion" : "text_completion");
+  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  if (chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", text}, {"refusal", nullptr}};
+  } else {
+    choice["text"] = text;
+  }
+  j["choices"] = json::array({choice});
+  j["usage"] = usage_json(usage);
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string completion_chunk_event(const ResponseMeta& meta, bool chat, const std::string& text,
+                                   const std::optional<std::string>& finish_reason, bool first) {
+  json j = base(meta, chat ? "chat.completion.chunk" : "text_completion");
+  json choice = {{"index", 0}, {"logprobs", nullptr},
+                 {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
+  if (chat) {
+    json delta = json::object();
+    if (first) delta["role"] = "assistant";
+    if (!text.empty() || (!finish_reason && !first)) delta["content"] = text;
+    if (first && text.empty() && !finish_reason) delta["content"] = "";
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+  }
+  j["choices"] = json::array({choice});
+  return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+}
+
+std::string usage_event(const ResponseMeta& meta, bool chat, const Usage& usage) {
+  json j = base(meta, chat ? "chat.completion.chunk" : "text_completion");
+  j["choices"] = json::array();
+  j["usage"] = usage_json(usage);
+  return "data: " + j.dump() + "\n\n";
+}
+
+std::string model_body(const ModelCard& m) {
+  return json{{"id", m.id}, {"object", "model"}, {"created", m.created}, {"owned_by", "idlefleet"}}.dump();
+}
+
+std::string models_list_body(const std::vector<ModelCard>& models) {
+  json data = json::array();
+  for (const ModelCard& m : models) data.push_back(json::parse(model_body(m)));
+  return json{{"object", "list"}, {"data", data}}.dump();
+}
+
+}  // namespace idlefleet::coordinator

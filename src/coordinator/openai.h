@@ -1,0 +1,109 @@
+// The OpenAI-compatible request and response shapes of the client API's
+// core: POST /v1/completions, POST /v1/chat/completions (streamed with
+// server-sent events, and not), GET /v1/models, and OpenAI's error object.
+//
+// Pure functions of their inputs (the server does the I/O), so every shape
+// is tested and the request parser is fuzzed. Parsing trusts nothing: the
+// body is bounded, every field is checked for type and range, and an error
+// names the parameter, as OpenAI's do ({"error": {"message", "type",
+// "param", "code"}}). Parameters we do not implement yet (n > 1, logprobs,
+// stop strings, tools, echo, suffix) are refused with a clear message rather
+// than silently ignored; unknown extra fields are ignored, as clients send
+// them freely.
+//
+// Chat prompts: a model's own template (GGUF tokenizer.chat_template) is a
+// later issue; until then messages are rendered by the documented fallback
+// in render_chat_prompt().
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "core/protocol.h"
+
+namespace idlefleet::coordinator {
+
+inline constexpr size_t kChatMessagesMax = 256;
+inline constexpr size_t kPromptBytesMax = 1u << 20;
+
+struct ApiError {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;  // "" = null
+  std::string code;   // "" = null
+};
+
+// {"error": {...}}
+std::string error_body(const ApiError& e);
+
+struct ChatMessage {
+  std::string role;  // system, user, assistant (developer is read as system)
+  std::string content;
+};
+
+struct CompletionRequest {
+  bool chat = false;
+  std::string model;
+  std::string prompt;                 // completions: as given; chat: rendered
+  std::vector<ChatMessage> messages;  // chat only
+  std::optional<uint64_t> max_tokens;
+  core::Sampling sampling;
+  bool seed_given = false;
+  bool stream = false;
+  bool include_usage = false;         // stream_options.include_usage
+};
+
+struct ApiLimits {
+  uint64_t max_tokens_limit = 4096;
+  size_t body_bytes_max = 1u << 20;
+};
+
+// Parses a /v1/completions (chat = false) or /v1/chat/completions body.
+std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_view body, bool chat,
+                                                                   const ApiLimits& limits);
+
+// The fallback chat template: each message's content in order, system
+// messages first as given, separated by blank lines; a base model simply
+// continues the text. Deterministic, so the same messages give the same prompt.
+std::string render_chat_prompt(const std::vector<ChatMessage>& messages);
+
+struct Usage {
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+};
+
+struct ResponseMeta {
+  std::string id;       // cmpl-... / chatcmpl-...
+  int64_t created = 0;  // seconds since the epoch
+  std::string model;
+  std::string system_fingerprint;
+};
+
+// A whole (non-streamed) response.
+std::string completion_response(const ResponseMeta& meta, bool chat, const std::string& text,
+                                const std::string& finish_reason, const Usage& usage);
+
+// One server-sent event ("data: {...}\n\n"). A chat stream's first event
+// carries the role; `finish_reason` is set on the last content event only.
+std::string completion_chunk_event(const ResponseMeta& meta, bool chat, const std::string& text,
+                                   const std::optional<std::string>& finish_reason, bool first);
+// The usage event (stream_options.include_usage): empty choices, usage set.
+std::string usage_event(const ResponseMeta& meta, bool chat, const Usage& usage);
+inline constexpr std::string_view kDoneEvent = "data: [DONE]\n\n";
+
+// GET /v1/models and /v1/models/{id}.
+struct ModelCard {
+  std::string id;
+  int64_t created = 0;
+};
+std::string models_list_body(const std::vector<ModelCard>& models);
+std::string model_body(const ModelCard& model);
+
+}  // namespace idlefleet::coordinator

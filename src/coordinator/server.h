@@ -1,0 +1,63 @@
+// The coordinator process: the shell around core::CoordinatorMachine.
+//
+//   HTTP (Beast)  ──requests──>  ┐
+//   NATS (up.*)   ──messages──>  ├─ inbox ─> loop thread: machine.handle(event, now)
+//   timer (tick)  ──────────── > ┘                 │
+//                                                  └─> effects: publish on NATS (down.<id>),
+//                                                      stream tokens to clients (SSE), answer,
+//                                                      persist jobs (SQLite, batched per tick),
+//                                                      count refusals (/metrics)
+//
+// One thread owns the machine, the client streams and the store, so none of
+// them needs a lock; HTTP and NATS threads only parse, validate and post.
+// The inbox is bounded (kInboxEventsMax): when it is full, vehicle messages
+// are dropped and counted (the protocol repairs them: heartbeats, leases) and
+// clients get 503.
+//
+// Text: the coordinator tokenises prompts with the model's own tokenizer
+// (read from the GGUF in the catalog, without loading weights) exactly as
+// `idlefleet run` does, and detokenises streamed ids the same way, so a
+// request's text equals a local run's with the same settings.
+//
+// Jobs survive a restart: unfinished ones are read back from the store and
+// placed again from their produced tokens (their clients are gone; the
+// result stays in the store).
+//
+// Thread-safety: start() and stop() from one thread; the rest is internal.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+#include "coordinator/config.h"
+
+namespace idlefleet::coordinator {
+
+inline constexpr size_t kInboxEventsMax = 1u << 18;
+inline constexpr size_t kVehiclesListedMax = 10000;  // GET /v1/vehicles
+inline constexpr uint64_t kCatalogFileBytesMax = uint64_t{2} << 30;  // served whole from memory
+
+struct ServerOptions {
+  CoordinatorConfig config;
+  bool verbose = false;  // log every refusal and placement to stderr
+};
+
+class CoordinatorServer {
+ public:
+  static Result<std::unique_ptr<CoordinatorServer>> start(ServerOptions options);
+  ~CoordinatorServer();
+  void stop();
+
+  uint16_t http_port() const;
+  // The /v1/status document.
+  std::string status_json() const;
+
+  struct Impl;
+
+ private:
+  explicit CoordinatorServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace idlefleet::coordinator

@@ -1,0 +1,279 @@
+// The live fleet with real processes: nats-server, `idlefleet coordinator`
+// and `idlefleet agent --vehicles 8`. 64 concurrent streamed requests; during
+// them the agent process is killed with SIGKILL and restarted, and two
+// drivers come back to their cars. Every request must still complete, and
+// every output must be byte-identical to `idlefleet run` with the same model,
+// prompt, sampling settings and seed.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/protocol.h"
+#include "support/http_client.h"
+#include "transport/nats_client.h"
+#include "transport/nats_server.h"
+#include "transport/process.h"
+
+namespace idlefleet {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Waits for `cond` with a deadline; no fixed sleeps in the logic.
+template <class F>
+bool eventually(F cond, int64_t timeout_ms) {
+  const int64_t deadline = now_ms() + timeout_ms;
+  while (now_ms() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
+}
+
+std::string run_capture(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+class Fleet : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kShared / "stories260K.bin")) {
+      if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
+      GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: the fleet test needs a model ***";
+    }
+    dir_ = fs::path(::testing::TempDir()) / ("fleet_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ = (dir_ / "stories260K.gguf").string();
+    const std::string convert = std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
+                                shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
+                                shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model_) +
+                                " 2>&1";
+    run_capture(convert);
+    ASSERT_TRUE(fs::exists(model_)) << convert;
+
+    transport::NatsServerOptions n;
+    n.log_path = (dir_ / "nats.log").string();
+    auto nats = transport::NatsServer::start(n);
+    ASSERT_TRUE(nats.has_value()) << nats.error().to_string();
+    nats_ = std::move(*nats);
+
+    auto port = transport::free_loopback_port();
+    ASSERT_TRUE(port.has_value());
+    http_port_ = *port;
+    base_url_ = "http://127.0.0.1:" + std::to_string(http_port_);
+    transport::ProcessOptions co;
+    co.program = IDLEFLEET_BINARY;
+    co.args = {"coordinator", "--nats", nats_->url(), "--http-port", std::to_string(http_port_), "--data-dir",
+               (dir_ / "data").string(), "--model", "stories260K=" + model_, "--lease-ms", "2000"};
+    co.stdout_path = co.stderr_path = (dir_ / "coordinator.log").string();
+    auto coordinator = transport::Process::spawn(co);
+    ASSERT_TRUE(coordinator.has_value()) << coordinator.error().to_string();
+    coordinator_ = std::make_unique<transport::Process>(std::move(*coordinator));
+    ASSERT_TRUE(transport::wait_for_tcp("127.0.0.1", http_port_, 20000)) << log("coordinator.log");
+    start_agent();
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->stop();
+    if (coordinator_) coordinator_->stop();
+    if (nats_) nats_->stop();
+    if (!HasFailure() && !dir_.empty()) fs::remove_all(dir_);
+  }
+
+  void start_agent() {
+    transport::ProcessOptions a;
+    a.program = IDLEFLEET_BINARY;
+    // 20:00 on a compressed clock: cars are home, most plugged in.
+    a.args = {"agent", "--vehicles", "8", "--nats", nats_->url(), "--coordinator", base_url_, "--start", "20:00",
+              "--cache-dir", (dir_ / "cache").string(), "--status-every", "1", "--target-soc", "50"};
+    a.stdout_path = a.stderr_path = (dir_ / ("agent" + std::to_string(++agent_starts_) + ".log")).string();
+    auto agent = transport::Process::spawn(a);
+    ASSERT_TRUE(agent.has_value()) << agent.error().to_string();
+    agent_ = std::make_unique<transport::Process>(std::move(*agent));
+  }
+
+  json status() {
+    auto r = testing::http_get(base_url_ + "/v1/status");
+    if (r.status != 200) return json::object();
+    json j = json::parse(r.body, nullptr, false);
+    return j.is_discarded() ? json::object() : j;
+  }
+
+  std::string log(const std::string& name) {
+    std::ifstream in(dir_ / name);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    const std::string s = ss.str();
+    return s.size() > 6000 ? s.substr(s.size() - 6000) : s;
+  }
+
+  fs::path dir_;
+  std::string model_;
+  std::unique_ptr<transport::NatsServer> nats_;
+  std::unique_ptr<transport::Process> coordinator_, agent_;
+  uint16_t http_port_ = 0;
+  std::string base_url_;
+  int agent_starts_ = 0;
+};
+
+struct Request {
+  std::string prompt;
+  uint64_t seed = 0;
+  int max_tokens = 0;
+  double temperature = 0.8;
+};
+
+struct Outcome {
+  long status = 0;
+  std::string text;
+  std::string finish_reason;
+  bool done_marker = false;
+  std::string error;
+};
+
+TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) {
+  // Eight vehicles online, and most of them able to work.
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/online"_json_pointer, 0) == 8; }, 30000))
+      << status().dump() << log("agent1.log");
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 6; }, 30000))
+      << status().dump() << log("agent1.log");
+
+  const char* prompts[] = {"Once upon a time", "The little dog", "Lily and Ben", "One day, a bird",
+                           "The sun was", "Tom had a red ball", "In the park", "A big cat"};
+  std::vector<Request> requests;
+  for (int i = 0; i < 64; ++i) {
+    requests.push_back({prompts[i % 8], static_cast<uint64_t>(1000 + i), 300 + (i % 5) * 40, i % 4 == 0 ? 0.0 : 0.8});
+  }
+  std::vector<Outcome> outcomes(requests.size());
+  std::atomic<int> tokens_seen{0};
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    clients.emplace_back([&, i] {
+      const Request& q = requests[i];
+      const json body = {{"model", "stories260K"}, {"prompt", q.prompt},   {"max_tokens", q.max_tokens},
+                         {"temperature", q.temperature}, {"seed", q.seed}, {"stream", true}};
+      testing::SseParser sse;
+      Outcome& out = outcomes[i];
+      auto r = testing::http_post_stream(
+          base_url_ + "/v1/completions", body.dump(),
+          [&](std::string_view piece) {
+            sse.feed(piece);
+            for (const std::string& e : sse.take_events()) {
+              if (e == "[DONE]") {
+                out.done_marker = true;
+                continue;
+              }
+              const json j = json::parse(e, nullptr, false);
+              if (j.is_discarded() || !j.contains("choices")) {
+                out.error += e;
+                continue;
+              }
+              for (const auto& c : j["choices"]) {
+                out.text += c.value("text", "");
+                if (c.contains("finish_reason") && c["finish_reason"].is_string()) {
+                  out.finish_reason = c["finish_reason"].get<std::string>();
+                }
+              }
+              tokens_seen++;
+            }
+          },
+          {"Content-Type: application/json"});
+      out.status = r.status;
+      if (!r.error.empty()) out.error += r.error;
+    });
+  }
+
+  // Mid-stream: the drivers of two cars that are serving come back to them.
+  ASSERT_TRUE(eventually([&] { return tokens_seen.load() > 100; }, 60000)) << status().dump();
+  std::vector<std::string> serving;
+  ASSERT_TRUE(eventually(
+      [&] {
+        serving.clear();
+        auto r = testing::http_get(base_url_ + "/v1/vehicles");
+        const json j = json::parse(r.body, nullptr, false);
+        if (j.is_discarded() || !j.contains("data")) return false;
+        for (const auto& v : j["data"]) {
+          if (v.value("state", "") == "serving") serving.push_back(v.value("id", ""));
+        }
+        return serving.size() >= 2;
+      },
+      30000))
+      << status().dump();
+  auto control = transport::NatsClient::connect({.url = nats_->url(), .name = "fleet-test"});
+  ASSERT_TRUE(control.has_value()) << control.error().to_string();
+  for (size_t k = 0; k < 2; ++k) {
+    ASSERT_TRUE((*control)->publish(core::sim_subject(serving[k]), R"({"action":"driver_returns"})").has_value());
+  }
+  ASSERT_TRUE((*control)->flush().has_value());
+  ASSERT_TRUE(eventually([&] { return status().value("preemptions", 0) >= 2; }, 20000))
+      << status().dump() << log("agent1.log");
+  // ...and the agent process dies without a word, and comes back.
+  ASSERT_TRUE(eventually([&] { return status().value("/jobs/running"_json_pointer, 0) >= 3; }, 30000))
+      << status().dump();
+  agent_->signal(SIGKILL);
+  ASSERT_TRUE(agent_->wait(10000).has_value());
+  start_agent();
+
+  for (auto& t : clients) t.join();
+  const json final_status = status();
+
+  // Every request completed...
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Outcome& o = outcomes[i];
+    ASSERT_EQ(o.status, 200) << "request " << i << ": " << o.error << "\n" << log("coordinator.log");
+    ASSERT_TRUE(o.done_marker) << "request " << i << " ended without [DONE]: " << o.error;
+    ASSERT_TRUE(o.finish_reason == "stop" || o.finish_reason == "length") << "request " << i << ": " << o.finish_reason;
+  }
+  // ...work really moved between vehicles...
+  EXPECT_GE(final_status.value("preemptions", 0), 2) << final_status.dump();
+  EXPECT_GE(final_status.value("attempts_lost", 0), 1) << final_status.dump();
+  // ...and each output is exactly the local run's.
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Request& q = requests[i];
+    char temp[32];
+    std::snprintf(temp, sizeof temp, "%g", q.temperature);
+    const std::string expected =
+        run_capture(std::string(IDLEFLEET_BINARY) + " run -q --no-echo -t 1 -m " + shell_quote(model_) + " -p " +
+                    shell_quote(q.prompt) + " -n " + std::to_string(q.max_tokens) + " --temp " + temp + " --seed " +
+                    std::to_string(q.seed) + " 2>/dev/null");
+    EXPECT_EQ(outcomes[i].text + "\n", expected) << "request " << i << " (prompt '" << q.prompt << "', seed " << q.seed
+                                                 << ")";
+  }
+  std::fprintf(stderr, "fleet: %s\n", final_status.dump().c_str());
+}
+
+}  // namespace
+}  // namespace idlefleet

@@ -111,3 +111,41 @@ TEST_F(Cli, UsageErrorsExitTwo) {
 }
 
 }  // namespace
+
+namespace {
+
+// The fleet commands refuse bad flags and config files before starting anything.
+TEST_F(Cli, FleetCommandsRefuseGarbage) {
+  // Usage errors (CLI11 range checks): exit 2.
+  for (const char* args : {"agent --vehicles 0", "agent --vehicles many", "agent --soc-floor 120",
+                           "agent --time-scale 0.5", "coordinator --http-port 70000", "demo --rate 0"}) {
+    const Ran r = run(args, dir_.string());
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
+  }
+  // Runtime errors with a message naming the problem: exit 1.
+  struct Case {
+    std::string args, expect;
+  };
+  const fs::path bad_toml = dir_ / "bad.toml";
+  std::ofstream(bad_toml) << "[http]\nport = \"eighty\"\n";
+  const fs::path unknown_toml = dir_ / "unknown.toml";
+  std::ofstream(unknown_toml) << "colour = \"blue\"\n";
+  const std::vector<Case> cases = {
+      {"agent --start 25:00", "HH:MM"},
+      {"agent --id-prefix 'a.b'", "prefix"},
+      {"agent --replay x.jsonl --vss-nats", "pick one"},
+      {"agent --replay " + (dir_ / "missing.jsonl").string(), "missing.jsonl"},
+      {"coordinator --model nothing", "ID=PATH"},
+      {"coordinator --config " + (dir_ / "missing.toml").string(), "missing.toml"},
+      {"coordinator --config " + bad_toml.string(), "http.port"},
+      {"coordinator --config " + unknown_toml.string(), "colour"},
+      {"coordinator --model m=" + (dir_ / "nope.gguf").string() + " --nats nats://127.0.0.1:1", "nope.gguf"},
+  };
+  for (const Case& c : cases) {
+    const Ran r = run(c.args, dir_.string());
+    EXPECT_EQ(r.exit_code, 1) << c.args << ": " << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << ": " << r.output;
+  }
+}
+
+}  // namespace

@@ -82,7 +82,7 @@ struct Fleet::Vehicle {
   std::unique_ptr<transport::NatsClient> nats;
   std::thread engine;
   std::shared_ptr<std::atomic<bool>> stop;
-  int64_t stop_origin_ns = 0;  // when the event that stopped the engine reached us
+  std::atomic<int64_t> stop_origin_ns{0};  // when the event that stopped the engine reached us
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -258,6 +258,7 @@ void Fleet::stop() {
 }
 
 void Fleet::post(InboxItem item) {
+  item.received_ns = steady_ns();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (inbox_.size() >= kInboxEventsMax) return;  // only under a flood; the heartbeat repairs what is lost
@@ -359,7 +360,7 @@ void Fleet::run_effects(size_t index, std::vector<core::AgentEffect> effects) {
       start_engine(index, start->assign);
     } else if (std::holds_alternative<core::StopEngineEffect>(effect)) {
       if (v.stop) {
-        v.stop_origin_ns = steady_ns();
+        v.stop_origin_ns = origin_ns_;
         v.stop->store(true);
       }
     } else if (auto* log = std::get_if<core::AgentLogEffect>(&effect)) {
@@ -412,7 +413,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   if (auto st = gen.resume(state); !st) return fail(st.error().to_string());
   for (;;) {
     if (stop->load(std::memory_order_acquire)) {
-      const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns) / 1e6;
+      const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
       {
         std::lock_guard<std::mutex> lock(mu_);
         latencies_ms_.push_back(ms);
@@ -433,6 +434,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
 }
 
 void Fleet::advance_sources(core::TimeMs now) {
+  origin_ns_ = steady_ns();  // a simulated or replayed signal arrives when it is read
   for (size_t i = 0; i < vehicles_.size(); ++i) {
     Vehicle& v = *vehicles_[i];
     bool changed = false;
@@ -466,6 +468,7 @@ void Fleet::loop() {
     }
     for (InboxItem& item : items) {
       Vehicle& v = *vehicles_[item.index];
+      origin_ns_ = item.received_ns;
       switch (item.kind) {
         case InboxItem::Kind::kEvent:
           handle(item.index, item.event);

@@ -106,6 +106,7 @@ class Fleet {
     Kind kind = Kind::kEvent;
     core::AgentEvent event;
     std::string path, value;  // kSignal
+    int64_t received_ns = 0;   // when it was posted (steady clock)
   };
 
   explicit Fleet(FleetOptions options);
@@ -138,6 +139,7 @@ class Fleet {
   std::condition_variable cv_;
   std::deque<InboxItem> inbox_;
   std::vector<double> latencies_ms_;
+  int64_t origin_ns_ = 0;  // loop thread: when the input being handled arrived
   std::atomic<bool> stopping_{false};
   std::thread loop_thread_;
 };

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/log_limiter.h"
 #include "engine/session.h"
 #include "engine/thread_pool.h"
 
@@ -209,10 +210,7 @@ Status Fleet::init() {
     });
     auto sub = v->nats->subscribe(core::down_subject(v->id), [this, index](std::string_view, std::string_view data) {
       auto m = core::decode_message(data);
-      if (!m) {
-        if (options_.verbose) std::fprintf(stderr, "agent: refused a message: %s\n", m.error().to_string().c_str());
-        return;
-      }
+      if (!m) return refuse("malformed_message", m.error().to_string());
       InboxItem item;
       item.index = index;
       item.event = core::CoordinatorMessageEvent{std::move(*m)};
@@ -267,18 +265,34 @@ void Fleet::post(InboxItem item) {
   cv_.notify_one();
 }
 
+void Fleet::refuse(const char* what, const std::string& text) {
+  refused_messages_.fetch_add(1);
+  uint64_t dropped = 0;
+  bool log_it;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    log_it = nats_log_limiter_.allow(what, steady_ns() / 1'000'000, &dropped);
+  }
+  if (log_it) {
+    std::fprintf(stderr, "agent: refused (%s): %s%s\n", what, text.c_str(),
+                 dropped > 0 ? (" (and " + std::to_string(dropped) + " more not logged)").c_str() : "");
+  }
+}
+
 void Fleet::on_vss(size_t index, std::string_view data) {
-  if (data.size() > kVssMessageBytesMax) return;
+  if (data.size() > kVssMessageBytesMax) return refuse("bad_vss", "a VSS message over " + std::to_string(kVssMessageBytesMax) + " bytes");
   const nlohmann::json j = nlohmann::json::parse(data, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return;
+  if (j.is_discarded() || !j.is_object()) return refuse("bad_vss", "a VSS message that is not a JSON object");
   auto one = [&](const nlohmann::json& u) {
-    if (!u.is_object() || !u.contains("path") || !u["path"].is_string() || !u.contains("value")) return;
+    if (!u.is_object() || !u.contains("path") || !u["path"].is_string() || !u.contains("value")) {
+      return refuse("bad_vss", "a VSS update without a string 'path' and a 'value'");
+    }
     const auto& value = u["value"];
     std::string text;
     if (value.is_string()) text = value.get<std::string>();
     else if (value.is_boolean()) text = value.get<bool>() ? "true" : "false";
     else if (value.is_number()) text = value.dump();
-    else return;
+    else return refuse("bad_vss", "a VSS value that is not a string, number or boolean");
     InboxItem item;
     item.index = index;
     item.kind = InboxItem::Kind::kSignal;
@@ -298,9 +312,11 @@ void Fleet::on_vss(size_t index, std::string_view data) {
 }
 
 void Fleet::on_sim(size_t index, std::string_view data) {
-  if (data.size() > 1024) return;
-  const nlohmann::json j = nlohmann::json::parse(data, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("action") || j["action"] != "driver_returns") return;
+  const nlohmann::json j = data.size() > kSimCommandBytesMax ? nlohmann::json(nlohmann::json::value_t::discarded)
+                                                            : nlohmann::json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("action") || j["action"] != "driver_returns") {
+    return refuse("bad_sim_command", "expected {\"action\": \"driver_returns\"}");
+  }
   InboxItem item;
   item.index = index;
   item.kind = InboxItem::Kind::kDriverReturns;
@@ -364,7 +380,13 @@ void Fleet::run_effects(size_t index, std::vector<core::AgentEffect> effects) {
         v.stop->store(true);
       }
     } else if (auto* log = std::get_if<core::AgentLogEffect>(&effect)) {
-      if (options_.verbose) std::fprintf(stderr, "agent %s: %s: %s\n", v.id.c_str(), log->what.c_str(), log->text.c_str());
+      // Refusals always get a line (at a bounded rate); preemptions with -v.
+      uint64_t dropped = 0;
+      const bool refusal = log->what.rfind("rejected", 0) == 0;
+      if ((refusal || options_.verbose) && log_limiter_.allow(log->what, steady_ns() / 1'000'000, &dropped)) {
+        std::fprintf(stderr, "agent %s: %s: %s%s\n", v.id.c_str(), log->what.c_str(), log->text.c_str(),
+                     dropped > 0 ? (" (and " + std::to_string(dropped) + " more not logged)").c_str() : "");
+      }
     }
   }
 }
@@ -477,7 +499,7 @@ void Fleet::loop() {
           const core::TimeMs now = sim_now();
           auto st = core::apply_signal(&v.signals, item.path, item.value, now);
           if (!st) {
-            if (options_.verbose) std::fprintf(stderr, "agent %s: %s\n", v.id.c_str(), st.error().to_string().c_str());
+            refuse("bad_signal", v.id + ": " + st.error().to_string());
             break;
           }
           handle(item.index, core::SignalsEvent{v.signals});

@@ -35,6 +35,7 @@
 #include "agent/model_cache.h"
 #include "agent/replay.h"
 #include "agent/sim_vehicle.h"
+#include "common/log_limiter.h"
 #include "common/result.h"
 #include "core/agent_machine.h"
 #include "transport/nats_client.h"
@@ -43,6 +44,7 @@ namespace idlefleet::agent {
 
 inline constexpr int kFleetVehiclesMax = 100'000;
 inline constexpr size_t kVssMessageBytesMax = 64u << 10;
+inline constexpr size_t kSimCommandBytesMax = 1024;
 inline constexpr size_t kInboxEventsMax = 1u << 20;
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };
@@ -94,6 +96,8 @@ class Fleet {
   // engine having stopped, in ms.
   std::vector<double> preemption_latencies_ms() const;
   size_t size() const { return vehicles_.size(); }
+  // Messages from the fabric that were not valid protocol messages.
+  uint64_t refused_messages() const { return refused_messages_.load(); }
   // The simulated clock now.
   core::TimeMs sim_now() const;
 
@@ -119,6 +123,8 @@ class Fleet {
   void engine_main(size_t index, core::AssignMessage assign, std::shared_ptr<std::atomic<bool>> stop);
   void on_vss(size_t index, std::string_view data);
   void on_sim(size_t index, std::string_view data);
+  // Counts and logs (at a bounded rate) input from the fabric that we refuse.
+  void refuse(const char* what, const std::string& text);
   void advance_sources(core::TimeMs sim_now);
   Result<CatalogEntry> catalog_entry(const std::string& model_id);
   std::vector<std::string> cached_model_ids();
@@ -139,7 +145,10 @@ class Fleet {
   std::condition_variable cv_;
   std::deque<InboxItem> inbox_;
   std::vector<double> latencies_ms_;
-  int64_t origin_ns_ = 0;  // loop thread: when the input being handled arrived
+  int64_t origin_ns_ = 0;
+  LogLimiter log_limiter_;       // loop thread
+  LogLimiter nats_log_limiter_;  // NATS threads, under mu_
+  std::atomic<uint64_t> refused_messages_{0};  // loop thread: when the input being handled arrived
   std::atomic<bool> stopping_{false};
   std::thread loop_thread_;
 };

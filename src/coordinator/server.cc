@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/log_limiter.h"
 #include "coordinator/openai.h"
 #include "core/coordinator_machine.h"
 #include "engine/gguf.h"
@@ -169,6 +170,8 @@ struct CoordinatorServer::Impl {
   core::TimeMs vehicles_doc_at = 0;
 
   transport::Counter* rejected_inbox_full = nullptr;
+  std::mutex log_mu;
+  LogLimiter log_limiter;
 
   const ServedModel* find_model(const std::string& id) const {
     for (const auto& m : models) {
@@ -338,9 +341,25 @@ struct CoordinatorServer::Impl {
     post(Item{core::VehicleMessageEvent{std::string(vid), std::move(*m)}, nullptr});
   }
 
+  // Every refusal is counted and logged; a flood of one kind is logged at a
+  // bounded rate (LogLimiter), with the count of lines it held back.
   void count_refusal(const std::string& what, const std::string& text) {
     metrics.counter("idlefleet_messages_rejected_total", "Vehicle messages refused, by reason", {{"reason", what}}).inc();
-    if (options.verbose) log("refused (" + what + "): " + text);
+    log_limited(what, "refused (" + what + "): " + text);
+  }
+
+  void count_event(const std::string& what, const std::string& text) {
+    metrics.counter("idlefleet_events_total", "Noteworthy fleet events, by kind", {{"event", what}}).inc();
+    if (options.verbose) log_limited(what, text);
+  }
+
+  void log_limited(const std::string& key, const std::string& line) {
+    uint64_t dropped = 0;
+    {
+      std::lock_guard<std::mutex> lock(log_mu);
+      if (!log_limiter.allow(key, wall_ms(), &dropped)) return;
+    }
+    log(line + (dropped > 0 ? " (and " + std::to_string(dropped) + " more like it not logged)" : ""));
   }
 
   void route(const HttpRequest& r, std::shared_ptr<HttpExchange> x) {
@@ -540,7 +559,11 @@ struct CoordinatorServer::Impl {
       } else if (auto* persist = std::get_if<core::PersistJobEffect>(&effect)) {
         dirty.insert(persist->job_id);
       } else if (auto* l = std::get_if<core::CoordinatorLogEffect>(&effect)) {
-        count_refusal(l->what, l->text);
+        if (l->refusal) {
+          count_refusal(l->what, l->text);
+        } else {
+          count_event(l->what, l->text);
+        }
       }
     }
     (void)now;

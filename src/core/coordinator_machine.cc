@@ -29,7 +29,7 @@ size_t CoordinatorMachine::vehicles_eligible() const {
 
 void CoordinatorMachine::reject(const char* what, std::string text, Effects* out) {
   ++counters_.messages_rejected;
-  out->push_back(CoordinatorLogEffect{what, std::move(text)});
+  out->push_back(CoordinatorLogEffect{what, std::move(text), true});
 }
 
 void CoordinatorMachine::update_idle(const VehicleView& v) {

@@ -127,6 +127,7 @@ struct PersistJobEffect {
 struct CoordinatorLogEffect {
   std::string what;  // metric label: "stale_message", "unknown_vehicle", "lease_expired", ...
   std::string text;
+  bool refusal = false;  // a message refused (else an event worth a line: a preemption, a lost lease)
 };
 
 using CoordinatorEffect = std::variant<SendToVehicleEffect, JobAcceptedEffect, JobTokensEffect, JobEndedEffect,

@@ -9,8 +9,9 @@
 // Loaded weights are shared: every simulated vehicle in one agent process
 // that runs the same model uses one immutable engine::Model.
 //
-// Thread-safety: ModelCache and ModelPool are safe to use from any thread;
-// a download or a load blocks only callers that need that same model.
+// Thread-safety: ModelCache and ModelPool are safe to use from any thread.
+// ensure() holds the cache's lock through a download and ModelPool::get()
+// through a load, so one of each happens at a time per process.
 #pragma once
 
 #include <cstdint>

@@ -62,7 +62,9 @@ std::string error_body(const ApiError& e) {
               {"type", e.type},
               {"param", e.param.empty() ? json(nullptr) : json(e.param)},
               {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
-  return json{{"error", err}}.dump();
+  // Messages quote client input cut to a bound, which may end inside a UTF-8
+  // character (or hold raw bytes from a request path): replace, never throw.
+  return json{{"error", err}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string render_chat_prompt(const std::vector<ChatMessage>& messages) {

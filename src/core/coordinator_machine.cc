@@ -237,7 +237,10 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
       CHECK(entry->job.attempt_failed(m->attempt, "tokens differ from those already produced", now).has_value());
       out->push_back(SendToVehicleEffect{vid, CancelMessage{m->job_id, m->attempt}});
       ++v.attempts_lost;
-      release_vehicle(vid, m->job_id);
+      // The vehicle still runs the attempt until the cancel reaches its engine:
+      // as after a client's cancel, it stays busy until its state report no
+      // longer names the job. Made idle now, it would be given the job again,
+      // answer "busy", and the job would use up its attempts in a few round trips.
       requeue(entry, now);
       out->push_back(PersistJobEffect{m->job_id});
       return;
@@ -385,7 +388,13 @@ void CoordinatorMachine::tick(TimeMs now, Effects* out) {
     out->push_back(CoordinatorLogEffect{"lease_expired", "job " + id + " attempt " + std::to_string(number) + " on " +
                                                              vid + ": lease expired, placing it again"});
     out->push_back(SendToVehicleEffect{vid, CancelMessage{id, number}});
-    release_vehicle(vid, id);
+    // Silent for a whole lease: treat the vehicle as gone. It stays marked
+    // busy with the old attempt until a state report of its own says it has
+    // let go, so it is never handed work while its engine may still run.
+    if (vit != vehicles_.end()) {
+      vit->second.online = false;
+      update_idle(vit->second);
+    }
     requeue(&entry, now);
     out->push_back(PersistJobEffect{id});
   }

@@ -1,0 +1,457 @@
+// The OpenAI request parser and response shapes, as pure functions: every
+// parameter of the wrong type or out of range is refused with a 400 naming
+// it, parameters we do not implement are refused rather than ignored, an
+// oversized body is a 413, and every response carries exactly OpenAI's
+// documented fields (https://platform.openai.com/docs/api-reference: the
+// completion, chat completion, chat completion chunk, model and error
+// objects). Error bodies must be valid JSON whatever the input held.
+#include "coordinator/openai.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace idlefleet::coordinator {
+namespace {
+
+using nlohmann::json;
+
+ApiLimits limits() {
+  ApiLimits l;
+  l.max_tokens_limit = 4096;
+  l.body_bytes_max = 1u << 20;
+  return l;
+}
+
+std::variant<CompletionRequest, ApiError> parse(const json& body, bool chat, const ApiLimits& l = limits()) {
+  return parse_completion_request(body.dump(), chat, l);
+}
+
+json completion(json extra) {
+  json j = {{"model", "stories260K"}, {"prompt", "Once upon a time"}};
+  for (auto& [k, v] : extra.items()) j[k] = v;
+  return j;
+}
+
+json chat(json extra) {
+  json j = {{"model", "stories260K"}, {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})}};
+  for (auto& [k, v] : extra.items()) j[k] = v;
+  return j;
+}
+
+std::set<std::string> keys(const json& j) {
+  std::set<std::string> out;
+  for (auto& [k, v] : j.items()) out.insert(k);
+  return out;
+}
+
+// Checks that `r` is an error of `status` naming `param`, and that its body
+// is OpenAI's error object.
+void expect_error(const std::variant<CompletionRequest, ApiError>& r, int status, const std::string& param,
+                  const std::string& what) {
+  const ApiError* e = std::get_if<ApiError>(&r);
+  ASSERT_NE(e, nullptr) << what << ": accepted";
+  EXPECT_EQ(e->status, status) << what << ": " << e->message;
+  EXPECT_EQ(e->param, param) << what << ": " << e->message;
+  EXPECT_EQ(e->type, "invalid_request_error") << what;
+  EXPECT_FALSE(e->message.empty()) << what;
+  const json body = json::parse(error_body(*e), nullptr, false);
+  ASSERT_FALSE(body.is_discarded()) << what;
+  ASSERT_EQ(keys(body), (std::set<std::string>{"error"})) << what;
+  EXPECT_EQ(keys(body["error"]), (std::set<std::string>{"message", "type", "param", "code"})) << what;
+  if (param.empty()) {
+    EXPECT_TRUE(body["error"]["param"].is_null()) << what;
+  } else {
+    EXPECT_EQ(body["error"]["param"], param) << what;
+  }
+}
+
+CompletionRequest accepted(const std::variant<CompletionRequest, ApiError>& r) {
+  if (const ApiError* e = std::get_if<ApiError>(&r)) ADD_FAILURE() << "refused: " << e->message;
+  const CompletionRequest* c = std::get_if<CompletionRequest>(&r);
+  return c != nullptr ? *c : CompletionRequest{};
+}
+
+TEST(OpenAiRequest, AMinimalCompletionTakesOpenAisDefaults) {
+  const CompletionRequest r = accepted(parse(completion({}), false));
+  EXPECT_FALSE(r.chat);
+  EXPECT_EQ(r.model, "stories260K");
+  EXPECT_EQ(r.prompt, "Once upon a time");
+  EXPECT_FALSE(r.max_tokens.has_value());
+  EXPECT_EQ(r.sampling.temperature, 1.0);
+  EXPECT_EQ(r.sampling.top_p, 1.0);
+  EXPECT_FALSE(r.seed_given);
+  EXPECT_FALSE(r.stream);
+  EXPECT_FALSE(r.include_usage);
+}
+
+TEST(OpenAiRequest, EveryParameterIsRead) {
+  const CompletionRequest r = accepted(parse(completion({{"max_tokens", 77},
+                                                          {"temperature", 0.5},
+                                                          {"top_p", 0.9},
+                                                          {"seed", 12345},
+                                                          {"stream", true},
+                                                          {"stream_options", {{"include_usage", true}}},
+                                                          {"n", 1},
+                                                          {"logprobs", nullptr},
+                                                          {"echo", false},
+                                                          {"presence_penalty", 0},
+                                                          {"frequency_penalty", 0.0},
+                                                          {"user", "someone"},
+                                                          {"an_unknown_field", {1, 2, 3}}}),
+                                              false));
+  EXPECT_EQ(r.max_tokens, 77u);
+  EXPECT_EQ(r.sampling.temperature, 0.5);
+  EXPECT_EQ(r.sampling.top_p, 0.9);
+  EXPECT_EQ(r.sampling.seed, 12345u);
+  EXPECT_TRUE(r.seed_given);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+
+  // max_completion_tokens is the chat API's newer name.
+  EXPECT_EQ(accepted(parse(chat({{"max_completion_tokens", 9}}), true)).max_tokens, 9u);
+  // A one-element prompt array is one prompt; seeds take the whole 64 bits.
+  EXPECT_EQ(accepted(parse(completion({{"prompt", {"only"}}}), false)).prompt, "only");
+  EXPECT_EQ(accepted(parse(completion({{"seed", UINT64_MAX}}), false)).sampling.seed, UINT64_MAX);
+  EXPECT_EQ(accepted(parse(completion({{"seed", -1}}), false)).sampling.seed, UINT64_MAX);
+  // An empty prompt is allowed (the model starts from BOS).
+  EXPECT_EQ(accepted(parse(completion({{"prompt", ""}}), false)).prompt, "");
+}
+
+TEST(OpenAiRequest, ChatMessagesAreRenderedSystemFirst) {
+  const json messages = json::array({{{"role", "user"}, {"content", "Tell me a story."}},
+                                     {{"role", "developer"}, {"content", "Be brief."}},
+                                     {{"role", "assistant"}, {"content", ""}},
+                                     {{"role", "user"},
+                                      {"content", json::array({{{"type", "text"}, {"text", "About "}},
+                                                               {{"type", "text"}, {"text", "a cat."}}})}}});
+  const CompletionRequest r = accepted(parse(chat({{"messages", messages}}), true));
+  EXPECT_TRUE(r.chat);
+  ASSERT_EQ(r.messages.size(), 4u);
+  EXPECT_EQ(r.messages[1].role, "system");  // developer is read as system
+  EXPECT_EQ(r.messages[3].content, "About a cat.");
+  EXPECT_EQ(r.prompt, "Be brief.\n\nTell me a story.\n\nAbout a cat.");
+  EXPECT_EQ(r.prompt, render_chat_prompt(r.messages));
+}
+
+TEST(OpenAiRequest, BodiesThatAreNotARequestObjectAreRefused) {
+  for (const char* body : {"", "{", "not json", "[]", "42", "\"a string\"", "null", "true", "{\"model\":}",
+                           "{\"model\":\"m\",\"prompt\":\"\xff\xfe\"}"}) {
+    expect_error(parse_completion_request(body, false, limits()), 400, "", std::string("body '") + body + "'");
+    expect_error(parse_completion_request(body, true, limits()), 400, "", std::string("chat body '") + body + "'");
+  }
+}
+
+TEST(OpenAiRequest, AnOversizedBodyIs413) {
+  ApiLimits l = limits();
+  l.body_bytes_max = 64;
+  const std::string body = completion({{"prompt", std::string(100, 'a')}}).dump();
+  expect_error(parse_completion_request(body, false, l), 413, "", "oversized body");
+  expect_error(parse_completion_request(body, true, l), 413, "", "oversized chat body");
+}
+
+TEST(OpenAiRequest, EveryParameterOfTheWrongTypeOrRangeIsRefusedByName) {
+  struct Case {
+    const char* param;
+    json value;
+  };
+  const std::vector<Case> common = {
+      {"model", nullptr},          {"model", 3},
+      {"model", ""},               {"model", json::array({"stories260K"})},
+      {"model", std::string(129, 'm')},
+      {"max_tokens", "10"},        {"max_tokens", 0},
+      {"max_tokens", -5},          {"max_tokens", 1.5},
+      {"max_tokens", 4097},        {"max_tokens", UINT64_MAX},
+      {"max_tokens", true},        {"max_completion_tokens", "3"},
+      {"max_completion_tokens", 0},
+      {"temperature", "hot"},      {"temperature", -0.1},
+      {"temperature", 2.01},       {"temperature", true},
+      {"top_p", "all"},            {"top_p", 0},
+      {"top_p", 1.5},              {"top_p", -1},
+      {"seed", "42"},              {"seed", 4.2},
+      {"seed", false},             {"stream", "true"},
+      {"stream", 1},               {"stream_options", "usage"},
+      {"stream_options", json::array()},
+  };
+  for (const Case& c : common) {
+    json body = completion({});
+    body[c.param] = c.value;
+    if (c.value.is_null()) body.erase(c.param);  // "model": missing
+    expect_error(parse(body, false), 400, c.param, std::string("completion ") + c.param + "=" + c.value.dump());
+    json chat_body = chat({});
+    chat_body[c.param] = c.value;
+    if (c.value.is_null()) chat_body.erase(c.param);
+    expect_error(parse(chat_body, true), 400, c.param, std::string("chat ") + c.param + "=" + c.value.dump());
+  }
+  // stream_options needs stream: true; include_usage is a boolean.
+  expect_error(parse(completion({{"stream_options", {{"include_usage", true}}}}), false), 400, "stream_options",
+               "stream_options without stream");
+  expect_error(parse(completion({{"stream", true}, {"stream_options", {{"include_usage", "yes"}}}}), false), 400,
+               "stream_options.include_usage", "include_usage of the wrong type");
+}
+
+TEST(OpenAiRequest, PromptsAndMessagesOfTheWrongShapeAreRefused) {
+  for (const json& prompt : {json(nullptr), json(7), json::array(), json::array({"a", "b"}), json::array({1, 2}),
+                             json::object(), json(true)}) {
+    json body = completion({});
+    body["prompt"] = prompt;
+    expect_error(parse(body, false), 400, "prompt", "prompt " + prompt.dump());
+  }
+  json missing = completion({});
+  missing.erase("prompt");
+  expect_error(parse(missing, false), 400, "prompt", "no prompt");
+
+  for (const json& messages : {json(nullptr), json("hello"), json::array(), json::object(), json(1)}) {
+    json body = chat({});
+    body["messages"] = messages;
+    expect_error(parse(body, true), 400, "messages", "messages " + messages.dump());
+  }
+  struct Case {
+    json message;
+    const char* param;
+  };
+  const std::vector<Case> bad = {
+      {json("hi"), "messages[0].role"},
+      {{{"content", "hi"}}, "messages[0].role"},
+      {{{"role", 1}, {"content", "hi"}}, "messages[0].role"},
+      {{{"role", "tool"}, {"content", "hi"}}, "messages[0].role"},
+      {{{"role", "function"}, {"content", "hi"}}, "messages[0].role"},
+      {{{"role", "user"}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", nullptr}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", 5}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", json::object()}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", json::array({"text"})}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", json::array({{{"type", "image_url"}, {"image_url", "x"}}})}}, "messages[0].content"},
+      {{{"role", "user"}, {"content", json::array({{{"type", "text"}, {"text", 3}}})}}, "messages[0].content"},
+  };
+  for (const Case& c : bad) {
+    expect_error(parse(chat({{"messages", json::array({c.message})}}), true), 400, c.param, c.message.dump());
+  }
+  // The second message is named by its index.
+  expect_error(parse(chat({{"messages", json::array({{{"role", "user"}, {"content", "a"}}, {{"role", "user"}}})}}), true),
+               400, "messages[1].content", "second message without content");
+  // Too many messages, and too many bytes in all.
+  json many = json::array();
+  for (size_t i = 0; i <= kChatMessagesMax; ++i) many.push_back({{"role", "user"}, {"content", "x"}});
+  expect_error(parse(chat({{"messages", many}}), true), 400, "messages", "too many messages");
+  ApiLimits big = limits();
+  big.body_bytes_max = 4u << 20;
+  const std::string half(kPromptBytesMax / 2 + 1, 'a');
+  expect_error(parse(chat({{"messages", json::array({{{"role", "user"}, {"content", half}},
+                                                     {{"role", "user"}, {"content", half}}})}}),
+                     true, big),
+               400, "messages", "messages too long");
+  expect_error(parse(completion({{"prompt", std::string(kPromptBytesMax + 1, 'a')}}), false, big), 400, "prompt",
+               "prompt too long");
+}
+
+TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
+  struct Case {
+    const char* param;
+    json value;
+    bool completion_only = false;
+  };
+  const std::vector<Case> cases = {
+      {"n", 2},
+      {"n", 0},
+      {"n", "1"},
+      {"stop", "\n"},
+      {"stop", json::array({"The end"})},
+      {"tools", json::array({{{"type", "function"}}})},
+      {"functions", json::array()},
+      {"tool_choice", "auto"},
+      {"suffix", "end"},
+      {"best_of", 2},
+      {"logit_bias", {{"50256", -100}}},
+      {"response_format", {{"type", "json_object"}}},
+      {"logprobs", true},
+      {"logprobs", 5},
+      {"top_logprobs", 2},
+      {"presence_penalty", 0.5},
+      {"frequency_penalty", -1},
+      {"presence_penalty", "0"},
+      {"echo", true, true},
+  };
+  for (const Case& c : cases) {
+    json body = completion({});
+    body[c.param] = c.value;
+    expect_error(parse(body, false), 400, c.param, std::string("completion ") + c.param + "=" + c.value.dump());
+    if (c.completion_only) continue;
+    json chat_body = chat({});
+    chat_body[c.param] = c.value;
+    expect_error(parse(chat_body, true), 400, c.param, std::string("chat ") + c.param + "=" + c.value.dump());
+  }
+  // The ones that mean "off" are accepted.
+  accepted(parse(completion({{"n", 1}, {"logprobs", false}, {"echo", false}, {"stop", nullptr}}), false));
+}
+
+// Any text a client sends may end up in an error message (cut to a bound);
+// the body must still be valid JSON, never an exception (which the server
+// would turn into a 500).
+TEST(OpenAiRequest, ErrorBodiesAreValidJsonWhateverTheInput) {
+  // A role whose 32-byte excerpt ends inside a multi-byte character.
+  const std::string role = std::string(31, 'r') + "\xc3\xa9";
+  auto r = parse(chat({{"messages", json::array({{{"role", role}, {"content", "hi"}}})}}), true);
+  const ApiError* e = std::get_if<ApiError>(&r);
+  ASSERT_NE(e, nullptr);
+  std::string body;
+  ASSERT_NO_THROW(body = error_body(*e));
+  EXPECT_FALSE(json::parse(body, nullptr, false).is_discarded()) << body;
+
+  ApiError raw;
+  raw.message = "no route for GET /\xff\xfe";
+  raw.param = "\x80";
+  raw.code = "x";
+  ASSERT_NO_THROW(body = error_body(raw));
+  const json j = json::parse(body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << body;
+  EXPECT_EQ(j["error"]["code"], "x");
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+}
+
+// ---- Responses ---------------------------------------------------------------
+
+ResponseMeta meta(bool chat) {
+  ResponseMeta m;
+  m.id = chat ? "chatcmpl-0123456789ab" : "cmpl-0123456789ab";
+  m.created = 1795773600;
+  m.model = "stories260K";
+  m.system_fingerprint = "fp_test";
+  return m;
+}
+
+json event_json(const std::string& event) {
+  EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
+  EXPECT_GE(event.size(), 8u);
+  EXPECT_EQ(event.substr(event.size() - 2), "\n\n") << event;
+  const json j = json::parse(event.substr(6, event.size() - 8), nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << event;
+  return j;
+}
+
+const std::set<std::string> kTopKeys = {"id", "object", "created", "model", "system_fingerprint", "choices"};
+
+TEST(OpenAiResponse, ACompletionHasOpenAisFields) {
+  const json j = json::parse(completion_response(meta(false), false, "Once upon", "length", {4, 2}));
+  std::set<std::string> want = kTopKeys;
+  want.insert("usage");
+  EXPECT_EQ(keys(j), want);
+  EXPECT_EQ(j["id"], "cmpl-0123456789ab");
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["created"], 1795773600);
+  EXPECT_EQ(j["model"], "stories260K");
+  EXPECT_EQ(j["system_fingerprint"], "fp_test");
+  ASSERT_EQ(j["choices"].size(), 1u);
+  const json& c = j["choices"][0];
+  EXPECT_EQ(keys(c), (std::set<std::string>{"text", "index", "logprobs", "finish_reason"}));
+  EXPECT_EQ(c["text"], "Once upon");
+  EXPECT_EQ(c["index"], 0);
+  EXPECT_TRUE(c["logprobs"].is_null());
+  EXPECT_EQ(c["finish_reason"], "length");
+  EXPECT_EQ(j["usage"], json({{"prompt_tokens", 4}, {"completion_tokens", 2}, {"total_tokens", 6}}));
+}
+
+TEST(OpenAiResponse, AChatCompletionHasOpenAisFields) {
+  const json j = json::parse(completion_response(meta(true), true, "Hello!", "stop", {3, 5}));
+  std::set<std::string> want = kTopKeys;
+  want.insert("usage");
+  EXPECT_EQ(keys(j), want);
+  EXPECT_EQ(j["object"], "chat.completion");
+  ASSERT_EQ(j["choices"].size(), 1u);
+  const json& c = j["choices"][0];
+  EXPECT_EQ(keys(c), (std::set<std::string>{"index", "message", "logprobs", "finish_reason"}));
+  EXPECT_EQ(c["message"], json({{"role", "assistant"}, {"content", "Hello!"}, {"refusal", nullptr}}));
+  EXPECT_EQ(c["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["total_tokens"], 8);
+}
+
+TEST(OpenAiResponse, GeneratedTextThatIsNotUtf8StillMakesValidJson) {
+  // A byte-fallback tokenizer can emit half a character at the end.
+  const std::string text = "ok \xe2\x82";
+  EXPECT_FALSE(json::parse(completion_response(meta(false), false, text, "length", {1, 1}), nullptr, false).is_discarded());
+  EXPECT_FALSE(event_json(completion_chunk_event(meta(true), true, text, std::nullopt, false)).is_discarded());
+}
+
+TEST(OpenAiResponse, ChatChunksCarryTheRoleFirstAndTheFinishReasonLast) {
+  const json first = event_json(completion_chunk_event(meta(true), true, "", std::nullopt, true));
+  EXPECT_EQ(keys(first), kTopKeys);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  ASSERT_EQ(first["choices"].size(), 1u);
+  EXPECT_EQ(keys(first["choices"][0]), (std::set<std::string>{"index", "delta", "logprobs", "finish_reason"}));
+  EXPECT_EQ(first["choices"][0]["delta"], json({{"role", "assistant"}, {"content", ""}}));
+  EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
+
+  const json middle = event_json(completion_chunk_event(meta(true), true, " cat", std::nullopt, false));
+  EXPECT_EQ(middle["choices"][0]["delta"], json({{"content", " cat"}}));
+  EXPECT_TRUE(middle["choices"][0]["finish_reason"].is_null());
+
+  const json last = event_json(completion_chunk_event(meta(true), true, "", std::string("stop"), false));
+  EXPECT_EQ(last["choices"][0]["delta"], json::object());
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+
+  const json tail = event_json(completion_chunk_event(meta(true), true, ".", std::string("length"), false));
+  EXPECT_EQ(tail["choices"][0]["delta"], json({{"content", "."}}));
+  EXPECT_EQ(tail["choices"][0]["finish_reason"], "length");
+}
+
+TEST(OpenAiResponse, CompletionChunksCarryText) {
+  const json j = event_json(completion_chunk_event(meta(false), false, " upon", std::nullopt, false));
+  EXPECT_EQ(keys(j), kTopKeys);
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(keys(j["choices"][0]), (std::set<std::string>{"text", "index", "logprobs", "finish_reason"}));
+  EXPECT_EQ(j["choices"][0]["text"], " upon");
+  const json last = event_json(completion_chunk_event(meta(false), false, "", std::string("stop"), false));
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(last["choices"][0]["text"], "");
+}
+
+TEST(OpenAiResponse, TheUsageEventHasNoChoices) {
+  for (bool is_chat : {false, true}) {
+    const json j = event_json(usage_event(meta(is_chat), is_chat, {7, 9}));
+    std::set<std::string> want = kTopKeys;
+    want.insert("usage");
+    EXPECT_EQ(keys(j), want);
+    EXPECT_EQ(j["object"], is_chat ? "chat.completion.chunk" : "text_completion");
+    EXPECT_EQ(j["choices"], json::array());
+    EXPECT_EQ(j["usage"], json({{"prompt_tokens", 7}, {"completion_tokens", 9}, {"total_tokens", 16}}));
+  }
+  EXPECT_EQ(kDoneEvent, "data: [DONE]\n\n");
+}
+
+TEST(OpenAiResponse, ModelsAreListedAsOpenAiModelObjects) {
+  const json list = json::parse(models_list_body({{"stories260K", 1700000000}, {"stories15M", 1700000001}}));
+  EXPECT_EQ(keys(list), (std::set<std::string>{"object", "data"}));
+  EXPECT_EQ(list["object"], "list");
+  ASSERT_EQ(list["data"].size(), 2u);
+  EXPECT_EQ(list["data"][0],
+            json({{"id", "stories260K"}, {"object", "model"}, {"created", 1700000000}, {"owned_by", "idlefleet"}}));
+  EXPECT_EQ(list["data"][1]["id"], "stories15M");
+  EXPECT_EQ(json::parse(models_list_body({})), json({{"object", "list"}, {"data", json::array()}}));
+  EXPECT_EQ(json::parse(model_body({"m", 5})),
+            json({{"id", "m"}, {"object", "model"}, {"created", 5}, {"owned_by", "idlefleet"}}));
+}
+
+TEST(OpenAiResponse, ErrorBodiesHaveOpenAisShape) {
+  ApiError e;
+  e.status = 404;
+  e.message = "The model 'x' does not exist";
+  e.param = "model";
+  e.code = "model_not_found";
+  EXPECT_EQ(json::parse(error_body(e)), json({{"error",
+                                               {{"message", "The model 'x' does not exist"},
+                                                {"type", "invalid_request_error"},
+                                                {"param", "model"},
+                                                {"code", "model_not_found"}}}}));
+  ApiError plain;
+  plain.message = "m";
+  EXPECT_EQ(json::parse(error_body(plain)),
+            json({{"error", {{"message", "m"}, {"type", "invalid_request_error"}, {"param", nullptr}, {"code", nullptr}}}}));
+}
+
+}  // namespace
+}  // namespace idlefleet::coordinator

@@ -411,10 +411,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   auto fail = [&](const std::string& why) { post_event(core::EngineFailedEvent{a.job_id, a.attempt, why}); };
   auto entry = catalog_entry(a.model_id);
   if (!entry) return fail(entry.error().to_string());
-  const bool was_cached = [&] {
-    const auto digests = cache_.cached();
-    return std::binary_search(digests.begin(), digests.end(), entry->sha256);
-  }();
+  const bool was_cached = cache_.has(entry->sha256);
   auto path = cache_.ensure(*entry);
   if (!path) return fail(path.error().to_string());
   if (!was_cached) post_event(core::CachedModelsEvent{cached_model_ids()});
@@ -477,6 +474,34 @@ void Fleet::advance_sources(core::TimeMs now) {
   }
 }
 
+// Tokens of one attempt that queued up while the loop was busy travel as one
+// chunk: one message instead of many when the engine outruns the relay, and
+// no delay when it does not. Only runs of tokens with nothing else of that
+// vehicle between them are merged, so each vehicle's events keep their order.
+void Fleet::coalesce_tokens(std::deque<InboxItem>* items) {
+  if (items->size() < 2) return;
+  std::deque<InboxItem> out;
+  std::vector<int64_t> last(vehicles_.size(), -1);  // index in `out` of each vehicle's latest item
+  for (InboxItem& item : *items) {
+    auto* tokens = item.kind == InboxItem::Kind::kEvent ? std::get_if<core::EngineTokensEvent>(&item.event) : nullptr;
+    const int64_t at = last[item.index];
+    if (tokens != nullptr && at >= 0) {
+      auto* prev = out[static_cast<size_t>(at)].kind == InboxItem::Kind::kEvent
+                       ? std::get_if<core::EngineTokensEvent>(&out[static_cast<size_t>(at)].event)
+                       : nullptr;
+      if (prev != nullptr && prev->job_id == tokens->job_id && prev->attempt == tokens->attempt &&
+          prev->first_index + prev->ids.size() == tokens->first_index &&
+          prev->ids.size() + tokens->ids.size() <= core::kChunkTokensMax) {
+        prev->ids.insert(prev->ids.end(), tokens->ids.begin(), tokens->ids.end());
+        continue;
+      }
+    }
+    last[item.index] = static_cast<int64_t>(out.size());
+    out.push_back(std::move(item));
+  }
+  items->swap(out);
+}
+
 void Fleet::loop() {
   const int64_t tick_ns = options_.tick_ms * 1'000'000;
   int64_t next_tick = steady_ns();
@@ -488,6 +513,7 @@ void Fleet::loop() {
       cv_.wait_until(lock, deadline, [&] { return !inbox_.empty() || stopping_.load(); });
       items.swap(inbox_);
     }
+    coalesce_tokens(&items);
     for (InboxItem& item : items) {
       Vehicle& v = *vehicles_[item.index];
       origin_ns_ = item.received_ns;

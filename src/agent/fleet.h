@@ -116,6 +116,7 @@ class Fleet {
   explicit Fleet(FleetOptions options);
   Status init();
   void loop();
+  void coalesce_tokens(std::deque<InboxItem>* items);
   void post(InboxItem item);
   void handle(size_t index, const core::AgentEvent& event);
   void run_effects(size_t index, std::vector<core::AgentEffect> effects);

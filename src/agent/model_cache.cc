@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -93,9 +94,12 @@ std::vector<std::string> ModelCache::cached() const {
 }
 
 void ModelCache::evict_locked(const std::string& keep) {
+  // Least recently used first: files this process has not used, by their
+  // mtime (from earlier runs), then the ones it has, by their last use.
   struct File {
     fs::path path;
-    fs::file_time_type used;
+    bool used_here;
+    int64_t used;  // use order if used_here, else mtime ticks
     uint64_t bytes;
   };
   std::vector<File> files;
@@ -104,17 +108,28 @@ void ModelCache::evict_locked(const std::string& keep) {
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     if (e.path().extension() != ".gguf" || !is_hex64(e.path().stem().string())) continue;
     const uint64_t bytes = e.file_size(ec);
-    files.push_back({e.path(), e.last_write_time(ec), bytes});
+    auto u = used_seq_.find(e.path().stem().string());
+    const int64_t when = u != used_seq_.end() ? u->second : e.last_write_time(ec).time_since_epoch().count();
+    files.push_back({e.path(), u != used_seq_.end(), when, bytes});
     total += bytes;
   }
-  std::sort(files.begin(), files.end(), [](const File& a, const File& b) { return a.used < b.used; });
+  std::sort(files.begin(), files.end(), [](const File& a, const File& b) {
+    return std::make_pair(a.used_here, a.used) < std::make_pair(b.used_here, b.used);
+  });
   for (const File& f : files) {
     if (total <= bytes_max_) break;
     if (f.path.stem().string() == keep) continue;
     fs::remove(f.path, ec);
     verified_.erase(f.path.stem().string());
+    touched_ms_.erase(f.path.stem().string());
+    used_seq_.erase(f.path.stem().string());
     total -= f.bytes;
   }
+}
+
+bool ModelCache::has(const std::string& sha256) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return verified_.count(sha256) != 0;
 }
 
 Result<std::string> ModelCache::ensure(const CatalogEntry& entry) {
@@ -125,9 +140,18 @@ Result<std::string> ModelCache::ensure(const CatalogEntry& entry) {
                                                   " bytes)");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  const fs::path path = fs::path(dir_) / (entry.sha256 + ".gguf");
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  if (verified_.count(entry.sha256) != 0) {
+    // The fast path of every attempt: verified, and marked used recently.
+    used_seq_[entry.sha256] = next_use_++;
+    auto t = touched_ms_.find(entry.sha256);
+    if (t != touched_ms_.end() && now_ms - t->second < kCacheTouchIntervalMs) return path.string();
+  }
   std::error_code ec;
   fs::create_directories(dir_, ec);
-  const fs::path path = fs::path(dir_) / (entry.sha256 + ".gguf");
   if (fs::exists(path, ec) && verified_.count(entry.sha256) == 0) {
     // Left by an earlier run: trust it only after hashing it once.
     auto digest = transport::sha256_file(path.string());
@@ -145,6 +169,8 @@ Result<std::string> ModelCache::ensure(const CatalogEntry& entry) {
     verified_.insert(entry.sha256);
   }
   fs::last_write_time(path, fs::file_time_type::clock::now(), ec);  // most recently used
+  touched_ms_[entry.sha256] = now_ms;
+  used_seq_[entry.sha256] = next_use_++;
   evict_locked(entry.sha256);
   return path.string();
 }

@@ -30,6 +30,9 @@ namespace idlefleet::agent {
 
 inline constexpr size_t kCatalogBytesMax = 1u << 20;
 inline constexpr size_t kCatalogModelsMax = 1024;
+// A model in use is marked used on disk (its mtime, for LRU across runs) at
+// most this often, so starting an attempt costs no disk access.
+inline constexpr int64_t kCacheTouchIntervalMs = 60'000;
 
 struct CatalogEntry {
   std::string id;
@@ -56,6 +59,8 @@ class ModelCache {
 
   // Digests of the models on disk now.
   std::vector<std::string> cached() const;
+  // Whether the model is here and verified by this process (no disk access).
+  bool has(const std::string& sha256) const;
   const std::string& dir() const { return dir_; }
 
  private:
@@ -65,6 +70,9 @@ class ModelCache {
   uint64_t bytes_max_;
   mutable std::mutex mu_;
   std::set<std::string> verified_;  // digests checked by this process
+  std::map<std::string, int64_t> touched_ms_;  // when each was last marked used on disk (steady clock)
+  std::map<std::string, int64_t> used_seq_;    // order of last use by this process
+  int64_t next_use_ = 1;
 };
 
 // Loaded models by path, shared by every vehicle in the process.

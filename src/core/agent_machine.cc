@@ -32,9 +32,29 @@ void AgentMachine::reject(const std::string& text, std::vector<AgentEffect>* out
 
 // Stays feed the vehicle's own departure history: parked (or charging)
 // from the first event that shows it until the first that shows driving.
+double AgentMachine::trip_reserve_pct() const {
+  if (trip_drops_pct_.size() < kTripsForReserve) return config_.trip_reserve_pct_default;
+  return *std::max_element(trip_drops_pct_.begin(), trip_drops_pct_.end());
+}
+
 void AgentMachine::track_stay(TimeMs now) {
   const bool parked = physical_state(signals_) != VehicleState::kDriving;
-  if (parked && !parked_since_) parked_since_ = now;
+  if (parked && !parked_since_) {
+    parked_since_ = now;
+    // A drive ended: remember the charge it used (a detour via a charger
+    // shows as a gain, which is no drive to reserve for).
+    if (soc_at_leaving_ && signals_.soc_pct) {
+      const double used = std::clamp(*soc_at_leaving_ - *signals_.soc_pct, 0.0, kSocPctMax);
+      if (trip_drops_pct_.size() < kTripsRemembered) {
+        trip_drops_pct_.push_back(used);
+      } else {
+        trip_drops_pct_[next_trip_] = used;
+        next_trip_ = (next_trip_ + 1) % kTripsRemembered;
+      }
+    }
+    soc_at_leaving_.reset();
+  }
+  if (!parked && !soc_at_leaving_ && signals_.soc_pct) soc_at_leaving_ = *signals_.soc_pct;
   if (!parked && parked_since_) {
     (void)predictor_.observe(*parked_since_, now, config_.utc_offset_minutes);  // a holiday-long stay is refused: fine
     parked_since_.reset();
@@ -56,6 +76,7 @@ void AgentMachine::evaluate(TimeMs now, std::vector<AgentEffect>* out) {
   in.charge_power_kw = config_.charge_power_kw;
   in.inference_power_kw = config_.inference_power_kw;
   in.wear_used_hours = wear_used_hours_;
+  in.trip_reserve_pct = trip_reserve_pct();
   // The owner's declared departures gate the car; the prediction only
   // guides placement (docs/architecture.md, "Departures: declared and
   // predicted"): a wrong guess costs a preemption, never the owner's charge.

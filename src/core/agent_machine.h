@@ -51,7 +51,14 @@ struct AgentConfig {
   DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us
   DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
   const DeparturePrior* prior = nullptr;     // not owned; null: declared departures only
+  // Before the car has kTripsForReserve drives of its own, this much SoC is
+  // kept (on battery) for undeclared driving; then the largest of its recent
+  // drives (EligibilityInputs::trip_reserve_pct).
+  double trip_reserve_pct_default = 10.0;
 };
+
+inline constexpr size_t kTripsForReserve = 3;
+inline constexpr size_t kTripsRemembered = 16;
 
 // ---- Events ----------------------------------------------------------------
 
@@ -156,6 +163,8 @@ class AgentMachine {
   const AgentCounters& counters() const { return counters_; }
   const AgentConfig& config() const { return config_; }
   const VehicleSignals& signals() const { return signals_; }
+  // The SoC kept for undeclared driving on battery (see AgentConfig).
+  double trip_reserve_pct() const;
   // The predictor's earliest likely departure for the current stay, if parked.
   std::optional<TimeMs> departure_earliest() const { return departure_earliest_; }
 
@@ -182,6 +191,9 @@ class AgentMachine {
   double wear_used_hours_ = 0.0;
   DeparturePredictor predictor_;
   std::optional<TimeMs> parked_since_;
+  std::optional<double> soc_at_leaving_;    // SoC when the current drive began
+  std::vector<double> trip_drops_pct_;      // SoC used by recent drives, a ring
+  size_t next_trip_ = 0;
   std::optional<TimeMs> departure_earliest_;
   EligibilityDecision decision_;
   std::optional<Current> attempt_;

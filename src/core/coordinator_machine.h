@@ -43,7 +43,7 @@
 
 namespace idlefleet::core {
 
-inline constexpr size_t kPlacementCandidatesMax = 64;
+inline constexpr size_t kPlacementCandidatesMax = 16;
 inline constexpr size_t kJobIdBytesMax = kIdBytesMax;
 
 // What a client asked for, validated and tokenised by the API layer.
@@ -219,6 +219,8 @@ class CoordinatorMachine {
   size_t live_jobs_ = 0;
   uint64_t next_sequence_ = 1;
   std::string cursor_;                     // placement's rotating start in idle_
+  std::string sweep_cursor_;               // where the offline sweep resumes
+  TimeMs sweep_at_ = -1;
 };
 
 }  // namespace idlefleet::core

@@ -241,6 +241,7 @@ Status EligibilityInputs::validate() const {
   IF_RETURN_IF_ERROR(check_number("charge_power_kw", charge_power_kw, 0.0, kChargePowerKwMax));
   IF_RETURN_IF_ERROR(check_number("inference_power_kw", inference_power_kw, 0.0, kInferencePowerKwMax));
   IF_RETURN_IF_ERROR(check_number("wear_used_hours", wear_used_hours, 0.0, kWearUsedHoursMax));
+  IF_RETURN_IF_ERROR(check_number("trip_reserve_pct", trip_reserve_pct, 0.0, kSocPctMax));
   if (next_departure && (*next_departure < 0 || *next_departure > kPlausibleTimeMsMax)) {
     return Unexpected(ErrorCode::kOutOfRange, "next_departure " + std::to_string(*next_departure) +
                                                   " ms is outside [0, kPlausibleTimeMsMax]");
@@ -352,14 +353,18 @@ EligibilityDecision decide_eligibility(const EligibilityInputs& in, TimeMs now) 
       add(ReasonCode::kDepartureSoon, "your next departure (" + when + ") is within the " +
                                           duration_text(p.departure_margin_ms) + " margin");
     } else if (known(s.soc_pct) && known(s.charger_connected)) {
-      // Serving all the way to the deadline must still leave the target (see policy.h).
-      const double hours = static_cast<double>(deadline - now) / static_cast<double>(kHourMs);
+      // Serving all the way to the deadline must still leave the target (see policy.h);
+      // on battery, the drain counts up to the departure (standby through the margin).
       const double net_kw = (*s.charger_connected ? in.charge_power_kw : 0.0) - in.inference_power_kw;
-      const double soc_at_deadline_pct = *s.soc_pct + 100.0 * net_kw * hours / in.battery_capacity_kwh;
-      if (soc_at_deadline_pct < p.target_soc_pct) {
+      const TimeMs horizon = net_kw < 0.0 ? *departure : deadline;
+      const double hours = static_cast<double>(horizon - now) / static_cast<double>(kHourMs);
+      const double soc_projected_pct = *s.soc_pct + 100.0 * net_kw * hours / in.battery_capacity_kwh;
+      const double reserve_pct = net_kw < 0.0 ? in.trip_reserve_pct : 0.0;
+      if (soc_projected_pct < p.target_soc_pct + reserve_pct) {
         add(ReasonCode::kTargetUnreachable,
-            "working now would leave " + num(soc_at_deadline_pct < 0 ? 0 : soc_at_deadline_pct) +
-                "% by your departure (" + when + "), below your target of " + num(p.target_soc_pct) + "%");
+            "working now would leave " + num(soc_projected_pct < 0 ? 0 : soc_projected_pct) +
+                "% by your departure (" + when + "), below your target of " + num(p.target_soc_pct) + "%" +
+                (reserve_pct > 0.0 ? " plus " + num(reserve_pct) + "% kept for driving before then" : ""));
       }
     }
   }

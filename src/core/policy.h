@@ -17,8 +17,13 @@
 //      soc_pct + 100 * p_net_kw * h / battery_capacity_kwh >= target_soc_pct,
 //    i.e. serving for the whole time left must still leave the target at the
 //    deadline. On battery p_net is negative, so serving may only spend charge
-//    above what the owner needs. With no departure known, no target check
-//    (the floor still protects the battery).
+//    above what the owner needs; there h runs to the departure itself, not
+//    the deadline: the car keeps drawing its own standby power through the
+//    margin, and the target is wanted when it leaves (inference_power_kw,
+//    which includes keeping the car awake, bounds that draw); and on battery
+//    the projection must also keep trip_reserve_pct above the target, for
+//    undeclared driving before the departure. With no departure known, no
+//    target check (the floor still protects the battery).
 //  - Inside the margin before a departure, not eligible at all.
 //  - Unknown signals are never assumed: a missing or stale value is a reason.
 //
@@ -138,6 +143,12 @@ struct EligibilityInputs {
   // The accelerator's draw while serving, including keeping the car awake.
   double inference_power_kw = 0.4;
   double wear_used_hours = 0.0;  // this calendar month, weighted
+  // On battery, charge kept beyond the target for driving the owner did not
+  // declare before the next declared departure (the drive home from work):
+  // energy spent on battery is not replaced until the car charges, so without
+  // it serving at work could leave tomorrow's commute short. The agent sets it
+  // from the car's own recent drives (AgentMachine).
+  double trip_reserve_pct = 0.0;
   // From a predictor; the earlier of this and the next declared departure
   // counts. A departure before `now` is ignored (it has passed).
   std::optional<TimeMs> next_departure;

@@ -211,6 +211,7 @@ Result<std::unique_ptr<NatsClient>> NatsClient::connect(NatsOptions options) {
   if (!options.name.empty()) IF_RETURN_IF_ERROR(check_nats(natsOptions_SetName(o, options.name.c_str()), "NATS: name"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetTimeout(o, options.connect_timeout_ms), "NATS: connect timeout"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetAllowReconnect(o, true), "NATS: reconnect"));
+  IF_RETURN_IF_ERROR(check_nats(natsOptions_SetSendAsap(o, options.send_asap), "NATS: send asap"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetReconnectWait(o, options.reconnect_wait_ms), "NATS: reconnect wait"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetMaxReconnect(o, options.max_reconnect), "NATS: max reconnect"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetReconnectBufSize(o, static_cast<int>(options.reconnect_buffer_bytes)),

@@ -63,6 +63,11 @@ struct NatsOptions {
   // When no server answers at connect(), keep trying in the background
   // (connect() then succeeds with connected() false) instead of failing.
   bool retry_on_failed_connect = true;
+  // Write each publish at once. libnats otherwise holds publishes up to 1 ms
+  // to batch them, which costs every hop of a request that much latency;
+  // callers that send many small messages batch them themselves (the agent
+  // coalesces tokens into chunks).
+  bool send_asap = true;
   int64_t reconnect_wait_ms = 100;
   int max_reconnect = -1;  // attempts per outage; -1 = forever
   int64_t reconnect_buffer_bytes = 8 << 20;  // publishes kept while disconnected

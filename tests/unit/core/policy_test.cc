@@ -232,6 +232,35 @@ TEST(CorePolicy, TargetFormulaOnBatteryAtTheEdge) {
   only_reason(decide_eligibility(in, kNow), ReasonCode::kTargetUnreachable);
 }
 
+// On battery the car keeps drawing power while it waits out the margin, and
+// the owner wants the target when it leaves: the drain counts up to the
+// departure. Charging, plugged in, counts only up to the deadline.
+TEST(CorePolicy, TargetOnBatteryHoldsAtTheDepartureNotTheDeadline) {
+  EligibilityInputs in = good_inputs();
+  in.policy.departures_minute_of_week.clear();
+  in.signals.charger_connected = false;
+  in.signals.is_charging = false;
+  in.signals.soc_pct = 90;
+  in.inference_power_kw = 0.6;
+  in.policy.departure_margin_ms = kHourMs;
+  // 10 h at 0.6 kW from 60 kWh is 10%: exactly the target as the car leaves.
+  in.next_departure = kNow + 10 * kHourMs;
+  EXPECT_TRUE(decide_eligibility(in, kNow).eligible) << format_reasons(decide_eligibility(in, kNow));
+  // At the deadline (9 h) 81% would be left, but less than 80% at the departure.
+  in.next_departure = kNow + 10 * kHourMs + kMinuteMs;
+  only_reason(decide_eligibility(in, kNow), ReasonCode::kTargetUnreachable);
+
+  in = good_inputs();
+  in.policy.departures_minute_of_week.clear();
+  in.policy.departure_margin_ms = kHourMs;
+  // 60% + 100 * (7.0 - 0.4) kW * 2 h / 60 kWh = 82% at a deadline 2 h away.
+  in.next_departure = kNow + 3 * kHourMs;
+  EXPECT_TRUE(decide_eligibility(in, kNow).eligible) << format_reasons(decide_eligibility(in, kNow));
+  // 79.25% at a deadline 1.75 h away, though the car charges on through the margin.
+  in.next_departure = kNow + kHourMs + 105 * kMinuteMs;
+  only_reason(decide_eligibility(in, kNow), ReasonCode::kTargetUnreachable);
+}
+
 TEST(CorePolicy, DepartureSoon) {
   EligibilityInputs in = good_inputs();
   in.next_departure = kNow + 20 * kMinuteMs;

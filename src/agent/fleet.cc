@@ -84,6 +84,13 @@ struct Fleet::Vehicle {
   std::thread engine;
   std::shared_ptr<std::atomic<bool>> stop;
   std::atomic<int64_t> stop_origin_ns{0};  // when the event that stopped the engine reached us
+  // The engine's state, kept between attempts (used only by the one engine
+  // thread a vehicle has at a time): making a context allocates and faults in
+  // its whole KV cache, tens of ms on a real model, which would otherwise
+  // delay every attempt's first token.
+  std::shared_ptr<const engine::Model> engine_model;
+  std::unique_ptr<engine::ThreadPool> engine_pool;
+  std::unique_ptr<engine::Context> engine_ctx;
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -419,9 +426,13 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   if (!model) return fail(model.error().to_string());
   const engine::Model& m = **model;
 
-  engine::ThreadPool pool(1);  // vehicles run side by side; one thread each
-  engine::Context ctx(m, 0, &pool);
-  engine::Generator gen(m, ctx);
+  if (v.engine_model != *model || v.engine_ctx == nullptr) {
+    v.engine_ctx.reset();
+    v.engine_pool = std::make_unique<engine::ThreadPool>(1);  // vehicles run side by side; one thread each
+    v.engine_ctx = std::make_unique<engine::Context>(m, 0, v.engine_pool.get());
+    v.engine_model = *model;
+  }
+  engine::Generator gen(m, *v.engine_ctx);  // resume() starts the context afresh
   engine::SessionState state;
   state.model = m.name();
   state.prompt_ids = a.prompt_ids;

@@ -55,7 +55,7 @@ class FileServer {
     if (server) server_ = std::move(*server);
   }
 
-  std::string base_url() const { return "http://127.0.0.1:" + std::to_string(server_ ? server_->port() : 0); }
+  std::string base_url() const { return std::string("http://127.0.0.1:").append(std::to_string(server_ ? server_->port() : 0)); }
 
   void put(const std::string& name, std::string bytes) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -88,8 +88,10 @@ class ModelCacheTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("model_cache_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+           std::string("model_cache_test_")
+               .append(std::to_string(::getpid()))
+               .append("_")
+               .append(::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
   }
   void TearDown() override {
@@ -320,13 +322,15 @@ TEST(ParseCatalog, GarbageIsRefused) {
   for (const std::string& text : bad) {
     auto r = parse_catalog(text, "http://h");
     EXPECT_FALSE(r.has_value()) << "accepted: " << text;
-    if (!r) EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << text;
+    if (!r) {
+      EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << text;
+    }
   }
 }
 
 TEST(ParseCatalog, LimitsAreEnforced) {
   json many = json::array();
-  for (size_t i = 0; i <= kCatalogModelsMax; ++i) many.push_back(model({{"id", "m" + std::to_string(i)}}));
+  for (size_t i = 0; i <= kCatalogModelsMax; ++i) many.push_back(model({{"id", std::string("m").append(std::to_string(i))}}));
   auto r = parse_catalog(json{{"models", many}}.dump(), "http://h");
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().code, ErrorCode::kOutOfRange);

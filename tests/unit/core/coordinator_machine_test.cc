@@ -286,7 +286,7 @@ TEST(CoordinatorMachine, ChaosLosesAndDuplicatesNothing) {
     Rng rng(seed);
     CoordinatorMachine c(config());
     std::vector<FakeVehicle> fleet(6);
-    for (size_t i = 0; i < fleet.size(); ++i) fleet[i].id = "v" + std::to_string(i);
+    for (size_t i = 0; i < fleet.size(); ++i) fleet[i].id = std::string("v").append(std::to_string(i));  // not "v" + ...: g++ 12 -Wrestrict false positive
     struct InFlight {
       TimeMs at;
       bool to_vehicle;
@@ -322,7 +322,7 @@ TEST(CoordinatorMachine, ChaosLosesAndDuplicatesNothing) {
       apply(c.handle(VehicleMessageEvent{fleet[v].id, hello(fleet[v].id, fleet[v].instance)}, now));
     }
     const int jobs = 20;
-    for (int j = 0; j < jobs; ++j) apply(c.handle(SubmitJobEvent{"j" + std::to_string(j), spec(12)}, now));
+    for (int j = 0; j < jobs; ++j) apply(c.handle(SubmitJobEvent{std::string("j").append(std::to_string(j)), spec(12)}, now));
 
     for (int step = 0; step < 200000 && static_cast<int>(ended.size()) < jobs; ++step) {
       now += 5;

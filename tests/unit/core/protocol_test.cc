@@ -22,9 +22,9 @@ std::vector<Message> samples() {
   a.sampling.top_p = 0.95;
   a.sampling.seed = 42;
   a.lease_expires_at = 1795773600000;
-  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5},
+  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7"},
           StateMessage{"car-1", "parked", false, {"battery 28% is below your floor of 30%"}, 28.0, 41.5, 1795780000000,
-                       1795773600000},
+                       1795773600000, "job-1", 2, 60.0},
           a,
           CancelMessage{"job-1", 2},
           StartedMessage{"job-1", 2},

@@ -230,8 +230,12 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
     }
   }
 
-  // Engine progress changes nothing the policy reads; every other event may.
-  if (!std::holds_alternative<EngineTokensEvent>(event)) evaluate(now, &out);
+  // Engine progress changes nothing the policy reads, and a coordinator's
+  // message was decided on a view evaluated just before; every other event
+  // may change the decision.
+  if (!std::holds_alternative<EngineTokensEvent>(event) && !std::holds_alternative<CoordinatorMessageEvent>(event)) {
+    evaluate(now, &out);
+  }
   if (last_hello_sent_ < 0 || now - last_hello_sent_ >= config_.hello_ms) send_hello(now, &out);
   if (force_state || last_state_sent_ < 0 || state() != last_state_reported_ ||
       decision_.eligible != last_eligible_reported_ || now - last_state_sent_ >= config_.heartbeat_ms) {

@@ -1,6 +1,11 @@
 #include "agent/fleet.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <sodium.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -409,6 +414,13 @@ void Fleet::start_engine(size_t index, const core::AssignMessage& assign) {
 
 void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std::atomic<bool>> stop) {
   Vehicle& v = *vehicles_[index];
+  // Inference is batch work: the threads that relay tokens, read signals and
+  // stop the engine must get a core the moment they wake, even when the
+  // engine keeps every core busy. SCHED_BATCH and a higher nice value (for
+  // this thread only) need no privileges.
+  sched_param no_priority{};
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &no_priority);
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), kEngineNice);
   auto post_event = [&](core::AgentEvent e) {
     InboxItem item;
     item.index = index;

@@ -45,6 +45,7 @@ namespace idlefleet::agent {
 inline constexpr int kFleetVehiclesMax = 100'000;
 inline constexpr size_t kVssMessageBytesMax = 64u << 10;
 inline constexpr size_t kSimCommandBytesMax = 1024;
+inline constexpr int kEngineNice = 5;  // engine threads yield to the control path (fleet.cc)
 inline constexpr size_t kInboxEventsMax = 1u << 20;
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };

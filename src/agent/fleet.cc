@@ -2,7 +2,6 @@
 
 #include <pthread.h>
 #include <sched.h>
-#include <sodium.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -17,6 +16,7 @@
 #include "common/log_limiter.h"
 #include "engine/session.h"
 #include "engine/thread_pool.h"
+#include "transport/random_id.h"
 
 namespace idlefleet::agent {
 
@@ -32,18 +32,6 @@ core::TimeMs wall_ms() {
       .count();
 }
 
-std::string random_instance() {
-  if (sodium_init() < 0) std::abort();
-  unsigned char bytes[8];
-  randombytes_buf(bytes, sizeof bytes);
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char b : bytes) {
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 15]);
-  }
-  return out;
-}
 
 engine::SamplerParams to_sampler(const core::Sampling& s) {
   engine::SamplerParams p;
@@ -151,7 +139,7 @@ Status Fleet::init() {
   steady_start_ns_ = steady_ns();
   wall_start_ = wall_ms();
   sim_start_ = options_.sim_start != 0 ? options_.sim_start : wall_start_;
-  if (options_.instance.empty()) options_.instance = random_instance();
+  if (options_.instance.empty()) options_.instance = transport::random_hex(8);
   {
     // Not fatal: the coordinator may start after us; asked again on demand.
     auto catalog = fetch_catalog(options_.coordinator_url);

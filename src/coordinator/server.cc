@@ -1,7 +1,5 @@
 #include "coordinator/server.h"
 
-#include <sodium.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -28,6 +26,7 @@
 #include "transport/http_server.h"
 #include "transport/metrics.h"
 #include "transport/nats_client.h"
+#include "transport/random_id.h"
 
 namespace idlefleet::coordinator {
 
@@ -45,17 +44,6 @@ core::TimeMs wall_ms() {
       .count();
 }
 
-std::string random_hex(size_t bytes) {
-  std::vector<unsigned char> b(bytes);
-  randombytes_buf(b.data(), b.size());
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : b) {
-    out.push_back(kDigits[c >> 4]);
-    out.push_back(kDigits[c & 15]);
-  }
-  return out;
-}
 
 const char* kFingerprint = "fp_idlefleet_0.1.0";
 
@@ -252,7 +240,6 @@ struct CoordinatorServer::Impl {
 
   Status start() {
     IF_RETURN_IF_ERROR(config.validate());
-    if (sodium_init() < 0) return Unexpected(ErrorCode::kInternal, "libsodium failed to initialise");
     IF_RETURN_IF_ERROR(load_models());
     std::error_code ec;
     fs::create_directories(config.data_dir, ec);
@@ -472,12 +459,12 @@ struct CoordinatorServer::Impl {
       e.param = chat ? "messages" : "prompt";
       return x->respond(error_response(e));
     }
-    if (!req.seed_given) randombytes_buf(&req.sampling.seed, sizeof req.sampling.seed);
+    if (!req.seed_given) req.sampling.seed = transport::random_u64();
 
     auto client = std::make_unique<ClientStream>();
     client->exchange = x;
     client->model = model;
-    client->meta.id = (chat ? "chatcmpl-" : "cmpl-") + random_hex(12);
+    client->meta.id = (chat ? "chatcmpl-" : "cmpl-") + transport::random_hex(12);
     client->meta.created = wall_ms() / 1000;
     client->meta.model = model->id;
     client->meta.system_fingerprint = kFingerprint;

@@ -21,6 +21,7 @@
 
 #include "core/protocol.h"
 #include "support/http_client.h"
+#include "support/process_util.h"
 #include "transport/nats_client.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -33,38 +34,9 @@ using nlohmann::json;
 
 const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// Waits for `cond` with a deadline; no fixed sleeps in the logic.
-template <class F>
-bool eventually(F cond, int64_t timeout_ms) {
-  const int64_t deadline = now_ms() + timeout_ms;
-  while (now_ms() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return cond();
-}
-
-std::string run_capture(const std::string& command) {
-  std::string out;
-  FILE* p = ::popen(command.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+using testing::eventually;
+using testing::run_capture;
+using testing::shell_quote;
 
 class Fleet : public ::testing::Test {
  protected:

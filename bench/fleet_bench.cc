@@ -3,7 +3,7 @@
 //
 //   build/release/bin/fleet_bench [--quick] [--capacity-only | --live-only] [--model PATH]
 //                                 [--runs N] [--vehicles N] [--placements N] [--fleet-vehicles N]
-//                                 [--streams N] [--preemptions N] [--requests N]
+//                                 [--streams N] [--preemptions N] [--requests N] [--chunk-us N]
 //
 // 1. Coordinator capacity on one core: core::CoordinatorMachine driven on
 //    this thread with a fake engine and no I/O, because its decisions are what
@@ -496,6 +496,7 @@ struct StreamResult {
   std::string finish_reason;
   int64_t sent_ns = 0;                 // just before the request went out
   std::vector<int64_t> token_ns;       // arrival of each token event (finish_reason null)
+  std::string first_text;              // the text of the first token event
   int64_t completion_tokens = -1;      // from the usage event
   bool done_marker = false;
 };
@@ -529,6 +530,7 @@ void take_event(StreamResult* r, std::string_view data, int64_t t) {
     if (c.contains("finish_reason") && c["finish_reason"].is_string()) {
       r->finish_reason = c["finish_reason"].get<std::string>();
     } else {
+      if (r->token_ns.empty()) r->first_text = c.value("text", "");
       r->token_ns.push_back(t);
     }
   }
@@ -838,6 +840,7 @@ struct LiveOptions {
   int streams = 2;
   size_t preemptions = 120;
   int requests = 10;  // for the local comparison
+  int64_t chunk_us = agent::FleetOptions{}.chunk_us;
 };
 
 std::optional<json> status_of(const coordinator::CoordinatorServer& server) {
@@ -922,6 +925,7 @@ void bench_live(const LiveOptions& o) {
     f.policy.opted_in = true;
     f.cache_dir = cache_dir;
     f.sim_control = false;
+    f.chunk_us = o.chunk_us;
     auto fleet = agent::Fleet::start(f);
     if (!fleet) die("agent: " + fleet.error().to_string());
     vehicle_ids.push_back(std::string(prefix) + "-01");
@@ -992,6 +996,7 @@ void bench_live(const LiveOptions& o) {
     engine::ThreadPool pool(1);  // as an agent runs an attempt
     std::vector<double> local_ttft, fleet_ttft, local_tok, fleet_tok, ttft_added, tok_added_pct;
     std::vector<double> to_assign, assign_to_started, started_to_chunk, chunk_to_client, nats_tok;
+    std::vector<double> events_per_request, tokens_per_request;
     int64_t local_cpu_ns = 0, fleet_cpu_ns = 0, nats_cpu_ns = 0, local_tokens = 0, fleet_tokens = 0;
     int identical = 0, compared = 0;
     for (int r = 0; r < o.requests + diagnosed; ++r) {
@@ -1006,6 +1011,7 @@ void bench_live(const LiveOptions& o) {
       sp.temperature = 0.8f;
       sp.seed = seed;
       std::vector<int64_t> times;
+      std::vector<std::string> pieces;  // each token's text
       engine::Detokenizer detok(tok);
       std::vector<int32_t> ids = prompt_ids(prompt);
       for (int32_t id : ids) (void)detok.push(id);
@@ -1018,7 +1024,8 @@ void bench_live(const LiveOptions& o) {
         if (!next) die(next.error().to_string());
         if (*next < 0) break;
         times.push_back(now_ns());
-        local_text += detok.push(*next);
+        pieces.push_back(detok.push(*next));
+        local_text += pieces.back();
       }
       local_text += detok.flush();
       const int64_t local_cpu = thread_cpu_ns() - cpu0;
@@ -1038,9 +1045,20 @@ void bench_live(const LiveOptions& o) {
         identical += f.text == local_text ? 1 : 0;
         const double lt = ms_between(t0, times.front());
         const double ft = ms_between(f.sent_ns, f.token_ns.front());
-        const double lp = ms_between(times.front(), times.back()) / static_cast<double>(times.size() - 1);
-        const double fp =
-            ms_between(f.token_ns.front(), f.token_ns.back()) / static_cast<double>(f.token_ns.size() - 1);
+        // Time per output token after the first event, over the same tokens
+        // on both sides. The agent sends a token made within --chunk-us of
+        // its last message with the next ones, so an event may carry several
+        // tokens; the first carries the first token alone, unless its text
+        // was held back by the detokeniser.
+        size_t k = 0;  // tokens in the first event
+        for (std::string got; k < pieces.size() && got.size() < f.first_text.size();) got += pieces[k++];
+        k = std::max<size_t>(k, 1);
+        if (k + 1 >= times.size()) continue;
+        const double span = static_cast<double>(times.size() - k);
+        const double lp = ms_between(times[k - 1], times.back()) / span;
+        const double fp = ms_between(f.token_ns.front(), f.token_ns.back()) / span;
+        events_per_request.push_back(static_cast<double>(f.token_ns.size()));
+        tokens_per_request.push_back(static_cast<double>(times.size()));
         local_ttft.push_back(lt);
         fleet_ttft.push_back(ft);
         local_tok.push_back(lp);
@@ -1066,8 +1084,8 @@ void bench_live(const LiveOptions& o) {
       }
     }
     std::printf("\n== 4. Latency the fleet path adds over a local run (%d requests, one at a time, %lld tokens max, "
-                "temperature 0.8, local and fleet alternated; medians)\n",
-                compared, static_cast<long long>(max_tokens));
+                "temperature 0.8, local and fleet alternated, agents' --chunk-us %lld; medians)\n",
+                compared, static_cast<long long>(max_tokens), static_cast<long long>(o.chunk_us));
     std::printf("    local engine::Generator, 1 thread, model loaded + context made:  first token %7.3f ms, "
                 "per token %7.4f ms\n",
                 median(local_ttft), median(local_tok));
@@ -1087,7 +1105,9 @@ void bench_live(const LiveOptions& o) {
                   "client) + %.1f us in nats-server: the relay costs %.1f us of CPU per token, on %u cores\n",
                   local_us, fleet_us, nats_us, fleet_us + nats_us - local_us, std::thread::hardware_concurrency());
     }
-    std::printf("    outputs identical to the local run: %d of %d\n", identical, compared);
+    std::printf("    outputs identical to the local run: %d of %d; a request's %.0f tokens (median) reached the client "
+                "in %.0f events\n",
+                identical, compared, median(tokens_per_request), median(events_per_request));
     if (!to_assign.empty()) {
       std::printf("    where the first token goes (%zu more requests, watched on NATS; medians): request sent -> "
                   "assign %.3f ms (HTTP, coordinator, 1 hop); assign -> 'started' %.3f ms (agent, 1 hop); 'started' "
@@ -1229,6 +1249,7 @@ int main(int argc, char** argv) {
   std::string model_path;
   int runs = -1, fleet_vehicles = 6, streams = 2, requests = -1;
   long long vehicles = 100'000, placements = -1, preemptions = -1;
+  int64_t chunk_us = agent::FleetOptions{}.chunk_us;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -1246,11 +1267,12 @@ int main(int argc, char** argv) {
     else if (a == "--streams") streams = std::stoi(value());
     else if (a == "--preemptions") preemptions = std::stoll(value());
     else if (a == "--requests") requests = std::stoi(value());
+    else if (a == "--chunk-us") chunk_us = std::stoll(value());
     else {
       std::fprintf(stderr,
                    "usage: fleet_bench [--quick] [--capacity-only | --live-only] [--model PATH] [--runs N]\n"
                    "                   [--vehicles N] [--placements N] [--fleet-vehicles N] [--streams N]\n"
-                   "                   [--preemptions N] [--requests N]\n");
+                   "                   [--preemptions N] [--requests N] [--chunk-us N]\n");
       return 2;
     }
   }
@@ -1260,9 +1282,9 @@ int main(int argc, char** argv) {
   if (requests < 0) requests = quick ? 4 : 16;
   if (runs < 1 || vehicles < static_cast<long long>(kInFlightJobs) * 2 || vehicles > (1 << 22) || placements < 1 ||
       fleet_vehicles < 2 || fleet_vehicles > 64 || streams < 1 || streams >= fleet_vehicles || preemptions < 1 ||
-      requests < 1) {
+      requests < 1 || chunk_us < 0 || chunk_us > agent::kChunkUsMax) {
     die("--runs, --placements, --preemptions and --requests must be positive, --vehicles 2000..4194304, "
-        "--fleet-vehicles 2..64 and above --streams");
+        "--fleet-vehicles 2..64 and above --streams, --chunk-us 0..100000");
   }
 
   std::printf("fleet_bench: %s, %u cores, %s, load average %s%s\n", cpu_model().c_str(),
@@ -1276,6 +1298,7 @@ int main(int argc, char** argv) {
   live.streams = streams;
   live.preemptions = static_cast<size_t>(preemptions);
   live.requests = requests;
+  live.chunk_us = chunk_us;
   live.dir = (fs::temp_directory_path() / ("fleet_bench_" + std::to_string(::getpid()))).string();
   fs::remove_all(live.dir);
   fs::create_directories(live.dir);

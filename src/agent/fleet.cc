@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -61,6 +62,9 @@ Status FleetOptions::validate() const {
   }
   if (!(time_scale >= 1.0 && time_scale <= 100000.0)) return bad("time scale must be 1 to 100000");
   if (tick_ms < 1 || tick_ms > 1000) return bad("tick must be 1 to 1000 ms");
+  if (chunk_us < 0 || chunk_us > kChunkUsMax) {
+    return bad("the token chunk interval must be 0 to " + std::to_string(kChunkUsMax) + " us");
+  }
   if (heartbeat_ms < 100 || heartbeat_ms > 60000) return bad("heartbeat must be 100 to 60000 ms");
   if (cache_bytes_max == 0) return bad("the model cache needs some room");
   if (auto st = policy.validate(); !st) return bad("owner policy: " + st.error().message);
@@ -441,8 +445,23 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   state.max_tokens = static_cast<int64_t>(a.max_tokens);
   state.stop_ids = a.stop_ids;
   if (auto st = gen.resume(state); !st) return fail(st.error().to_string());
+  // Tokens wait here for at most about chunk_us (see FleetOptions), so that a
+  // small model's hundreds of tokens a second travel as a few dozen messages;
+  // whatever waits goes out before the attempt's last event.
+  const int64_t chunk_ns = options_.chunk_us * 1000;
+  core::EngineTokensEvent held{a.job_id, a.attempt, a.produced_ids.size(), {}};
+  int64_t last_sent_ns = std::numeric_limits<int64_t>::min() / 2;
+  auto send_held = [&] {
+    if (held.ids.empty()) return;
+    const uint64_t next_index = held.first_index + held.ids.size();
+    post_event(held);
+    held.ids.clear();
+    held.first_index = next_index;
+    last_sent_ns = steady_ns();
+  };
   for (;;) {
     if (stop->load(std::memory_order_acquire)) {
+      send_held();
       const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -452,14 +471,19 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
       return;
     }
     auto token = gen.next();
-    if (!token) return fail(token.error().to_string());
+    if (!token) {
+      send_held();
+      return fail(token.error().to_string());
+    }
     const uint64_t total = gen.state().produced_ids.size();
     if (*token < 0) {
+      send_held();
       const char* reason = gen.stop_reason() == engine::StopReason::kStopToken ? "stop" : "length";
       post_event(core::EngineFinishedEvent{a.job_id, a.attempt, total, reason});
       return;
     }
-    post_event(core::EngineTokensEvent{a.job_id, a.attempt, total - 1, {*token}});
+    held.ids.push_back(*token);
+    if (steady_ns() - last_sent_ns >= chunk_ns || held.ids.size() >= core::kChunkTokensMax) send_held();
   }
 }
 

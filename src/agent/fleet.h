@@ -47,6 +47,7 @@ inline constexpr size_t kVssMessageBytesMax = 64u << 10;
 inline constexpr size_t kSimCommandBytesMax = 1024;
 inline constexpr int kEngineNice = 5;  // engine threads yield to the control path (fleet.cc)
 inline constexpr size_t kInboxEventsMax = 1u << 20;
+inline constexpr int64_t kChunkUsMax = 100'000;  // FleetOptions::chunk_us
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };
 
@@ -66,6 +67,12 @@ struct FleetOptions {
   uint64_t cache_bytes_max = uint64_t{16} << 30;
   int64_t tick_ms = 10;                   // wall
   int64_t heartbeat_ms = 2000;            // wall
+  // Tokens go to the coordinator as they come, except that a token made less
+  // than chunk_us after the last chunk was sent waits to travel with the next
+  // ones (and none waits past the attempt's end). 0: one message per token.
+  // A token waits at most about twice this; on a model that makes a token
+  // every few milliseconds nothing waits at all.
+  int64_t chunk_us = 5000;
   bool sim_control = true;                // accept idlefleet.v1.sim.<id> commands (simulated cars only)
   std::string instance;                   // "" = random per start
   bool verbose = false;                   // log every refusal and preemption to stderr

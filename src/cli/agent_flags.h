@@ -30,6 +30,7 @@ struct AgentFlags {
   double temp_limit_c = 85.0;
   std::string cache_dir = "idlefleet-cache";
   uint64_t cache_mb = 16384;
+  int64_t chunk_us = 5000;
   bool verbose = false;
   int status_every_s = 10;
 };

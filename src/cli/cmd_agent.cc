@@ -30,6 +30,7 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   o.cache_bytes_max = f.cache_mb * (uint64_t{1} << 20);
   o.utc_offset_minutes = f.utc_offset_minutes;
   o.verbose = f.verbose;
+  o.chunk_us = f.chunk_us;
   if (!f.replay.empty() && f.vss_nats) throw CommandError{"--replay and --vss-nats are two signal sources: pick one"};
   if (!f.replay.empty()) {
     o.source = agent::SignalSourceKind::kReplay;
@@ -115,6 +116,10 @@ void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
   cmd->add_option("--cache-dir", f->cache_dir, "Model cache directory")->capture_default_str();
   cmd->add_option("--cache-mb", f->cache_mb, "Model cache size cap (MiB)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
+  cmd->add_option("--chunk-us", f->chunk_us,
+                  "A token made within this many microseconds of the last one sent waits to travel with the next "
+                  "(0: one message per token)")
+      ->check(CLI::Range(int64_t{0}, agent::kChunkUsMax))->capture_default_str();
   cmd->add_flag("-v,--verbose", f->verbose, "Log every refusal and preemption");
 }
 

@@ -134,6 +134,8 @@ struct Outcome {
   std::string finish_reason;
   bool done_marker = false;
   std::string error;
+  int64_t text_events = 0;        // events that carried text
+  int64_t completion_tokens = 0;  // from the usage event
 };
 
 TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) {
@@ -156,7 +158,8 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
     clients.emplace_back([&, i] {
       const Request& q = requests[i];
       const json body = {{"model", "stories260K"}, {"prompt", q.prompt},   {"max_tokens", q.max_tokens},
-                         {"temperature", q.temperature}, {"seed", q.seed}, {"stream", true}};
+                         {"temperature", q.temperature}, {"seed", q.seed}, {"stream", true},
+                         {"stream_options", {{"include_usage", true}}}};
       testing::SseParser sse;
       Outcome& out = outcomes[i];
       auto r = testing::http_post_stream(
@@ -173,8 +176,12 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
                 out.error += e;
                 continue;
               }
+              if (j.contains("usage") && j["usage"].is_object()) {
+                out.completion_tokens = j["usage"].value("completion_tokens", int64_t{0});
+              }
               for (const auto& c : j["choices"]) {
                 out.text += c.value("text", "");
+                if (!c.value("text", "").empty()) out.text_events++;
                 if (c.contains("finish_reason") && c["finish_reason"].is_string()) {
                   out.finish_reason = c["finish_reason"].get<std::string>();
                 }
@@ -229,6 +236,13 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
     ASSERT_TRUE(o.done_marker) << "request " << i << " ended without [DONE]: " << o.error;
     ASSERT_TRUE(o.finish_reason == "stop" || o.finish_reason == "length") << "request " << i << ": " << o.finish_reason;
   }
+  // ...the agents sent tokens in chunks (--chunk-us), not one message each...
+  int64_t events = 0, tokens = 0;
+  for (const Outcome& o : outcomes) {
+    events += o.text_events;
+    tokens += o.completion_tokens;
+  }
+  EXPECT_LT(events * 2, tokens) << events << " text events for " << tokens << " tokens";
   // ...work really moved between vehicles...
   EXPECT_GE(final_status.value("preemptions", 0), 2) << final_status.dump();
   EXPECT_GE(final_status.value("attempts_lost", 0), 1) << final_status.dump();

@@ -1192,6 +1192,8 @@ void bench_live(const LiveOptions& o) {
       if (b != t.end() && b != t.begin()) {
         gap_ms.push_back(ms_between(*(b - 1), *b));
         resume_ms.push_back(ms_between(p.signal_ns, *b));
+        replace_ms.push_back(ms_between(p.preempted_ns, p.next_started_ns));
+        restart_ms.push_back(ms_between(p.next_started_ns, *b));
         ++gaps_by_time;
       }
     }

@@ -33,8 +33,8 @@ void AgentMachine::reject(const std::string& text, std::vector<AgentEffect>* out
 // Stays feed the vehicle's own departure history: parked (or charging)
 // from the first event that shows it until the first that shows driving.
 double AgentMachine::trip_reserve_pct() const {
-  if (trip_drops_pct_.size() < kTripsForReserve) return config_.trip_reserve_pct_default;
-  return *std::max_element(trip_drops_pct_.begin(), trip_drops_pct_.end());
+  if (drives_.size() < kTripsForReserve) return config_.trip_reserve_pct_default;
+  return trip_reserve_pct_;
 }
 
 void AgentMachine::track_stay(TimeMs now) {
@@ -42,17 +42,21 @@ void AgentMachine::track_stay(TimeMs now) {
   if (parked && !parked_since_) {
     parked_since_ = now;
     // A drive ended: remember the charge it used (a detour via a charger
-    // shows as a gain, which is no drive to reserve for).
+    // shows as a gain, which is no drive to reserve for), and the most that
+    // the drives in any window of kTripReserveWindowMs used together.
     if (soc_at_leaving_ && signals_.soc_pct) {
       const double used = std::clamp(*soc_at_leaving_ - *signals_.soc_pct, 0.0, kSocPctMax);
-      if (trip_drops_pct_.size() < kTripsRemembered) {
-        trip_drops_pct_.push_back(used);
-      } else {
-        trip_drops_pct_[next_trip_] = used;
-        next_trip_ = (next_trip_ + 1) % kTripsRemembered;
+      if (drives_.size() == kTripsRemembered) drives_.pop_front();
+      drives_.push_back({now, used});
+      trip_reserve_pct_ = 0.0;
+      for (size_t end = 0, begin = 0; end < drives_.size(); ++end) {
+        while (drives_[begin].ended <= drives_[end].ended - kTripReserveWindowMs) ++begin;
+        double sum = 0.0;
+        for (size_t k = begin; k <= end; ++k) sum += drives_[k].used_pct;
+        trip_reserve_pct_ = std::max(trip_reserve_pct_, std::min(sum, kSocPctMax));
       }
     }
-    soc_at_leaving_.reset();
+  soc_at_leaving_.reset();
   }
   if (!parked && !soc_at_leaving_ && signals_.soc_pct) soc_at_leaving_ = *signals_.soc_pct;
   if (!parked && parked_since_) {

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <variant>
@@ -52,13 +53,16 @@ struct AgentConfig {
   DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
   const DeparturePrior* prior = nullptr;     // not owned; null: declared departures only
   // Before the car has kTripsForReserve drives of its own, this much SoC is
-  // kept (on battery) for undeclared driving; then the largest of its recent
-  // drives (EligibilityInputs::trip_reserve_pct).
+  // kept (on battery) for undeclared driving; then the most its recent drives
+  // used within any kTripReserveWindowMs (a day: the drive home, an evening
+  // round trip and the next morning's, together), as
+  // EligibilityInputs::trip_reserve_pct.
   double trip_reserve_pct_default = 10.0;
 };
 
 inline constexpr size_t kTripsForReserve = 3;
-inline constexpr size_t kTripsRemembered = 16;
+inline constexpr size_t kTripsRemembered = 64;
+inline constexpr DurationMs kTripReserveWindowMs = 24 * kHourMs;
 
 // ---- Events ----------------------------------------------------------------
 
@@ -192,8 +196,12 @@ class AgentMachine {
   DeparturePredictor predictor_;
   std::optional<TimeMs> parked_since_;
   std::optional<double> soc_at_leaving_;    // SoC when the current drive began
-  std::vector<double> trip_drops_pct_;      // SoC used by recent drives, a ring
-  size_t next_trip_ = 0;
+  struct Drive {
+    TimeMs ended = 0;
+    double used_pct = 0.0;
+  };
+  std::deque<Drive> drives_;                // the last kTripsRemembered, oldest first
+  double trip_reserve_pct_ = 0.0;           // from drives_, once there are kTripsForReserve
   std::optional<TimeMs> departure_earliest_;
   EligibilityDecision decision_;
   std::optional<Current> attempt_;

@@ -198,5 +198,44 @@ TEST(AgentMachine, PolicyChangeAppliesMidJob) {
   EXPECT_FALSE(a.config().policy.opted_in);
 }
 
+// The trip reserve kept on battery covers a day of the car's own driving:
+// the most its drives used together within any 24 hours.
+TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {
+  AgentMachine a(config());
+  TimeMs t = kT0;
+  double soc = 90.0;
+  auto drive = [&](double used_pct, DurationMs parked_before) {
+    t += parked_before;
+    VehicleSignals s = parked_signals(t);
+    s.soc_pct = soc;
+    a.handle(SignalsEvent{s}, t);
+    s.gear = kGearDrive;
+    s.speed_kmh = 40.0;
+    s.driver_seat_occupied = true;
+    s.is_charging = false;
+    s.charger_connected = false;
+    a.handle(SignalsEvent{s}, t + 1);
+    soc -= used_pct;
+    t += 30 * kMinuteMs;
+    VehicleSignals back = parked_signals(t);
+    back.soc_pct = soc;
+    a.handle(SignalsEvent{back}, t);
+  };
+  EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), AgentConfig{}.trip_reserve_pct_default);
+  drive(4.0, kHourMs);
+  drive(3.0, 10 * kHourMs);
+  EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), AgentConfig{}.trip_reserve_pct_default);  // two drives: too few
+  drive(5.0, 3 * kHourMs);  // the three within 24 hours: 12 points
+  EXPECT_NEAR(a.trip_reserve_pct(), 12.0, 1e-9);
+  drive(2.0, 3 * kDayMs);  // alone in its day: the old day stays the most
+  EXPECT_NEAR(a.trip_reserve_pct(), 12.0, 1e-9);
+  drive(6.0, 2 * kHourMs);
+  drive(6.0, 2 * kHourMs);  // 2 + 6 + 6 in one day
+  EXPECT_NEAR(a.trip_reserve_pct(), 14.0, 1e-9);
+  // A drive that gained charge (a detour via a charger) reserves nothing.
+  drive(-20.0, 30 * kDayMs);
+  EXPECT_NEAR(a.trip_reserve_pct(), 14.0, 1e-9);
+}
+
 }  // namespace
 }  // namespace idlefleet::core

@@ -1,5 +1,7 @@
 #include "engine/tokenizer.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <functional>
 #include <queue>
@@ -282,7 +284,53 @@ Result<Tokenizer> Tokenizer::from_vocab(std::vector<std::string> pieces, std::ve
     while (t.lookup_[slot] >= 0) slot = (slot + 1) & mask;
     t.lookup_[slot] = static_cast<int32_t>(i);
   }
+  for (size_t i = 0; i < n; ++i) {
+    if (t.types_[i] == gguf_keys::kTokenTypeControl && !t.pieces_[i].empty()) t.controls_.push_back(static_cast<int32_t>(i));
+  }
+  std::stable_sort(t.controls_.begin(), t.controls_.end(), [&](int32_t a, int32_t b) {
+    return t.pieces_[static_cast<size_t>(a)].size() > t.pieces_[static_cast<size_t>(b)].size();
+  });
   return t;
+}
+
+int32_t Tokenizer::control_at(std::string_view text) const {
+  for (int32_t id : controls_) {
+    if (text.starts_with(pieces_[static_cast<size_t>(id)])) return id;
+  }
+  return -1;
+}
+
+int32_t Tokenizer::find_control_text(std::string_view text) const {
+  for (int32_t id : controls_) {
+    if (text.find(pieces_[static_cast<size_t>(id)]) != std::string_view::npos) return id;
+  }
+  return -1;
+}
+
+std::vector<int32_t> Tokenizer::encode_with_controls(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> ids;
+  if (add_bos && control_at(text) != bos_) ids.push_back(bos_);
+  // Control texts start with a byte that starts one of them; skip to the next such byte.
+  bool starts[256] = {};
+  for (int32_t id : controls_) starts[static_cast<unsigned char>(pieces_[static_cast<size_t>(id)][0])] = true;
+  size_t run = 0;  // start of the text not yet encoded
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (!starts[static_cast<unsigned char>(text[i])]) continue;
+    const int32_t id = control_at(text.substr(i));
+    if (id < 0) continue;
+    if (i > run) {
+      const std::vector<int32_t> part = encode(text.substr(run, i - run), false);
+      ids.insert(ids.end(), part.begin(), part.end());
+    }
+    ids.push_back(id);
+    i += pieces_[static_cast<size_t>(id)].size() - 1;
+    run = i + 1;
+  }
+  if (run < text.size()) {
+    const std::vector<int32_t> part = encode(text.substr(run), false);
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
+  return ids;
 }
 
 int32_t Tokenizer::find_piece(std::string_view text) const {

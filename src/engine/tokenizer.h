@@ -65,6 +65,16 @@ class Tokenizer {
   // The ids for `text`, preceded by bos when `add_bos`. Any bytes are
   // accepted: ill-formed UTF-8 is encoded byte by byte through the fallback.
   std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
+  // Like encode(), except that the exact text of a control token (its piece,
+  // e.g. "<s>" or "<|im_start|>"; the longest wins where several start at
+  // one place) becomes that token, and the text between them is encoded as
+  // encode() does (each run with its own space prefix, as SentencePiece's
+  // "legacy" mode does after a special token). For text from a trusted chat
+  // template only: user text must not reach it (see find_control_text()).
+  // A leading bos is not doubled when the text itself starts with it.
+  std::vector<int32_t> encode_with_controls(std::string_view text, bool add_bos) const;
+  // The first control token whose text occurs in `text`, or -1.
+  int32_t find_control_text(std::string_view text) const;
 
   // The bytes token `id` stands for: a normal piece with '▁' as ' ', a byte
   // token's one byte, and nothing for control, unknown and unused tokens or an
@@ -93,6 +103,8 @@ class Tokenizer {
 
   // The normal or user-defined token spelled exactly `text`, or -1.
   int32_t find_piece(std::string_view text) const;
+  // The control token whose text starts `text` (the longest), or -1.
+  int32_t control_at(std::string_view text) const;
   // Appends the ids for one leftover symbol: its byte tokens, else one unk.
   void append_fallback(std::string_view symbol, std::vector<int32_t>* out) const;
 
@@ -103,6 +115,8 @@ class Tokenizer {
   // text; -1 is empty. Size a power of two, at most half full. Holding ids
   // (not views) keeps the tokenizer safe to copy and move.
   std::vector<int32_t> lookup_;
+  // Control tokens with non-empty text, longest first.
+  std::vector<int32_t> controls_;
   // byte_ids_[b]: the token for byte b; all -1 when there are no byte tokens.
   int32_t byte_ids_[256];
   // token_bytes(id) is decoded_[decoded_offsets_[id], decoded_offsets_[id+1]).

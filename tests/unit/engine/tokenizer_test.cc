@@ -371,6 +371,30 @@ TEST(Tokenizer, ControlPiecesDoNotMatchText) {
   EXPECT_EQ(t->encode("<s>", false), (std::vector<int32_t>{6, 5}));
 }
 
+TEST(Tokenizer, ControlTextsFromATemplateBecomeControlTokens) {
+  // ids: 0 <unk>, 1 <s>, 2 </s>, 3 <, 4 s, 5 >, 6 <s, 7 <|s|> (control), 8 <|s (control), 9 |, 10 a
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>", "<", "s", ">", "<s", "<|s|>", "<|s", "|", "a"};
+  std::vector<int32_t> types(pieces.size(), keys::kTokenTypeNormal);
+  types[0] = keys::kTokenTypeUnknown;
+  types[1] = types[2] = types[7] = types[8] = keys::kTokenTypeControl;
+  auto t = Tokenizer::from_vocab(pieces, {}, types, 1, 2, 0, true, false);
+  ASSERT_TRUE(t) << t.error().to_string();
+  EXPECT_EQ(t->encode_with_controls("<s>a</s>", false), (std::vector<int32_t>{1, 10, 2}));
+  // bos is not doubled; it is added when the text does not start with it.
+  EXPECT_EQ(t->encode_with_controls("<s>a", true), (std::vector<int32_t>{1, 10}));
+  EXPECT_EQ(t->encode_with_controls("a<s>", true), (std::vector<int32_t>{1, 10, 1}));
+  // The longest control text wins; text that only looks like one is text.
+  EXPECT_EQ(t->encode_with_controls("<|s|>a<|s", false), (std::vector<int32_t>{7, 10, 8}));
+  EXPECT_EQ(t->encode_with_controls("<|a", false), (std::vector<int32_t>{3, 9, 10}));
+  EXPECT_EQ(t->encode_with_controls("<s", false), (std::vector<int32_t>{6}));
+  EXPECT_EQ(t->encode_with_controls("", true), (std::vector<int32_t>{1}));
+  // Plain encode() never does this (user text cannot inject control tokens).
+  EXPECT_EQ(t->encode("<s>", false), (std::vector<int32_t>{6, 5}));
+  EXPECT_EQ(t->find_control_text("hello <|s|> there"), 7);
+  EXPECT_EQ(t->find_control_text("a </s"), -1);
+  EXPECT_EQ(t->find_control_text("x</s>"), 2);
+}
+
 TEST(Tokenizer, WithoutByteTokensUnknownIsUnk) {
   const Tokenizer t = small({"a"}, {0});
   EXPECT_FALSE(t.has_byte_fallback());

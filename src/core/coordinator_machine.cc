@@ -104,7 +104,7 @@ void CoordinatorMachine::submit(const SubmitJobEvent& e, TimeMs now, Effects* ou
   place_queued(now, out);
 }
 
-void CoordinatorMachine::cancel(const std::string& job_id, TimeMs now, Effects* out) {
+void CoordinatorMachine::cancel(const std::string& job_id, TimeMs now, Effects* out, const std::string* done_reason) {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end() || job_state_final(it->second.job.state())) return;
   JobEntry& entry = it->second;
@@ -112,7 +112,7 @@ void CoordinatorMachine::cancel(const std::string& job_id, TimeMs now, Effects* 
     // The vehicle stays busy until its state report no longer names the job.
     out->push_back(SendToVehicleEffect{a->vehicle_id, CancelMessage{job_id, a->number}});
   }
-  CHECK(entry.job.cancel(now).has_value());
+  CHECK((done_reason != nullptr ? entry.job.stop_early(*done_reason, now) : entry.job.cancel(now)).has_value());
   finish(&entry, out);
 }
 
@@ -433,6 +433,8 @@ std::vector<CoordinatorEffect> CoordinatorMachine::handle(const CoordinatorEvent
     submit(*e, now, &out);
   } else if (const auto* e = std::get_if<CancelJobEvent>(&event)) {
     cancel(e->job_id, now, &out);
+  } else if (const auto* e = std::get_if<StopJobEvent>(&event)) {
+    cancel(e->job_id, now, &out, &e->finish_reason);
   } else if (const auto* e = std::get_if<VehicleMessageEvent>(&event)) {
     on_vehicle(*e, now, &out);
   } else if (std::holds_alternative<CoordinatorTick>(event)) {

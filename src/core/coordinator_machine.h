@@ -83,6 +83,13 @@ struct SubmitJobEvent {
 struct CancelJobEvent {
   std::string job_id;
 };
+// The coordinator ends a job as done before its vehicle does (a stop string
+// appeared in the text): the vehicle is told to stop, the job keeps its
+// tokens and ends with `finish_reason`.
+struct StopJobEvent {
+  std::string job_id;
+  std::string finish_reason = "stop";
+};
 // vehicle_id is the one the transport vouches for (the subject it came on).
 struct VehicleMessageEvent {
   std::string vehicle_id;
@@ -96,7 +103,7 @@ struct RestoreJobEvent {
 };
 
 using CoordinatorEvent =
-    std::variant<SubmitJobEvent, CancelJobEvent, VehicleMessageEvent, CoordinatorTick, RestoreJobEvent>;
+    std::variant<SubmitJobEvent, CancelJobEvent, StopJobEvent, VehicleMessageEvent, CoordinatorTick, RestoreJobEvent>;
 
 // ---- Effects ---------------------------------------------------------------
 
@@ -192,7 +199,8 @@ class CoordinatorMachine {
   using QueueKey = std::pair<bool, uint64_t>;
 
   void submit(const SubmitJobEvent& e, TimeMs now, Effects* out);
-  void cancel(const std::string& job_id, TimeMs now, Effects* out);
+  // Ends a live job: cancelled, or done with *done_reason when given (StopJobEvent).
+  void cancel(const std::string& job_id, TimeMs now, Effects* out, const std::string* done_reason = nullptr);
   void on_vehicle(const VehicleMessageEvent& e, TimeMs now, Effects* out);
   void on_hello(const std::string& vid, const HelloMessage& m, TimeMs now, Effects* out);
   void on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out);

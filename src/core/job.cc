@@ -197,6 +197,16 @@ Status Job::cancel(TimeMs now) {
   return {};
 }
 
+Status Job::stop_early(const std::string& finish_reason, TimeMs now) {
+  if (job_state_final(state_)) {
+    return Unexpected(ErrorCode::kInvalidArgument, "job " + id_ + ": already " + job_state_name(state_));
+  }
+  if (current() != nullptr) end_attempt(AttemptEnd::kCancelled, now);
+  state_ = JobState::kDone;
+  finish_reason_ = finish_reason;
+  return {};
+}
+
 Result<Job> Job::restore(std::string id, TimeMs created_at, uint64_t max_tokens, JobLimits limits, JobState state,
                          std::vector<int32_t> produced, std::vector<Attempt> attempts, std::string finish_reason,
                          TimeMs now) {

@@ -109,6 +109,10 @@ class Job {
   Status fail(const std::string& why, TimeMs now);
   // Any live state -> cancelled.
   Status cancel(TimeMs now);
+  // Any live state -> done with `finish_reason`, when the coordinator itself
+  // ends the generation (a client's stop string appeared in the text). A live
+  // attempt ends as cancelled; the tokens produced so far are kept.
+  Status stop_early(const std::string& finish_reason, TimeMs now);
   // Rebuilds a job from what the coordinator stored, after a restart. A live
   // attempt is ended as lost at `now` (its vehicle's later messages are then
   // stale), and an unfinished job goes back to be placed with its tokens.

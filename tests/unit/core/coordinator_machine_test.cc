@@ -114,6 +114,28 @@ TEST(CoordinatorMachine, PlacesRunsAndFinishesAJob) {
   EXPECT_EQ(c.counters().jobs_done, 1u);
 }
 
+TEST(CoordinatorMachine, StopJobEndsItAsDoneAndStopsTheVehicle) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec(8)}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0 + 1);
+  c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {10, 11}}}, kT0 + 2);
+  auto fx = c.handle(StopJobEvent{"j1", "stop"}, kT0 + 3);
+  ASSERT_EQ(effects_of<SendToVehicleEffect>(fx).size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<CancelMessage>(effects_of<SendToVehicleEffect>(fx)[0].message));
+  ASSERT_EQ(effects_of<JobEndedEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx)[0].state, JobState::kDone);
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx)[0].finish_reason, "stop");
+  EXPECT_EQ(c.job("j1")->job.produced(), std::vector<int32_t>({10, 11}));
+  EXPECT_EQ(c.counters().jobs_done, 1u);
+  // The vehicle's late chunk and its own ending are stale, not errors.
+  fx = c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 2, {12}}}, kT0 + 4);
+  EXPECT_TRUE(effects_of<JobTokensEffect>(fx).empty());
+  // Stopping a finished job does nothing.
+  EXPECT_TRUE(c.handle(StopJobEvent{"j1", "stop"}, kT0 + 5).empty());
+  EXPECT_EQ(c.counters().jobs_done, 1u);
+}
+
 TEST(CoordinatorMachine, PreemptedJobContinuesOnAnotherVehicleFromItsTokens) {
   CoordinatorMachine c(config());
   join(&c, "v1", kT0);

@@ -11,6 +11,7 @@
 
 #include "common/check.h"
 #include "core/job.h"
+#include "store/sqlite_db.h"
 
 namespace idlefleet::store {
 namespace {
@@ -169,84 +170,18 @@ JobStore::~JobStore() {
 }
 
 Unexpected JobStore::sqlite_error(int rc, const std::string& what) const {
-  const int primary = rc & 0xff;
-  ErrorCode code = ErrorCode::kIo;
-  if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) code = ErrorCode::kCorrupt;
-  if (primary == SQLITE_MISUSE || primary == SQLITE_RANGE) code = ErrorCode::kInternal;
-  // errmsg has the detail ("file is not a database"); without a handle only the code's text is left.
-  const char* detail = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-  return Unexpected(code, "job store '" + path_ + "': " + what + ": " + detail);
+  return store::sqlite_error(db_, rc, "job store '" + path_ + "'", what);
 }
 
 Status JobStore::exec(const char* sql, const char* what) {
-  const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, what);
-  return {};
+  return sqlite_exec(db_, sql, "job store '" + path_ + "'", what);
 }
 
 Result<std::unique_ptr<JobStore>> JobStore::open(const std::string& path) {
   check_final_states_match_core();
   sqlite3* db = nullptr;
-  // NOMUTEX: one thread at a time (see the header), so SQLite's own locking is waste.
-  const int rc = sqlite3_open_v2(path.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-  std::unique_ptr<JobStore> store(new JobStore(path, db));  // owns db even when the open failed
-  if (rc != SQLITE_OK) return store->sqlite_error(rc, "cannot open");
-  sqlite3_extended_result_codes(db, 1);
-  sqlite3_busy_timeout(db, kBusyTimeoutMs);
-
-  // The first statement that reads the file: a file that is not SQLite fails here.
-  sqlite3_stmt* stmt = nullptr;
-  int step = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &stmt, nullptr);
-  std::string mode;
-  if (step == SQLITE_OK) {
-    step = sqlite3_step(stmt);
-    if (step == SQLITE_ROW) {
-      const auto* text = sqlite3_column_text(stmt, 0);
-      mode = text != nullptr ? reinterpret_cast<const char*>(text) : "";
-    }
-  }
-  sqlite3_finalize(stmt);
-  if (step != SQLITE_ROW) return store->sqlite_error(step, "not a usable SQLite database");
-  if (mode != "wal" && !(path == ":memory:" && mode == "memory")) {
-    return Unexpected(ErrorCode::kUnsupported, "job store '" + path + "': journal mode is '" + mode + "', not WAL");
-  }
-  IF_RETURN_IF_ERROR(store->exec("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;", "setting pragmas"));
-
-  // IMMEDIATE: two processes opening an old file at once must not both migrate it.
-  IF_RETURN_IF_ERROR(store->exec("BEGIN IMMEDIATE", "starting the migration"));
-  auto migrate = [&]() -> Status {
-    IF_RETURN_IF_ERROR(store->exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY NOT NULL)",
-                                "creating schema_version"));
-    sqlite3_stmt* q = nullptr;
-    int qrc = sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &q, nullptr);
-    int64_t version = 0;
-    if (qrc == SQLITE_OK) {
-      qrc = sqlite3_step(q);
-      if (qrc == SQLITE_ROW) version = sqlite3_column_int64(q, 0);
-    }
-    sqlite3_finalize(q);
-    if (qrc != SQLITE_ROW) return store->sqlite_error(qrc, "reading schema_version");
-    if (version > kSchemaVersion) {
-      return Unexpected(ErrorCode::kUnsupported, "job store '" + path + "': schema version " + std::to_string(version) +
-                                                     " is newer than this build's " + std::to_string(kSchemaVersion));
-    }
-    if (version < 0) {
-      return Unexpected(ErrorCode::kCorrupt,
-                        "job store '" + path + "': schema version " + std::to_string(version) + " is negative");
-    }
-    for (int64_t v = version + 1; v <= kSchemaVersion; ++v) {
-      const std::string what = "applying migration " + std::to_string(v);
-      IF_RETURN_IF_ERROR(store->exec(kMigrations[v - 1], what.c_str()));
-      const std::string record = "INSERT INTO schema_version (version) VALUES (" + std::to_string(v) + ")";
-      IF_RETURN_IF_ERROR(store->exec(record.c_str(), what.c_str()));
-    }
-    return store->exec("COMMIT", "committing the migration");
-  };
-  if (Status s = migrate(); !s) {
-    if (sqlite3_get_autocommit(db) == 0) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-    return Unexpected(s.error());
-  }
+  IF_RETURN_IF_ERROR(open_database(path, kMigrations, "job store '" + path + "'", &db));
+  std::unique_ptr<JobStore> store(new JobStore(path, db));
   IF_RETURN_IF_ERROR(store->prepare_statements());
   return store;
 }

@@ -68,8 +68,6 @@ inline constexpr uint64_t kMaxTokensMax = kTokensMax;      // the max_tokens fie
 inline constexpr size_t kPutJobsMax = 1u << 17;
 // Rows one list_recent() may return.
 inline constexpr size_t kListRecentJobsMax = 10000;
-// How long a statement waits for another process's write lock.
-inline constexpr int kBusyTimeoutMs = 5000;
 // The schema this build writes; open() migrates older files up to it.
 inline constexpr int kSchemaVersion = 1;
 

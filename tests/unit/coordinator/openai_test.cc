@@ -106,6 +106,8 @@ TEST(OpenAiRequest, EveryParameterIsRead) {
                                                           {"an_unknown_field", {1, 2, 3}}}),
                                               false));
   EXPECT_EQ(r.max_tokens, 77u);
+  EXPECT_EQ(r.sampling.presence_penalty, 0.0);
+  EXPECT_EQ(r.sampling.frequency_penalty, 0.0);
   EXPECT_EQ(r.sampling.temperature, 0.5);
   EXPECT_EQ(r.sampling.top_p, 0.9);
   EXPECT_EQ(r.sampling.seed, 12345u);
@@ -272,8 +274,8 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
       {"logprobs", true},
       {"logprobs", 5},
       {"top_logprobs", 2},
-      {"presence_penalty", 0.5},
-      {"frequency_penalty", -1},
+      {"presence_penalty", 2.5},
+      {"frequency_penalty", -2.01},
       {"presence_penalty", "0"},
       {"echo", true, true},
   };
@@ -286,6 +288,10 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
     chat_body[c.param] = c.value;
     expect_error(parse(chat_body, true), 400, c.param, std::string("chat ") + c.param + "=" + c.value.dump());
   }
+  // Penalties within OpenAI's range are taken.
+  const auto penalised = accepted(parse(completion({{"presence_penalty", 0.5}, {"frequency_penalty", -2}}), false));
+  EXPECT_EQ(penalised.sampling.presence_penalty, 0.5);
+  EXPECT_EQ(penalised.sampling.frequency_penalty, -2.0);
   // The ones that mean "off" are accepted.
   accepted(parse(completion({{"n", 1}, {"logprobs", false}, {"echo", false}, {"stop", nullptr}}), false));
 }

@@ -21,6 +21,8 @@ std::vector<Message> samples() {
   a.sampling.temperature = 0.8;
   a.sampling.top_p = 0.95;
   a.sampling.seed = 42;
+  a.sampling.presence_penalty = 0.5;
+  a.sampling.frequency_penalty = -1.25;
   a.lease_expires_at = 1795773600000;
   return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7"},
           StateMessage{"car-1", "parked", false, {"battery 28% is below your floor of 30%"}, 28.0, 41.5, 1795780000000,

@@ -47,11 +47,6 @@ std::optional<ApiError> refuse_unsupported(const json& j, bool chat) {
   if (!chat && present(j, "echo") && !(j["echo"].is_boolean() && !j["echo"].get<bool>())) {
     return bad("echo", "'echo' is not supported yet");
   }
-  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
-    if (present(j, key) && !(j[key].is_number() && j[key].get<double>() == 0.0)) {
-      return bad(key, std::string("'") + key + "' is not supported yet (only 0)");
-    }
-  }
   return std::nullopt;
 }
 
@@ -171,6 +166,8 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_v
   if (present(j, "top_p") && r.sampling.top_p <= 0.0) return bad("top_p", "'top_p' must be above 0");
   r.sampling.repeat_penalty = 1.0;
   r.sampling.repeat_last_n = 64;
+  if (auto e = read_number(j, "presence_penalty", -2.0, 2.0, &r.sampling.presence_penalty)) return *e;
+  if (auto e = read_number(j, "frequency_penalty", -2.0, 2.0, &r.sampling.frequency_penalty)) return *e;
   if (present(j, "seed")) {
     if (!j["seed"].is_number_integer()) return bad("seed", "'seed' must be an integer");
     r.sampling.seed = j["seed"].is_number_unsigned() ? j["seed"].get<uint64_t>()

@@ -73,6 +73,7 @@ std::string sampling_json(const core::Sampling& s) {
   return json{{"temperature", s.temperature}, {"top_k", s.top_k},
               {"top_p", s.top_p},             {"min_p", s.min_p},
               {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
+              {"presence_penalty", s.presence_penalty}, {"frequency_penalty", s.frequency_penalty},
               {"seed", s.seed}}
       .dump();
 }
@@ -89,6 +90,9 @@ Result<core::Sampling> sampling_from_json(const std::string& text) {
     s.repeat_penalty = j.at("repeat_penalty").get<double>();
     s.repeat_last_n = j.at("repeat_last_n").get<int32_t>();
     s.seed = j.at("seed").get<uint64_t>();
+    // Absent in jobs stored before the penalties existed.
+    s.presence_penalty = j.value("presence_penalty", 0.0);
+    s.frequency_penalty = j.value("frequency_penalty", 0.0);
   } catch (const json::exception& e) {
     return Unexpected(ErrorCode::kCorrupt, std::string("sampling: ") + e.what());
   }

@@ -181,7 +181,9 @@ struct Encoder {
             {"stop_ids", m.stop_ids},       {"lease_expires_at", m.lease_expires_at},
             {"sampling",
              {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"min_p", s.min_p},
-              {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}}}};
+              {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
+              {"presence_penalty", s.presence_penalty}, {"frequency_penalty", s.frequency_penalty},
+              {"seed", s.seed}}}};
   }
   json operator()(const CancelMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
   json operator()(const StartedMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
@@ -315,6 +317,8 @@ Result<Message> decode_message(std::string_view text) {
       m.sampling.repeat_penalty = sr.number("repeat_penalty", 1e-6, 100.0, false, 1.0);
       m.sampling.repeat_last_n = static_cast<int32_t>(sr.integer("repeat_last_n", 0, 1 << 20, false));
       if (s->find("repeat_last_n") == s->end()) m.sampling.repeat_last_n = 64;
+      m.sampling.presence_penalty = sr.number("presence_penalty", -2.0, 2.0, false, 0.0);
+      m.sampling.frequency_penalty = sr.number("frequency_penalty", -2.0, 2.0, false, 0.0);
       m.sampling.seed = sr.uint("seed", UINT64_MAX, false);
       if (!sr.status()) return Unexpected(sr.status().error());
     }

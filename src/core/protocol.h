@@ -51,6 +51,8 @@ struct Sampling {
   double min_p = 0.0;
   double repeat_penalty = 1.0;
   int32_t repeat_last_n = 64;
+  double presence_penalty = 0.0;   // OpenAI's, over the tokens produced (-2..2; 0: off)
+  double frequency_penalty = 0.0;  // OpenAI's, over the tokens produced (-2..2; 0: off)
   uint64_t seed = 0;
 };
 

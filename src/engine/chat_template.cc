@@ -1325,10 +1325,10 @@ class Parser {
   Result<int32_t> parse_postfix(int32_t node) {
     while (true) {
       if (at_op(".")) {
-        const uint32_t pos = next().pos;
+        next();
         Expr e;
         e.kind = ExprKind::kAttr;
-        e.pos = pos;
+        e.pos = peek().pos;
         e.a = node;
         if (peek().kind == Tok::kName) {
           e.name = next().text;
@@ -1348,7 +1348,7 @@ class Parser {
       } else if (at_op("(")) {
         Expr call;
         call.kind = ExprKind::kCall;
-        call.pos = peek().pos;
+        call.pos = p_->exprs[static_cast<size_t>(node)].pos;  // errors point at the callee
         call.a = node;
         IF_RETURN_IF_ERROR(parse_call_args(&call));
         node = add_expr(std::move(call));

@@ -710,6 +710,7 @@ struct Expr {
   BinOp op = BinOp::kAdd;
   bool negated = false;  // kTest: "is not"; kList: a tuple
   uint32_t pos = 0;
+  uint32_t depth = 1;  // of the tree below and including this node
   std::string name;  // kName, kAttr, kFilter, kTest
   Value literal;     // kLiteral
   int32_t a = -1;
@@ -789,6 +790,11 @@ class Parser {
   Status run() {
     std::string ender;
     CT_ASSIGN_OR_RETURN(p_->root, parse_body({}, &ender, 0));
+    if (too_deep_at_ != UINT32_MAX) {
+      return template_error(ErrorCode::kOutOfRange, p_->source, too_deep_at_,
+                            std::string("expression tree deeper than ")
+                                .append(std::to_string(kChatTemplateExpressionTreeDepthMax)));
+    }
     return {};
   }
 
@@ -851,7 +857,23 @@ class Parser {
     return next().text;
   }
 
+  // Children are always added before their parent, so a node's depth is
+  // known when it is added; the first node over the limit is reported when
+  // the parse ends (nothing recurses over the tree before that).
   int32_t add_expr(Expr e) {
+    uint32_t below = 0;
+    auto visit = [&](int32_t child) {
+      if (child >= 0) below = std::max(below, p_->exprs[static_cast<size_t>(child)].depth);
+    };
+    visit(e.a);
+    visit(e.b);
+    visit(e.c);
+    for (int32_t child : e.args) visit(child);
+    for (int32_t child : e.kwargs) visit(child);
+    e.depth = below + 1;
+    if (e.depth > kChatTemplateExpressionTreeDepthMax && too_deep_at_ == UINT32_MAX) {
+      too_deep_at_ = e.pos;
+    }
     p_->exprs.push_back(std::move(e));
     return static_cast<int32_t>(p_->exprs.size() - 1);
   }
@@ -1471,6 +1493,7 @@ class Parser {
   ChatTemplateProgram* p_;
   size_t expr_depth_ = 0;
   size_t loop_depth_ = 0;
+  uint32_t too_deep_at_ = UINT32_MAX;  // where the tree first got too deep
 };
 
 // ------------------------------------------------------------------ renderer
@@ -1607,13 +1630,33 @@ class Renderer {
 
   // ---- variables
 
-  const Value* lookup(std::string_view name) const {
+  // Lookups are linear; a template with thousands of names pays for them in
+  // steps (one per 16 names compared), checked by the next step().
+  const Value* lookup(std::string_view name) {
     for (auto f = frames_.rbegin(); f != frames_.rend(); ++f) {
+      steps_ += f->size() / 16;
       for (const auto& [k, v] : *f) {
         if (k == name) return &v;
       }
     }
     return nullptr;
+  }
+
+  const Value* dict_find(const Dict& d, std::string_view key) {
+    steps_ += d.entries.size() / 16;
+    return d.find(key);
+  }
+
+  void dict_set(Dict& d, std::string_view key, Value v) {
+    steps_ += d.entries.size() / 16;
+    d.set(key, std::move(v));
+  }
+
+  // A substring search costs up to |haystack| * |needle| comparisons.
+  Status charge_search(size_t haystack_bytes, size_t needle_bytes, uint32_t pos) {
+    const uint64_t cost = (static_cast<uint64_t>(haystack_bytes) + 1) * (needle_bytes + 1) / 256;
+    if (cost > kChatTemplateStepsMax) return step(pos, kChatTemplateStepsMax + 1);
+    return step(pos, cost);
   }
 
   void assign(std::string_view name, Value value) {
@@ -1693,7 +1736,7 @@ class Renderer {
         if (contains_namespace(v)) return error(s.pos, "a namespace cannot hold a namespace");
         IF_RETURN_IF_ERROR(check_depth(size_t{v.depth} + 1, s.pos));
         IF_RETURN_IF_ERROR(charge(48, s.pos));
-        ns->dict->set(s.attr, std::move(v));
+        dict_set(*ns->dict, s.attr, std::move(v));
         return Flow::kNormal;
       }
       case StmtKind::kSetBlock: {
@@ -1988,7 +2031,9 @@ class Renderer {
     switch (a.kind) {
       case Kind::kUndefined:
       case Kind::kNone: return true;
-      case Kind::kString: return *a.s == *b.s;
+      case Kind::kString:
+        steps_ += std::min(a.s->size(), b.s->size()) / 64;
+        return *a.s == *b.s;
       case Kind::kList:
         if (a.items->size() != b.items->size()) return false;
         for (size_t k = 0; k < a.items->size(); ++k) {
@@ -1998,7 +2043,7 @@ class Renderer {
       case Kind::kDict:
         if (a.dict->entries.size() != b.dict->entries.size()) return false;
         for (const auto& [k, e] : a.dict->entries) {
-          const Value* other = b.dict->find(k);
+          const Value* other = dict_find(*b.dict, k);
           if (other == nullptr || !equal(e, *other)) return false;
         }
         return true;
@@ -2013,7 +2058,10 @@ class Renderer {
       if (is_intlike(a) && is_intlike(b)) return int_of(a) < int_of(b);
       return float_of(a) < float_of(b);
     }
-    if (a.kind == Kind::kString && b.kind == Kind::kString) return *a.s < *b.s;
+    if (a.kind == Kind::kString && b.kind == Kind::kString) {
+      IF_RETURN_IF_ERROR(step(pos, std::min(a.s->size(), b.s->size()) / 64));
+      return *a.s < *b.s;
+    }
     return error(pos, std::string("cannot order a ")
                           .append(kind_name(a.kind))
                           .append(" and a ")
@@ -2028,7 +2076,7 @@ class Renderer {
           return error(pos, std::string("'in <string>' needs a string on the left, not a ")
                                 .append(kind_name(item.kind)));
         }
-        IF_RETURN_IF_ERROR(step(pos, container.s->size() / 64));
+        IF_RETURN_IF_ERROR(charge_search(container.s->size(), item.s->size(), pos));
         return container.s->find(*item.s) != std::string::npos;
       case Kind::kList: {
         bool found = false;
@@ -2043,7 +2091,7 @@ class Renderer {
       }
       case Kind::kDict:
       case Kind::kNamespace:
-        return item.kind == Kind::kString && container.dict->find(*item.s) != nullptr;
+        return item.kind == Kind::kString && dict_find(*container.dict, *item.s) != nullptr;
       default:
         return error(pos, std::string("'in' needs a container, not a ")
                               .append(kind_name(container.kind)));
@@ -2085,8 +2133,9 @@ class Renderer {
             return error(e.pos, std::string("dict keys must be strings, not ")
                                     .append(kind_name(key.kind)));
           }
-          dict->set(*key.s, std::move(value));
+          dict_set(*dict, *key.s, std::move(value));
         }
+        IF_RETURN_IF_ERROR(step(e.pos, 0));
         return make_dict(std::move(dict), Kind::kDict, e.pos);
       }
       case ExprKind::kAttr: {
@@ -2155,7 +2204,7 @@ class Renderer {
 
   Value get_attr(const Value& obj, std::string_view name) {
     if ((obj.kind == Kind::kDict || obj.kind == Kind::kNamespace)) {
-      if (const Value* v = obj.dict->find(name)) return *v;
+      if (const Value* v = dict_find(*obj.dict, name)) return *v;
     }
     return Value{};
   }
@@ -2163,7 +2212,7 @@ class Renderer {
   Result<Value> get_item(const Value& obj, const Value& key, uint32_t pos) {
     if (obj.kind == Kind::kDict || obj.kind == Kind::kNamespace) {
       if (key.kind == Kind::kString) {
-        if (const Value* v = obj.dict->find(*key.s)) return *v;
+        if (const Value* v = dict_find(*obj.dict, *key.s)) return *v;
       }
       return Value{};
     }
@@ -2176,13 +2225,32 @@ class Renderer {
       return (*obj.items)[static_cast<size_t>(i)];
     }
     if (obj.kind == Kind::kString) {
-      const std::vector<size_t> starts = code_point_starts(*obj.s);
-      IF_RETURN_IF_ERROR(step(pos, starts.size() / 64));
-      const auto n = static_cast<int64_t>(starts.size() - 1);
-      if (i < 0) i += n;
-      if (i < 0 || i >= n) return Value{};
-      const auto k = static_cast<size_t>(i);
-      return make_string(obj.s->substr(starts[k], starts[k + 1] - starts[k]));
+      // Walk to the code point from the nearer end, without a table.
+      const std::string& s = *obj.s;
+      IF_RETURN_IF_ERROR(step(pos, s.size() / 64));
+      size_t at = 0;
+      if (i >= 0) {
+        int64_t seen = -1;
+        for (; at < s.size(); ++at) {
+          if (at == 0 || !is_continuation(s[at])) {
+            if (++seen == i) break;
+          }
+        }
+        if (at >= s.size()) return Value{};
+      } else {
+        int64_t seen = 0;
+        at = s.size();
+        while (at > 0) {
+          --at;
+          if (at == 0 || !is_continuation(s[at])) {
+            if (--seen == i) break;
+          }
+        }
+        if (seen != i) return Value{};
+      }
+      size_t end = at + 1;
+      while (end < s.size() && is_continuation(s[end])) ++end;
+      return make_string(s.substr(at, end - at));
     }
     return Value{};
   }
@@ -2242,6 +2310,7 @@ class Renderer {
       return make_list(std::move(items), e.pos);
     }
     if (obj.kind == Kind::kString) {
+      IF_RETURN_IF_ERROR(step(e.pos, obj.s->size() / 64));
       const std::vector<size_t> starts = code_point_starts(*obj.s);
       CT_ASSIGN_OR_RETURN(std::vector<size_t> idx, slice_indices(e, starts.size() - 1));
       std::string out;
@@ -2523,9 +2592,10 @@ class Renderer {
           if (p.kind != Kind::kDict) {
             return error(e.pos, "namespace() and dict() take a dict or keyword arguments");
           }
-          for (const auto& [k, v] : p.dict->entries) dict->set(k, v);
+          for (const auto& [k, v] : p.dict->entries) dict_set(*dict, k, v);
         }
-        for (const auto& [k, v] : args.keyword) dict->set(k, v);
+        for (const auto& [k, v] : args.keyword) dict_set(*dict, k, v);
+        IF_RETURN_IF_ERROR(step(e.pos, 0));
         const bool ns = static_cast<Builtin>(fn.i) == Builtin::kNamespace;
         return make_dict(std::move(dict), ns ? Kind::kNamespace : Kind::kDict, e.pos);
       }
@@ -2554,6 +2624,7 @@ class Renderer {
         const bool right = name != "lstrip";
         const Value* chars = args.get(0, "chars");
         if (chars != nullptr && chars->kind == Kind::kString) {
+          IF_RETURN_IF_ERROR(charge_search(s.size(), chars->s->size(), pos));
           return new_string(std::string(strip_chars(s, *chars->s, left, right)), pos);
         }
         return new_string(std::string(strip_view(s, left, right)), pos);
@@ -2606,6 +2677,7 @@ class Renderer {
         } else {
           if (sep->kind != Kind::kString) return error(pos, "split() separator must be a string");
           if (sep->s->empty()) return error(pos, "split() separator is empty");
+          IF_RETURN_IF_ERROR(charge_search(s.size(), sep->s->size(), pos));
           size_t k = 0;
           while (true) {
             const size_t e = s.find(*sep->s, k);
@@ -2630,6 +2702,7 @@ class Renderer {
       }
       if (name == "find" || name == "count") {
         CT_ASSIGN_OR_RETURN(std::string sub, string_arg(args, 0, "sub", "", pos));
+        IF_RETURN_IF_ERROR(charge_search(s.size(), sub.size(), pos));
         if (name == "find") {
           const size_t at = s.find(sub);
           if (at == std::string::npos) return make_int(-1);
@@ -2672,7 +2745,7 @@ class Renderer {
       if (name == "get") {
         const Value* key = args.get(0, "key");
         if (key != nullptr && key->kind == Kind::kString) {
-          if (const Value* v = d.find(*key->s)) return *v;
+          if (const Value* v = dict_find(d, *key->s)) return *v;
         }
         const Value* fallback = args.get(1, "default");
         return fallback != nullptr ? *fallback : make_none();
@@ -2691,6 +2764,7 @@ class Renderer {
 
   Result<std::string> replace(const std::string& s, const std::string& from, const std::string& to,
                               int64_t count, uint32_t pos) {
+    IF_RETURN_IF_ERROR(charge_search(s.size(), from.size(), pos));
     std::string out;
     int64_t done = 0;
     if (from.empty()) {
@@ -2746,7 +2820,8 @@ class Renderer {
 
   Result<Value> apply_filter(std::string_view name, const Value& v, const Args& args,
                              uint32_t pos) {
-    IF_RETURN_IF_ERROR(step(pos));
+    // Every filter on a string may read all of it.
+    IF_RETURN_IF_ERROR(step(pos, 1 + (v.kind == Kind::kString ? v.s->size() / 64 : 0)));
     if (name == "safe") return v;
     if (name == "default" || name == "d") {
       const Value* fallback = args.get(0, "default_value");
@@ -2897,6 +2972,7 @@ class Renderer {
     if (name == "trim") {
       const Value* chars = args.get(0, "chars");
       if (chars != nullptr && chars->kind == Kind::kString) {
+        IF_RETURN_IF_ERROR(charge_search(s.size(), chars->s->size(), pos));
         return new_string(std::string(strip_chars(s, *chars->s, true, true)), pos);
       }
       return new_string(std::string(strip_view(s, true, true)), pos);

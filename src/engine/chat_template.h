@@ -78,6 +78,9 @@ inline constexpr size_t kChatTemplateSourceBytesMax = 64 * 1024;
 inline constexpr size_t kChatTemplateBlockDepthMax = 32;
 // Parenthesised / bracketed / unary expressions inside one another.
 inline constexpr size_t kChatTemplateExpressionDepthMax = 64;
+// Depth of an expression's tree, which bounds the renderer's recursion: a
+// chain a + b + c ..., a|f|g|... or a.b.c... is as deep as it is long.
+inline constexpr size_t kChatTemplateExpressionTreeDepthMax = 256;
 inline constexpr size_t kChatTemplateOutputBytesMax = 4 * 1024 * 1024;
 // Every statement executed and expression node evaluated is one step.
 inline constexpr uint64_t kChatTemplateStepsMax = 2'000'000;

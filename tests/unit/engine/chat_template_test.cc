@@ -656,15 +656,35 @@ TEST(ChatTemplateLimits, Loops) {
 }
 
 TEST(ChatTemplateLimits, Steps) {
-  // 300 iterations of a 10000-node expression: under the iteration limit,
+  // 500 evaluations of a flat 5000-element list: under the iteration limit,
   // over the step limit.
-  std::string s("{% for i in range(300) %}{{ 0");
-  for (int k = 0; k < 5000; ++k) s.append("+1");
-  s.append(" }}{% endfor %}");
+  std::string s("{% for i in range(500) %}{% set x = [0");
+  for (int k = 0; k < 5000; ++k) s.append(",1");
+  s.append("] %}{% endfor %}");
   const Error e = error_of(s);
   EXPECT_EQ(e.code, ErrorCode::kOutOfRange);
   EXPECT_NE(e.message.find("rendering took more than 2000000 steps"), std::string::npos)
       << e.message;
+}
+
+TEST(ChatTemplateLimits, ExpressionTreeDepth) {
+  // Chains parse without recursion but build deep trees; the renderer would
+  // recurse once per link.
+  auto chain = [](std::string_view first, std::string_view link, size_t n) {
+    std::string s("{{ ");
+    s.append(first);
+    for (size_t k = 0; k < n; ++k) s.append(link);
+    return s.append(" }}");
+  };
+  EXPECT_EQ(render_or_die(chain("0", "+1", kChatTemplateExpressionTreeDepthMax - 1)), "255");
+  for (const auto& [first, link] : std::vector<std::pair<std::string, std::string>>{
+           {"0", "+1"}, {"'a'", "~'b'"}, {"x", " or x"}, {"'a'", "|trim"}, {"x", ".y"},
+           {"x", "[0]"}, {"x", " is defined"}, {"1", " == 1"}}) {
+    const Error e = parse_error_of(chain(first, link, 5000));
+    EXPECT_EQ(e.code, ErrorCode::kOutOfRange) << link << ": " << e.message;
+    EXPECT_NE(e.message.find("expression tree deeper than 256"), std::string::npos)
+        << e.message;
+  }
 }
 
 TEST(ChatTemplateLimits, OutputAndStrings) {
@@ -690,6 +710,40 @@ TEST(ChatTemplateLimits, OutputAndStrings) {
                "{% set t = big ~ i %}{% endfor %}");
   EXPECT_EQ(e.code, ErrorCode::kOutOfRange);
   EXPECT_NE(e.message.find("bytes of values"), std::string::npos) << e.message;
+}
+
+TEST(ChatTemplateLimits, QuadraticWorkIsChargedAsSteps) {
+  // A 4 MB haystack searched for a 2000-byte needle: billions of byte
+  // comparisons for a naive search, refused by the step limit up front.
+  Error e = error_of("{% set hay = 'a' * 4000000 %}{% set needle = 'a' * 1999 ~ 'b' %}"
+                     "{{ needle in hay }}");
+  EXPECT_EQ(e.code, ErrorCode::kOutOfRange);
+  EXPECT_NE(e.message.find("steps"), std::string::npos) << e.message;
+  // A dict literal with thousands of keys, compared in a loop.
+  std::string dict("{% set d = {");
+  for (int k = 0; k < 4000; ++k) dict.append("'k").append(std::to_string(k)).append("':1,");
+  dict.append("} %}{% for i in range(100000) %}{{ d == d }}{% endfor %}");
+  e = error_of(dict);
+  EXPECT_EQ(e.code, ErrorCode::kOutOfRange);
+  EXPECT_NE(e.message.find("steps"), std::string::npos) << e.message;
+  // Small searches are cheap.
+  EXPECT_EQ(render_or_die("{{ '<tool_call>' in messages[1].content }}"), "False");
+}
+
+TEST(ChatTemplateLimits, WorkOnLongStringsIsChargedAsSteps) {
+  // Each of these reads a 4 MB string in a loop of 100000 iterations.
+  for (const char* op : {"{{ big == big2 }}", "{{ big < big2 }}", "{{ big|length }}",
+                         "{{ big[-1] }}", "{{ big[1:2] }}", "{{ big|int }}"}) {
+    const Error e = error_of(std::string("{% set big = ' ' * 4000000 %}{% set big2 = big ~ '' %}"
+                                         "{% for i in range(100000) %}")
+                                 .append(op)
+                                 .append("{% endfor %}"));
+    EXPECT_EQ(e.code, ErrorCode::kOutOfRange) << op << ": " << e.message;
+    EXPECT_NE(e.message.find("steps"), std::string::npos) << op << ": " << e.message;
+  }
+  EXPECT_EQ(render_or_die("{{ 'héllo'[1] }}{{ 'héllo'[-4] }}{{ 'héllo'[-5] }}|{{ 'héllo'[-6] }}"
+                          "{{ 'héllo'[5] }}{{ ''[0] }}{{ ''[-1] }}|{{ 'é'[0] }}{{ 'é'[-1] }}"),
+            "ééh||éé");
 }
 
 TEST(ChatTemplateLimits, ValueNesting) {

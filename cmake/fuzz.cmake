@@ -39,3 +39,11 @@ target_include_directories(fuzz_api_request PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_link_libraries(fuzz_api_request PRIVATE nlohmann_json::nlohmann_json)
 target_compile_options(fuzz_api_request PRIVATE ${FUZZ_FLAGS})
 target_link_options(fuzz_api_request PRIVATE -fsanitize=fuzzer,address,undefined)
+
+add_executable(fuzz_chat_template
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/chat_template/fuzz_chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/common/result.cc)
+target_include_directories(fuzz_chat_template PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_compile_options(fuzz_chat_template PRIVATE ${FUZZ_FLAGS})
+target_link_options(fuzz_chat_template PRIVATE -fsanitize=fuzzer,address,undefined)

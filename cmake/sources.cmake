@@ -11,10 +11,12 @@ add_library(idlefleet_gguf STATIC
   ${PROJECT_SOURCE_DIR}/src/engine/quant.cc)
 target_link_libraries(idlefleet_gguf PUBLIC idlefleet_common)
 
-# Text in and out: tokenizer, detokenizer, sampler.
+# Text in and out: tokenizer, detokenizer, sampler, chat templates, stop strings.
 add_library(idlefleet_text STATIC
   ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
-  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc)
+  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/stop_strings.cc)
 target_link_libraries(idlefleet_text PUBLIC idlefleet_gguf)
 
 # Everything else: kernels, forward pass, sessions, model tools.
@@ -23,7 +25,9 @@ list(REMOVE_ITEM IDLEFLEET_ENGINE_SOURCES
   ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
   ${PROJECT_SOURCE_DIR}/src/engine/quant.cc
   ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
-  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc)
+  ${PROJECT_SOURCE_DIR}/src/engine/sampler.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/stop_strings.cc)
 add_library(idlefleet_engine STATIC ${IDLEFLEET_ENGINE_SOURCES})
 target_link_libraries(idlefleet_engine PUBLIC idlefleet_text Threads::Threads nlohmann_json::nlohmann_json)
 # Per-ISA kernels: each file is compiled for its instruction set only and is

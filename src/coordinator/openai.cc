@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/stop_strings.h"
+
 namespace idlefleet::coordinator {
 
 using nlohmann::json;
@@ -36,7 +38,7 @@ std::optional<ApiError> refuse_unsupported(const json& j, bool chat) {
   if (present(j, "n") && !(j["n"].is_number_integer() && j["n"].get<int64_t>() == 1)) {
     return bad("n", "only n = 1 is supported");
   }
-  for (const char* key : {"stop", "tools", "functions", "tool_choice", "suffix", "best_of", "logit_bias",
+  for (const char* key : {"tools", "functions", "tool_choice", "suffix", "best_of", "logit_bias",
                           "response_format"}) {
     if (present(j, key)) return bad(key, std::string("'") + key + "' is not supported yet");
   }
@@ -166,6 +168,20 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_v
   if (present(j, "top_p") && r.sampling.top_p <= 0.0) return bad("top_p", "'top_p' must be above 0");
   r.sampling.repeat_penalty = 1.0;
   r.sampling.repeat_last_n = 64;
+  if (present(j, "stop")) {
+    const json& s = j["stop"];
+    if (s.is_string()) {
+      r.stop.push_back(s.get<std::string>());
+    } else if (s.is_array() && s.size() <= engine::kStopStringsMax) {
+      for (const json& one : s) {
+        if (!one.is_string()) return bad("stop", "'stop' must be a string or an array of up to 4 strings");
+        r.stop.push_back(one.get<std::string>());
+      }
+    } else {
+      return bad("stop", "'stop' must be a string or an array of up to 4 strings");
+    }
+    if (auto m = engine::StopMatcher::create(r.stop); !m) return bad("stop", m.error().message);
+  }
   if (auto e = read_number(j, "presence_penalty", -2.0, 2.0, &r.sampling.presence_penalty)) return *e;
   if (auto e = read_number(j, "frequency_penalty", -2.0, 2.0, &r.sampling.frequency_penalty)) return *e;
   if (present(j, "seed")) {

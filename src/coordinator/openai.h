@@ -7,13 +7,13 @@
 // body is bounded, every field is checked for type and range, and an error
 // names the parameter, as OpenAI's do ({"error": {"message", "type",
 // "param", "code"}}). Parameters we do not implement yet (n > 1, logprobs,
-// stop strings, tools, echo, suffix) are refused with a clear message rather
-// than silently ignored; unknown extra fields are ignored, as clients send
-// them freely.
+// tools, echo, suffix) are refused with a clear message rather than silently
+// ignored; unknown extra fields are ignored, as clients send them freely.
 //
-// Chat prompts: a model's own template (GGUF tokenizer.chat_template) is a
-// later issue; until then messages are rendered by the documented fallback
-// in render_chat_prompt().
+// Chat prompts: the server renders messages with the model's own template
+// (GGUF tokenizer.chat_template, engine/chat_template.h) when it has one;
+// otherwise with the fallback in render_chat_prompt(), whose result the
+// parser leaves in `prompt`.
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -58,6 +58,7 @@ struct CompletionRequest {
   bool seed_given = false;
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage
+  std::vector<std::string> stop;      // up to engine::kStopStringsMax, checked
 };
 
 struct ApiLimits {

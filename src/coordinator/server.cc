@@ -19,7 +19,9 @@
 #include "common/log_limiter.h"
 #include "coordinator/openai.h"
 #include "core/coordinator_machine.h"
+#include "engine/chat_template.h"
 #include "engine/gguf.h"
+#include "engine/stop_strings.h"
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
 #include "transport/download.h"
@@ -109,6 +111,7 @@ struct ServedModel {
   uint64_t context_length = 0;
   std::unique_ptr<engine::GgufFile> file;
   std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::optional<engine::ChatTemplate> chat_template;  // tokenizer.chat_template, when usable
 };
 
 // One client waiting on a job: what it asked for and what it has been sent.
@@ -118,6 +121,7 @@ struct ClientStream {
   ResponseMeta meta;
   const ServedModel* model = nullptr;
   std::unique_ptr<engine::Detokenizer> detok;
+  std::optional<engine::StopMatcher> stop;  // the request's stop strings
   std::string text;
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
@@ -132,6 +136,7 @@ struct CoordinatorServer::Impl {
   std::vector<std::unique_ptr<ServedModel>> models;
   std::unique_ptr<store::JobStore> store;
   std::unique_ptr<core::CoordinatorMachine> machine;
+  std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
   std::unique_ptr<transport::NatsClient> nats;
   std::unique_ptr<transport::HttpServer> http;
   transport::MetricsRegistry metrics;
@@ -199,6 +204,15 @@ struct CoordinatorServer::Impl {
         if (kv.key.size() > 15 && kv.key.substr(kv.key.size() - 15) == ".context_length") {
           auto v = (*file)->get_uint(kv.key);
           if (v) m->context_length = *v;
+        }
+      }
+      if (auto source = (*file)->get_string("tokenizer.chat_template")) {
+        auto parsed = engine::ChatTemplate::parse(*source);
+        if (parsed) {
+          m->chat_template = std::move(*parsed);
+        } else {
+          log("model '" + e.id + "': its chat template is not usable (" + parsed.error().message +
+              "); its chats use the fallback rendering");
         }
       }
       m->tokenizer = std::make_unique<engine::Tokenizer>(std::move(*tok));
@@ -434,6 +448,43 @@ struct CoordinatorServer::Impl {
     x->respond(std::move(resp));
   }
 
+  // The prompt's token ids: a completion's prompt as `idlefleet run` encodes
+  // it; a chat's messages through the model's own template when it has one
+  // (its control texts become control tokens; a message may not contain
+  // them), else the fallback rendering the parser left in req.prompt.
+  static std::variant<std::vector<int32_t>, ApiError> prompt_tokens(const ServedModel& model,
+                                                                    const CompletionRequest& req) {
+    const engine::Tokenizer& tok = *model.tokenizer;
+    std::vector<int32_t> ids;
+    if (req.chat && model.chat_template) {
+      engine::ChatTemplateInputs in;
+      for (const ChatMessage& m : req.messages) {
+        if (const int32_t id = tok.find_control_text(m.content); id >= 0) {
+          ApiError e = api_error(400, "invalid_request_error",
+                                 "a message contains the model's control token '" + tok.piece(id) + "'");
+          e.param = "messages";
+          return e;
+        }
+        in.messages.push_back({m.role, m.content});
+      }
+      in.add_generation_prompt = true;
+      in.bos_token = tok.piece(tok.bos());
+      in.eos_token = tok.piece(tok.eos());
+      auto text = model.chat_template->render(in);
+      if (!text) {
+        ApiError e = api_error(400, "invalid_request_error", "the model's chat template refused the messages: " +
+                                                                 text.error().message);
+        e.param = "messages";
+        return e;
+      }
+      ids = tok.encode_with_controls(*text, tok.add_bos());
+    } else {
+      ids = tok.encode(req.prompt, tok.add_bos());
+    }
+    if (ids.empty()) ids.push_back(tok.bos());
+    return ids;
+  }
+
   void submit(const HttpRequest& r, bool chat, std::shared_ptr<HttpExchange> x) {
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
@@ -451,8 +502,9 @@ struct CoordinatorServer::Impl {
     // As `idlefleet run` does: BOS when the model adds one, BOS alone for an
     // empty prompt, and stop at end of sequence or a new beginning.
     const engine::Tokenizer& tok = *model->tokenizer;
-    std::vector<int32_t> ids = tok.encode(req.prompt, tok.add_bos());
-    if (ids.empty()) ids.push_back(tok.bos());
+    auto prompt_ids = prompt_tokens(*model, req);
+    if (auto* e = std::get_if<ApiError>(&prompt_ids)) return x->respond(error_response(*e));
+    std::vector<int32_t> ids = std::move(std::get<std::vector<int32_t>>(prompt_ids));
     const uint64_t max_tokens = req.max_tokens.value_or(config.max_tokens_default);
     if (model->context_length > 0 && ids.size() + max_tokens > model->context_length) {
       ApiError e = api_error(400, "invalid_request_error",
@@ -473,6 +525,7 @@ struct CoordinatorServer::Impl {
     client->meta.model = model->id;
     client->meta.system_fingerprint = kFingerprint;
     client->detok = std::make_unique<engine::Detokenizer>(tok);
+    if (!req.stop.empty()) client->stop = std::move(*engine::StopMatcher::create(req.stop));  // checked by the parser
     for (int32_t id : ids) (void)client->detok->push(id);  // the prompt primes the detokenizer, as in a local run
     client->prompt_tokens = ids.size();
 
@@ -557,7 +610,13 @@ struct CoordinatorServer::Impl {
         }
       }
     }
-    (void)now;
+    // Jobs whose stop string appeared end now (after the effects above, so
+    // that nothing they emitted is lost); their own effects come back here.
+    while (!stop_jobs.empty()) {
+      const std::string id = std::move(stop_jobs.back());
+      stop_jobs.pop_back();
+      apply(machine->handle(core::StopJobEvent{id, "stop"}, now), now);
+    }
   }
 
   void on_accepted(const core::JobAcceptedEffect& e) {
@@ -595,6 +654,12 @@ struct CoordinatorServer::Impl {
     std::string piece;
     for (int32_t id : e.ids) piece += c.detok->push(id);
     c.completion_tokens += e.ids.size();
+    if (c.stop) {
+      if (c.stop->stopped()) return;  // tokens that were on their way when the stop string appeared
+      engine::StopStep step = c.stop->push(piece);
+      piece = std::move(step.text);
+      if (step.stopped) stop_jobs.push_back(e.job_id);
+    }
     if (c.request.stream) {
       if (!piece.empty()) c.exchange->stream_write(completion_chunk_event(c.meta, c.request.chat, piece, std::nullopt, false));
     } else {
@@ -606,7 +671,8 @@ struct CoordinatorServer::Impl {
     auto it = clients.find(e.job_id);
     if (it == clients.end()) return;
     ClientStream& c = *it->second;
-    const std::string tail = c.detok->flush();
+    std::string tail = c.detok->flush();
+    if (c.stop) tail = c.stop->stopped() ? std::string() : c.stop->push(tail).text + c.stop->flush();
     const Usage usage{c.prompt_tokens, c.completion_tokens};
     if (e.state == core::JobState::kDone) {
       if (c.request.stream) {

@@ -262,8 +262,11 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
       {"n", 2},
       {"n", 0},
       {"n", "1"},
-      {"stop", "\n"},
-      {"stop", json::array({"The end"})},
+      {"stop", 5},
+      {"stop", ""},
+      {"stop", json::array({"a", "b", "c", "d", "e"})},
+      {"stop", json::array({"a", 1})},
+      {"stop", std::string(65, 'x')},
       {"tools", json::array({{{"type", "function"}}})},
       {"functions", json::array()},
       {"tool_choice", "auto"},
@@ -288,6 +291,10 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
     chat_body[c.param] = c.value;
     expect_error(parse(chat_body, true), 400, c.param, std::string("chat ") + c.param + "=" + c.value.dump());
   }
+  // Stop strings: one, or up to four.
+  EXPECT_EQ(accepted(parse(completion({{"stop", "\n"}}), false)).stop, std::vector<std::string>{"\n"});
+  EXPECT_EQ(accepted(parse(chat({{"stop", json::array({"The end", "x"})}}), true)).stop,
+            (std::vector<std::string>{"The end", "x"}));
   // Penalties within OpenAI's range are taken.
   const auto penalised = accepted(parse(completion({{"presence_penalty", 0.5}, {"frequency_penalty", -2}}), false));
   EXPECT_EQ(penalised.sampling.presence_penalty, 0.5);

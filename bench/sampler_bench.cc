@@ -1,5 +1,5 @@
 // sampler_bench: cost of one Sampler::sample call at a llama vocabulary
-// (32000 logits), per configuration, as CPU time of this thread (best of
+// (32000 logits), per configuration, and of compute_logprobs, as CPU time of this thread (best of
 // several batches: wall time on a shared machine measures the neighbours).
 //
 //   build/release/bin/sampler_bench
@@ -63,6 +63,21 @@ int main() {
       best_ms = std::min(best_ms, (cpu_ms() - start) / 40);
     }
     std::printf("%-32s %.3f ms per call (checksum %lld)\n", name, best_ms, static_cast<long long>(checksum));
+  }
+  // Logprobs, which a generation pays for only when it asks.
+  for (int32_t top_n : {0, kTopLogprobsMax}) {
+    TokenLogprobs out;
+    double sum = 0;
+    double best_ms = 1e9;
+    for (int batch = 0; batch < 5; ++batch) {
+      const double start = cpu_ms();
+      for (int i = 0; i < 40; ++i) {
+        compute_logprobs(logits, i, top_n, &out);
+        sum += out.chosen.logprob;
+      }
+      best_ms = std::min(best_ms, (cpu_ms() - start) / 40);
+    }
+    std::printf("logprobs, top %-18d %.3f ms per call (checksum %.3f)\n", top_n, best_ms, sum);
   }
   return 0;
 }

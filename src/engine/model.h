@@ -150,8 +150,9 @@ class Context {
   // float: bitwise the same for any thread count or batch split. The output
   // matrix is not applied (no logits).
   // The context is rewound to 0 before and after: it holds nothing
-  // afterwards (logits from an earlier eval() are invalid), so a following
-  // generation starts as in a fresh context. Errors (context untouched):
+  // afterwards (logits from an earlier eval() are invalid, and a Generator
+  // on this context must start() or resume() again), so a following
+  // generation goes as in a fresh context. Errors (context untouched):
   // empty input, a token id out of range, more tokens than capacity().
   Result<std::vector<float>> embed_sequence(std::span<const int32_t> tokens);
 

@@ -83,6 +83,7 @@ class Generator {
   // are off, or when that next() produced no token. Valid until the next
   // call of a non-const member.
   const TokenLogprobs* last_logprobs() const { return logprobs_valid_ ? &logprobs_ : nullptr; }
+
   StopReason stop_reason() const { return stop_; }
   const SessionState& state() const { return state_; }
 

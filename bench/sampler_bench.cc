@@ -1,5 +1,5 @@
 // sampler_bench: cost of one Sampler::sample call at a llama vocabulary
-// (32000 logits), per configuration, as CPU time of this thread (best of
+// (32000 logits), per configuration, and of compute_logprobs, as CPU time of this thread (best of
 // several batches: wall time on a shared machine measures the neighbours).
 //
 //   build/release/bin/sampler_bench
@@ -20,8 +20,10 @@ int main() {
   Rng rng(23);
   // Roughly the shape of real logits: most small, a few large.
   for (float& l : logits) l = (rng.uniform_float() - 0.5f) * 8 + (rng.below(500) == 0 ? 10 : 0);
+  // 512 tokens of history: a 256-token prompt, then 256 produced.
   std::vector<int32_t> history(512);
   for (int32_t& id : history) id = static_cast<int32_t>(rng.below(kVocab));
+  constexpr size_t kPromptTokens = 256;
 
   auto sampling = [](float t) {
     SamplerParams p;
@@ -33,10 +35,15 @@ int main() {
   typical.top_k = 40;
   typical.top_p = 0.95f;
   typical.repeat_penalty = 1.1f;
+  SamplerParams openai = sampling(0.8f);
+  openai.top_p = 0.95f;
+  openai.presence_penalty = 0.5f;
+  openai.frequency_penalty = 0.5f;
   SamplerParams nucleus_only = sampling(0.8f);
   nucleus_only.top_p = 0.9f;
   const std::pair<const char*, SamplerParams> configs[] = {{"greedy", SamplerParams{}},
                                                            {"top_k 40, top_p 0.95, penalty", typical},
+                                                           {"top_p 0.95, presence+frequency", openai},
                                                            {"top_p 0.9", nucleus_only},
                                                            {"temperature 1", sampling(1.0f)},
                                                            {"temperature 100", sampling(kTemperatureMax)}};
@@ -52,10 +59,25 @@ int main() {
     double best_ms = 1e9;
     for (int batch = 0; batch < 5; ++batch) {
       const double start = cpu_ms();
-      for (int i = 0; i < 40; ++i) checksum += s.sample(logits, history, static_cast<uint64_t>(batch * 40 + i));
+      for (int i = 0; i < 40; ++i) checksum += s.sample(logits, history, kPromptTokens, static_cast<uint64_t>(batch * 40 + i));
       best_ms = std::min(best_ms, (cpu_ms() - start) / 40);
     }
     std::printf("%-32s %.3f ms per call (checksum %lld)\n", name, best_ms, static_cast<long long>(checksum));
+  }
+  // Logprobs, which a generation pays for only when it asks.
+  for (int32_t top_n : {0, kTopLogprobsMax}) {
+    TokenLogprobs out;
+    double sum = 0;
+    double best_ms = 1e9;
+    for (int batch = 0; batch < 5; ++batch) {
+      const double start = cpu_ms();
+      for (int i = 0; i < 40; ++i) {
+        compute_logprobs(logits, i, top_n, &out);
+        sum += out.chosen.logprob;
+      }
+      best_ms = std::min(best_ms, (cpu_ms() - start) / 40);
+    }
+    std::printf("logprobs, top %-18d %.3f ms per call (checksum %.3f)\n", top_n, best_ms, sum);
   }
   return 0;
 }

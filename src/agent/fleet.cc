@@ -42,6 +42,8 @@ engine::SamplerParams to_sampler(const core::Sampling& s) {
   p.min_p = static_cast<float>(s.min_p);
   p.repeat_penalty = static_cast<float>(s.repeat_penalty);
   p.repeat_last_n = s.repeat_last_n;
+  p.presence_penalty = static_cast<float>(s.presence_penalty);
+  p.frequency_penalty = static_cast<float>(s.frequency_penalty);
   p.seed = s.seed;
   return p;
 }

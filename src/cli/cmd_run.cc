@@ -136,6 +136,12 @@ void add_run(CLI::App& app) {
   cmd->add_option("--min-p", o->sampler.min_p, "Drop tokens below min-p x the top probability (0: off)")->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--repeat-penalty", o->sampler.repeat_penalty, "Repetition penalty (1: off)")->check(CLI::Range(0.0f, engine::kRepeatPenaltyMax));
   cmd->add_option("--repeat-last-n", o->sampler.repeat_last_n, "Tokens the penalty looks back over")->check(CLI::Range(0, engine::kRepeatLastNMax));
+  cmd->add_option("--presence-penalty", o->sampler.presence_penalty,
+                  "Subtract this from the logit of every token already generated (OpenAI's presence_penalty; 0: off)")
+      ->check(CLI::Range(-engine::kPresencePenaltyMax, engine::kPresencePenaltyMax));
+  cmd->add_option("--frequency-penalty", o->sampler.frequency_penalty,
+                  "Subtract this times the count of each token already generated (OpenAI's frequency_penalty; 0: off)")
+      ->check(CLI::Range(-engine::kFrequencyPenaltyMax, engine::kFrequencyPenaltyMax));
   cmd->add_option("--seed", o->sampler.seed, "Sampling seed");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all hardware threads)")->check(CLI::Range(1, engine::kThreadsMax));
   cmd->add_option("-c,--ctx", o->context, "Context length (default: the model's)")->check(CLI::Range(int64_t{0}, engine::kModelContextMax));

@@ -22,6 +22,8 @@ void add_model_synth(CLI::App& model);
 void add_model_pull(CLI::App& model);
 // `idlefleet run -m MODEL -p PROMPT ...`
 void add_run(CLI::App& app);
+// `idlefleet embed -m MODEL -p TEXT [-t THREADS]`
+void add_embed(CLI::App& app);
 
 // `idlefleet coordinator [--config FILE] ...`
 void add_coordinator(CLI::App& app);

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   idlefleet::cli::add_model_synth(*model);
   idlefleet::cli::add_model_pull(*model);
   idlefleet::cli::add_run(app);
+  idlefleet::cli::add_embed(app);
   idlefleet::cli::add_coordinator(app);
   idlefleet::cli::add_agent(app);
   idlefleet::cli::add_demo(app);

@@ -318,7 +318,7 @@ void Context::rewind(int64_t pos) {
   position_ = pos;
 }
 
-Result<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
+Status Context::check_tokens(std::span<const int32_t> tokens, int64_t first_position) const {
   if (tokens.empty()) return Unexpected(ErrorCode::kInvalidArgument, "no tokens to evaluate");
   const int64_t vocab = model_.config().vocab_size;
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -329,17 +329,46 @@ Result<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
                                                          std::to_string(vocab));
     }
   }
-  if (position_ + static_cast<int64_t>(tokens.size()) > n_ctx_) {
+  if (first_position + static_cast<int64_t>(tokens.size()) > n_ctx_) {
     return Unexpected(ErrorCode::kOutOfRange,
-                      "context full: " + std::to_string(position_) + " + " +
+                      "context full: " + std::to_string(first_position) + " + " +
                           std::to_string(tokens.size()) + " tokens > " + std::to_string(n_ctx_));
   }
+  return {};
+}
+
+Result<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
+  IF_RETURN_IF_ERROR(check_tokens(tokens, position_));
   const int64_t n = static_cast<int64_t>(tokens.size());
   for (int64_t start = 0; start < n; start += kBatchTokensMax) {
     const int64_t count = std::min(kBatchTokensMax, n - start);
-    forward_batch(tokens.data() + start, count);
+    forward_batch(tokens.data() + start, count, nullptr);
   }
   return std::span<const float>(logits_);
+}
+
+Result<std::vector<float>> Context::embed_sequence(std::span<const int32_t> tokens) {
+  IF_RETURN_IF_ERROR(check_tokens(tokens, 0));
+  const int64_t dim = model_.config().dim;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  rewind(0);
+  std::vector<double> sum(static_cast<size_t>(dim), 0.0);
+  for (int64_t start = 0; start < n; start += kBatchTokensMax) {
+    const int64_t count = std::min(kBatchTokensMax, n - start);
+    forward_batch(tokens.data() + start, count, sum.data());
+  }
+  rewind(0);
+  double norm_squared = 0.0;
+  for (double& v : sum) {
+    v /= static_cast<double>(n);
+    norm_squared += v * v;
+  }
+  std::vector<float> out(static_cast<size_t>(dim), 0.0f);
+  if (norm_squared > 0.0) {
+    const double norm = std::sqrt(norm_squared);  // IEEE: correctly rounded everywhere
+    for (size_t j = 0; j < out.size(); ++j) out[j] = static_cast<float>(sum[j] / norm);
+  }
+  return out;
 }
 
 void Context::prepare_input(const float* x, int64_t n) {
@@ -431,7 +460,7 @@ void Context::add_into(float* x, const float* y, int64_t count) {
   });
 }
 
-void Context::forward_batch(const int32_t* tokens, int64_t n) {
+void Context::forward_batch(const int32_t* tokens, int64_t n, double* hidden_sum) {
   const LlamaConfig& c = model_.config();
   const int64_t dim = c.dim, hd = c.head_dim, half = hd / 2, kv_dim = c.kv_dim();
   const int64_t q_dim = c.n_heads * hd, group = c.n_heads / c.n_kv_heads;
@@ -522,6 +551,16 @@ void Context::forward_batch(const int32_t* tokens, int64_t n) {
   }
 
   position_ += n;
+  if (hidden_sum != nullptr) {
+    // Every token's normalised hidden state, added in position order.
+    for_tokens(n, [&](int64_t t) {
+      rmsnorm(xb + t * dim, x + t * dim, model_.output_norm().data(), dim, c.rms_epsilon);
+    });
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < dim; ++j) hidden_sum[j] += static_cast<double>(xb[t * dim + j]);
+    }
+    return;
+  }
   // Logits of the last token only.
   rmsnorm(xb, x + (n - 1) * dim, model_.output_norm().data(), dim, c.rms_epsilon);
   prepare_input(xb, 1);

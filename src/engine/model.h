@@ -22,6 +22,10 @@
 //     x += W2 (silu(W1 xb) * (W3 xb))                           (SwiGLU)
 //   logits[vocab] = Wout rmsnorm(x) * output_norm   (Wout = token_embd when tied)
 //
+// An embedding (Context::embed_sequence) is instead the mean over positions
+// of h = rmsnorm(x) * output_norm, the vector Wout would multiply,
+// L2-normalised.
+//
 // Every per-token quantity is computed by the same operations whether the
 // token is evaluated alone or inside a batch, and whatever the thread count,
 // so logits are bit-for-bit reproducible (see kernels.h).
@@ -135,6 +139,23 @@ class Context {
   // full.
   Result<std::span<const float>> eval(std::span<const int32_t> tokens);
 
+  // One vector for a whole sequence, for OpenAI's /v1/embeddings: `tokens`
+  // are evaluated at positions [0, n) (causal attention, as in generation),
+  // and the final hidden state after the output RMSNorm, h_t[dim] =
+  // rmsnorm(x_t) * output_norm, is mean-pooled over every position (BOS
+  // included when the caller put one there) and L2-normalised:
+  //   mean = (sum_t h_t) / n,  out = mean / |mean|   (out = 0 when |mean| = 0)
+  // The sum runs in double over positions in order, the norm over dimensions
+  // in order, on the calling thread, and each output is rounded once to
+  // float: bitwise the same for any thread count or batch split. The output
+  // matrix is not applied (no logits).
+  // The context is rewound to 0 before and after: it holds nothing
+  // afterwards (logits from an earlier eval() are invalid, and a Generator
+  // on this context must start() or resume() again), so a following
+  // generation goes as in a fresh context. Errors (context untouched):
+  // empty input, a token id out of range, more tokens than capacity().
+  Result<std::vector<float>> embed_sequence(std::span<const int32_t> tokens);
+
   int64_t position() const { return position_; }
   int64_t capacity() const { return n_ctx_; }
   // Forgets everything from `pos` on (pos <= position()).
@@ -158,7 +179,13 @@ class Context {
   const Profile& profile() const { return profile_; }
 
  private:
-  void forward_batch(const int32_t* tokens, int64_t n);
+  // Evaluates n tokens at position_. With hidden_sum null, leaves the logits
+  // of the last token in logits_; otherwise adds every token's normalised
+  // hidden state to hidden_sum[dim] in position order, and computes no
+  // logits.
+  void forward_batch(const int32_t* tokens, int64_t n, double* hidden_sum);
+  // The checks eval() and embed_sequence() share.
+  Status check_tokens(std::span<const int32_t> tokens, int64_t first_position) const;
   // y[n][w.rows] = W x for each job, x the current input (all jobs share it).
   struct MatmulJob {
     const WeightView* w;

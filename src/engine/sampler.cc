@@ -69,6 +69,70 @@ float penalize(float logit, float penalty) {
   return logit > 0.0f ? logit / penalty : logit * penalty;
 }
 
+// A logit that some penalty changed.
+struct Adjusted {
+  int32_t id;
+  float logit;
+};
+
+// The ids a penalty applies to, ascending, each once, with its logit after
+// the repetition penalty (ids among the last repeat_last_n of the history)
+// and then the frequency and presence penalties (ids among the produced
+// tokens, history[prompt_tokens, end)). Ids outside the vocabulary are
+// ignored. Empty when every penalty is off.
+std::vector<Adjusted> penalize_history(const SamplerParams& p, std::span<const float> logits,
+                                       std::span<const int32_t> history, size_t prompt_tokens) {
+  const size_t vocab = logits.size();
+  const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < vocab; };
+  // Distinct ids in the repetition window, ascending.
+  std::vector<int32_t> repeated;
+  const float penalty = p.repeat_penalty;
+  if (penalty > 0.0f && penalty != 1.0f && p.repeat_last_n > 0 && !history.empty()) {
+    const size_t last_n = std::min(history.size(), static_cast<size_t>(p.repeat_last_n));
+    repeated.reserve(last_n);
+    for (int32_t id : history.last(last_n)) {
+      if (in_vocab(id)) repeated.push_back(id);
+    }
+    std::sort(repeated.begin(), repeated.end());
+    repeated.erase(std::unique(repeated.begin(), repeated.end()), repeated.end());
+  }
+  // Produced ids, ascending, with repeats (a run's length is the count).
+  std::vector<int32_t> produced;
+  const bool counting = p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+  if (counting && prompt_tokens < history.size()) {
+    produced.reserve(history.size() - prompt_tokens);
+    for (int32_t id : history.subspan(prompt_tokens)) {
+      if (in_vocab(id)) produced.push_back(id);
+    }
+    std::sort(produced.begin(), produced.end());
+  }
+  // Merge the two ascending lists.
+  std::vector<Adjusted> out;
+  out.reserve(repeated.size() + produced.size());
+  size_t r = 0, q = 0;
+  while (r < repeated.size() || q < produced.size()) {
+    const int32_t id = q == produced.size() || (r < repeated.size() && repeated[r] < produced[q])
+                           ? repeated[r]
+                           : produced[q];
+    float logit = logits[static_cast<size_t>(id)];
+    if (r < repeated.size() && repeated[r] == id) {
+      logit = penalize(logit, penalty);
+      ++r;
+    }
+    size_t count = 0;
+    while (q < produced.size() && produced[q] == id) {
+      ++count;
+      ++q;
+    }
+    if (count > 0) {
+      // count <= 2^20 (the context bound) is exact in float.
+      logit -= p.frequency_penalty * static_cast<float>(count) + p.presence_penalty;
+    }
+    out.push_back({id, logit});
+  }
+  return out;
+}
+
 // Folds logits[begin, end) into the running first maximum (*best_logit at
 // *best). NaN never compares greater, so it never wins. Eight independent
 // lanes, because a single compare-and-select chain is latency-bound (~3x
@@ -179,40 +243,37 @@ Status SamplerParams::validate() const {
     return invalid("repeat_last_n", "in [0, " + std::to_string(kRepeatLastNMax) + "]",
                    repeat_last_n);
   }
+  if (!(presence_penalty >= -kPresencePenaltyMax && presence_penalty <= kPresencePenaltyMax)) {
+    return invalid("presence_penalty", "in [-2, 2]", presence_penalty);
+  }
+  if (!(frequency_penalty >= -kFrequencyPenaltyMax && frequency_penalty <= kFrequencyPenaltyMax)) {
+    return invalid("frequency_penalty", "in [-2, 2]", frequency_penalty);
+  }
   return {};
 }
 
 Sampler::Sampler(SamplerParams params) : params_(params) { DCHECK(params_.validate()); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history,
-                        uint64_t position) const {
+                        size_t prompt_tokens, uint64_t position) const {
   DCHECK(!logits.empty());
   DCHECK(logits.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()));
   if (logits.empty()) return 0;
   const size_t vocab = logits.size();
 
-  // The distinct ids the penalty applies to, sorted, so that the passes
-  // below visit the logits in order without copying them.
-  const float penalty = params_.repeat_penalty;
-  std::vector<int32_t> penalized;
-  if (penalty > 0.0f && penalty != 1.0f && params_.repeat_last_n > 0 && !history.empty()) {
-    const size_t last_n = std::min(history.size(), static_cast<size_t>(params_.repeat_last_n));
-    penalized.reserve(last_n);
-    for (int32_t id : history.last(last_n)) {
-      if (id >= 0 && static_cast<size_t>(id) < vocab) penalized.push_back(id);
-    }
-    std::sort(penalized.begin(), penalized.end());
-    penalized.erase(std::unique(penalized.begin(), penalized.end()), penalized.end());
-  }
-  // Calls visit(i, logit) for every id in order, with the penalty applied
+  // The distinct ids some penalty applies to, sorted, with their penalised
+  // logits, so that the passes below visit the logits in order without
+  // copying them.
+  const std::vector<Adjusted> adjusted = penalize_history(params_, logits, history, prompt_tokens);
+  // Calls visit(i, logit) for every id in order, with the penalties applied
   // (once per distinct id). NaN stays NaN here; every use below compares in
   // a way that NaN fails, which treats it as -inf.
   const auto for_each_logit = [&](auto&& visit) {
     size_t from = 0;
-    for (int32_t id : penalized) {
-      for (size_t i = from; i < static_cast<size_t>(id); ++i) visit(i, logits[i]);
-      visit(static_cast<size_t>(id), penalize(logits[id], penalty));
-      from = static_cast<size_t>(id) + 1;
+    for (const Adjusted& a : adjusted) {
+      for (size_t i = from; i < static_cast<size_t>(a.id); ++i) visit(i, logits[i]);
+      visit(static_cast<size_t>(a.id), a.logit);
+      from = static_cast<size_t>(a.id) + 1;
     }
     for (size_t i = from; i < vocab; ++i) visit(i, logits[i]);
   };
@@ -222,14 +283,13 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   size_t best = 0;
   float best_logit = kNegativeInfinity;
   size_t from = 0;
-  for (int32_t id : penalized) {
-    first_maximum(logits, from, static_cast<size_t>(id), &best_logit, &best);
-    const float logit = penalize(logits[id], penalty);
-    if (logit > best_logit) {
-      best_logit = logit;
-      best = static_cast<size_t>(id);
+  for (const Adjusted& a : adjusted) {
+    first_maximum(logits, from, static_cast<size_t>(a.id), &best_logit, &best);
+    if (a.logit > best_logit) {
+      best_logit = a.logit;
+      best = static_cast<size_t>(a.id);
     }
-    from = static_cast<size_t>(id) + 1;
+    from = static_cast<size_t>(a.id) + 1;
   }
   first_maximum(logits, from, vocab, &best_logit, &best);
   // A temperature so small that its inverse overflows is greedy too.
@@ -314,6 +374,75 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   const size_t chosen =
       find_first(candidates, sorted, [&](u128 cumulative) { return cumulative > target; });
   return key_id(candidates[chosen].key);
+}
+
+void compute_logprobs(std::span<const float> logits, int32_t chosen, int32_t top_n,
+                      TokenLogprobs* out) {
+  DCHECK(!logits.empty());
+  DCHECK(logits.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()));
+  DCHECK(chosen >= 0 && static_cast<size_t>(chosen) < logits.size());
+  const size_t vocab = logits.size();
+  top_n = std::clamp(top_n, 0, kTopLogprobsMax);
+  const size_t keep = std::min(vocab, static_cast<size_t>(top_n));
+
+  // The largest logit (NaN never compares greater) and, for the degenerate
+  // cases, how many logits are +inf or above -inf.
+  float top = kNegativeInfinity;
+  size_t infinite = 0;
+  for (float logit : logits) {
+    if (logit > top) top = logit;
+    infinite += logit == kPositiveInfinity;
+  }
+  // logprob(i) as a function of the logit, in double, rounded once.
+  double log_sum = 0.0;
+  double uniform = 0.0;  // the logprob of every token in a degenerate case
+  if (top == kNegativeInfinity) {
+    uniform = -det_log(static_cast<double>(vocab));
+  } else if (top == kPositiveInfinity) {
+    uniform = -det_log(static_cast<double>(infinite));
+  } else {
+    // Serially, in id order: the sum (at least 1, from the maximum) is the
+    // same whatever the machine or thread count.
+    double sum = 0.0;
+    for (float logit : logits) {
+      if (logit >= -std::numeric_limits<float>::max()) {  // finite (NaN and -inf fail)
+        sum += det_exp(static_cast<double>(logit) - static_cast<double>(top));
+      }
+    }
+    log_sum = det_log(sum);
+  }
+  const auto logprob = [&](float logit) -> float {
+    if (top == kNegativeInfinity) return static_cast<float>(uniform);
+    if (top == kPositiveInfinity) {
+      return logit == kPositiveInfinity ? static_cast<float>(uniform) : kNegativeInfinity;
+    }
+    if (!(logit >= -std::numeric_limits<float>::max())) return kNegativeInfinity;
+    const double value = (static_cast<double>(logit) - static_cast<double>(top)) - log_sum;
+    // Below float's range (a logit ~3.4e38 under the top): -inf, since
+    // narrowing it would be undefined.
+    if (value < -static_cast<double>(std::numeric_limits<float>::max())) return kNegativeInfinity;
+    return static_cast<float>(value);
+  };
+
+  out->chosen = {chosen, logprob(logits[static_cast<size_t>(chosen)])};
+  out->top.clear();
+  if (keep == 0) return;
+  // The best `keep` by (logprob descending, id ascending), kept sorted in a
+  // small array: an insertion per token that beats the current last.
+  const auto better = [](const TokenLogprob& a, const TokenLogprob& b) {
+    return a.logprob > b.logprob || (a.logprob == b.logprob && a.id < b.id);
+  };
+  out->top.reserve(keep);
+  for (size_t i = 0; i < vocab; ++i) {
+    const TokenLogprob candidate{static_cast<int32_t>(i), logprob(logits[i])};
+    if (out->top.size() == keep) {
+      if (!better(candidate, out->top.back())) continue;
+      out->top.pop_back();
+    }
+    // Ids arrive ascending, so an equal logprob goes after the ones there.
+    auto at = std::upper_bound(out->top.begin(), out->top.end(), candidate, better);
+    out->top.insert(at, candidate);
+  }
 }
 
 }  // namespace idlefleet::engine

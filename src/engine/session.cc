@@ -46,7 +46,9 @@ std::string SessionState::to_json() const {
   j["sampler"] = {{"temperature", sampler.temperature}, {"top_k", sampler.top_k},
                   {"top_p", sampler.top_p},             {"min_p", sampler.min_p},
                   {"repeat_penalty", sampler.repeat_penalty},
-                  {"repeat_last_n", sampler.repeat_last_n}, {"seed", sampler.seed}};
+                  {"repeat_last_n", sampler.repeat_last_n},
+                  {"presence_penalty", sampler.presence_penalty},
+                  {"frequency_penalty", sampler.frequency_penalty}, {"seed", sampler.seed}};
   return j.dump();
 }
 
@@ -112,6 +114,8 @@ Result<SessionState> SessionState::from_json(std::string_view text) {
     IF_RETURN_IF_ERROR(num("min_p", &s.sampler.min_p));
     IF_RETURN_IF_ERROR(num("repeat_penalty", &s.sampler.repeat_penalty));
     IF_RETURN_IF_ERROR(num("repeat_last_n", &s.sampler.repeat_last_n));
+    IF_RETURN_IF_ERROR(num("presence_penalty", &s.sampler.presence_penalty));
+    IF_RETURN_IF_ERROR(num("frequency_penalty", &s.sampler.frequency_penalty));
     IF_RETURN_IF_ERROR(num("seed", &s.sampler.seed));
   }
   if (auto v = s.sampler.validate(); !v) return Unexpected(v.error().code, "session: " + v.error().message);
@@ -159,6 +163,7 @@ Status Generator::resume(const SessionState& state) {
   pending_ = history_;
   ctx_.rewind(0);
   stop_ = StopReason::kNone;
+  logprobs_valid_ = false;
   first_ = true;
   prefill_seconds_ = decode_seconds_ = 0.0;
   prefill_tokens_ = 0;
@@ -169,7 +174,19 @@ Status Generator::resume(const SessionState& state) {
   return {};
 }
 
+Status Generator::enable_logprobs(int32_t top_n) {
+  if (top_n < 0 || top_n > kTopLogprobsMax) {
+    return Unexpected(ErrorCode::kInvalidArgument, std::string("top_logprobs must be in [0, ")
+                                                       .append(std::to_string(kTopLogprobsMax))
+                                                       .append("], got ")
+                                                       .append(std::to_string(top_n)));
+  }
+  logprobs_top_n_ = top_n;
+  return {};
+}
+
 Result<int32_t> Generator::next() {
+  logprobs_valid_ = false;
   if (stop_ != StopReason::kNone) return -1;
   if (state_.max_tokens > 0 && static_cast<int64_t>(state_.produced_ids.size()) >= state_.max_tokens) {
     stop_ = StopReason::kMaxTokens;
@@ -192,7 +209,12 @@ Result<int32_t> Generator::next() {
   }
   logits_ = *logits;
   const Sampler sampler(state_.sampler);
-  const int32_t token = sampler.sample(logits_, history_, static_cast<uint64_t>(history_.size()));
+  const int32_t token = sampler.sample(logits_, history_, state_.prompt_ids.size(),
+                                      static_cast<uint64_t>(history_.size()));
+  if (logprobs_top_n_ >= 0) {
+    compute_logprobs(logits_, token, logprobs_top_n_, &logprobs_);
+    logprobs_valid_ = true;
+  }
   history_.push_back(token);
   state_.produced_ids.push_back(token);
   pending_.assign(1, token);

@@ -12,7 +12,15 @@
 //   {"version":1, "model":"<name>", "prompt_ids":[...], "produced_ids":[...],
 //    "max_tokens":N, "stop_ids":[...],
 //    "sampler":{"temperature":..,"top_k":..,"top_p":..,"min_p":..,
-//               "repeat_penalty":..,"repeat_last_n":..,"seed":..}}
+//               "repeat_penalty":..,"repeat_last_n":..,"presence_penalty":..,
+//               "frequency_penalty":..,"seed":..}}
+// Every sampler field is optional on reading (its default when absent), so
+// sessions written before a field existed still load.
+//
+// Logprobs are an output, not part of the generation: they do not change the
+// tokens and are not serialised. A Generator computes them only after
+// enable_logprobs(), and from the raw logits of each position, so that they
+// too are bitwise the same after resume (see compute_logprobs in sampler.h).
 //
 // Thread-safety: a Generator is used by one thread at a time.
 #pragma once
@@ -64,6 +72,18 @@ class Generator {
   // Produces the next token, or StopReason via stop_reason() when done (the
   // returned token is then -1). Errors come from the engine.
   Result<int32_t> next();
+
+  // From the next next() on, computes each produced token's logprob and the
+  // top_n most likely tokens' (OpenAI's logprobs with top_logprobs = top_n).
+  // Stays on across start() and resume() until disable_logprobs().
+  // Errors: top_n outside [0, kTopLogprobsMax].
+  Status enable_logprobs(int32_t top_n);
+  void disable_logprobs() { logprobs_top_n_ = -1; }
+  // The logprobs of the token the last next() produced; null when logprobs
+  // are off, or when that next() produced no token. Valid until the next
+  // call of a non-const member.
+  const TokenLogprobs* last_logprobs() const { return logprobs_valid_ ? &logprobs_ : nullptr; }
+
   StopReason stop_reason() const { return stop_; }
   const SessionState& state() const { return state_; }
 
@@ -83,6 +103,9 @@ class Generator {
   bool first_ = true;
   double prefill_seconds_ = 0.0, decode_seconds_ = 0.0;
   int64_t prefill_tokens_ = 0;
+  int32_t logprobs_top_n_ = -1;  // -1: off
+  TokenLogprobs logprobs_;
+  bool logprobs_valid_ = false;
 };
 
 }  // namespace idlefleet::engine

@@ -1,16 +1,22 @@
 // The `idlefleet` command as a user runs it: model pull over a file:// URL,
-// and clear errors (exit 1 or 2, nothing left behind) for garbage.
+// embed on a synthetic model, and clear errors (exit 1 or 2, nothing left
+// behind) for garbage.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include <cmath>
+#include <nlohmann/json.hpp>
+
 #include "engine/model_tools.h"
+#include "unit/engine/test_models.h"
 
 namespace {
 
@@ -101,6 +107,76 @@ TEST_F(Cli, GarbageModelFilesGetClearErrors) {
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
   }
+}
+
+TEST_F(Cli, EmbedPrintsAUnitVectorTheSameForAnyThreadCount) {
+  const fs::path model = dir_ / "tiny.gguf";
+  {
+    const std::vector<uint8_t> bytes = idlefleet::engine::testing::make_tiny_model(idlefleet::engine::TensorType::kQ8_0, 5);
+    std::ofstream out(model, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  const std::string base = "embed -m '" + model.string() + "' -p 'the cat sat'";
+  const Ran one = run(base + " -t 1");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto j = nlohmann::json::parse(one.output, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << one.output;
+  EXPECT_EQ(j.at("model"), "tiny-test");
+  EXPECT_GT(j.at("tokens").get<int>(), 1);
+  const auto& v = j.at("embedding");
+  ASSERT_EQ(v.size(), 64u);
+  double norm = 0;
+  for (const auto& x : v) norm += x.get<double>() * x.get<double>();
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  for (int threads : {2, 4}) {
+    const Ran r = run(base + " -t " + std::to_string(threads));
+    EXPECT_EQ(r.output, one.output) << threads << " threads";
+  }
+  // A context too short for the text: a runtime error naming it.
+  const Ran short_ctx = run(base + " -c 2");
+  EXPECT_EQ(short_ctx.exit_code, 1) << short_ctx.output;
+  EXPECT_NE(short_ctx.output.find("context"), std::string::npos) << short_ctx.output;
+}
+
+TEST_F(Cli, EmbedAndRunRefuseGarbageFlags) {
+  const fs::path junk = dir_ / "junk.gguf";
+  std::ofstream(junk) << "GGUF but not really";
+  const fs::path model = dir_ / "tiny.gguf";
+  {
+    const std::vector<uint8_t> bytes = idlefleet::engine::testing::make_tiny_model(idlefleet::engine::TensorType::kF32, 5);
+    std::ofstream out(model, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  // Usage errors: exit 2.
+  for (const std::string& args :
+       {std::string("embed"), std::string("embed -p"), std::string("embed -p x -t 0"), std::string("embed -p x -t many"),
+        std::string("embed -p x --threads 300"), std::string("embed -p x -c -1"), std::string("embed -p x --bogus"),
+        std::string("embed -p x extra"), std::string("run --presence-penalty 2.5"),
+        std::string("run --frequency-penalty -3"), std::string("run --presence-penalty x")}) {
+    const Ran r = run(args, dir_.string());
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+  }
+  // Runtime errors: exit 1 with a message.
+  for (const std::string& args :
+       {std::string("embed -m '").append(junk.string()).append("' -p x"),
+        std::string("embed -m '").append((dir_ / "absent.gguf").string()).append("' -p x"),
+        std::string("embed -p x"),  // no model anywhere from this directory
+        std::string("run -m '").append(junk.string()).append("' --presence-penalty 1")}) {
+    const Ran r = run(args, dir_.string());
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
+  }
+  // NaN passes CLI11's range check; the sampler's validation names it.
+  for (const char* flag : {"presence_penalty", "frequency_penalty"}) {
+    std::string option = std::string("--").append(flag);
+    std::replace(option.begin(), option.end(), '_', '-');
+    const Ran r = run(std::string("run -q -n 2 -m '").append(model.string()).append("' ").append(option).append(" nan"));
+    EXPECT_EQ(r.exit_code, 1) << option << "\n" << r.output;
+    EXPECT_NE(r.output.find(flag), std::string::npos) << option << "\n" << r.output;
+  }
+  // In range, on a real model: fine.
+  const Ran ok = run(std::string("run -q -n 4 -m '").append(model.string()).append("' --presence-penalty -2 --frequency-penalty 2"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
 }
 
 TEST_F(Cli, UsageErrorsExitTwo) {

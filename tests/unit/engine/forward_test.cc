@@ -1,9 +1,11 @@
 // The optimised forward pass against a plain reference written here, and the
-// engine's determinism: thread counts, batching, export and resume.
+// engine's determinism: thread counts, batching, export and resume (with the
+// penalties and logprobs on), and sequence embeddings.
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <cmath>
+#include <set>
 
 #include "engine/model.h"
 #include "engine/session.h"
@@ -70,8 +72,12 @@ class ReferenceForward {
       for (int64_t i = 0; i < dim; ++i) x[i] += o[i];
     }
     ++pos_;
-    return mul(m_.output(), norm(x, m_.output_norm()));
+    hidden_ = norm(x, m_.output_norm());
+    return mul(m_.output(), hidden_);
   }
+
+  // The final hidden state after the output RMSNorm, of the last step().
+  const std::vector<double>& hidden() const { return hidden_; }
 
  private:
   std::vector<double> norm(const std::vector<double>& x, const std::vector<float>& w) const {
@@ -99,6 +105,7 @@ class ReferenceForward {
   const LlamaConfig& c_;
   int64_t pos_ = 0;
   std::vector<std::vector<std::vector<double>>> k_, v_;
+  std::vector<double> hidden_;
 };
 
 class ForwardTest : public ::testing::TestWithParam<TensorType> {};
@@ -183,49 +190,289 @@ TEST_P(ForwardTest, BitwiseIdenticalForThreadCountsBatchingAndKernelSets) {
   }
 }
 
+// Each token's logprobs as bits: chosen id and value, then the top list.
+using LogprobBits = std::vector<std::vector<uint64_t>>;
+void append_bits(const TokenLogprobs* lp, LogprobBits* out) {
+  ASSERT_NE(lp, nullptr);
+  std::vector<uint64_t> row = {static_cast<uint64_t>(lp->chosen.id), std::bit_cast<uint32_t>(lp->chosen.logprob)};
+  for (const TokenLogprob& t : lp->top) {
+    row.push_back(static_cast<uint64_t>(t.id));
+    row.push_back(std::bit_cast<uint32_t>(t.logprob));
+  }
+  out->push_back(std::move(row));
+}
+
+// Runs a generator to its end, collecting logprobs when they are on.
+void finish(Generator& gen, LogprobBits* logprobs) {
+  while (true) {
+    auto t = gen.next();
+    ASSERT_TRUE(t);
+    if (*t < 0) {
+      EXPECT_EQ(gen.last_logprobs(), nullptr);
+      break;
+    }
+    if (logprobs != nullptr) append_bits(gen.last_logprobs(), logprobs);
+  }
+}
+
 TEST_P(ForwardTest, ExportThenResumeAtEveryPositionContinuesIdentically) {
   const auto bytes = make_tiny_model(GetParam(), 13);
   auto model = load_model(bytes);
   ASSERT_TRUE(model);
-  SamplerParams sp;
-  sp.temperature = 0.9f;
-  sp.top_p = 0.95f;
-  sp.seed = 1234;
-  const std::vector<int32_t> prompt = {1, 72, 105, 33};
+  SamplerParams plain;
+  plain.temperature = 0.9f;
+  plain.top_p = 0.95f;
+  plain.seed = 1234;
+  // With every penalty on, so that the split between prompt and produced
+  // tokens has to survive the export.
+  SamplerParams penalised = plain;
+  penalised.repeat_penalty = 1.1f;
+  penalised.presence_penalty = 0.8f;
+  penalised.frequency_penalty = 0.6f;
+  const std::vector<int32_t> prompt = {1, 72, 105, 33, 72, 72};
   const int64_t n = 24;
-  ThreadPool pool(2);
+  for (const SamplerParams& sp : {plain, penalised}) {
+    ThreadPool pool(2);
+    Context ctx(*model, 0, &pool);
+    Generator gen(*model, ctx);
+    ASSERT_TRUE(gen.enable_logprobs(5));
+    ASSERT_TRUE(gen.start(prompt, sp, n, {}));
+    LogprobBits full_logprobs;
+    finish(gen, &full_logprobs);
+    const std::vector<int32_t> full = gen.state().produced_ids;
+    ASSERT_EQ(static_cast<int64_t>(full.size()), n);
+    ASSERT_EQ(static_cast<int64_t>(full_logprobs.size()), n);
+
+    for (int64_t cut = 0; cut < n; ++cut) {
+      // Stop after `cut` tokens and export ...
+      Context c1(*model, 0, &pool);
+      Generator g1(*model, c1);
+      ASSERT_TRUE(g1.start(prompt, sp, n, {}));
+      for (int64_t i = 0; i < cut; ++i) ASSERT_TRUE(g1.next());
+      const std::string json = g1.state().to_json();
+      // ... and resume in a fresh context with another thread count.
+      auto state = SessionState::from_json(json);
+      ASSERT_TRUE(state) << state.error().to_string();
+      EXPECT_EQ(state->sampler.presence_penalty, sp.presence_penalty);
+      EXPECT_EQ(state->sampler.frequency_penalty, sp.frequency_penalty);
+      ThreadPool other(1 + cut % 3);
+      Context c2(*model, 0, &other);
+      Generator g2(*model, c2);
+      ASSERT_TRUE(g2.resume(*state));
+      ASSERT_TRUE(g2.enable_logprobs(5));
+      LogprobBits logprobs;
+      finish(g2, &logprobs);
+      EXPECT_EQ(g2.state().produced_ids, full) << "resumed after " << cut << " tokens";
+      EXPECT_EQ(logprobs, LogprobBits(full_logprobs.begin() + cut, full_logprobs.end()))
+          << "resumed after " << cut << " tokens";
+    }
+  }
+}
+
+TEST_P(ForwardTest, PenaltiesChangeTheGenerationAndLogprobsDoNot) {
+  // Greedy, so that only the penalties can change the tokens; logprobs
+  // describe the raw logits whatever the sampler does.
+  const auto bytes = make_tiny_model(GetParam(), 17);
+  auto model = load_model(bytes);
+  ASSERT_TRUE(model);
+  ThreadPool pool(1);
+  const auto generate = [&](const SamplerParams& sp, std::vector<float>* chosen_logprobs) {
+    Context ctx(*model, 0, &pool);
+    Generator gen(*model, ctx);
+    EXPECT_TRUE(gen.enable_logprobs(0));
+    EXPECT_TRUE(gen.start({1, 80, 99}, sp, 30, {}));
+    while (true) {
+      auto t = gen.next();
+      EXPECT_TRUE(t);
+      if (!t || *t < 0) break;
+      chosen_logprobs->push_back(gen.last_logprobs()->chosen.logprob);
+      EXPECT_TRUE(gen.last_logprobs()->top.empty());
+    }
+    return gen.state().produced_ids;
+  };
+  std::vector<float> plain_logprobs, penalised_logprobs;
+  const std::vector<int32_t> plain = generate(SamplerParams{}, &plain_logprobs);
+  SamplerParams sp;
+  sp.frequency_penalty = 2.0f;
+  sp.presence_penalty = 2.0f;
+  const std::vector<int32_t> penalised = generate(sp, &penalised_logprobs);
+  // A random tiny model repeats itself greedily; the penalties make it
+  // produce more distinct tokens.
+  EXPECT_GT(std::set<int32_t>(penalised.begin(), penalised.end()).size(),
+            std::set<int32_t>(plain.begin(), plain.end()).size());
+  // Up to the first difference the logits, hence the logprobs, are the same.
+  size_t same = 0;
+  while (same < plain.size() && plain[same] == penalised[same]) ++same;
+  ASSERT_LT(same, plain.size());
+  for (size_t i = 0; i < same; ++i) EXPECT_EQ(plain_logprobs[i], penalised_logprobs[i]) << i;
+  // At the first difference the logits are the same too, but the penalised
+  // generation took a less likely token.
+  EXPECT_LT(penalised_logprobs[same], plain_logprobs[same]);
+}
+
+TEST_P(ForwardTest, LogprobsBitwiseIdenticalForOneTwoAndFourThreads) {
+  const auto bytes = make_tiny_model(GetParam(), 19);
+  auto model = load_model(bytes);
+  ASSERT_TRUE(model);
+  SamplerParams sp;
+  sp.temperature = 1.0f;
+  sp.seed = 99;
+  const auto run = [&](int threads) {
+    ThreadPool pool(threads);
+    Context ctx(*model, 0, &pool);
+    Generator gen(*model, ctx);
+    EXPECT_TRUE(gen.enable_logprobs(kTopLogprobsMax));
+    EXPECT_TRUE(gen.start({1, 5, 200, 31, 77}, sp, 40, {}));
+    LogprobBits bits;
+    finish(gen, &bits);
+    EXPECT_EQ(bits.size(), 40u);
+    return bits;
+  };
+  const LogprobBits one = run(1);
+  EXPECT_EQ(run(2), one);
+  EXPECT_EQ(run(4), one);
+  // Off again: nothing computed.
+  ThreadPool pool(1);
   Context ctx(*model, 0, &pool);
   Generator gen(*model, ctx);
-  ASSERT_TRUE(gen.start(prompt, sp, n, {}));
-  while (true) {
-    auto t = gen.next();
-    ASSERT_TRUE(t);
-    if (*t < 0) break;
-  }
-  const std::vector<int32_t> full = gen.state().produced_ids;
-  ASSERT_EQ(static_cast<int64_t>(full.size()), n);
+  EXPECT_FALSE(gen.enable_logprobs(-1));
+  EXPECT_FALSE(gen.enable_logprobs(kTopLogprobsMax + 1));
+  ASSERT_TRUE(gen.enable_logprobs(3));
+  gen.disable_logprobs();
+  ASSERT_TRUE(gen.start({1, 5}, sp, 3, {}));
+  ASSERT_TRUE(gen.next());
+  EXPECT_EQ(gen.last_logprobs(), nullptr);
+}
 
-  for (int64_t cut = 0; cut < n; ++cut) {
-    // Stop after `cut` tokens and export ...
-    Context c1(*model, 0, &pool);
-    Generator g1(*model, c1);
-    ASSERT_TRUE(g1.start(prompt, sp, n, {}));
-    for (int64_t i = 0; i < cut; ++i) ASSERT_TRUE(g1.next());
-    const std::string json = g1.state().to_json();
-    // ... and resume in a fresh context with another thread count.
-    auto state = SessionState::from_json(json);
-    ASSERT_TRUE(state) << state.error().to_string();
-    ThreadPool other(1 + cut % 3);
-    Context c2(*model, 0, &other);
-    Generator g2(*model, c2);
-    ASSERT_TRUE(g2.resume(*state));
-    while (true) {
-      auto t = g2.next();
-      ASSERT_TRUE(t);
-      if (*t < 0) break;
-    }
-    EXPECT_EQ(g2.state().produced_ids, full) << "resumed after " << cut << " tokens";
+// The reference's embedding: mean of the normalised hidden states, L2-normalised.
+std::vector<double> reference_embedding(const Model& m, const std::vector<int32_t>& tokens) {
+  ReferenceForward ref(m);
+  std::vector<double> mean(static_cast<size_t>(m.config().dim), 0.0);
+  for (int32_t t : tokens) {
+    ref.step(t);
+    for (size_t j = 0; j < mean.size(); ++j) mean[j] += ref.hidden()[j] / static_cast<double>(tokens.size());
   }
+  double norm = 0;
+  for (double v : mean) norm += v * v;
+  for (double& v : mean) v /= std::sqrt(norm);
+  return mean;
+}
+
+// Largest |engine - reference| over the components of the unit vector, per
+// weight type. Measured: 4e-8 (f32), 6e-8 (f16), 1.8e-3 (q8_0, q4_0, which
+// also quantise activations); the bounds leave a margin of 100 and 5.
+double embedding_tolerance(TensorType t) {
+  switch (t) {
+    case TensorType::kF32: return 1e-5;
+    case TensorType::kF16: return 1e-5;
+    default: return 1e-2;
+  }
+}
+
+TEST_P(ForwardTest, EmbeddingAgreesWithReference) {
+  for (bool tied : {false, true}) {
+    const auto bytes = make_tiny_model(GetParam(), 23, tied);
+    auto model = load_model(bytes);
+    ASSERT_TRUE(model);
+    ThreadPool pool(2);
+    Context ctx(*model, 0, &pool);
+    const std::vector<int32_t> tokens = {1, 80, 260, 5, 99, 268, 140, 31, 200, 3, 77, 150, 264, 42, 11, 250};
+    auto got = ctx.embed_sequence(tokens);
+    ASSERT_TRUE(got) << got.error().to_string();
+    const std::vector<double> want = reference_embedding(*model, tokens);
+    ASSERT_EQ(got->size(), want.size());
+    double err = 0, norm = 0;
+    for (size_t j = 0; j < want.size(); ++j) {
+      err = std::max(err, std::fabs((*got)[j] - want[j]));
+      norm += static_cast<double>((*got)[j]) * (*got)[j];
+    }
+    std::printf("%s%s: max embedding error %.3g (allowed %.3g)\n", tensor_type_info(GetParam())->name,
+                tied ? " tied" : "", err, embedding_tolerance(GetParam()));
+    EXPECT_LT(err, embedding_tolerance(GetParam()));
+    EXPECT_NEAR(norm, 1.0, 1e-6);
+    // One token: its own normalised hidden state, normalised.
+    auto single = ctx.embed_sequence(std::span(tokens).first(1));
+    ASSERT_TRUE(single);
+    const std::vector<double> want_single = reference_embedding(*model, {tokens[0]});
+    for (size_t j = 0; j < want_single.size(); ++j) {
+      EXPECT_NEAR((*single)[j], want_single[j], embedding_tolerance(GetParam()));
+    }
+  }
+}
+
+TEST_P(ForwardTest, EmbeddingBitwiseIdenticalForThreadCountsAndLeavesTheContextFresh) {
+  // A context longer than one batch, so that pooling spans batches.
+  testing::TinyShape shape;
+  shape.context = 2 * kBatchTokensMax + 16;
+  const auto bytes = make_tiny_model(GetParam(), 29, false, shape);
+  auto model = load_model(bytes);
+  ASSERT_TRUE(model);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < kBatchTokensMax + 60; ++i) tokens.push_back((i * 53 + 7) % 269);
+  const auto embed = [&](int threads) {
+    ThreadPool pool(threads);
+    Context ctx(*model, 0, &pool);
+    auto e = ctx.embed_sequence(tokens);
+    EXPECT_TRUE(e);
+    EXPECT_EQ(ctx.position(), 0);
+    std::vector<uint32_t> bits;
+    for (float f : *e) bits.push_back(std::bit_cast<uint32_t>(f));
+    return bits;
+  };
+  const auto one = embed(1);
+  EXPECT_EQ(embed(2), one);
+  EXPECT_EQ(embed(4), one);
+
+  // A generation after an embedding (and an embedding in the middle of a
+  // context that held tokens) goes as in a fresh context.
+  SamplerParams sp;
+  sp.temperature = 0.8f;
+  sp.seed = 5;
+  const std::vector<int32_t> prompt = {1, 44, 45};
+  ThreadPool pool(2);
+  const auto generate = [&](Context& ctx) {
+    Generator gen(*model, ctx);
+    EXPECT_TRUE(gen.start(prompt, sp, 12, {}));
+    finish(gen, nullptr);
+    return gen.state().produced_ids;
+  };
+  Context fresh(*model, 0, &pool);
+  const std::vector<int32_t> want = generate(fresh);
+  Context used(*model, 0, &pool);
+  ASSERT_TRUE(used.eval(std::span(tokens).first(10)));
+  auto e = used.embed_sequence(tokens);
+  ASSERT_TRUE(e);
+  std::vector<uint32_t> bits;
+  for (float f : *e) bits.push_back(std::bit_cast<uint32_t>(f));
+  EXPECT_EQ(bits, one);
+  // Logits right after an embedding are those of a fresh context ...
+  auto after = used.eval(prompt);
+  ASSERT_TRUE(after);
+  const std::vector<float> after_logits(after->begin(), after->end());
+  Context fresh2(*model, 0, &pool);
+  auto expected = fresh2.eval(prompt);
+  ASSERT_TRUE(expected);
+  EXPECT_EQ(after_logits, std::vector<float>(expected->begin(), expected->end()));
+  // ... and so is a generation.
+  ASSERT_TRUE(used.embed_sequence(tokens));
+  EXPECT_EQ(generate(used), want);
+}
+
+TEST(Model, EmbeddingRefusesBadInputAndKeepsTheContext) {
+  const auto bytes = make_tiny_model(TensorType::kF32, 3);
+  auto model = load_model(bytes);
+  ASSERT_TRUE(model);
+  ThreadPool pool(1);
+  Context ctx(*model, 8, &pool);
+  ASSERT_TRUE(ctx.eval(std::vector<int32_t>{1, 2, 3}));
+  EXPECT_FALSE(ctx.embed_sequence({}));
+  EXPECT_FALSE(ctx.embed_sequence(std::vector<int32_t>{1, 100000}));
+  auto r = ctx.embed_sequence(std::vector<int32_t>(9, 5));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kOutOfRange);
+  EXPECT_EQ(ctx.position(), 3);
+  // The whole capacity is allowed, whatever the position.
+  EXPECT_TRUE(ctx.embed_sequence(std::vector<int32_t>(8, 5)));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardTest,
@@ -280,6 +527,26 @@ TEST(Session, GarbageJsonIsRefused) {
   auto ok = SessionState::from_json("{\"version\":1,\"prompt_ids\":[1,2],\"sampler\":{\"seed\":7}}");
   ASSERT_TRUE(ok);
   EXPECT_EQ(ok->sampler.seed, 7u);
+  // Sessions written before the presence and frequency penalties load with
+  // them off; bad values are refused.
+  EXPECT_EQ(ok->sampler.presence_penalty, 0.0f);
+  EXPECT_EQ(ok->sampler.frequency_penalty, 0.0f);
+  for (const char* text : {"{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"presence_penalty\":2.5}}",
+                           "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"frequency_penalty\":-3}}",
+                           "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"frequency_penalty\":1e300}}",
+                           "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"presence_penalty\":\"nan\"}}",
+                           "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"presence_penalty\":NaN}}",
+                           "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"presence_penalty\":null}}"}) {
+    EXPECT_FALSE(SessionState::from_json(text)) << text;
+  }
+  auto penalised = SessionState::from_json(
+      "{\"version\":1,\"prompt_ids\":[1],\"sampler\":{\"presence_penalty\":-2,\"frequency_penalty\":0.5}}");
+  ASSERT_TRUE(penalised);
+  EXPECT_EQ(penalised->sampler.presence_penalty, -2.0f);
+  EXPECT_EQ(penalised->sampler.frequency_penalty, 0.5f);
+  auto again = SessionState::from_json(penalised->to_json());
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->sampler.frequency_penalty, 0.5f);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Sampler: greedy ties, each filter (temperature, top_k, top_p, min_p), the
-// repetition penalty, NaN and infinite logits, parameter validation, the
+// repetition, presence and frequency penalties, NaN and infinite logits, parameter validation, the
 // statelessness that lets a generation resume anywhere, frequencies against
-// probabilities, and the cost per call at a 32000-token vocabulary.
+// probabilities; logprobs against a double-precision reference.
 #include "engine/sampler.h"
 
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <ctime>
 #include <limits>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -38,11 +39,12 @@ std::vector<float> logits_for(const std::vector<double>& probabilities) {
 }
 
 // How often each id comes up over `draws` positions.
+// `history` is all produced unless prompt_tokens says otherwise.
 std::vector<int> histogram(const Sampler& s, const std::vector<float>& logits, int draws,
-                           std::vector<int32_t> history = {}) {
+                           std::vector<int32_t> history = {}, size_t prompt_tokens = 0) {
   std::vector<int> counts(logits.size(), 0);
   for (int position = 0; position < draws; ++position) {
-    const int32_t id = s.sample(logits, history, position);
+    const int32_t id = s.sample(logits, history, prompt_tokens, position);
     EXPECT_TRUE(id >= 0 && static_cast<size_t>(id) < logits.size());
     ++counts[id];
   }
@@ -59,15 +61,15 @@ std::set<int32_t> seen(const std::vector<int>& counts) {
 
 TEST(Sampler, GreedyTakesLowestIdOnTies) {
   const Sampler s(SamplerParams{});
-  EXPECT_EQ(s.sample(std::vector<float>{1, 3, 3, 2}, {}, 0), 1);
-  EXPECT_EQ(s.sample(std::vector<float>{5, 5, 5}, {}, 9), 0);
-  EXPECT_EQ(s.sample(std::vector<float>{-2, -1}, {}, 0), 1);
-  EXPECT_EQ(s.sample(std::vector<float>{0.5f}, {}, 0), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{1, 3, 3, 2}, {}, 0, 0), 1);
+  EXPECT_EQ(s.sample(std::vector<float>{5, 5, 5}, {}, 0, 9), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{-2, -1}, {}, 0, 0), 1);
+  EXPECT_EQ(s.sample(std::vector<float>{0.5f}, {}, 0, 0), 0);
   // Neither the seed nor the position matter.
   SamplerParams other;
   other.seed = 99;
   for (uint64_t position = 0; position < 100; ++position) {
-    EXPECT_EQ(Sampler(other).sample(std::vector<float>{1, 3, 3, 2}, {}, position), 1);
+    EXPECT_EQ(Sampler(other).sample(std::vector<float>{1, 3, 3, 2}, {}, 0, position), 1);
   }
 }
 
@@ -81,11 +83,11 @@ TEST(Sampler, SameSeedAndPositionSameToken) {
   const Sampler b(p);
   std::vector<int32_t> forward;
   for (uint64_t position = 0; position < 200; ++position) {
-    forward.push_back(a.sample(logits, {}, position));
+    forward.push_back(a.sample(logits, {}, 0, position));
   }
   // Another sampler, positions visited backwards: no hidden state.
   for (uint64_t position = 200; position-- > 0;) {
-    EXPECT_EQ(b.sample(logits, {}, position), forward[position]) << position;
+    EXPECT_EQ(b.sample(logits, {}, 0, position), forward[position]) << position;
   }
   // Draws vary across positions and across seeds.
   EXPECT_GT(std::set<int32_t>(forward.begin(), forward.end()).size(), 50u);
@@ -93,7 +95,7 @@ TEST(Sampler, SameSeedAndPositionSameToken) {
   const Sampler c(p);
   int same = 0;
   for (uint64_t position = 0; position < 200; ++position) {
-    same += c.sample(logits, {}, position) == forward[position];
+    same += c.sample(logits, {}, 0, position) == forward[position];
   }
   EXPECT_LT(same, 20);
 }
@@ -206,22 +208,22 @@ TEST(Sampler, RepetitionPenalty) {
   const Sampler s(p);
   // 2.0 / 1.2 = 1.67 > 1.5 once; applied twice it would be 1.39 < 1.5.
   const std::vector<float> logits = {2.0f, 1.5f};
-  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{}, 0), 0);
-  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{0, 0, 0, 0}, 0), 0);
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{}, 0, 0), 0);
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{0, 0, 0, 0}, 0, 0), 0);
   const std::vector<float> close = {2.0f, 1.9f};
-  EXPECT_EQ(s.sample(close, std::vector<int32_t>{0}, 0), 1);
+  EXPECT_EQ(s.sample(close, std::vector<int32_t>{0}, 0, 0), 1);
   // Negative logits are multiplied: -1 * 1.2 = -1.2 < -1.1.
-  EXPECT_EQ(s.sample(std::vector<float>{-1.0f, -1.1f}, std::vector<int32_t>{0}, 0), 1);
+  EXPECT_EQ(s.sample(std::vector<float>{-1.0f, -1.1f}, std::vector<int32_t>{0}, 0, 0), 1);
   // Only the last repeat_last_n tokens count; ids outside the vocabulary are
   // ignored.
   SamplerParams window = p;
   window.repeat_last_n = 2;
   const Sampler w(window);
-  EXPECT_EQ(w.sample(close, std::vector<int32_t>{0, 1, 1}, 0), 0);
-  EXPECT_EQ(w.sample(close, std::vector<int32_t>{1, 0, -3, 7}, 0), 0);
-  EXPECT_EQ(w.sample(close, std::vector<int32_t>{1, 2, 0}, 0), 1);
+  EXPECT_EQ(w.sample(close, std::vector<int32_t>{0, 1, 1}, 0, 0), 0);
+  EXPECT_EQ(w.sample(close, std::vector<int32_t>{1, 0, -3, 7}, 0, 0), 0);
+  EXPECT_EQ(w.sample(close, std::vector<int32_t>{1, 2, 0}, 0, 0), 1);
   window.repeat_last_n = 0;
-  EXPECT_EQ(Sampler(window).sample(close, std::vector<int32_t>{0}, 0), 0);
+  EXPECT_EQ(Sampler(window).sample(close, std::vector<int32_t>{0}, 0, 0), 0);
   // It applies when sampling too: token 0 loses most of its mass.
   SamplerParams sampled = sampling();
   sampled.repeat_penalty = 4.0f;
@@ -235,16 +237,16 @@ TEST(Sampler, NaNAndInfiniteLogits) {
   const Sampler greedy(SamplerParams{});
   const Sampler sampled(sampling());
   const std::vector<float> some_nan = {kNaN, 1.0f, kNaN, 0.5f};
-  EXPECT_EQ(greedy.sample(some_nan, {}, 0), 1);
+  EXPECT_EQ(greedy.sample(some_nan, {}, 0, 0), 1);
   EXPECT_EQ(seen(histogram(sampled, some_nan, 1000)), (std::set<int32_t>{1, 3}));
   const std::vector<float> all_nan = {kNaN, kNaN, kNaN};
-  EXPECT_EQ(greedy.sample(all_nan, {}, 0), 0);
+  EXPECT_EQ(greedy.sample(all_nan, {}, 0, 0), 0);
   EXPECT_EQ(seen(histogram(sampled, all_nan, 100)), (std::set<int32_t>{0}));
   const std::vector<float> all_negative_infinity = {-kInf, -kInf};
-  EXPECT_EQ(greedy.sample(all_negative_infinity, {}, 0), 0);
+  EXPECT_EQ(greedy.sample(all_negative_infinity, {}, 0, 0), 0);
   EXPECT_EQ(seen(histogram(sampled, all_negative_infinity, 100)), (std::set<int32_t>{0}));
   const std::vector<float> positive_infinity = {1.0f, kInf, 0.0f, kInf, kNaN};
-  EXPECT_EQ(greedy.sample(positive_infinity, {}, 0), 1);
+  EXPECT_EQ(greedy.sample(positive_infinity, {}, 0, 0), 1);
   const std::vector<int> counts = histogram(sampled, positive_infinity, 2000);
   EXPECT_EQ(seen(counts), (std::set<int32_t>{1, 3}));
   EXPECT_NEAR(counts[1], 1000, 150);
@@ -270,14 +272,17 @@ TEST(Sampler, NeverReturnsAnImpossibleToken) {
     p.top_p = 1.0f - rng.uniform_float() * 0.99f;
     p.min_p = rng.uniform_float() * 0.5f;
     p.repeat_penalty = 0.5f + rng.uniform_float();
+    p.presence_penalty = (rng.uniform_float() - 0.5f) * 4;
+    p.frequency_penalty = (rng.uniform_float() - 0.5f) * 4;
     p.seed = rng.next();
     ASSERT_TRUE(p.validate()) << p.validate().error().to_string();
     std::vector<int32_t> history(rng.below(100));
     for (int32_t& id : history) id = static_cast<int32_t>(rng.below(vocab + 10)) - 5;
+    const size_t prompt_tokens = rng.below(history.size() + 1);
     bool any_finite = false;
     for (float l : logits) any_finite |= std::isfinite(l);
     for (uint64_t position = 0; position < 20; ++position) {
-      const int32_t id = Sampler(p).sample(logits, history, position);
+      const int32_t id = Sampler(p).sample(logits, history, prompt_tokens, position);
       ASSERT_TRUE(id >= 0 && static_cast<size_t>(id) < vocab);
       if (any_finite) {
         ASSERT_TRUE(std::isfinite(logits[id])) << "round " << round;
@@ -291,7 +296,8 @@ TEST(Sampler, NeverReturnsAnImpossibleToken) {
 // the top weight 2^52, 0 below e^-38) so that the search, not the
 // arithmetic, is what is compared.
 int32_t reference_sample(const SamplerParams& p, const std::vector<float>& raw,
-                         const std::vector<int32_t>& history, uint64_t position) {
+                         const std::vector<int32_t>& history, size_t prompt_tokens,
+                         uint64_t position) {
   std::vector<float> v = raw;
   if (p.repeat_penalty != 1.0f && p.repeat_last_n > 0) {
     std::set<int32_t> recent;
@@ -303,6 +309,13 @@ int32_t reference_sample(const SamplerParams& p, const std::vector<float>& raw,
     }
     for (int32_t id : recent)
       v[id] = v[id] > 0 ? v[id] / p.repeat_penalty : v[id] * p.repeat_penalty;
+  }
+  std::map<int32_t, int> produced;
+  for (size_t i = prompt_tokens; i < history.size(); ++i) {
+    if (history[i] >= 0 && static_cast<size_t>(history[i]) < v.size()) ++produced[history[i]];
+  }
+  for (const auto& [id, count] : produced) {
+    v[id] -= p.frequency_penalty * static_cast<float>(count) + p.presence_penalty * 1.0f;
   }
   for (float& x : v) {
     if (std::isnan(x)) x = -kInf;
@@ -396,16 +409,226 @@ TEST(Sampler, MatchesAPlainSortedWalk) {
     p.min_p = rng.below(3) == 0 ? rng.uniform_float() * 0.3f : 0.0f;
     p.repeat_penalty = rng.below(2) == 0 ? 1.0f : 0.5f + rng.uniform_float() * 2;
     p.repeat_last_n = static_cast<int32_t>(rng.below(80));
+    p.presence_penalty = rng.below(2) == 0 ? 0.0f : (rng.uniform_float() - 0.5f) * 4;
+    p.frequency_penalty = rng.below(2) == 0 ? 0.0f : (rng.uniform_float() - 0.5f) * 4;
     p.seed = rng.next();
     ASSERT_TRUE(p.validate());
     std::vector<int32_t> history(rng.below(120));
     for (int32_t& id : history) id = static_cast<int32_t>(rng.below(vocab + 4)) - 2;
+    const size_t prompt_tokens = rng.below(history.size() + 3);
     const Sampler s(p);
     for (uint64_t position = 0; position < 8; ++position) {
-      ASSERT_EQ(s.sample(logits, history, position), reference_sample(p, logits, history, position))
+      ASSERT_EQ(s.sample(logits, history, prompt_tokens, position),
+                reference_sample(p, logits, history, prompt_tokens, position))
           << "round " << round << " position " << position;
     }
   }
+}
+
+TEST(Sampler, PresenceAndFrequencyPenaltiesCountOnlyProducedTokens) {
+  const std::vector<float> logits = {2.0f, 1.5f, 1.0f};
+  SamplerParams presence;
+  presence.presence_penalty = 0.6f;
+  const Sampler p(presence);
+  // The prompt does not count, however often a token appears in it.
+  EXPECT_EQ(p.sample(logits, std::vector<int32_t>{0, 0, 0}, 3, 0), 0);
+  // A prompt_tokens past the end means the whole history is prompt.
+  EXPECT_EQ(p.sample(logits, std::vector<int32_t>{0, 0, 0}, 99, 0), 0);
+  // Produced once: 2.0 - 0.6 = 1.4 < 1.5. More occurrences change nothing.
+  EXPECT_EQ(p.sample(logits, std::vector<int32_t>{2, 0}, 1, 0), 1);
+  EXPECT_EQ(p.sample(logits, std::vector<int32_t>{0, 0, 0, 0}, 0, 0), 1);
+  // Ids outside the vocabulary are ignored.
+  EXPECT_EQ(p.sample(logits, std::vector<int32_t>{-1, 3, 7}, 0, 0), 0);
+
+  SamplerParams frequency;
+  frequency.frequency_penalty = 0.3f;
+  const Sampler f(frequency);
+  // 2.0 - 0.3 = 1.7 > 1.5 once; 2.0 - 0.6 = 1.4 < 1.5 twice.
+  EXPECT_EQ(f.sample(logits, std::vector<int32_t>{0}, 0, 0), 0);
+  EXPECT_EQ(f.sample(logits, std::vector<int32_t>{0, 0}, 0, 0), 1);
+  // Two in the prompt and one produced count as one.
+  EXPECT_EQ(f.sample(logits, std::vector<int32_t>{0, 0, 0}, 2, 0), 0);
+
+  // Negative values encourage: 1.0 + 1.0 = 2.0 ties with id 0 (lowest id
+  // wins); 1.0 + 1.5 = 2.5 wins.
+  SamplerParams encourage;
+  encourage.presence_penalty = -1.0f;
+  EXPECT_EQ(Sampler(encourage).sample(logits, std::vector<int32_t>{2}, 0, 0), 0);
+  encourage.presence_penalty = -1.5f;
+  EXPECT_EQ(Sampler(encourage).sample(logits, std::vector<int32_t>{2}, 0, 0), 2);
+  // Both: 2.0 - (0.25 * 2 + 0.25) = 1.25 < 1.5.
+  SamplerParams both;
+  both.presence_penalty = 0.25f;
+  both.frequency_penalty = 0.25f;
+  EXPECT_EQ(Sampler(both).sample(logits, std::vector<int32_t>{0, 0}, 0, 0), 1);
+  EXPECT_EQ(Sampler(both).sample(logits, std::vector<int32_t>{0}, 0, 0), 0);  // 1.5: tie, id 0
+
+  // After the repetition penalty: 3.0 / 2 - 1 = 0.5 < 0.8, where the other
+  // order would give (3.0 - 1) / 2 = 1.0 > 0.8.
+  SamplerParams ordered;
+  ordered.repeat_penalty = 2.0f;
+  ordered.presence_penalty = 1.0f;
+  EXPECT_EQ(Sampler(ordered).sample(std::vector<float>{3.0f, 0.8f}, std::vector<int32_t>{0}, 0, 0), 1);
+
+  // When sampling: p(0) falls from 1 / (1 + e^-1) = 0.73 to 0.5 after
+  // 2.0 - 1.0 = 1.0 against 1.0.
+  SamplerParams sampled = sampling();
+  sampled.frequency_penalty = 0.5f;
+  const std::vector<float> two = {2.0f, 1.0f};
+  EXPECT_NEAR(histogram(Sampler(sampled), two, 4000, {0, 0}, 0)[0], 2000, 130);
+  EXPECT_NEAR(histogram(Sampler(sampled), two, 4000, {0, 0}, 2)[0], 0.731 * 4000, 130);
+}
+
+TEST(Sampler, PenaltiesKeepDrawsIndependentOfEarlierCalls) {
+  // The same (logits, history, prompt_tokens, seed, position) gives the same
+  // token from any sampler, in any order of calls.
+  std::vector<float> logits(500);
+  Rng rng(41);
+  for (float& l : logits) l = rng.uniform_float() * 5;
+  std::vector<int32_t> history(300);
+  for (int32_t& id : history) id = static_cast<int32_t>(rng.below(500));
+  SamplerParams p = sampling(0.8f);
+  p.presence_penalty = 0.7f;
+  p.frequency_penalty = -0.4f;
+  p.repeat_penalty = 1.1f;
+  std::vector<int32_t> forward;
+  for (uint64_t position = 0; position < 100; ++position) {
+    forward.push_back(Sampler(p).sample(logits, history, 120, position));
+  }
+  const Sampler again(p);
+  for (uint64_t position = 100; position-- > 0;) {
+    EXPECT_EQ(again.sample(logits, history, 120, position), forward[position]);
+  }
+}
+
+// log-softmax in double with the C library, sorted plainly.
+std::vector<double> reference_logprobs(const std::vector<float>& logits) {
+  double top = -kInf;
+  for (float l : logits) {
+    if (!std::isnan(l)) top = std::max(top, static_cast<double>(l));
+  }
+  long double sum = 0;
+  for (float l : logits) {
+    if (std::isfinite(l)) sum += std::exp(static_cast<long double>(l) - top);
+  }
+  const double log_sum = static_cast<double>(std::log(sum));
+  std::vector<double> out;
+  for (float l : logits) out.push_back(std::isfinite(l) ? (l - top) - log_sum : -kInf);
+  return out;
+}
+
+TEST(Logprobs, AgreeWithADoublePrecisionReference) {
+  // Tolerance: one float rounding of the result (2^-23 relative, 2^-24 being
+  // round to nearest's bound) plus 1e-9 absolute for det_exp / det_log.
+  const auto tolerance = [](double reference) { return std::fabs(reference) * 0x1p-23 + 1e-9; };
+  Rng rng(53);
+  for (int round = 0; round < 200; ++round) {
+    const size_t vocab = 1 + rng.below(round < 150 ? 300 : 32000);
+    std::vector<float> logits(vocab);
+    const uint64_t shape = rng.below(3);
+    for (float& l : logits) {
+      l = shape == 0   ? (rng.uniform_float() - 0.5f) * 4
+          : shape == 1 ? (rng.uniform_float() - 0.5f) * 200
+                       : rng.uniform_float() * 10 + (rng.below(100) == 0 ? 30 : 0);
+      if (rng.below(50) == 0) l = rng.below(2) ? kNaN : -kInf;
+    }
+    bool any_finite = false;
+    for (float l : logits) any_finite |= std::isfinite(l);
+    if (!any_finite) continue;  // the uniform case, tested below
+    const std::vector<double> want = reference_logprobs(logits);
+    const int32_t top_n = static_cast<int32_t>(rng.below(kTopLogprobsMax + 1));
+    const int32_t chosen = static_cast<int32_t>(rng.below(vocab));
+    TokenLogprobs got;
+    compute_logprobs(logits, chosen, top_n, &got);
+    const auto near = [&](float value, int32_t id) {
+      const double w = want[static_cast<size_t>(id)];
+      if (std::isinf(w)) return value == -kInf;
+      return std::fabs(value - w) <= tolerance(w);
+    };
+    EXPECT_EQ(got.chosen.id, chosen);
+    EXPECT_TRUE(near(got.chosen.logprob, chosen))
+        << "round " << round << ": " << got.chosen.logprob << " vs " << want[chosen];
+    // The top list: as many as asked, each value right, ordered by logprob
+    // descending then id ascending, and nothing better left out (to within
+    // the tolerance: distinct logits may round to one float logprob, and
+    // then the engine orders them by id).
+    ASSERT_EQ(got.top.size(), std::min<size_t>(vocab, top_n));
+    std::set<int32_t> listed;
+    for (size_t i = 0; i < got.top.size(); ++i) {
+      const TokenLogprob& t = got.top[i];
+      ASSERT_TRUE(t.id >= 0 && static_cast<size_t>(t.id) < vocab);
+      EXPECT_TRUE(listed.insert(t.id).second) << "id " << t.id << " twice";
+      EXPECT_TRUE(near(t.logprob, t.id)) << "round " << round << " rank " << i;
+      if (i > 0) {
+        const TokenLogprob& u = got.top[i - 1];
+        EXPECT_TRUE(u.logprob > t.logprob || (u.logprob == t.logprob && u.id < t.id))
+            << "round " << round << " rank " << i;
+      }
+    }
+    if (!got.top.empty()) {
+      const double last = want[static_cast<size_t>(got.top.back().id)];
+      for (size_t i = 0; i < vocab; ++i) {
+        if (listed.count(static_cast<int32_t>(i)) == 0) {
+          EXPECT_LE(want[i], last + 2 * tolerance(last)) << "round " << round << ": id " << i << " left out";
+        }
+      }
+    }
+  }
+}
+
+TEST(Logprobs, TiesGoToTheLowestIdAndProbabilitiesSumToOne) {
+  const std::vector<float> logits = {1.0f, 3.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+  TokenLogprobs got;
+  compute_logprobs(logits, 5, 4, &got);
+  ASSERT_EQ(got.top.size(), 4u);
+  EXPECT_EQ(got.top[0].id, 1);
+  EXPECT_EQ(got.top[1].id, 2);
+  EXPECT_EQ(got.top[2].id, 4);
+  EXPECT_EQ(got.top[3].id, 3);
+  EXPECT_EQ(got.top[0].logprob, got.top[1].logprob);
+  EXPECT_EQ(got.top[1].logprob, got.top[2].logprob);
+  EXPECT_EQ(got.chosen.id, 5);
+  double total = 0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    compute_logprobs(logits, static_cast<int32_t>(i), 0, &got);
+    EXPECT_TRUE(got.top.empty());
+    total += std::exp(static_cast<double>(got.chosen.logprob));
+  }
+  EXPECT_NEAR(total, 1.0, 1e-6);
+  // More than the vocabulary: all of it; more than the limit: the limit.
+  compute_logprobs(logits, 0, 100, &got);
+  EXPECT_EQ(got.top.size(), logits.size());
+  std::vector<float> many(100, 0.0f);
+  compute_logprobs(many, 0, 100, &got);
+  ASSERT_EQ(got.top.size(), static_cast<size_t>(kTopLogprobsMax));
+  for (int32_t i = 0; i < kTopLogprobsMax; ++i) EXPECT_EQ(got.top[i].id, i);
+  EXPECT_NEAR(got.chosen.logprob, -std::log(100.0), 1e-6);
+}
+
+TEST(Logprobs, NaNAndInfiniteLogits) {
+  TokenLogprobs got;
+  // NaN counts as -inf.
+  compute_logprobs(std::vector<float>{kNaN, 0.0f, 0.0f}, 0, 3, &got);
+  EXPECT_EQ(got.chosen.logprob, -kInf);
+  EXPECT_NEAR(got.top[0].logprob, -std::log(2.0), 1e-7);
+  EXPECT_EQ(got.top[0].id, 1);
+  EXPECT_EQ(got.top[2].id, 0);
+  // Some +inf: uniform over them.
+  compute_logprobs(std::vector<float>{1.0f, kInf, kNaN, kInf, -kInf}, 3, 2, &got);
+  EXPECT_NEAR(got.chosen.logprob, -std::log(2.0), 1e-7);
+  EXPECT_EQ(got.top[0].id, 1);
+  EXPECT_EQ(got.top[1].id, 3);
+  compute_logprobs(std::vector<float>{1.0f, kInf}, 0, 0, &got);
+  EXPECT_EQ(got.chosen.logprob, -kInf);
+  // Nothing above -inf: uniform over the vocabulary.
+  compute_logprobs(std::vector<float>{-kInf, kNaN, -kInf, -kInf}, 2, 1, &got);
+  EXPECT_NEAR(got.chosen.logprob, -std::log(4.0), 1e-7);
+  EXPECT_EQ(got.top[0].id, 0);
+  // Logits at float's extremes neither overflow nor turn into NaN.
+  compute_logprobs(std::vector<float>{3e38f, -3e38f, 0.0f}, 1, 3, &got);
+  EXPECT_EQ(got.chosen.logprob, -kInf);
+  EXPECT_EQ(got.top[0].logprob, 0.0f);
+  EXPECT_NEAR(got.top[1].logprob, -3e38f, 1e32f);
 }
 
 TEST(SamplerParams, Validation) {
@@ -442,6 +665,12 @@ TEST(SamplerParams, Validation) {
             std::string::npos);
   EXPECT_NE(error([](SamplerParams& p) { p.repeat_last_n = -1; }).find("repeat_last_n"),
             std::string::npos);
+  for (float bad : {2.01f, -2.01f, kNaN, kInf, -kInf}) {
+    EXPECT_NE(error([&](SamplerParams& p) { p.presence_penalty = bad; }).find("presence_penalty"),
+              std::string::npos);
+    EXPECT_NE(error([&](SamplerParams& p) { p.frequency_penalty = bad; }).find("frequency_penalty"),
+              std::string::npos);
+  }
   // The edges that are allowed.
   SamplerParams edges;
   edges.temperature = kTemperatureMax;
@@ -450,6 +679,11 @@ TEST(SamplerParams, Validation) {
   edges.repeat_penalty = kRepeatPenaltyMax;
   edges.repeat_last_n = 0;
   edges.top_k = 1 << 30;
+  edges.presence_penalty = -kPresencePenaltyMax;
+  edges.frequency_penalty = kFrequencyPenaltyMax;
+  EXPECT_TRUE(edges.validate());
+  edges.presence_penalty = kPresencePenaltyMax;
+  edges.frequency_penalty = -kFrequencyPenaltyMax;
   EXPECT_TRUE(edges.validate());
 }
 

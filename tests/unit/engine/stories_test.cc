@@ -1,7 +1,8 @@
 // Acceptance on a real trained model: converting ../shared/models'
 // stories260K (llama2.c) to GGUF and generating greedily reproduces every
 // reference case exactly (prompt ids, generated ids, text); the same through
-// the `idlefleet` command, with an export and resume in between.
+// the `idlefleet` command, with an export and resume in between; penalties,
+// logprobs and embeddings on the same model, across thread counts.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -134,6 +135,70 @@ TEST_F(Stories, CommandLineRunExportAndResumeGiveTheReferenceText) {
   const std::string resumed = run_command(bin + " run -q -m " + gguf_ + " -t 2 --resume " + session, &status);
   ASSERT_EQ(status, 0);
   EXPECT_EQ(resumed, c.text + "\n");
+}
+
+TEST_F(Stories, LogprobsAreTheSameForOneTwoAndFourThreads) {
+  const Case& c = cases_[0];
+  std::vector<std::vector<float>> first;
+  for (int threads : {1, 2, 4}) {
+    ThreadPool pool(threads);
+    Context ctx(*model_, 0, &pool);
+    Generator gen(*model_, ctx);
+    ASSERT_TRUE(gen.enable_logprobs(kTopLogprobsMax));
+    ASSERT_TRUE(gen.start(c.prompt_ids, SamplerParams{}, 30, {}));
+    std::vector<std::vector<float>> rows;
+    for (;;) {
+      auto t = gen.next();
+      ASSERT_TRUE(t);
+      if (*t < 0) break;
+      const TokenLogprobs* lp = gen.last_logprobs();
+      ASSERT_NE(lp, nullptr);
+      // Greedy without penalties takes the most likely token.
+      ASSERT_EQ(lp->top.size(), static_cast<size_t>(kTopLogprobsMax));
+      EXPECT_EQ(lp->chosen.id, lp->top[0].id);
+      EXPECT_EQ(lp->chosen.logprob, lp->top[0].logprob);
+      std::vector<float> row = {static_cast<float>(lp->chosen.id), lp->chosen.logprob};
+      for (const TokenLogprob& x : lp->top) {
+        row.push_back(static_cast<float>(x.id));
+        row.push_back(x.logprob);
+      }
+      rows.push_back(std::move(row));
+    }
+    if (threads == 1) {
+      first = rows;
+    } else {
+      EXPECT_EQ(rows, first) << threads << " threads";
+    }
+  }
+}
+
+TEST_F(Stories, CommandLinePenaltiesResumeAndEmbeddings) {
+  const Case& c = cases_[2];
+  const std::string bin = IDLEFLEET_BINARY;
+  const std::string base = bin + " run -q -m " + gguf_;
+  const std::string sampling = " --temp 0.8 --seed 11 --presence-penalty 0.7 --frequency-penalty 0.4";
+  int status = -1;
+  const std::string full = run_command(base + " -p '" + c.prompt + "' -n 60 -t 1" + sampling, &status);
+  ASSERT_EQ(status, 0);
+  const std::string plain = run_command(base + " -p '" + c.prompt + "' -n 60 -t 1 --temp 0.8 --seed 11", &status);
+  ASSERT_EQ(status, 0);
+  EXPECT_NE(full, plain) << "the penalties changed nothing";
+  // Stop after 25 tokens, resume for 35 more with other threads: the same text.
+  const std::string session = ::testing::TempDir() + "/stories.penalties.session.json";
+  run_command(base + " -p '" + c.prompt + "' -n 25 -t 2 --export-session " + session + sampling, &status);
+  ASSERT_EQ(status, 0);
+  EXPECT_EQ(run_command(base + " -t 4 -n 35 --resume " + session, &status), full);
+  EXPECT_EQ(status, 0);
+  // Embeddings: the same bytes for 1, 2 and 4 threads.
+  const std::string embed = bin + " embed -m " + gguf_ + " -p '" + c.prompt + "'";
+  const std::string one = run_command(embed + " -t 1", &status);
+  ASSERT_EQ(status, 0);
+  const auto j = nlohmann::json::parse(one, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << one;
+  EXPECT_EQ(j.at("embedding").size(), static_cast<size_t>(model_->config().dim));
+  EXPECT_EQ(j.at("tokens").get<size_t>(), c.prompt_ids.size());
+  EXPECT_EQ(run_command(embed + " -t 2", &status), one);
+  EXPECT_EQ(run_command(embed + " -t 4", &status), one);
 }
 
 TEST_F(Stories, CommandLineRejectsGarbageFlags) {

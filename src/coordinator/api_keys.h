@@ -29,7 +29,8 @@
 // request that crosses it still completes. Spend per job is
 // ceil((prompt x prompt price + completion x completion price) / 1e6), prices
 // in micro-units per million tokens (config [pricing]). Only jobs that finish
-// done are charged tokens and spend; every admitted request counts as one.
+// done are charged tokens and spend; every admitted request counts as one,
+// a replayed Idempotency-Key included (admission comes before the replay).
 //
 // When auth is not required the gate is not consulted at all: an
 // Authorization header is ignored (clients often send a placeholder key),

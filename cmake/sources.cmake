@@ -65,7 +65,7 @@ target_link_libraries(idlefleet_transport ${idlefleet_transport_scope} idlefleet
 # Persistence behind small interfaces: SQLite (WAL).
 file(GLOB IDLEFLEET_STORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/store/*.cc)
 idlefleet_layer(idlefleet_store IDLEFLEET_STORE_SOURCES)
-target_link_libraries(idlefleet_store ${idlefleet_store_scope} idlefleet_core PkgConfig::SQLITE3)
+target_link_libraries(idlefleet_store ${idlefleet_store_scope} idlefleet_core PkgConfig::SQLITE3 PkgConfig::SODIUM)
 
 # The shells: they turn I/O into core events and core effects into I/O.
 file(GLOB IDLEFLEET_AGENT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/agent/*.cc)

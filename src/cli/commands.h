@@ -32,6 +32,9 @@ void add_agent(CLI::App& app);
 // `idlefleet demo`: nats-server, a coordinator, simulated vehicles and requests
 void add_demo(CLI::App& app);
 
+// `idlefleet admin keys create|list|revoke`: client API keys
+void add_admin(CLI::App& app);
+
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.
 struct CommandError {

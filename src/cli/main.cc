@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   idlefleet::cli::add_coordinator(app);
   idlefleet::cli::add_agent(app);
   idlefleet::cli::add_demo(app);
+  idlefleet::cli::add_admin(app);
 
   try {
     app.parse(argc, argv);

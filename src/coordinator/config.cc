@@ -88,6 +88,9 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
   IF_RETURN_IF_ERROR(check_int("jobs.max_tokens_limit", at, c.max_tokens_limit, kMaxTokensRange));
   IF_RETURN_IF_ERROR(check_int("jobs.queue_jobs_max", at, c.queue_jobs_max, kQueueJobsMaxRange));
   IF_RETURN_IF_ERROR(check_int("jobs.request_bytes_max", at, c.request_bytes_max, kRequestBytesMaxRange));
+  IF_RETURN_IF_ERROR(check_int("pricing.prompt_micros_per_mtok", at, c.prompt_micros_per_mtok, kPriceMicrosPerMtokRange));
+  IF_RETURN_IF_ERROR(
+      check_int("pricing.completion_micros_per_mtok", at, c.completion_micros_per_mtok, kPriceMicrosPerMtokRange));
   return {};
 }
 
@@ -121,7 +124,7 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "auth", "pricing", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -146,6 +149,21 @@ class Reader {
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "max_tokens_limit", kMaxTokensRange, c.max_tokens_limit));
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "queue_jobs_max", kQueueJobsMaxRange, c.queue_jobs_max));
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "request_bytes_max", kRequestBytesMaxRange, c.request_bytes_max));
+    }
+    const toml::table* auth = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "auth", auth));
+    if (auth != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(*auth, "auth", {"required"}));
+      IF_RETURN_IF_ERROR(boolean(*auth, "auth", "required", c.auth_required));
+    }
+    const toml::table* pricing = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "pricing", pricing));
+    if (pricing != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(*pricing, "pricing", {"prompt_micros_per_mtok", "completion_micros_per_mtok"}));
+      IF_RETURN_IF_ERROR(
+          integer(*pricing, "pricing", "prompt_micros_per_mtok", kPriceMicrosPerMtokRange, c.prompt_micros_per_mtok));
+      IF_RETURN_IF_ERROR(integer(*pricing, "pricing", "completion_micros_per_mtok", kPriceMicrosPerMtokRange,
+                                 c.completion_micros_per_mtok));
     }
     return models(root, c.models);
   }
@@ -192,6 +210,15 @@ class Reader {
       return error(st.error().code, st.error().message);
     }
     out = s->get();
+    return {};
+  }
+
+  Status boolean(const toml::table& t, std::string_view prefix, std::string_view key, bool& out) {
+    const toml::node* n = t.get(key);
+    if (n == nullptr) return {};
+    const auto* b = n->as_boolean();
+    if (b == nullptr) return wrong_type(join(prefix, key), *n, "a boolean");
+    out = b->get();
     return {};
   }
 

@@ -15,9 +15,29 @@
 //   max_tokens_limit = 4096              # the most a request may ask for
 //   queue_jobs_max = 10000               # unfinished jobs held at once
 //   request_bytes_max = 1048576          # one HTTP request body
+//   [auth]
+//   required = false                     # true: client API routes need a key
+//   [pricing]                            # what clients are charged, for spend limits
+//   prompt_micros_per_mtok = 0           # micro-units of money per million prompt tokens
+//   completion_micros_per_mtok = 0       # and per million completion tokens
 //   [[models]]                           # one entry per GGUF file served
 //   id = "stories15M"
 //   path = "models/stories15M.gguf"
+//
+// auth.required: when true, /v1/models, /v1/models/{id}, /v1/completions and
+// /v1/chat/completions need `Authorization: Bearer <key>` with a key made by
+// `idlefleet admin keys create` (see coordinator/api_keys.h for the errors and
+// limits). It defaults to false so that `idlefleet demo` and a first local
+// coordinator work with no setup: keys live in the data directory, which a
+// fresh install does not have yet, and a default that locked every client out
+// would make the first thing a newcomer sees a 401. Anyone serving beyond
+// loopback should set it to true. /healthz, /metrics, /v1/status,
+// /v1/vehicles and /v1/catalog stay open either way: they are the operator's
+// and the vehicles' routes, not the client API.
+//
+// pricing: until the ledger prices by model, one price for every model, used
+// to add up each key's spend and enforce its spend limit. 0 (the default)
+// makes requests free, so spend limits never trigger.
 //
 // Every key is optional (the defaults below) except id and path inside each
 // [[models]] entry. The parser trusts nothing: a key it does not know, a value
@@ -60,6 +80,7 @@ inline constexpr IntRange kAttemptsMaxRange{1, 100};
 inline constexpr IntRange kMaxTokensRange{1, 1 << 20};  // max_tokens_default and max_tokens_limit
 inline constexpr IntRange kQueueJobsMaxRange{1, 100'000};
 inline constexpr IntRange kRequestBytesMaxRange{1024, 4 << 20};
+inline constexpr IntRange kPriceMicrosPerMtokRange{0, 10'000'000'000};  // up to 10,000 units of money per Mtok
 
 // A GGUF file served by the catalog, under the id clients name it by.
 struct ModelEntry {
@@ -85,6 +106,9 @@ struct CoordinatorConfig {
   uint64_t max_tokens_limit = 4096;
   size_t queue_jobs_max = 10000;
   size_t request_bytes_max = 1 << 20;
+  bool auth_required = false;  // [auth] required
+  uint64_t prompt_micros_per_mtok = 0;      // [pricing]
+  uint64_t completion_micros_per_mtok = 0;  // [pricing]
 
   // Every field in its range and the fields consistent with each other
   // (tick_ms < lease_ms, max_tokens_default <= max_tokens_limit, model ids

@@ -17,6 +17,7 @@
 
 #include "common/check.h"
 #include "common/log_limiter.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/openai.h"
 #include "core/coordinator_machine.h"
 #include "engine/chat_template.h"
@@ -24,6 +25,7 @@
 #include "engine/stop_strings.h"
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
+#include "store/key_store.h"
 #include "transport/download.h"
 #include "transport/http_server.h"
 #include "transport/metrics.h"
@@ -60,6 +62,35 @@ HttpResponse error_response(const ApiError& e, int retry_after_s = 0) {
   HttpResponse r = json_response(e.status, error_body(e));
   if (retry_after_s > 0) r.headers.push_back({"Retry-After", std::to_string(retry_after_s)});
   return r;
+}
+
+// A refusal from the key gate: 401s say how to authenticate (RFC 6750).
+HttpResponse refusal_response(const Refusal& r) {
+  HttpResponse resp = error_response(r.error, static_cast<int>(r.retry_after_s));
+  if (r.error.status == 401) resp.headers.push_back({"WWW-Authenticate", "Bearer realm=\"idlefleet\""});
+  return resp;
+}
+
+// The client API: what needs a key when auth is required. The operator's and
+// the vehicles' routes (/healthz, /metrics, /v1/status, /v1/vehicles,
+// /v1/catalog) do not.
+bool client_api_route(const std::string& p) {
+  return p == "/v1/models" || p.rfind("/v1/models/", 0) == 0 || p == "/v1/completions" || p == "/v1/chat/completions";
+}
+
+// The peer's address without its port: "127.0.0.1:5555" -> "127.0.0.1", "[::1]:5" -> "[::1]".
+std::string peer_address(const std::string& remote) {
+  const size_t colon = remote.rfind(':');
+  return colon == std::string::npos ? remote : remote.substr(0, colon);
+}
+
+// An Idempotency-Key: 1..kIdempotencyKeyBytesMax bytes of printable ASCII.
+bool idempotency_key_valid(const std::string& k) {
+  if (k.empty() || k.size() > store::kIdempotencyKeyBytesMax) return false;
+  for (char c : k) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
 }
 
 ApiError api_error(int status, std::string type, std::string message, std::string code = "") {
@@ -126,6 +157,11 @@ struct ClientStream {
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
   bool started = false;
+  std::string key_id;  // "" when auth is not required
+  // Idempotency-Key (non-streamed requests only); idem_key "" when none.
+  std::string idem_scope;
+  std::string idem_key;
+  store::Sha256 body_sha256{};
 };
 
 }  // namespace
@@ -135,6 +171,8 @@ struct CoordinatorServer::Impl {
   CoordinatorConfig& config = options.config;
   std::vector<std::unique_ptr<ServedModel>> models;
   std::unique_ptr<store::JobStore> store;
+  std::unique_ptr<store::KeyStore> key_store;  // loop thread (and start/stop)
+  std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
   std::unique_ptr<transport::NatsClient> nats;
@@ -156,6 +194,10 @@ struct CoordinatorServer::Impl {
   std::map<std::string, std::unique_ptr<ClientStream>> clients;
   std::set<std::string> dirty;
   std::map<std::string, std::string> request_json;  // job id -> the request as accepted (until persisted final)
+  // Idempotency keys of requests still running: scope + '\n' + key -> body hash.
+  std::map<std::string, store::Sha256> idem_in_flight;
+  core::TimeMs keys_synced_at = 0;
+  core::TimeMs responses_pruned_at = 0;
   uint64_t tokens_last = 0;
   core::TimeMs rate_at = 0;
   double tokens_per_second = 0.0;
@@ -264,6 +306,11 @@ struct CoordinatorServer::Impl {
     auto st = store::JobStore::open((fs::path(config.data_dir) / "jobs.sqlite3").string());
     if (!st) return Unexpected(st.error());
     store = std::move(*st);
+    auto ks = store::KeyStore::open((fs::path(config.data_dir) / "keys.db").string());
+    if (!ks) return Unexpected(ks.error());
+    key_store = std::move(*ks);
+    gate = std::make_unique<KeyGate>(Prices{config.prompt_micros_per_mtok, config.completion_micros_per_mtok});
+    IF_RETURN_IF_ERROR(gate->sync(*key_store));
 
     core::CoordinatorCoreConfig core_config;
     core_config.limits.lease_ms = config.lease_ms;
@@ -315,6 +362,9 @@ struct CoordinatorServer::Impl {
     }
     nats.reset();
     flush_dirty(wall_ms());
+    if (gate && key_store) {
+      if (auto st = gate->sync(*key_store); !st) log("key store: " + st.error().to_string());
+    }
   }
 
   // ---- Inputs (any thread) -----------------------------------------------------
@@ -389,6 +439,12 @@ struct CoordinatorServer::Impl {
       std::lock_guard<std::mutex> lock(snapshot_mu);
       return x->respond(json_response(200, vehicles_doc));
     }
+    std::string key_id;
+    if (config.auth_required && client_api_route(p)) {
+      auto who = gate->authenticate(r.header("authorization"));
+      if (auto* refusal = std::get_if<Refusal>(&who)) return x->respond(refusal_response(*refusal));
+      key_id = std::move(std::get<std::string>(who));
+    }
     if (r.method == "GET" && p == "/v1/models") {
       std::vector<ModelCard> cards;
       for (const auto& m : models) cards.push_back({m->id, m->created});
@@ -409,7 +465,7 @@ struct CoordinatorServer::Impl {
       return serve_model_file(p.substr(12, p.size() - 17), x);
     }
     if (r.method == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions")) {
-      return submit(r, p == "/v1/chat/completions", std::move(x));
+      return submit(r, p == "/v1/chat/completions", key_id, std::move(x));
     }
     if (p == "/v1/completions" || p == "/v1/chat/completions" || p == "/v1/models" || p == "/v1/catalog") {
       return x->respond(error_response(api_error(405, "invalid_request_error", "method " + r.method.substr(0, 16) +
@@ -485,7 +541,7 @@ struct CoordinatorServer::Impl {
     return ids;
   }
 
-  void submit(const HttpRequest& r, bool chat, std::shared_ptr<HttpExchange> x) {
+  void submit(const HttpRequest& r, bool chat, const std::string& key_id, std::shared_ptr<HttpExchange> x) {
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
     limits.body_bytes_max = config.request_bytes_max;
@@ -515,6 +571,16 @@ struct CoordinatorServer::Impl {
       e.param = chat ? "messages" : "prompt";
       return x->respond(error_response(e));
     }
+    const std::string* idem = r.header("idempotency-key");
+    if (idem != nullptr && !idempotency_key_valid(*idem)) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "The Idempotency-Key header must be 1 to " +
+                                 std::to_string(store::kIdempotencyKeyBytesMax) + " bytes of printable ASCII");
+      return x->respond(error_response(e));
+    }
+    if (!key_id.empty()) {
+      if (auto refusal = gate->admit(key_id, ids.size(), wall_ms())) return x->respond(refusal_response(*refusal));
+    }
     if (!req.seed_given) req.sampling.seed = transport::random_u64();
 
     auto client = std::make_unique<ClientStream>();
@@ -528,6 +594,14 @@ struct CoordinatorServer::Impl {
     if (!req.stop.empty()) client->stop = std::move(*engine::StopMatcher::create(req.stop));  // checked by the parser
     for (int32_t id : ids) (void)client->detok->push(id);  // the prompt primes the detokenizer, as in a local run
     client->prompt_tokens = ids.size();
+    client->key_id = key_id;
+    // Streams are not replayed (a stored stream would be a different
+    // response), so their Idempotency-Key is ignored.
+    if (idem != nullptr && !req.stream) {
+      client->idem_scope = key_id.empty() ? "client:" + peer_address(r.remote) : key_id;
+      client->idem_key = *idem;
+      client->body_sha256 = store::sha256(r.body);
+    }
 
     core::JobSpec spec;
     spec.model_id = model->id;
@@ -563,6 +637,10 @@ struct CoordinatorServer::Impl {
                                   {"model", item.client->request.model},
                                   {"stream", item.client->request.stream}}
                                  .dump();
+          if (!item.client->idem_key.empty() && !begin_idempotent(*item.client, now)) {
+            request_json.erase(id);
+            continue;  // answered from the store, or refused
+          }
           clients[id] = std::move(item.client);
         }
         apply(machine->handle(item.event, now), now);
@@ -578,6 +656,7 @@ struct CoordinatorServer::Impl {
         for (const std::string& id : gone) apply(machine->handle(core::CancelJobEvent{id}, now), now);
         apply(machine->handle(core::CoordinatorTick{}, now), now);
         flush_dirty(now);
+        sync_keys(now);
         publish_status(now);
         next_tick = now + tick_ms;
       }
@@ -636,6 +715,7 @@ struct CoordinatorServer::Impl {
         api = api_error(400, "invalid_request_error", err.message);
       }
       c.exchange->respond(error_response(api, retry_after));
+      end_idempotent(c, nullptr);
       clients.erase(it);
       request_json.erase(e.job_id);
       return;
@@ -674,6 +754,9 @@ struct CoordinatorServer::Impl {
     std::string tail = c.detok->flush();
     if (c.stop) tail = c.stop->stopped() ? std::string() : c.stop->push(tail).text + c.stop->flush();
     const Usage usage{c.prompt_tokens, c.completion_tokens};
+    if (e.state == core::JobState::kDone && !c.key_id.empty()) {
+      gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_ms());
+    }
     if (e.state == core::JobState::kDone) {
       if (c.request.stream) {
         c.exchange->stream_write(completion_chunk_event(c.meta, c.request.chat, tail, e.finish_reason, false));
@@ -681,8 +764,10 @@ struct CoordinatorServer::Impl {
         c.exchange->stream_write(std::string(kDoneEvent));
         c.exchange->stream_end();
       } else {
-        c.exchange->respond(json_response(200, completion_response(c.meta, c.request.chat, c.text + tail,
-                                                                   e.finish_reason, usage)));
+        std::string body = completion_response(c.meta, c.request.chat, c.text + tail, e.finish_reason, usage);
+        // Stored before it is sent, so that a retry the moment it arrives is a replay.
+        end_idempotent(c, &body);
+        c.exchange->respond(json_response(200, std::move(body)));
       }
     } else {
       const ApiError err = api_error(503, "server_error",
@@ -694,7 +779,73 @@ struct CoordinatorServer::Impl {
         c.exchange->respond(error_response(err, 5));
       }
     }
+    end_idempotent(c, nullptr);
     clients.erase(it);
+  }
+
+  // ---- Keys and idempotency (loop thread) -------------------------------------------
+
+  // A request with an Idempotency-Key, before it becomes a job. Returns true
+  // to run it; false when it was answered: the stored response of the same
+  // request, or 409 for a key in use by a running request or by a different
+  // body. Stored responses older than kIdempotencyWindowMs do not count.
+  bool begin_idempotent(ClientStream& c, core::TimeMs now) {
+    const std::string slot = std::string(c.idem_scope).append("\n").append(c.idem_key);
+    auto conflict = [&](const std::string& message) {
+      ApiError e = api_error(409, "invalid_request_error", message, "idempotency_key_conflict");
+      c.exchange->respond(error_response(e));
+      return false;
+    };
+    if (idem_in_flight.count(slot) != 0) {
+      return conflict("A request with this Idempotency-Key is still in progress; retry when it has finished");
+    }
+    auto stored = key_store->get_response(c.idem_scope, c.idem_key);
+    if (!stored) {
+      log("key store: " + stored.error().to_string() + "; the request runs without its Idempotency-Key");
+      c.idem_key.clear();
+      return true;
+    }
+    if (stored->has_value() && (*stored)->created_at >= now - kIdempotencyWindowMs) {
+      if ((*stored)->request_sha256 != c.body_sha256) {
+        return conflict("This Idempotency-Key was already used with a different request body");
+      }
+      HttpResponse resp = json_response((*stored)->status, std::move((*stored)->body));
+      resp.headers.push_back({"Idempotent-Replayed", "true"});
+      c.exchange->respond(std::move(resp));
+      count_event("idempotent_replay", "replayed the response for an Idempotency-Key");
+      return false;
+    }
+    idem_in_flight[slot] = c.body_sha256;
+    return true;
+  }
+
+  // The request ended: a 200 body (nullptr for anything else) is stored
+  // for replays; failures are not, so that a retry runs again.
+  void end_idempotent(ClientStream& c, const std::string* body) {
+    if (c.idem_key.empty()) return;
+    idem_in_flight.erase(std::string(c.idem_scope).append("\n").append(c.idem_key));
+    if (body == nullptr) return;
+    if (body->size() > store::kIdempotencyResponseBytesMax) return;  // too large to keep: a retry runs again
+    store::StoredResponse r;
+    r.request_sha256 = c.body_sha256;
+    r.status = 200;
+    r.body = *body;
+    r.created_at = wall_ms();
+    if (auto st = key_store->put_response(c.idem_scope, c.idem_key, r); !st) log("key store: " + st.error().to_string());
+  }
+
+  // Usage out and key changes in, every kKeysSyncMs; old stored responses
+  // pruned every minute.
+  void sync_keys(core::TimeMs now) {
+    if (now - keys_synced_at >= kKeysSyncMs) {
+      keys_synced_at = now;
+      if (auto st = gate->sync(*key_store); !st) log_limited("key_store", "key store: " + st.error().to_string());
+    }
+    if (now - responses_pruned_at >= core::kMinuteMs) {
+      responses_pruned_at = now;
+      auto pruned = key_store->prune_responses(now - kIdempotencyWindowMs);
+      if (!pruned) log_limited("key_store", "key store: " + pruned.error().to_string());
+    }
   }
 
   void flush_dirty(core::TimeMs now) {

@@ -23,6 +23,25 @@
 // placed again from their produced tokens (their clients are gone; the
 // result stays in the store).
 //
+// API keys (coordinator/api_keys.h): with [auth] required = true, the client
+// API needs a bearer key from <data_dir>/keys.db. HTTP threads check keys and
+// rate limits against the KeyGate's memory (its own mutex); the loop thread
+// writes usage and rereads the file every kKeysSyncMs, so `idlefleet admin
+// keys revoke` takes effect within that time.
+//
+// Idempotency-Key (POST /v1/completions and /v1/chat/completions, not
+// streamed): the loop thread looks the key up in keys.db, scoped by API key
+// (or by the client's address when auth is off). The same key and the same
+// body bytes within kIdempotencyWindowMs get the stored response again, with
+// `Idempotent-Replayed: true`, and no job runs; a different body, or the same
+// key while its first request still runs, gets 409 (code
+// "idempotency_key_conflict"). Only 200 responses are stored: a failed
+// request runs again when retried. Keys are 1..255 bytes of printable ASCII
+// (else 400); at most kIdempotencyEntriesMax responses of at most
+// kIdempotencyResponseBytesMax bytes are kept (store/key_store.h), the oldest
+// pruned first. On a stream the header is ignored: a replay would not be the
+// same stream.
+//
 // Thread-safety: start() and stop() from one thread; the rest is internal.
 #pragma once
 
@@ -36,6 +55,7 @@ namespace idlefleet::coordinator {
 
 inline constexpr size_t kInboxEventsMax = 1u << 18;
 inline constexpr size_t kVehiclesListedMax = 10000;  // GET /v1/vehicles
+inline constexpr int64_t kIdempotencyWindowMs = 24 * 3600 * 1000;  // a stored response is replayed this long
 inline constexpr uint64_t kCatalogFileBytesMax = uint64_t{2} << 30;  // served whole from memory
 
 struct ServerOptions {

@@ -19,7 +19,9 @@
 // logged at a bounded rate, LogLimiter, so only the first few are checked).
 //
 // A second test sends HTTP garbage to the same coordinator: each gets
-// OpenAI's error object with the right status, never a 500.
+// OpenAI's error object with the right status, never a 500. A third checks
+// that, with auth off, Authorization headers are ignored and Idempotency-Key
+// replays are scoped by the client's address.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -736,6 +738,32 @@ TEST_F(BadInput, HttpGarbageGetsOpenAiErrorsNeverA500) {
   EXPECT_TRUE(coordinator_->running()) << log("coordinator.log");
   const json models = get_json("/v1/models");
   ASSERT_EQ(models.value("/data/0/id"_json_pointer, std::string()), "stories260K") << models.dump();
+}
+
+// Without [auth] required (this coordinator's default), any Authorization
+// header is ignored (clients send placeholder keys), and an Idempotency-Key is
+// scoped by the client's address.
+TEST_F(BadInput, WithoutAuthKeysAreIgnoredAndIdempotencyIsPerClient) {
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 1; }, 20000))
+      << status().dump();
+  const std::string url = base_url_ + "/v1/completions";
+  const std::string body = R"({"model":"stories260K","prompt":"Lily and Ben","max_tokens":10,"temperature":0.7})";
+  const std::vector<std::string> headers = {"Content-Type: application/json", "Authorization: Bearer sk-no-key",
+                                            "Idempotency-Key: bad-input-1"};
+  auto first = testing::http_post(url, body, headers);
+  ASSERT_EQ(first.status, 200) << first.body;
+  const uint64_t submitted = status().value("/jobs/submitted"_json_pointer, uint64_t{0});
+  auto again = testing::http_post(url, body, headers);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_NE(again.header("idempotent-replayed"), nullptr);
+  EXPECT_EQ(status().value("/jobs/submitted"_json_pointer, uint64_t{0}), submitted) << "a replay ran a job";
+  auto other = testing::http_post(url, R"({"model":"stories260K","prompt":"Tom"})", headers);
+  EXPECT_EQ(other.status, 409) << other.body;
+  EXPECT_NE(other.body.find("idempotency_key_conflict"), std::string::npos) << other.body;
+  // Keys with control characters are refused before anything runs.
+  auto bad = testing::http_post(url, body, {"Content-Type: application/json", "Idempotency-Key: a\tb"});
+  EXPECT_EQ(bad.status, 400) << bad.body;
 }
 
 }  // namespace

@@ -144,6 +144,25 @@ TEST(CoordinatorConfig, OutOfRange) {
                {"data_dir at line 1"});
 }
 
+TEST(CoordinatorConfig, AuthAndPricing) {
+  const CoordinatorConfig defaults;
+  EXPECT_FALSE(defaults.auth_required);  // the demo runs without keys
+  EXPECT_EQ(defaults.prompt_micros_per_mtok, 0u);
+  auto r = parse_coordinator_config(
+      "[auth]\nrequired = true\n[pricing]\nprompt_micros_per_mtok = 150000\ncompletion_micros_per_mtok = 600000\n",
+      "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_TRUE(r->auth_required);
+  EXPECT_EQ(r->prompt_micros_per_mtok, 150000u);
+  EXPECT_EQ(r->completion_micros_per_mtok, 600000u);
+  expect_error("[auth]\nrequired = \"yes\"\n", ErrorCode::kInvalidArgument, {"'auth.required' at line 2", "a boolean"});
+  expect_error("[auth]\nrequire = true\n", ErrorCode::kInvalidArgument, {"unknown key 'auth.require' at line 2"});
+  expect_error("[pricing]\nprompt_micros_per_mtok = -1\n", ErrorCode::kOutOfRange,
+               {"pricing.prompt_micros_per_mtok at line 2"});
+  expect_error("[pricing]\ncompletion_micros_per_mtok = 10000000001\n", ErrorCode::kOutOfRange,
+               {"pricing.completion_micros_per_mtok at line 2"});
+}
+
 TEST(CoordinatorConfig, FieldsAgainstEachOther) {
   expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
                {"jobs.tick_ms", "jobs.lease_ms"});

@@ -1,0 +1,247 @@
+// `idlefleet admin keys create|list|revoke`: client API keys in
+// <data_dir>/keys.db (store/key_store.h), the file a running coordinator
+// rereads within a second (coordinator/api_keys.h), so a key made or revoked
+// here takes effect without a restart.
+//
+// The data directory is --data-dir, or the data_dir of --config FILE, or the
+// coordinator's default (idlefleet-data). A secret is printed once, by
+// create; list shows everything else about a key and never its secret or hash.
+//
+// Exit codes as every command: 2 for a usage error (a bad flag, a malformed
+// key id or spend limit), 1 for a runtime one (no such key, no key store, a
+// damaged file).
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "coordinator/config.h"
+#include "store/key_store.h"
+
+namespace idlefleet::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Location {
+  std::string data_dir;
+  std::string config_path;
+};
+
+std::string keys_path(const Location& where) {
+  std::string dir = where.data_dir;
+  if (dir.empty()) {
+    coordinator::CoordinatorConfig c;
+    if (!where.config_path.empty()) {
+      auto loaded = coordinator::load_coordinator_config(where.config_path);
+      if (!loaded) throw CommandError{loaded.error().message};
+      c = *loaded;
+    }
+    dir = c.data_dir;
+  }
+  return (fs::path(dir) / "keys.db").string();
+}
+
+core::TimeMs wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Opens the store; `create` false refuses to make a new file (list, revoke).
+std::unique_ptr<store::KeyStore> open_store(const std::string& path, bool create) {
+  if (!create && !fs::exists(path)) throw CommandError{"no key store at " + path + " (no key was ever created there)"};
+  if (create) {
+    std::error_code ec;
+    fs::create_directories(fs::path(path).parent_path(), ec);
+  }
+  auto store = store::KeyStore::open(path);
+  if (!store) throw CommandError{store.error().message};
+  return std::move(*store);
+}
+
+// "12.5" -> 12'500'000 micro-units; at most 6 decimals; nullopt if malformed.
+std::optional<uint64_t> parse_money_micros(const std::string& text) {
+  const size_t dot = text.find('.');
+  const std::string whole = text.substr(0, dot);
+  const std::string frac = dot == std::string::npos ? "" : text.substr(dot + 1);
+  if (whole.empty() || whole.size() > 10 || frac.size() > 6 || (dot != std::string::npos && frac.empty())) {
+    return std::nullopt;
+  }
+  for (char c : whole + frac) {
+    if (c < '0' || c > '9') return std::nullopt;
+  }
+  uint64_t micros = std::stoull(whole) * 1'000'000;
+  if (!frac.empty()) micros += std::stoull(frac + std::string(6 - frac.size(), '0'));
+  if (micros > store::kSpendLimitMicrosMax) return std::nullopt;
+  return micros;
+}
+
+std::string money(uint64_t micros) {
+  std::string frac = std::to_string(micros % 1'000'000);
+  frac = std::string(6 - frac.size(), '0').append(frac);
+  while (!frac.empty() && frac.back() == '0') frac.pop_back();
+  std::string out = std::to_string(micros / 1'000'000);
+  if (!frac.empty()) out.append(".").append(frac);
+  return out;
+}
+
+std::string iso_time(core::TimeMs ms) {
+  if (ms == 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string limit_text(uint64_t v) { return v == 0 ? "-" : std::to_string(v); }
+
+struct CreateFlags {
+  Location where;
+  std::string name;
+  uint64_t rpm = 0;
+  uint64_t tpm = 0;
+  std::string spend_limit;
+};
+
+void create_key(const CreateFlags& f) {
+  auto store = open_store(keys_path(f.where), true);
+  store::NewKey k;
+  k.name = f.name;
+  k.limits = {f.rpm, f.tpm};
+  if (!f.spend_limit.empty()) k.spend_limit_micros = *parse_money_micros(f.spend_limit);  // checked by the validator
+  auto created = store->create(k, wall_ms());
+  if (!created) throw CommandError{created.error().message};
+  std::printf("id: %s\nsecret: %s\n", created->key.id.c_str(), created->secret.c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr, "Store the secret now: only its hash is kept, so it cannot be shown again.\n");
+}
+
+void list_keys(const Location& where, bool as_json) {
+  const std::string path = keys_path(where);
+  std::vector<store::ApiKey> keys;
+  if (fs::exists(path)) {
+    auto store = open_store(path, false);
+    auto listed = store->list();
+    if (!listed) throw CommandError{listed.error().message};
+    keys = std::move(*listed);
+  }
+  if (as_json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const store::ApiKey& k : keys) {
+      out.push_back({{"id", k.id},
+                     {"name", k.name},
+                     {"created_at", k.created_at},
+                     {"revoked_at", k.revoked_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(k.revoked_at)},
+                     {"requests_per_minute", k.limits.requests_per_minute},
+                     {"tokens_per_minute", k.limits.tokens_per_minute},
+                     {"spend_limit_micros", k.spend_limit_micros},
+                     {"usage",
+                      {{"requests", k.usage.requests},
+                       {"prompt_tokens", k.usage.prompt_tokens},
+                       {"completion_tokens", k.usage.completion_tokens},
+                       {"spend_micros", k.usage.spend_micros}}}});
+    }
+    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return;
+  }
+  std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10s %12s %12s %12s\n", "ID", "NAME", "CREATED", "REVOKED",
+              "RPM", "TPM", "SPEND_MAX", "REQUESTS", "PROMPT_TOK", "COMPL_TOK", "SPENT");
+  for (const store::ApiKey& k : keys) {
+    std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10llu %12llu %12llu %12s\n", k.id.c_str(), k.name.c_str(),
+                iso_time(k.created_at).c_str(), iso_time(k.revoked_at).c_str(),
+                limit_text(k.limits.requests_per_minute).c_str(), limit_text(k.limits.tokens_per_minute).c_str(),
+                k.spend_limit_micros == 0 ? "-" : money(k.spend_limit_micros).c_str(),
+                static_cast<unsigned long long>(k.usage.requests),
+                static_cast<unsigned long long>(k.usage.prompt_tokens),
+                static_cast<unsigned long long>(k.usage.completion_tokens), money(k.usage.spend_micros).c_str());
+  }
+}
+
+void revoke_key(const Location& where, const std::string& id) {
+  auto store = open_store(keys_path(where), false);
+  auto before = store->get(id);
+  if (!before) throw CommandError{before.error().message};
+  if (!before->has_value()) throw CommandError{"no key '" + id + "' in " + store->path()};
+  auto revoked = store->revoke(id, wall_ms());
+  if (!revoked) throw CommandError{revoked.error().message};
+  if ((*before)->revoked()) {
+    std::printf("%s was already revoked at %s\n", id.c_str(), iso_time(revoked->revoked_at).c_str());
+  } else {
+    std::printf("revoked %s at %s\n", id.c_str(), iso_time(revoked->revoked_at).c_str());
+  }
+}
+
+void add_location(CLI::App& cmd, Location& where) {
+  CLI::Option* dir = cmd.add_option("--data-dir", where.data_dir, "The coordinator's data directory (default idlefleet-data)");
+  CLI::Option* config = cmd.add_option("-c,--config", where.config_path, "Take the data directory from this coordinator config");
+  dir->excludes(config);
+}
+
+}  // namespace
+
+void add_admin(CLI::App& app) {
+  CLI::App* admin = app.add_subcommand("admin", "Administration: client API keys");
+  admin->require_subcommand(1);
+  CLI::App* keys = admin->add_subcommand("keys", "Client API keys: create, list, revoke");
+  keys->require_subcommand(1);
+
+  auto c = std::make_shared<CreateFlags>();
+  CLI::App* create = keys->add_subcommand("create", "Make a key and print its secret (once)");
+  add_location(*create, c->where);
+  create->add_option("--name", c->name, "What the key is for (1-128 bytes)")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v.empty() || v.size() > store::kKeyNameBytesMax) return "the name must be 1 to 128 bytes";
+            for (char ch : v) {
+              const auto u = static_cast<unsigned char>(ch);
+              if (u < 0x20 || u == 0x7f) return "the name must not contain control characters";
+            }
+            return "";
+          },
+          "NAME"));
+  create->add_option("--rpm", c->rpm, "Requests per minute (default: no limit)")
+      ->check(CLI::Range(uint64_t{1}, core::kRateLimitPerMinuteMax));
+  create->add_option("--tpm", c->tpm, "Tokens per minute (default: no limit)")
+      ->check(CLI::Range(uint64_t{1}, core::kRateLimitPerMinuteMax));
+  create->add_option("--spend-limit", c->spend_limit, "Most the key may spend, in units of money (e.g. 12.50)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            return parse_money_micros(v) ? "" : "the spend limit must be an amount like 12 or 12.50 (at most 6 "
+                                                "decimals, at most 9007199254)";
+          },
+          "AMOUNT"));
+  create->callback([c] { create_key(*c); });
+
+  auto l = std::make_shared<Location>();
+  auto as_json = std::make_shared<bool>(false);
+  CLI::App* list = keys->add_subcommand("list", "Every key with its limits and usage (never its secret)");
+  add_location(*list, *l);
+  list->add_flag("--json", *as_json, "Print JSON instead of a table");
+  list->callback([l, as_json] { list_keys(*l, *as_json); });
+
+  auto r = std::make_shared<Location>();
+  auto id = std::make_shared<std::string>();
+  CLI::App* revoke = keys->add_subcommand("revoke", "Revoke a key: requests with it get 401 within a second");
+  add_location(*revoke, *r);
+  revoke->add_option("ID", *id, "The key's id (key_...)")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            return store::key_id_well_formed(v) ? "" : "'" + v.substr(0, 64) + "' is not a key id (key_ and 24 hex digits)";
+          },
+          "ID"));
+  revoke->callback([r, id] { revoke_key(*r, *id); });
+}
+
+}  // namespace idlefleet::cli

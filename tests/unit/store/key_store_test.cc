@@ -1,0 +1,288 @@
+// KeyStore: keys round trip without their secrets, only hashes reach the
+// file, revocation, usage increments beside another writer, stored
+// idempotent responses and their bounds, and refusals for files that are not
+// ours or rows a person damaged.
+#include "store/key_store.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace idlefleet::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr core::TimeMs kT0 = 1'700'000'000'000;
+
+class KeyStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("idlefleet-key-store-" + std::to_string(::getpid()) + "-" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string db_path() const { return (dir_ / "keys.db").string(); }
+
+  std::unique_ptr<KeyStore> open_ok() {
+    auto store = KeyStore::open(db_path());
+    EXPECT_TRUE(store) << store.error().to_string();
+    return store ? std::move(*store) : nullptr;
+  }
+
+  // One statement on a separate connection, as a person with the sqlite3 shell.
+  void raw_exec(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+    char* err = nullptr;
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+    sqlite3_free(err);
+    sqlite3_close(db);
+  }
+
+  std::string file_bytes() const {
+    std::string all;
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::ifstream in(db_path() + suffix, std::ios::binary);
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      all += ss.str();
+    }
+    return all;
+  }
+
+  fs::path dir_;
+};
+
+NewKey new_key(std::string name, uint64_t rpm = 0, uint64_t tpm = 0, uint64_t spend = 0) {
+  NewKey k;
+  k.name = std::move(name);
+  k.limits = {rpm, tpm};
+  k.spend_limit_micros = spend;
+  return k;
+}
+
+TEST_F(KeyStoreTest, CreateListGetRevokeRoundTrip) {
+  auto store = open_ok();
+  ASSERT_NE(store, nullptr);
+  auto a = store->create(new_key("ci bot", 60, 10000, 5'000'000), kT0);
+  ASSERT_TRUE(a) << a.error().to_string();
+  auto b = store->create(new_key("notebook"), kT0 + 1);
+  ASSERT_TRUE(b) << b.error().to_string();
+  EXPECT_TRUE(secret_well_formed(a->secret)) << a->secret;
+  EXPECT_TRUE(key_id_well_formed(a->key.id)) << a->key.id;
+  EXPECT_NE(a->secret, b->secret);
+  EXPECT_NE(a->key.id, b->key.id);
+  EXPECT_EQ(a->key.secret_sha256, sha256(a->secret));
+
+  auto list = store->list();
+  ASSERT_TRUE(list) << list.error().to_string();
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0], a->key);
+  EXPECT_EQ((*list)[1], b->key);
+  EXPECT_EQ((*list)[0].limits.requests_per_minute, 60u);
+  EXPECT_EQ((*list)[0].limits.tokens_per_minute, 10000u);
+  EXPECT_EQ((*list)[0].spend_limit_micros, 5'000'000u);
+
+  auto revoked = store->revoke(a->key.id, kT0 + 100);
+  ASSERT_TRUE(revoked) << revoked.error().to_string();
+  EXPECT_EQ(revoked->revoked_at, kT0 + 100);
+  // A second revoke keeps the first time.
+  revoked = store->revoke(a->key.id, kT0 + 200);
+  ASSERT_TRUE(revoked);
+  EXPECT_EQ(revoked->revoked_at, kT0 + 100);
+  auto missing = store->revoke("key_000000000000000000000000", kT0);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+
+  // Reopened, everything is there.
+  store.reset();
+  store = open_ok();
+  auto got = store->get(a->key.id);
+  ASSERT_TRUE(got && got->has_value());
+  EXPECT_TRUE((*got)->revoked());
+  EXPECT_EQ((*got)->name, "ci bot");
+  got = store->get("key_nope");
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(got->has_value());
+}
+
+TEST_F(KeyStoreTest, OnlyTheHashOfASecretReachesTheFile) {
+  auto store = open_ok();
+  auto k = store->create(new_key("x"), kT0);
+  ASSERT_TRUE(k);
+  const std::string secret_hex = k->secret.substr(kSecretPrefix.size());
+  const std::string bytes = file_bytes();
+  EXPECT_EQ(bytes.find(k->secret), std::string::npos);
+  EXPECT_EQ(bytes.find(secret_hex), std::string::npos);
+  EXPECT_EQ(bytes.find(secret_hex.substr(0, 16)), std::string::npos);
+  const Sha256 h = sha256(k->secret);
+  EXPECT_NE(bytes.find(std::string(reinterpret_cast<const char*>(h.data()), h.size())), std::string::npos);
+  // Every column of the row, as text: no secret.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT * FROM api_keys", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  for (int c = 0; c < sqlite3_column_count(st); ++c) {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(st, c));
+    const std::string v(p != nullptr ? p : "", static_cast<size_t>(sqlite3_column_bytes(st, c)));
+    EXPECT_EQ(v.find(secret_hex.substr(0, 16)), std::string::npos) << sqlite3_column_name(st, c);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+TEST_F(KeyStoreTest, BadKeysAreRefused) {
+  auto store = open_ok();
+  EXPECT_EQ(store->create(new_key(""), kT0).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->create(new_key("tab\there"), kT0).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->create(new_key(std::string(kKeyNameBytesMax + 1, 'n')), kT0).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store->create(new_key("x", core::kRateLimitPerMinuteMax + 1), kT0).error().code, ErrorCode::kOutOfRange);
+  EXPECT_EQ(store->create(new_key("x", 0, 0, kSpendLimitMicrosMax + 1), kT0).error().code, ErrorCode::kOutOfRange);
+  auto list = store->list();
+  ASSERT_TRUE(list);
+  EXPECT_TRUE(list->empty());
+  EXPECT_FALSE(secret_well_formed("sk-idf-"));
+  EXPECT_FALSE(secret_well_formed("sk-idf-" + std::string(64, 'G')));
+  EXPECT_FALSE(secret_well_formed("sk-xxx-" + std::string(64, 'a')));
+  EXPECT_TRUE(secret_well_formed("sk-idf-" + std::string(64, 'a')));
+}
+
+TEST_F(KeyStoreTest, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
+  auto store = open_ok();
+  auto k = store->create(new_key("x", 0, 0, 1000), kT0);
+  ASSERT_TRUE(k);
+  const UsageDelta d1[] = {{k->key.id, {1, 10, 20, 3}}, {"key_gone0000000000000000000", {5, 5, 5, 5}}};
+  ASSERT_TRUE(store->add_usage(d1));
+  auto before = store->data_version();
+  ASSERT_TRUE(before);
+  // The CLI revokes through its own connection.
+  {
+    auto cli = KeyStore::open(db_path());
+    ASSERT_TRUE(cli);
+    ASSERT_TRUE((*cli)->revoke(k->key.id, kT0 + 5));
+  }
+  auto after = store->data_version();
+  ASSERT_TRUE(after);
+  EXPECT_NE(*before, *after) << "data_version must change when another connection commits";
+  const UsageDelta d2[] = {{k->key.id, {2, 1, 1, 7}}};
+  ASSERT_TRUE(store->add_usage(d2));
+  auto got = store->get(k->key.id);
+  ASSERT_TRUE(got && got->has_value());
+  EXPECT_EQ((*got)->usage, (KeyUsage{3, 11, 21, 10}));
+  EXPECT_EQ((*got)->revoked_at, kT0 + 5);
+  auto same = store->data_version();
+  ASSERT_TRUE(same);
+  EXPECT_EQ(*same, *after) << "our own commits do not change data_version";
+}
+
+TEST_F(KeyStoreTest, IdempotentResponsesAreStoredBoundedAndPruned) {
+  auto store = open_ok();
+  StoredResponse r;
+  r.request_sha256 = sha256("{\"prompt\":\"x\"}");
+  r.status = 200;
+  r.body = R"({"id":"cmpl-1"})";
+  r.created_at = kT0;
+  ASSERT_TRUE(store->put_response("key_a", "req-1", r));
+  auto got = store->get_response("key_a", "req-1");
+  ASSERT_TRUE(got && got->has_value());
+  EXPECT_EQ((*got)->body, r.body);
+  EXPECT_EQ((*got)->status, 200);
+  EXPECT_EQ((*got)->request_sha256, r.request_sha256);
+  // Scopes are separate.
+  got = store->get_response("key_b", "req-1");
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(got->has_value());
+  // Bounds.
+  EXPECT_FALSE(store->put_response("key_a", std::string(kIdempotencyKeyBytesMax + 1, 'k'), r));
+  EXPECT_FALSE(store->put_response("key_a", "", r));
+  StoredResponse big = r;
+  big.body.assign(kIdempotencyResponseBytesMax + 1, 'b');
+  EXPECT_FALSE(store->put_response("key_a", "big", big));
+  // Pruning by age, then by count.
+  StoredResponse old = r;
+  old.created_at = kT0 - 1;
+  ASSERT_TRUE(store->put_response("key_a", "old", old));
+  auto n = store->prune_responses(kT0);
+  ASSERT_TRUE(n) << n.error().to_string();
+  EXPECT_EQ(*n, 1u);
+  EXPECT_FALSE(store->get_response("key_a", "old")->has_value());
+  EXPECT_TRUE(store->get_response("key_a", "req-1")->has_value());
+  for (size_t i = 0; i < kIdempotencyEntriesMax + 5; ++i) {
+    StoredResponse e = r;
+    e.created_at = kT0 + 1 + static_cast<core::TimeMs>(i);
+    ASSERT_TRUE(store->put_response("key_c", "k" + std::to_string(i), e));
+  }
+  n = store->prune_responses(kT0);
+  ASSERT_TRUE(n);
+  EXPECT_EQ(*n, 6u);  // req-1 (the oldest) and k0..k4
+  EXPECT_FALSE(store->get_response("key_a", "req-1")->has_value());
+  EXPECT_FALSE(store->get_response("key_c", "k4")->has_value());
+  EXPECT_TRUE(store->get_response("key_c", "k5")->has_value());
+}
+
+TEST_F(KeyStoreTest, FilesThatAreNotOursAreRefused) {
+  std::ofstream(db_path(), std::ios::binary) << std::string(8192, '\x5a');
+  auto junk = KeyStore::open(db_path());
+  ASSERT_FALSE(junk);
+  EXPECT_EQ(junk.error().code, ErrorCode::kCorrupt) << junk.error().to_string();
+  EXPECT_NE(junk.error().message.find("keys.db"), std::string::npos);
+  fs::remove(db_path());
+  {
+    auto store = open_ok();
+    ASSERT_NE(store, nullptr);
+  }
+  raw_exec("INSERT INTO schema_version (version) VALUES (99)");
+  auto newer = KeyStore::open(db_path());
+  ASSERT_FALSE(newer);
+  EXPECT_EQ(newer.error().code, ErrorCode::kUnsupported);
+}
+
+TEST_F(KeyStoreTest, DamagedRowsGiveCorruptNamingTheKey) {
+  const char* damage[] = {
+      "UPDATE api_keys SET secret_sha256 = x'0102'",
+      "UPDATE api_keys SET requests = -5",
+      "UPDATE api_keys SET requests_per_minute = 2000000000",
+      "UPDATE api_keys SET name = ''",
+      "UPDATE api_keys SET id = 'not-a-key'",
+  };
+  for (const char* sql : damage) {
+    SCOPED_TRACE(sql);
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::string id;
+    {
+      auto store = open_ok();
+      auto k = store->create(new_key("victim"), kT0);
+      ASSERT_TRUE(k);
+      id = k->key.id;
+    }
+    raw_exec(sql);
+    auto store = open_ok();
+    auto list = store->list();
+    ASSERT_FALSE(list);
+    EXPECT_EQ(list.error().code, ErrorCode::kCorrupt) << list.error().to_string();
+  }
+  // A damaged stored response.
+  auto store = open_ok();
+  StoredResponse r;
+  r.status = 200;
+  r.body = "{}";
+  ASSERT_TRUE(store->put_response("s", "k", r));
+  raw_exec("UPDATE idempotency SET status = 7");
+  auto got = store->get_response("s", "k");
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, ErrorCode::kCorrupt);
+}
+
+}  // namespace
+}  // namespace idlefleet::store

@@ -1,0 +1,240 @@
+// The official OpenAI Node client (npm's `openai`, the exact version pinned in
+// tests/node/package-lock.json) against the live fleet: nats-server,
+// `idlefleet coordinator` and `idlefleet agent --vehicles 3` as real
+// processes. Issue 4, acceptance A: the client works unchanged.
+//
+// The checks themselves are in tests/node/openai_compat.mjs (node:test); this
+// file starts the fleet, installs the package with `npm ci` when
+// tests/node/node_modules does not already hold exactly the locked versions,
+// runs `node --test` with OPENAI_BASE_URL and OPENAI_API_KEY naming the
+// coordinator, and fails with the script's output when it fails.
+//
+// Node and npm come from scripts/bootstrap; without them the test fails
+// (never skips) and says so. Without ../shared it skips as the other fleet
+// tests do, and fails in CI.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "support/http_client.h"
+#include "support/process_util.h"
+#include "transport/nats_server.h"
+#include "transport/process.h"
+
+namespace idlefleet {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
+const fs::path kNodeDir = fs::path(IDLEFLEET_SOURCE_DIR) / "tests" / "node";
+
+// `npm ci` fetches from the registry on a fresh machine; the script itself
+// takes seconds on the tiny model.
+constexpr int64_t kNpmInstallMsMax = 180'000;
+constexpr int64_t kNpmLockWaitMsMax = 200'000;
+constexpr int64_t kNodeTestMsMax = 90'000;
+constexpr int64_t kFleetReadyMsMax = 30'000;
+constexpr size_t kLogTailBytesMax = 12'000;
+
+using testing::eventually;
+using testing::run_capture;
+using testing::shell_quote;
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string tail(const std::string& s) {
+  return s.size() > kLogTailBytesMax ? s.substr(s.size() - kLogTailBytesMax) : s;
+}
+
+// Whether node_modules holds exactly the versions package-lock.json names,
+// so that `npm ci` (which starts by deleting node_modules) can be skipped.
+bool node_modules_match_lock() {
+  const json lock = json::parse(read_file(kNodeDir / "package-lock.json"), nullptr, false);
+  if (lock.is_discarded() || !lock.contains("packages") || !lock["packages"].is_object()) return false;
+  size_t checked = 0;
+  for (const auto& [key, entry] : lock["packages"].items()) {
+    if (key.rfind("node_modules/", 0) != 0) continue;
+    const json installed = json::parse(read_file(kNodeDir / key / "package.json"), nullptr, false);
+    if (installed.is_discarded() || !installed.is_object() || !entry.is_object()) return false;
+    if (installed.value("version", "") != entry.value("version", "?")) return false;
+    ++checked;
+  }
+  return checked > 0;
+}
+
+// Holds an exclusive flock on package-lock.json (which `npm ci` never
+// rewrites), so that two test runs over one checkout (release and debug
+// builds, say) do not install into the same node_modules at once.
+class LockfileGuard {
+ public:
+  explicit LockfileGuard(const fs::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+  ~LockfileGuard() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+  LockfileGuard(const LockfileGuard&) = delete;
+  LockfileGuard& operator=(const LockfileGuard&) = delete;
+  bool acquire(int64_t timeout_ms) {
+    return fd_ >= 0 && eventually([&] { return ::flock(fd_, LOCK_EX | LOCK_NB) == 0; }, timeout_ms, 200);
+  }
+
+ private:
+  int fd_;
+};
+
+class OpenAiNode : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kShared / "stories260K.bin")) {
+      if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
+      GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: the OpenAI client test needs a model ***";
+    }
+    for (const char* tool : {"node", "npm"}) {
+      ASSERT_TRUE(transport::find_program(tool).has_value())
+          << tool << " is not on PATH: scripts/bootstrap installs Node.js and npm";
+    }
+    dir_ = fs::path(::testing::TempDir()) / ("openai_node_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ = (dir_ / "stories260K.gguf").string();
+    const std::string convert = std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
+                                shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
+                                shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model_) +
+                                " 2>&1";
+    const std::string converted = run_capture(convert);
+    ASSERT_TRUE(fs::exists(model_)) << convert << "\n" << converted;
+
+    transport::NatsServerOptions n;
+    n.log_path = (dir_ / "nats.log").string();
+    auto nats = transport::NatsServer::start(n);
+    ASSERT_TRUE(nats.has_value()) << nats.error().to_string();
+    nats_ = std::move(*nats);
+
+    auto port = transport::free_loopback_port();
+    ASSERT_TRUE(port.has_value());
+    base_url_ = "http://127.0.0.1:" + std::to_string(*port);
+    transport::ProcessOptions co;
+    co.program = IDLEFLEET_BINARY;
+    co.args = {"coordinator", "--nats", nats_->url(), "--http-port", std::to_string(*port), "--data-dir",
+               (dir_ / "data").string(), "--model", "stories260K=" + model_};
+    co.stdout_path = co.stderr_path = (dir_ / "coordinator.log").string();
+    auto coordinator = transport::Process::spawn(co);
+    ASSERT_TRUE(coordinator.has_value()) << coordinator.error().to_string();
+    coordinator_ = std::make_unique<transport::Process>(std::move(*coordinator));
+    ASSERT_TRUE(transport::wait_for_tcp("127.0.0.1", *port, 20000)) << log("coordinator.log");
+
+    transport::ProcessOptions a;
+    a.program = IDLEFLEET_BINARY;
+    // 20:00 on the simulated clock: the cars are home, most plugged in.
+    a.args = {"agent", "--vehicles", "3", "--nats", nats_->url(), "--coordinator", base_url_, "--start", "20:00",
+              "--cache-dir", (dir_ / "cache").string(), "--target-soc", "50"};
+    a.stdout_path = a.stderr_path = (dir_ / "agent.log").string();
+    auto agent = transport::Process::spawn(a);
+    ASSERT_TRUE(agent.has_value()) << agent.error().to_string();
+    agent_ = std::make_unique<transport::Process>(std::move(*agent));
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->stop();
+    if (coordinator_) coordinator_->stop();
+    if (nats_) nats_->stop();
+    if (!HasFailure() && !dir_.empty()) fs::remove_all(dir_);
+  }
+
+  json status() {
+    auto r = testing::http_get(base_url_ + "/v1/status");
+    if (r.status != 200) return json::object();
+    json j = json::parse(r.body, nullptr, false);
+    return j.is_discarded() ? json::object() : j;
+  }
+
+  std::string log(const std::string& name) { return tail(read_file(dir_ / name)); }
+
+  // Runs `program args...` with its output in dir_/log_name, for at most
+  // timeout_ms; returns its exit status, or -1 when it could not be started
+  // or did not finish in time (it is then killed); the log says which.
+  int run_bounded(const std::string& program, std::vector<std::string> args, std::vector<std::string> env,
+                  const std::string& log_name, int64_t timeout_ms) {
+    transport::ProcessOptions p;
+    p.program = program;
+    p.args = std::move(args);
+    p.env_extra = std::move(env);
+    p.stdout_path = p.stderr_path = (dir_ / log_name).string();
+    auto child = transport::Process::spawn(p);
+    if (!child) {
+      std::ofstream(dir_ / log_name, std::ios::app) << "spawn failed: " << child.error().to_string() << "\n";
+      return -1;
+    }
+    const std::optional<int> rc = child->wait(timeout_ms);
+    if (!rc) {
+      child->stop();
+      std::ofstream(dir_ / log_name, std::ios::app) << "\n*** killed after " << timeout_ms << " ms ***\n";
+      return -1;
+    }
+    return *rc;
+  }
+
+  fs::path dir_;
+  std::string model_;
+  std::unique_ptr<transport::NatsServer> nats_;
+  std::unique_ptr<transport::Process> coordinator_, agent_;
+  std::string base_url_;
+};
+
+TEST_F(OpenAiNode, OfficialClientWorksUnchanged) {
+  // The package, installed once per checkout (and again when the lock changes).
+  {
+    LockfileGuard guard(kNodeDir / "package-lock.json");
+    ASSERT_TRUE(guard.acquire(kNpmLockWaitMsMax)) << "could not lock " << (kNodeDir / "package-lock.json");
+    if (!node_modules_match_lock()) {
+      const int rc =
+          run_bounded("npm", {"ci", "--no-audit", "--no-fund", "--prefer-offline", "--prefix", kNodeDir.string()}, {},
+                      "npm.log", kNpmInstallMsMax);
+      ASSERT_EQ(rc, 0) << "npm ci in " << kNodeDir << " failed:\n" << log("npm.log");
+      ASSERT_TRUE(node_modules_match_lock()) << "npm ci left node_modules unlike package-lock.json\n" << log("npm.log");
+    }
+  }
+
+  // Three vehicles online, and at least one able to take work.
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/online"_json_pointer, 0) == 3; }, kFleetReadyMsMax))
+      << status().dump() << log("agent.log");
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 1; }, kFleetReadyMsMax))
+      << status().dump() << log("agent.log");
+
+  const int rc = run_bounded("node", {"--test", "--test-reporter=tap", (kNodeDir / "openai_compat.mjs").string()},
+                             {"OPENAI_BASE_URL=" + base_url_ + "/v1", "OPENAI_API_KEY=sk-idlefleet-test",
+                              "IDLEFLEET_MODEL=stories260K", "NO_COLOR=1"},
+                             "node.log", kNodeTestMsMax);
+  const std::string output = read_file(dir_ / "node.log");
+  EXPECT_EQ(rc, 0) << "node --test tests/node/openai_compat.mjs failed:\n"
+                   << tail(output) << "\n--- coordinator.log ---\n"
+                   << log("coordinator.log");
+  // A run that found no tests would also exit 0; and nothing may be skipped.
+  for (const auto& [name, want_positive] : {std::pair{"tests", true}, std::pair{"pass", true},
+                                            std::pair{"fail", false}, std::pair{"cancelled", false},
+                                            std::pair{"skipped", false}, std::pair{"todo", false}}) {
+    std::smatch m;
+    const std::regex line(std::string("\n# ") + name + " ([0-9]+)\n");
+    ASSERT_TRUE(std::regex_search(output, m, line)) << "no '# " << name << "' line:\n" << tail(output);
+    EXPECT_EQ(std::stoi(m[1]) > 0, want_positive) << "# " << name << " " << m[1] << "\n" << tail(output);
+  }
+  std::fprintf(stderr, "%s", tail(output).c_str());
+}
+
+}  // namespace
+}  // namespace idlefleet

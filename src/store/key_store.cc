@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "store/sqlite_db.h"
 
 namespace idlefleet::store {
 namespace {
@@ -184,80 +185,21 @@ KeyStore::KeyStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(
 KeyStore::~KeyStore() { sqlite3_close_v2(db_); }
 
 Unexpected KeyStore::sqlite_error(int rc, const std::string& what) const {
-  const int primary = rc & 0xff;
-  ErrorCode code = ErrorCode::kIo;
-  if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) code = ErrorCode::kCorrupt;
-  if (primary == SQLITE_MISUSE || primary == SQLITE_RANGE) code = ErrorCode::kInternal;
-  const char* detail = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-  return Unexpected(code, "key store '" + path_ + "': " + what + ": " + detail);
+  return store::sqlite_error(db_, rc, "key store '" + path_ + "'", what);
 }
 
 Status KeyStore::exec(const char* sql, const char* what) {
-  const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, what);
-  return {};
+  return sqlite_exec(db_, sql, "key store '" + path_ + "'", what);
 }
 
 Result<std::unique_ptr<KeyStore>> KeyStore::open(const std::string& path) {
   sodium_ready();
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  IF_RETURN_IF_ERROR(open_database(path, kMigrations, "key store '" + path + "'", &db));
   std::unique_ptr<KeyStore> store(new KeyStore(path, db));
-  if (rc != SQLITE_OK) return store->sqlite_error(rc, "cannot open");
-  sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, kKeyStoreBusyTimeoutMs);
-
-  Stmt wal;
-  int step = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, wal.out(), nullptr);
-  std::string mode;
-  if (step == SQLITE_OK) {
-    step = sqlite3_step(wal.get());
-    if (step == SQLITE_ROW) {
-      const auto* text = sqlite3_column_text(wal.get(), 0);
-      mode = text != nullptr ? reinterpret_cast<const char*>(text) : "";
-    }
-  }
-  wal.reset();
-  if (step != SQLITE_ROW) return store->sqlite_error(step, "not a usable SQLite database");
-  if (mode != "wal" && !(path == ":memory:" && mode == "memory")) {
-    return Unexpected(ErrorCode::kUnsupported, "key store '" + path + "': journal mode is '" + mode + "', not WAL");
-  }
+  // Keys and usage are money: a committed write survives a power loss too.
   IF_RETURN_IF_ERROR(store->exec("PRAGMA synchronous = FULL", "setting pragmas"));
-
-  IF_RETURN_IF_ERROR(store->exec("BEGIN IMMEDIATE", "starting the migration"));
-  auto migrate = [&]() -> Status {
-    IF_RETURN_IF_ERROR(store->exec(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY NOT NULL)", "creating schema_version"));
-    Stmt q;
-    int qrc = sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, q.out(), nullptr);
-    int64_t version = 0;
-    if (qrc == SQLITE_OK) {
-      qrc = sqlite3_step(q.get());
-      if (qrc == SQLITE_ROW) version = sqlite3_column_int64(q.get(), 0);
-    }
-    q.reset();
-    if (qrc != SQLITE_ROW) return store->sqlite_error(qrc, "reading schema_version");
-    if (version > kKeySchemaVersion) {
-      return Unexpected(ErrorCode::kUnsupported, "key store '" + path + "': schema version " +
-                                                     std::to_string(version) + " is newer than this build's " +
-                                                     std::to_string(kKeySchemaVersion));
-    }
-    if (version < 0) {
-      return Unexpected(ErrorCode::kCorrupt, "key store '" + path + "': negative schema version");
-    }
-    for (int64_t v = version + 1; v <= kKeySchemaVersion; ++v) {
-      const std::string what = "applying migration " + std::to_string(v);
-      IF_RETURN_IF_ERROR(store->exec(kMigrations[v - 1], what.c_str()));
-      const std::string record = "INSERT INTO schema_version (version) VALUES (" + std::to_string(v) + ")";
-      IF_RETURN_IF_ERROR(store->exec(record.c_str(), what.c_str()));
-    }
-    return store->exec("COMMIT", "committing the migration");
-  };
-  if (Status s = migrate(); !s) {
-    if (sqlite3_get_autocommit(db) == 0) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-    return Unexpected(s.error());
-  }
   return store;
 }
 

@@ -48,6 +48,20 @@ engine::SamplerParams to_sampler(const core::Sampling& s) {
   return p;
 }
 
+static_assert(engine::kTopLogprobsMax == core::kTopLogprobsMax);
+
+// An engine logprob as the protocol carries it: -inf (and anything below)
+// as kLogprobMin, since JSON has no infinity.
+float wire_logprob(float x) { return x >= core::kLogprobMin ? x : core::kLogprobMin; }
+
+core::TokenLogprobs to_wire(const engine::TokenLogprobs& t) {
+  core::TokenLogprobs w;
+  w.logprob = wire_logprob(t.chosen.logprob);
+  w.top.reserve(t.top.size());
+  for (const engine::TokenLogprob& c : t.top) w.top.push_back({c.id, wire_logprob(c.logprob)});
+  return w;
+}
+
 }  // namespace
 
 Status FleetOptions::validate() const {
@@ -447,6 +461,13 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   state.max_tokens = static_cast<int64_t>(a.max_tokens);
   state.stop_ids = a.stop_ids;
   if (auto st = gen.resume(state); !st) return fail(st.error().to_string());
+  // Computed for the tokens this attempt produces; the ones it resumed from
+  // had theirs sent by the attempt that produced them.
+  const bool logprobs = a.logprobs >= 0;
+  if (logprobs) {
+    if (auto st = gen.enable_logprobs(a.logprobs); !st) return fail(st.error().to_string());
+  }
+  const size_t chunk_tokens_max = logprobs ? core::kChunkLogprobTokensMax : core::kChunkTokensMax;
   // Tokens wait here for at most about chunk_us (see FleetOptions), so that a
   // small model's hundreds of tokens a second travel as a few dozen messages;
   // whatever waits goes out before the attempt's last event.
@@ -458,6 +479,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     const uint64_t next_index = held.first_index + held.ids.size();
     post_event(held);
     held.ids.clear();
+    held.logprobs.clear();
     held.first_index = next_index;
     last_sent_ns = steady_ns();
   };
@@ -485,7 +507,12 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
       return;
     }
     held.ids.push_back(*token);
-    if (steady_ns() - last_sent_ns >= chunk_ns || held.ids.size() >= core::kChunkTokensMax) send_held();
+    if (logprobs) {
+      const engine::TokenLogprobs* lp = gen.last_logprobs();
+      CHECK(lp != nullptr && lp->chosen.id == *token);
+      held.logprobs.push_back(to_wire(*lp));
+    }
+    if (steady_ns() - last_sent_ns >= chunk_ns || held.ids.size() >= chunk_tokens_max) send_held();
   }
 }
 
@@ -526,10 +553,13 @@ void Fleet::coalesce_tokens(std::deque<InboxItem>* items) {
       auto* prev = out[static_cast<size_t>(at)].kind == InboxItem::Kind::kEvent
                        ? std::get_if<core::EngineTokensEvent>(&out[static_cast<size_t>(at)].event)
                        : nullptr;
+      const bool logprobs = tokens->logprobs.size() > 0;
       if (prev != nullptr && prev->job_id == tokens->job_id && prev->attempt == tokens->attempt &&
-          prev->first_index + prev->ids.size() == tokens->first_index &&
-          prev->ids.size() + tokens->ids.size() <= core::kChunkTokensMax) {
+          prev->first_index + prev->ids.size() == tokens->first_index && (prev->logprobs.size() > 0) == logprobs &&
+          prev->ids.size() + tokens->ids.size() <= (logprobs ? core::kChunkLogprobTokensMax : core::kChunkTokensMax)) {
         prev->ids.insert(prev->ids.end(), tokens->ids.begin(), tokens->ids.end());
+        prev->logprobs.insert(prev->logprobs.end(), std::make_move_iterator(tokens->logprobs.begin()),
+                              std::make_move_iterator(tokens->logprobs.end()));
         continue;
       }
     }

@@ -5,8 +5,11 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
 #include "cli/model_locator.h"
+#include "coordinator/openai.h"
 #include "engine/model.h"
 #include "engine/session.h"
 #include "engine/tokenizer.h"
@@ -27,7 +30,24 @@ struct RunOptions {
   bool quiet = false;
   bool no_echo = false;  // print only the generated text, not the prompt
   bool tokens_given = false;  // -n on the command line (with --resume: tokens to add)
+  int32_t logprobs = -1;      // --logprobs N: each token's logprobs and N alternatives, to stderr
 };
+
+// One line of JSON on stderr per generated token, as the API shows it:
+// {"id": 5, "token": " cat", "logprob": -0.25, "top_logprobs": [{"id", "token", "logprob"}, ...]}.
+void write_logprobs(const engine::Tokenizer& tok, int32_t id, const engine::TokenLogprobs& lp) {
+  using nlohmann::json;
+  json top = json::array();
+  for (const engine::TokenLogprob& t : lp.top) {
+    top.push_back({{"id", t.id}, {"token", std::string(tok.token_bytes(t.id))},
+                   {"logprob", coordinator::api_logprob(t.logprob)}});
+  }
+  const json line = {{"id", id},
+                     {"token", std::string(tok.token_bytes(id))},
+                     {"logprob", coordinator::api_logprob(lp.chosen.logprob)},
+                     {"top_logprobs", std::move(top)}};
+  std::fprintf(stderr, "%s\n", line.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -73,6 +93,9 @@ void run(const RunOptions& o) {
     if (!st) throw CommandError{st.error().to_string()};
   }
 
+  if (o.logprobs >= 0) {
+    if (auto st = gen.enable_logprobs(o.logprobs); !st) throw CommandError{st.error().to_string()};
+  }
   const int64_t produced_before = static_cast<int64_t>(gen.state().produced_ids.size());
   engine::Detokenizer detok(tok);
   // The prompt (and a resumed session's earlier tokens) primes the
@@ -89,6 +112,7 @@ void run(const RunOptions& o) {
     auto next = gen.next();
     if (!next) throw CommandError{next.error().to_string()};
     if (*next < 0) break;
+    if (const engine::TokenLogprobs* lp = gen.last_logprobs()) write_logprobs(tok, *next, *lp);
     write(detok.push(*next));
   }
   write(detok.flush());
@@ -149,6 +173,10 @@ void add_run(CLI::App& app) {
   cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
   cmd->add_flag("-q,--quiet", o->quiet, "Print only the text and the final speed line");
   cmd->add_flag("--no-echo", o->no_echo, "Print only the generated text, not the prompt (as the API returns it)");
+  cmd->add_option("--logprobs", o->logprobs,
+                  "Print each generated token's logprob and this many likeliest alternatives to stderr, a JSON "
+                  "line per token (OpenAI's logprobs with top_logprobs)")
+      ->check(CLI::Range(0, engine::kTopLogprobsMax));
   cmd->callback([o, cmd] {
     o->tokens_given = cmd->count("--tokens") > 0;
     if (auto v = o->sampler.validate(); !v) throw CommandError{v.error().to_string()};

@@ -1,6 +1,8 @@
 #include "coordinator/openai.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +13,9 @@ namespace idlefleet::coordinator {
 using nlohmann::json;
 
 namespace {
+
+// OpenAI shows a logprob of -inf as this.
+constexpr double kLogprobShownMin = -9999.0;
 
 ApiError bad(std::string param, std::string message) {
   ApiError e;
@@ -42,17 +47,65 @@ std::optional<ApiError> refuse_unsupported(const json& j, bool chat) {
                           "response_format"}) {
     if (present(j, key)) return bad(key, std::string("'") + key + "' is not supported yet");
   }
-  if (present(j, "logprobs") && !(j["logprobs"].is_boolean() && !j["logprobs"].get<bool>())) {
-    return bad("logprobs", "'logprobs' is not supported yet");
-  }
-  if (present(j, "top_logprobs")) return bad("top_logprobs", "'top_logprobs' is not supported yet");
   if (!chat && present(j, "echo") && !(j["echo"].is_boolean() && !j["echo"].get<bool>())) {
     return bad("echo", "'echo' is not supported yet");
   }
   return std::nullopt;
 }
 
+// Chat: logprobs (true/false) and top_logprobs 0..kChatTopLogprobsMax, which
+// needs logprobs true. Completions: logprobs 0..kCompletionLogprobsMax (false
+// reads as off, as clients send it); top_logprobs is chat's only.
+std::optional<ApiError> read_logprobs(const json& j, bool chat, int32_t* out) {
+  *out = -1;
+  auto integer_in = [&](const char* key, int64_t max) {
+    const json& v = j[key];
+    return v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= max;
+  };
+  if (chat) {
+    bool wanted = false;
+    if (present(j, "logprobs")) {
+      if (!j["logprobs"].is_boolean()) return bad("logprobs", "'logprobs' must be true or false");
+      wanted = j["logprobs"].get<bool>();
+    }
+    if (present(j, "top_logprobs")) {
+      if (!integer_in("top_logprobs", kChatTopLogprobsMax)) {
+        return bad("top_logprobs", std::string("'top_logprobs' must be an integer from 0 to ")
+                                       .append(std::to_string(kChatTopLogprobsMax)));
+      }
+      if (!wanted) return bad("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+      *out = static_cast<int32_t>(j["top_logprobs"].get<int64_t>());
+    } else if (wanted) {
+      *out = 0;
+    }
+    return std::nullopt;
+  }
+  if (present(j, "top_logprobs")) {
+    return bad("top_logprobs", "'top_logprobs' is for chat completions; completions take 'logprobs': N");
+  }
+  if (present(j, "logprobs") && !(j["logprobs"].is_boolean() && !j["logprobs"].get<bool>())) {
+    if (!integer_in("logprobs", kCompletionLogprobsMax)) {
+      return bad("logprobs", std::string("'logprobs' must be an integer from 0 to ")
+                                 .append(std::to_string(kCompletionLogprobsMax)));
+    }
+    *out = static_cast<int32_t>(j["logprobs"].get<int64_t>());
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+double api_logprob(float logprob) {
+  if (!(logprob > kLogprobShownMin)) return kLogprobShownMin;
+  char text[32];
+  const auto [end, ec] = std::to_chars(text, text + sizeof text - 1, logprob);
+  if (ec != std::errc()) return static_cast<double>(logprob);
+  *end = '\0';
+  const double shortest = std::strtod(text, nullptr);
+  // Read as a double, the shortest float text must still name the same
+  // float; if rounding twice ever moved it, the exact value is shown.
+  return static_cast<float>(shortest) == logprob ? shortest : static_cast<double>(logprob);
+}
 
 std::string error_body(const ApiError& e) {
   json err = {{"message", e.message},
@@ -190,6 +243,7 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_v
                                                      : static_cast<uint64_t>(j["seed"].get<int64_t>());
     r.seed_given = true;
   }
+  if (auto e = read_logprobs(j, chat, &r.logprobs)) return *e;
   if (present(j, "stream")) {
     if (!j["stream"].is_boolean()) return bad("stream", "'stream' must be true or false");
     r.stream = j["stream"].get<bool>();
@@ -222,12 +276,55 @@ json usage_json(const Usage& u) {
           {"total_tokens", u.prompt_tokens + u.completion_tokens}};
 }
 
+json token_bytes_json(const std::string& token) {
+  json bytes = json::array();
+  for (unsigned char b : token) bytes.push_back(static_cast<int>(b));
+  return bytes;
+}
+
+// A choice's logprobs: chat's {"content": [...], "refusal": null}, or the
+// legacy {"tokens", "token_logprobs", "top_logprobs", "text_offset"}.
+json logprobs_json(bool chat, const std::vector<LogprobsEntry>* entries) {
+  if (entries == nullptr) return nullptr;
+  if (chat) {
+    json content = json::array();
+    for (const LogprobsEntry& e : *entries) {
+      json top = json::array();
+      for (const TokenLogprob& t : e.top) {
+        top.push_back({{"token", t.token}, {"logprob", api_logprob(t.logprob)}, {"bytes", token_bytes_json(t.token)}});
+      }
+      content.push_back({{"token", e.chosen.token},
+                         {"logprob", api_logprob(e.chosen.logprob)},
+                         {"bytes", token_bytes_json(e.chosen.token)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), offsets = json::array();
+  for (const LogprobsEntry& e : *entries) {
+    tokens.push_back(e.chosen.token);
+    token_logprobs.push_back(api_logprob(e.chosen.logprob));
+    // Alternatives with the same text (control tokens, say) keep the likelier.
+    json top = json::object();
+    for (const TokenLogprob& t : e.top) {
+      if (!top.contains(t.token)) top[t.token] = api_logprob(t.logprob);
+    }
+    top_logprobs.push_back(std::move(top));
+    offsets.push_back(e.text_offset);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
+
 }  // namespace
 
 std::string completion_response(const ResponseMeta& meta, bool chat, const std::string& text,
-                                const std::string& finish_reason, const Usage& usage) {
+                                const std::string& finish_reason, const Usage& usage,
+                                const std::vector<LogprobsEntry>* logprobs) {
   json j = base(meta, chat ? "chat.completion" : "text_completion");
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  json choice = {{"index", 0}, {"logprobs", logprobs_json(chat, logprobs)}, {"finish_reason", finish_reason}};
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", text}, {"refusal", nullptr}};
   } else {
@@ -239,9 +336,10 @@ std::string completion_response(const ResponseMeta& meta, bool chat, const std::
 }
 
 std::string completion_chunk_event(const ResponseMeta& meta, bool chat, const std::string& text,
-                                   const std::optional<std::string>& finish_reason, bool first) {
+                                   const std::optional<std::string>& finish_reason, bool first,
+                                   const std::vector<LogprobsEntry>* logprobs) {
   json j = base(meta, chat ? "chat.completion.chunk" : "text_completion");
-  json choice = {{"index", 0}, {"logprobs", nullptr},
+  json choice = {{"index", 0}, {"logprobs", logprobs_json(chat, logprobs)},
                  {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
   if (chat) {
     json delta = json::object();

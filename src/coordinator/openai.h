@@ -6,9 +6,16 @@
 // is tested and the request parser is fuzzed. Parsing trusts nothing: the
 // body is bounded, every field is checked for type and range, and an error
 // names the parameter, as OpenAI's do ({"error": {"message", "type",
-// "param", "code"}}). Parameters we do not implement yet (n > 1, logprobs,
-// tools, echo, suffix) are refused with a clear message rather than silently
+// "param", "code"}}). Parameters we do not implement yet (n > 1, tools,
+// echo, suffix) are refused with a clear message rather than silently
 // ignored; unknown extra fields are ignored, as clients send them freely.
+//
+// Logprobs: a chat request's `logprobs: true` with `top_logprobs` 0..20, or a
+// completion request's `logprobs` 0..5 (the number of alternatives), become
+// CompletionRequest::logprobs; responses then carry each token's text (its
+// bytes, which may be part of a UTF-8 character, shown as text), log-
+// probability and alternatives, in OpenAI's chat or legacy shape. -inf is
+// shown as -9999, as OpenAI does.
 //
 // Chat prompts: the server renders messages with the model's own template
 // (GGUF tokenizer.chat_template, engine/chat_template.h) when it has one;
@@ -59,7 +66,31 @@ struct CompletionRequest {
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage
   std::vector<std::string> stop;      // up to engine::kStopStringsMax, checked
+  // Alternatives to report per token with its logprob (chat: top_logprobs,
+  // 0..kChatTopLogprobsMax; completions: logprobs, 0..kCompletionLogprobsMax);
+  // -1: no logprobs.
+  int32_t logprobs = -1;
 };
+
+// OpenAI's bounds: chat's top_logprobs and the legacy completions' logprobs.
+inline constexpr int32_t kChatTopLogprobsMax = 20;
+inline constexpr int32_t kCompletionLogprobsMax = 5;
+
+// One token in a response's logprobs: its bytes and its log-probability.
+struct TokenLogprob {
+  std::string token;  // the token's bytes (engine::Tokenizer::token_bytes)
+  float logprob = 0.0f;
+};
+// The logprobs of one generated token, for the response.
+struct LogprobsEntry {
+  TokenLogprob chosen;
+  std::vector<TokenLogprob> top;  // most likely first
+  uint64_t text_offset = 0;       // completions: byte offset of the token in the generated text
+};
+
+// The JSON number shown for a logprob: -9999 for -inf (or below), else the
+// shortest decimal that reads back as the same float.
+double api_logprob(float logprob);
 
 struct ApiLimits {
   uint64_t max_tokens_limit = 4096;
@@ -87,14 +118,19 @@ struct ResponseMeta {
   std::string system_fingerprint;
 };
 
-// A whole (non-streamed) response.
+// A whole (non-streamed) response. `logprobs`: null when the request did not
+// ask for them (the choice's logprobs is then null), else every token's.
 std::string completion_response(const ResponseMeta& meta, bool chat, const std::string& text,
-                                const std::string& finish_reason, const Usage& usage);
+                                const std::string& finish_reason, const Usage& usage,
+                                const std::vector<LogprobsEntry>* logprobs = nullptr);
 
 // One server-sent event ("data: {...}\n\n"). A chat stream's first event
 // carries the role; `finish_reason` is set on the last content event only.
+// `logprobs`: those of the tokens whose text this event carries (null: the
+// choice's logprobs is null).
 std::string completion_chunk_event(const ResponseMeta& meta, bool chat, const std::string& text,
-                                   const std::optional<std::string>& finish_reason, bool first);
+                                   const std::optional<std::string>& finish_reason, bool first,
+                                   const std::vector<LogprobsEntry>* logprobs = nullptr);
 // The usage event (stream_options.include_usage): empty choices, usage set.
 std::string usage_event(const ResponseMeta& meta, bool chat, const Usage& usage);
 inline constexpr std::string_view kDoneEvent = "data: [DONE]\n\n";

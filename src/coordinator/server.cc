@@ -162,7 +162,37 @@ struct ClientStream {
   std::string idem_scope;
   std::string idem_key;
   store::Sha256 body_sha256{};
+  // Logprobs (request.logprobs >= 0). A token's entry waits in
+  // logprobs_pending until text from it is released to the client (the stop
+  // matcher may hold text back), its text_offset being where its text starts
+  // among the bytes detokenised so far; one a stop string cut off is dropped.
+  // The stop tokens (end and beginning of sequence) have no text and no entry.
+  std::deque<LogprobsEntry> logprobs_pending;
+  std::vector<LogprobsEntry> logprobs;  // non-streamed: the response's
+  uint64_t text_in_bytes = 0;           // detokenised
+  uint64_t text_out_bytes = 0;          // released to the client
 };
+
+LogprobsEntry logprobs_entry(const engine::Tokenizer& tok, int32_t id, const core::TokenLogprobs& lp,
+                             uint64_t text_offset) {
+  LogprobsEntry e;
+  e.chosen = {std::string(tok.token_bytes(id)), lp.logprob};
+  e.top.reserve(lp.top.size());
+  for (const core::TopLogprob& t : lp.top) e.top.push_back({std::string(tok.token_bytes(t.id)), t.logprob});
+  e.text_offset = text_offset;
+  return e;
+}
+
+// The pending entries whose text has (partly) been released; all of them
+// when `all` (the generation ended without a stop string).
+std::vector<LogprobsEntry> release_logprobs(ClientStream& c, bool all) {
+  std::vector<LogprobsEntry> out;
+  while (!c.logprobs_pending.empty() && (all || c.logprobs_pending.front().text_offset < c.text_out_bytes)) {
+    out.push_back(std::move(c.logprobs_pending.front()));
+    c.logprobs_pending.pop_front();
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -609,6 +639,7 @@ struct CoordinatorServer::Impl {
     spec.max_tokens = max_tokens;
     spec.stop_ids = {tok.eos(), tok.bos()};
     spec.sampling = req.sampling;
+    spec.logprobs = req.logprobs;
     client->request = std::move(req);
     const std::string job_id = client->meta.id;
     if (!post(Item{core::SubmitJobEvent{job_id, std::move(spec)}, std::move(client)})) {
@@ -731,8 +762,19 @@ struct CoordinatorServer::Impl {
     auto it = clients.find(e.job_id);
     if (it == clients.end()) return;
     ClientStream& c = *it->second;
+    const engine::Tokenizer& tok = *c.model->tokenizer;
+    // The machine sends logprobs with every token of a job that asked for them.
+    const bool logprobs = c.request.logprobs >= 0 && e.logprobs.size() == e.ids.size();
     std::string piece;
-    for (int32_t id : e.ids) piece += c.detok->push(id);
+    for (size_t i = 0; i < e.ids.size(); ++i) {
+      const int32_t id = e.ids[i];
+      if (logprobs && id != tok.eos() && id != tok.bos()) {
+        c.logprobs_pending.push_back(logprobs_entry(tok, id, e.logprobs[i], c.text_in_bytes));
+      }
+      const std::string text = c.detok->push(id);
+      c.text_in_bytes += text.size();
+      piece += text;
+    }
     c.completion_tokens += e.ids.size();
     if (c.stop) {
       if (c.stop->stopped()) return;  // tokens that were on their way when the stop string appeared
@@ -740,10 +782,16 @@ struct CoordinatorServer::Impl {
       piece = std::move(step.text);
       if (step.stopped) stop_jobs.push_back(e.job_id);
     }
+    c.text_out_bytes += piece.size();
+    std::vector<LogprobsEntry> ready = release_logprobs(c, false);
     if (c.request.stream) {
-      if (!piece.empty()) c.exchange->stream_write(completion_chunk_event(c.meta, c.request.chat, piece, std::nullopt, false));
+      if (!piece.empty() || !ready.empty()) {
+        c.exchange->stream_write(completion_chunk_event(c.meta, c.request.chat, piece, std::nullopt, false,
+                                                        c.request.logprobs >= 0 ? &ready : nullptr));
+      }
     } else {
       c.text += piece;
+      for (LogprobsEntry& entry : ready) c.logprobs.push_back(std::move(entry));
     }
   }
 
@@ -753,18 +801,24 @@ struct CoordinatorServer::Impl {
     ClientStream& c = *it->second;
     std::string tail = c.detok->flush();
     if (c.stop) tail = c.stop->stopped() ? std::string() : c.stop->push(tail).text + c.stop->flush();
+    c.text_out_bytes += tail.size();
+    std::vector<LogprobsEntry> ready = release_logprobs(c, !c.stop || !c.stop->stopped());
+    const std::vector<LogprobsEntry>* tail_logprobs = c.request.logprobs >= 0 && !ready.empty() ? &ready : nullptr;
+    if (!c.request.stream) c.logprobs.insert(c.logprobs.end(), ready.begin(), ready.end());
     const Usage usage{c.prompt_tokens, c.completion_tokens};
     if (e.state == core::JobState::kDone && !c.key_id.empty()) {
       gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_ms());
     }
     if (e.state == core::JobState::kDone) {
       if (c.request.stream) {
-        c.exchange->stream_write(completion_chunk_event(c.meta, c.request.chat, tail, e.finish_reason, false));
+        c.exchange->stream_write(
+            completion_chunk_event(c.meta, c.request.chat, tail, e.finish_reason, false, tail_logprobs));
         if (c.request.include_usage) c.exchange->stream_write(usage_event(c.meta, c.request.chat, usage));
         c.exchange->stream_write(std::string(kDoneEvent));
         c.exchange->stream_end();
       } else {
-        std::string body = completion_response(c.meta, c.request.chat, c.text + tail, e.finish_reason, usage);
+        std::string body = completion_response(c.meta, c.request.chat, c.text + tail, e.finish_reason, usage,
+                                               c.request.logprobs >= 0 ? &c.logprobs : nullptr);
         // Stored before it is sent, so that a retry the moment it arrives is a replay.
         end_idempotent(c, &body);
         c.exchange->respond(json_response(200, std::move(body)));

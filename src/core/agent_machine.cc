@@ -196,7 +196,17 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
     if (!is_current(e->job_id, e->attempt)) {
       reject("engine tokens for job " + e->job_id + " attempt " + std::to_string(e->attempt) + ", not current", &out);
     } else if (!e->ids.empty()) {
-      out.push_back(SendEffect{ChunkMessage{e->job_id, e->attempt, e->first_index, e->ids}});
+      ChunkMessage chunk{e->job_id, e->attempt, e->first_index, e->ids, e->logprobs};
+      if (!chunk.logprobs.empty() &&
+          (chunk.logprobs.size() != chunk.ids.size() || chunk.ids.size() > kChunkLogprobTokensMax)) {
+        // A bug in the shell. The tokens still go, without logprobs: the
+        // coordinator then ends the attempt and another vehicle redoes it.
+        out.push_back(AgentLogEffect{"bad_logprobs", std::to_string(chunk.logprobs.size()) + " logprobs for " +
+                                                         std::to_string(chunk.ids.size()) + " tokens of job " +
+                                                         e->job_id});
+        chunk.logprobs.clear();
+      }
+      out.push_back(SendEffect{std::move(chunk)});
     }
   } else if (const auto* e = std::get_if<EngineFinishedEvent>(&event)) {
     if (is_current(e->job_id, e->attempt)) {

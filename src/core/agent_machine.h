@@ -84,6 +84,9 @@ struct EngineTokensEvent {
   uint32_t attempt = 0;
   uint64_t first_index = 0;
   std::vector<int32_t> ids;
+  // When the assign asked for logprobs: one entry per id (the shell keeps a
+  // chunk to kChunkLogprobTokensMax ids then); else empty.
+  std::vector<TokenLogprobs> logprobs = {};
 };
 // The engine finished the job: a stop token or the token budget.
 struct EngineFinishedEvent {

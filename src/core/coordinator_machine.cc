@@ -228,13 +228,32 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "chunk", out);
     if (entry == nullptr) return;
     const size_t before = entry->job.produced().size();
-    Status st = entry->job.append(m->attempt, m->first_index, m->ids, now);
+    // A job that asked for logprobs needs them with every token (at most the
+    // top-N it asked for): a vehicle that sends none cannot serve it.
+    std::string logprobs_missing;
+    if (const int32_t top_n = entry->spec.logprobs; top_n >= 0) {
+      if (m->logprobs.size() != m->ids.size()) {
+        logprobs_missing = "chunk without logprobs";
+      } else if (std::any_of(m->logprobs.begin(), m->logprobs.end(), [&](const TokenLogprobs& t) {
+                   return t.top.size() > static_cast<size_t>(top_n);
+                 })) {
+        logprobs_missing = std::string("chunk with more than ").append(std::to_string(top_n)).append(" top logprobs");
+      }
+    }
+    Status st = logprobs_missing.empty() ? entry->job.append(m->attempt, m->first_index, m->ids, now)
+                                         : Status(Unexpected(ErrorCode::kCorrupt, logprobs_missing));
     if (!st) {
       if (st.error().code != ErrorCode::kCorrupt) return reject("bad_chunk", st.error().message, out);
       // Different tokens for the same positions: the vehicle's engine is not
-      // the deterministic engine we trust. End its attempt; another redoes it.
-      reject("chunk_conflict", "vehicle " + vid + ": " + st.error().message, out);
-      CHECK(entry->job.attempt_failed(m->attempt, "tokens differ from those already produced", now).has_value());
+      // the deterministic engine we trust (or it left out the logprobs). End
+      // its attempt; another redoes it.
+      reject(logprobs_missing.empty() ? "chunk_conflict" : "chunk_logprobs", "vehicle " + vid + ": " + st.error().message,
+             out);
+      CHECK(entry->job
+                .attempt_failed(m->attempt,
+                                logprobs_missing.empty() ? "tokens differ from those already produced" : logprobs_missing,
+                                now)
+                .has_value());
       out->push_back(SendToVehicleEffect{vid, CancelMessage{m->job_id, m->attempt}});
       ++v.attempts_lost;
       // The vehicle still runs the attempt until the cancel reaches its engine:
@@ -248,7 +267,15 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     const auto& produced = entry->job.produced();
     if (produced.size() > before) {
       counters_.tokens_relayed += produced.size() - before;
-      out->push_back(JobTokensEffect{m->job_id, before, std::vector<int32_t>(produced.begin() + before, produced.end())});
+      JobTokensEffect tokens{m->job_id, before, std::vector<int32_t>(produced.begin() + before, produced.end()), {}};
+      if (entry->spec.logprobs >= 0) {
+        // The chunk may repeat tokens we have (first_index < before): theirs
+        // were relayed with them.
+        const size_t overlap = before - m->first_index;
+        CHECK(m->logprobs.size() == overlap + tokens.ids.size());
+        tokens.logprobs.assign(m->logprobs.begin() + static_cast<std::ptrdiff_t>(overlap), m->logprobs.end());
+      }
+      out->push_back(std::move(tokens));
       out->push_back(PersistJobEffect{m->job_id});
     }
   } else if (const auto* m = std::get_if<DoneMessage>(&msg)) {
@@ -353,6 +380,7 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     m.stop_ids = entry.spec.stop_ids;
     m.sampling = entry.spec.sampling;
     m.lease_expires_at = a.lease_expires_at;
+    m.logprobs = entry.spec.logprobs;
     out->push_back(SendToVehicleEffect{v.id, std::move(m)});
     out->push_back(PersistJobEffect{job_id});
   }

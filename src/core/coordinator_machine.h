@@ -54,6 +54,10 @@ struct JobSpec {
   std::vector<int32_t> stop_ids;
   Sampling sampling;
   bool batch = false;  // low priority: placed after every interactive job
+  // OpenAI's logprobs: the top candidates to report per token (0..
+  // kTopLogprobsMax), or -1 for none. When set, every chunk of the job must
+  // carry logprobs; a vehicle whose chunks do not loses the attempt.
+  int32_t logprobs = -1;
 };
 
 struct ModelInfo {
@@ -117,10 +121,14 @@ struct JobAcceptedEffect {
   Status status;
 };
 // New tokens of a job, in order and never repeated: relay them to the client.
+// The machine keeps no logprobs: it passes on those of the new tokens only,
+// so that each token's reach the client exactly once, whichever attempt (and
+// vehicle) produced it.
 struct JobTokensEffect {
   std::string job_id;
   uint64_t first_index = 0;
   std::vector<int32_t> ids;
+  std::vector<TokenLogprobs> logprobs = {};  // one per id when the job asked for logprobs, else empty
 };
 struct JobEndedEffect {
   std::string job_id;

@@ -130,6 +130,59 @@ class Reader {
     return out;
   }
 
+  // One entry per chunk id (`count` of them): [{"logprob": x, "top": [[id, x], ...]}, ...],
+  // every x a number in [kLogprobMin, 0], at most kTopLogprobsMax pairs in a
+  // top list, each id a token id.
+  std::vector<TokenLogprobs> logprobs(const char* key, size_t count) {
+    std::vector<TokenLogprobs> out;
+    const json* v = field(key, false);
+    if (v == nullptr) return out;
+    if (!v->is_array() || v->size() != count) {
+      fail(key, "must be an array with one entry per id (" + std::to_string(count) + ")");
+      return out;
+    }
+    auto logprob = [](const json& x, float* f) {
+      if (!x.is_number()) return false;
+      const double d = x.get<double>();
+      if (!(d >= static_cast<double>(kLogprobMin) && d <= 0.0)) return false;
+      *f = static_cast<float>(d);
+      return true;
+    };
+    const std::string bad_entry = std::string("must hold {\"logprob\": x, \"top\": [[id, x], ...]} with x in [")
+                                      .append(std::to_string(static_cast<int>(kLogprobMin)))
+                                      .append(", 0], at most ")
+                                      .append(std::to_string(kTopLogprobsMax))
+                                      .append(" pairs and ids in [0, ")
+                                      .append(std::to_string(kTokenIdMax))
+                                      .append("]");
+    out.reserve(v->size());
+    for (const json& e : *v) {
+      TokenLogprobs t;
+      auto lp = e.is_object() ? e.find("logprob") : e.end();
+      auto top = e.is_object() ? e.find("top") : e.end();
+      if (!e.is_object() || lp == e.end() || !logprob(*lp, &t.logprob) ||
+          (top != e.end() && (!top->is_array() || top->size() > static_cast<size_t>(kTopLogprobsMax)))) {
+        fail(key, bad_entry);
+        return {};
+      }
+      if (top != e.end()) {
+        t.top.reserve(top->size());
+        for (const json& pair : *top) {
+          TopLogprob c;
+          if (!pair.is_array() || pair.size() != 2 || !pair[0].is_number_integer() || pair[0].get<int64_t>() < 0 ||
+              pair[0].get<int64_t>() > kTokenIdMax || !logprob(pair[1], &c.logprob)) {
+            fail(key, bad_entry);
+            return {};
+          }
+          c.id = static_cast<int32_t>(pair[0].get<int64_t>());
+          t.top.push_back(c);
+        }
+      }
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
   const json* object(const char* key) {
     const json* v = field(key, false);
     if (v != nullptr && !v->is_object()) {
@@ -175,7 +228,7 @@ struct Encoder {
   }
   json operator()(const AssignMessage& m) const {
     const Sampling& s = m.sampling;
-    return {{"job_id", m.job_id},           {"attempt", m.attempt},
+    json j = {{"job_id", m.job_id},           {"attempt", m.attempt},
             {"model_id", m.model_id},       {"prompt_ids", m.prompt_ids},
             {"produced_ids", m.produced_ids}, {"max_tokens", m.max_tokens},
             {"stop_ids", m.stop_ids},       {"lease_expires_at", m.lease_expires_at},
@@ -184,11 +237,25 @@ struct Encoder {
               {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
               {"presence_penalty", s.presence_penalty}, {"frequency_penalty", s.frequency_penalty},
               {"seed", s.seed}}}};
+    if (m.logprobs >= 0) j["logprobs"] = m.logprobs;
+    return j;
   }
   json operator()(const CancelMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
   json operator()(const StartedMessage& m) const { return {{"job_id", m.job_id}, {"attempt", m.attempt}}; }
   json operator()(const ChunkMessage& m) const {
-    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"first_index", m.first_index}, {"ids", m.ids}};
+    json j = {{"job_id", m.job_id}, {"attempt", m.attempt}, {"first_index", m.first_index}, {"ids", m.ids}};
+    if (!m.logprobs.empty()) {
+      // A float widened to double prints as the shortest text that reads
+      // back as that double, hence as the same float: bitwise on arrival.
+      json list = json::array();
+      for (const TokenLogprobs& t : m.logprobs) {
+        json top = json::array();
+        for (const TopLogprob& c : t.top) top.push_back(json::array({c.id, static_cast<double>(c.logprob)}));
+        list.push_back({{"logprob", static_cast<double>(t.logprob)}, {"top", std::move(top)}});
+      }
+      j["logprobs"] = std::move(list);
+    }
+    return j;
   }
   json operator()(const DoneMessage& m) const {
     return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"total_tokens", m.total_tokens},
@@ -308,6 +375,9 @@ Result<Message> decode_message(std::string_view text) {
     m.max_tokens = r.uint("max_tokens", kTokenIdsMax);
     m.stop_ids = r.ids("stop_ids", 64, false);
     m.lease_expires_at = r.integer("lease_expires_at", 0, kTimeMax);
+    if (j.contains("logprobs") && !j["logprobs"].is_null()) {
+      m.logprobs = static_cast<int32_t>(r.integer("logprobs", -1, kTopLogprobsMax, false));
+    }
     if (const json* s = r.object("sampling")) {
       Reader sr(*s, "assign.sampling");
       m.sampling.temperature = sr.number("temperature", 0.0, 100.0, false, 0.0);
@@ -340,6 +410,12 @@ Result<Message> decode_message(std::string_view text) {
     m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
     m.first_index = r.uint("first_index", kTokenIdsMax);
     m.ids = r.ids("ids", kChunkTokensMax);
+    m.logprobs = r.logprobs("logprobs", m.ids.size());
+    if (r.status() && !m.logprobs.empty() && m.ids.size() > kChunkLogprobTokensMax) {
+      return Unexpected(ErrorCode::kCorrupt, std::string("message 'chunk': field 'ids' holds more than ")
+                                                 .append(std::to_string(kChunkLogprobTokensMax))
+                                                 .append(" ids with logprobs"));
+    }
     return finish(r, std::move(m));
   }
   if (type == "done") {

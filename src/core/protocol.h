@@ -19,6 +19,13 @@
 // Token ids travel as ids: the text is derived, and ids are what makes a
 // resumed generation continue exactly.
 //
+// Logprobs (OpenAI's logprobs / top_logprobs): an assign may ask for them
+// ("logprobs": top-N, 0..kTopLogprobsMax; absent: off), and then each chunk
+// carries, beside its ids, one entry per id (see TokenLogprobs below). They
+// are computed by the engine for the tokens it produces (never for tokens an
+// earlier attempt produced and this one only re-evaluated), from the raw
+// logits, so they are bitwise the same whichever vehicle produced a token.
+//
 // Thread-safety: values and pure functions.
 #pragma once
 
@@ -42,6 +49,15 @@ inline constexpr size_t kChunkTokensMax = 4096;          // tokens in one chunk
 inline constexpr size_t kModelsMax = 64;                 // cached models in a hello
 inline constexpr size_t kReasonsMax = 32;                // eligibility reasons in a state
 inline constexpr int32_t kTokenIdMax = (1 << 24) - 1;    // vocabularies are far smaller
+// OpenAI's bound on top_logprobs (engine::kTopLogprobsMax).
+inline constexpr int32_t kTopLogprobsMax = 20;
+// Tokens in a chunk that carries logprobs: up to 21 numbers and 20 ids each,
+// about 1 KB a token at worst, so that a chunk stays far below NATS's default
+// 1 MiB payload limit (and kMessageBytesMax).
+inline constexpr size_t kChunkLogprobTokensMax = 256;
+// What a logprob of -inf travels (and is shown to clients) as: JSON has no
+// infinity, and OpenAI uses this value. Lower finite values are clamped to it.
+inline constexpr float kLogprobMin = -9999.0f;
 
 // The sampler settings of a job, as the engine's SamplerParams.
 struct Sampling {
@@ -54,6 +70,24 @@ struct Sampling {
   double presence_penalty = 0.0;   // OpenAI's, over the tokens produced (-2..2; 0: off)
   double frequency_penalty = 0.0;  // OpenAI's, over the tokens produced (-2..2; 0: off)
   uint64_t seed = 0;
+};
+
+// One candidate token and its log-probability (in [kLogprobMin, 0]).
+struct TopLogprob {
+  int32_t id = 0;
+  float logprob = 0.0f;
+
+  bool operator==(const TopLogprob&) const = default;
+};
+
+// The logprobs of one produced token: its own (the token is the id at the
+// same index of the chunk), and the top-N candidates, most likely first
+// (engine::compute_logprobs's order), at most kTopLogprobsMax of them.
+struct TokenLogprobs {
+  float logprob = 0.0f;
+  std::vector<TopLogprob> top;
+
+  bool operator==(const TokenLogprobs&) const = default;
 };
 
 struct HelloMessage {
@@ -94,6 +128,9 @@ struct AssignMessage {
   std::vector<int32_t> stop_ids;
   Sampling sampling;
   TimeMs lease_expires_at = 0;
+  // Report logprobs with this many top candidates per token (0..kTopLogprobsMax);
+  // -1 (absent on the wire): no logprobs.
+  int32_t logprobs = -1;
 };
 
 struct CancelMessage {
@@ -111,6 +148,9 @@ struct ChunkMessage {
   uint32_t attempt = 0;
   uint64_t first_index = 0;  // index of ids[0] among the job's produced tokens
   std::vector<int32_t> ids;
+  // Empty (absent on the wire) when the assign did not ask for logprobs;
+  // else one entry per id, and ids holds at most kChunkLogprobTokensMax.
+  std::vector<TokenLogprobs> logprobs = {};
 };
 
 struct DoneMessage {

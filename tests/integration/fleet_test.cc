@@ -3,7 +3,9 @@
 // them the agent process is killed with SIGKILL and restarted, and two
 // drivers come back to their cars. Every request must still complete, and
 // every output must be byte-identical to `idlefleet run` with the same model,
-// prompt, sampling settings and seed.
+// prompt, sampling settings and seed, and so must the logprobs of the three
+// requests in four that ask for them (`idlefleet run --logprobs`), however
+// many vehicles each one's tokens came from.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -126,6 +128,7 @@ struct Request {
   uint64_t seed = 0;
   int max_tokens = 0;
   double temperature = 0.8;
+  int logprobs = -1;  // alternatives per token; -1: no logprobs
 };
 
 struct Outcome {
@@ -136,6 +139,9 @@ struct Outcome {
   std::string error;
   int64_t text_events = 0;        // events that carried text
   int64_t completion_tokens = 0;  // from the usage event
+  // The logprobs of all events, concatenated (the legacy shape's arrays).
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       text_offset = json::array();
 };
 
 TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) {
@@ -149,7 +155,8 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
                            "The sun was", "Tom had a red ball", "In the park", "A big cat"};
   std::vector<Request> requests;
   for (int i = 0; i < 64; ++i) {
-    requests.push_back({prompts[i % 8], static_cast<uint64_t>(1000 + i), 300 + (i % 5) * 40, i % 4 == 0 ? 0.0 : 0.8});
+    requests.push_back({prompts[i % 8], static_cast<uint64_t>(1000 + i), 300 + (i % 5) * 40, i % 4 == 0 ? 0.0 : 0.8,
+                        i % 4 == 3 ? -1 : 2});
   }
   std::vector<Outcome> outcomes(requests.size());
   std::atomic<int> tokens_seen{0};
@@ -157,9 +164,10 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
   for (size_t i = 0; i < requests.size(); ++i) {
     clients.emplace_back([&, i] {
       const Request& q = requests[i];
-      const json body = {{"model", "stories260K"}, {"prompt", q.prompt},   {"max_tokens", q.max_tokens},
-                         {"temperature", q.temperature}, {"seed", q.seed}, {"stream", true},
-                         {"stream_options", {{"include_usage", true}}}};
+      json body = {{"model", "stories260K"}, {"prompt", q.prompt},   {"max_tokens", q.max_tokens},
+                   {"temperature", q.temperature}, {"seed", q.seed}, {"stream", true},
+                   {"stream_options", {{"include_usage", true}}}};
+      if (q.logprobs >= 0) body["logprobs"] = q.logprobs;
       testing::SseParser sse;
       Outcome& out = outcomes[i];
       auto r = testing::http_post_stream(
@@ -182,6 +190,12 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
               for (const auto& c : j["choices"]) {
                 out.text += c.value("text", "");
                 if (!c.value("text", "").empty()) out.text_events++;
+                if (c.contains("logprobs") && c["logprobs"].is_object()) {
+                  for (const json& t : c["logprobs"]["tokens"]) out.tokens.push_back(t);
+                  for (const json& t : c["logprobs"]["token_logprobs"]) out.token_logprobs.push_back(t);
+                  for (const json& t : c["logprobs"]["top_logprobs"]) out.top_logprobs.push_back(t);
+                  for (const json& t : c["logprobs"]["text_offset"]) out.text_offset.push_back(t);
+                }
                 if (c.contains("finish_reason") && c["finish_reason"].is_string()) {
                   out.finish_reason = c["finish_reason"].get<std::string>();
                 }
@@ -251,12 +265,45 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
     const Request& q = requests[i];
     char temp[32];
     std::snprintf(temp, sizeof temp, "%g", q.temperature);
+    const fs::path err = dir_ / ("run" + std::to_string(i) + ".stderr");
     const std::string expected =
         run_capture(std::string(IDLEFLEET_BINARY) + " run -q --no-echo -t 1 -m " + shell_quote(model_) + " -p " +
                     shell_quote(q.prompt) + " -n " + std::to_string(q.max_tokens) + " --temp " + temp + " --seed " +
-                    std::to_string(q.seed) + " 2>/dev/null");
-    EXPECT_EQ(outcomes[i].text + "\n", expected) << "request " << i << " (prompt '" << q.prompt << "', seed " << q.seed
-                                                 << ")";
+                    std::to_string(q.seed) + (q.logprobs >= 0 ? " --logprobs " + std::to_string(q.logprobs) : "") +
+                    " 2>" + shell_quote(err.string()));
+    const Outcome& o = outcomes[i];
+    EXPECT_EQ(o.text + "\n", expected) << "request " << i << " (prompt '" << q.prompt << "', seed " << q.seed << ")";
+    if (q.logprobs < 0) {
+      EXPECT_TRUE(o.tokens.empty()) << "request " << i;
+      continue;
+    }
+    // The local run's line per token (it also lists the end-of-sequence
+    // token, which has no text and no entry in the API).
+    std::vector<json> local;
+    std::ifstream in(err);
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line[0] == '{') local.push_back(json::parse(line));
+    }
+    const size_t n = o.tokens.size();
+    ASSERT_EQ(o.token_logprobs.size(), n) << "request " << i;
+    ASSERT_EQ(o.top_logprobs.size(), n) << "request " << i;
+    ASSERT_EQ(o.text_offset.size(), n) << "request " << i;
+    ASSERT_TRUE(local.size() == n || (local.size() == n + 1 && local.back()["token"] == ""))
+        << "request " << i << ": " << n << " tokens with logprobs, " << local.size() << " in the local run";
+    std::string joined;
+    for (size_t k = 0; k < n; ++k) {
+      EXPECT_EQ(o.text_offset[k].get<uint64_t>(), joined.size()) << "request " << i << " token " << k;
+      joined += o.tokens[k].get<std::string>();
+      EXPECT_EQ(o.tokens[k], local[k]["token"]) << "request " << i << " token " << k;
+      EXPECT_EQ(o.token_logprobs[k].get<double>(), local[k]["logprob"].get<double>())
+          << "request " << i << " token " << k;
+      json alternatives = json::object();
+      for (const json& alt : local[k]["top_logprobs"]) {
+        if (!alternatives.contains(alt["token"].get<std::string>())) alternatives[alt["token"].get<std::string>()] = alt["logprob"];
+      }
+      EXPECT_EQ(o.top_logprobs[k], alternatives) << "request " << i << " token " << k;
+    }
+    EXPECT_EQ(joined, o.text) << "request " << i;
   }
   std::fprintf(stderr, "fleet: %s\n", final_status.dump().c_str());
 }

@@ -9,6 +9,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <set>
 #include <string>
 #include <variant>
@@ -274,9 +277,6 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
       {"best_of", 2},
       {"logit_bias", {{"50256", -100}}},
       {"response_format", {{"type", "json_object"}}},
-      {"logprobs", true},
-      {"logprobs", 5},
-      {"top_logprobs", 2},
       {"presence_penalty", 2.5},
       {"frequency_penalty", -2.01},
       {"presence_penalty", "0"},
@@ -301,6 +301,37 @@ TEST(OpenAiRequest, UnimplementedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(penalised.sampling.frequency_penalty, -2.0);
   // The ones that mean "off" are accepted.
   accepted(parse(completion({{"n", 1}, {"logprobs", false}, {"echo", false}, {"stop", nullptr}}), false));
+}
+
+TEST(OpenAiRequest, LogprobsAreReadAndCheckedAsOpenAiDefinesThem) {
+  // Chat: logprobs true/false, top_logprobs 0..20 only with logprobs true.
+  EXPECT_EQ(accepted(parse(chat({}), true)).logprobs, -1);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", false}}), true)).logprobs, -1);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", true}}), true)).logprobs, 0);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", true}, {"top_logprobs", 0}}), true)).logprobs, 0);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", true}, {"top_logprobs", 3}}), true)).logprobs, 3);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", true}, {"top_logprobs", 20}}), true)).logprobs, 20);
+  EXPECT_EQ(accepted(parse(chat({{"logprobs", true}, {"top_logprobs", nullptr}}), true)).logprobs, 0);
+  expect_error(parse(chat({{"logprobs", 3}}), true), 400, "logprobs", "chat logprobs=3");
+  expect_error(parse(chat({{"logprobs", "true"}}), true), 400, "logprobs", "chat logprobs='true'");
+  expect_error(parse(chat({{"top_logprobs", 2}}), true), 400, "top_logprobs", "top_logprobs without logprobs");
+  expect_error(parse(chat({{"logprobs", false}, {"top_logprobs", 2}}), true), 400, "top_logprobs",
+               "top_logprobs with logprobs false");
+  for (const json& bad : {json(21), json(-1), json(2.5), json("2"), json(true)}) {
+    expect_error(parse(chat({{"logprobs", true}, {"top_logprobs", bad}}), true), 400, "top_logprobs",
+                 "top_logprobs=" + bad.dump());
+  }
+  // Completions: logprobs 0..5 is the number of alternatives; false is off.
+  EXPECT_EQ(accepted(parse(completion({}), false)).logprobs, -1);
+  EXPECT_EQ(accepted(parse(completion({{"logprobs", nullptr}}), false)).logprobs, -1);
+  EXPECT_EQ(accepted(parse(completion({{"logprobs", false}}), false)).logprobs, -1);
+  EXPECT_EQ(accepted(parse(completion({{"logprobs", 0}}), false)).logprobs, 0);
+  EXPECT_EQ(accepted(parse(completion({{"logprobs", 5}}), false)).logprobs, 5);
+  for (const json& bad : {json(6), json(-1), json(true), json(1.5), json("2")}) {
+    expect_error(parse(completion({{"logprobs", bad}}), false), 400, "logprobs", "completion logprobs=" + bad.dump());
+  }
+  expect_error(parse(completion({{"logprobs", 2}, {"top_logprobs", 2}}), false), 400, "top_logprobs",
+               "completion top_logprobs");
 }
 
 // Any text a client sends may end up in an error message (cut to a bound);
@@ -434,6 +465,77 @@ TEST(OpenAiResponse, TheUsageEventHasNoChoices) {
     EXPECT_EQ(j["usage"], json({{"prompt_tokens", 7}, {"completion_tokens", 9}, {"total_tokens", 16}}));
   }
   EXPECT_EQ(kDoneEvent, "data: [DONE]\n\n");
+}
+
+std::vector<LogprobsEntry> sample_logprobs() {
+  std::vector<LogprobsEntry> entries(2);
+  entries[0].chosen = {"Once", -0.25f};
+  entries[0].top = {{"Once", -0.25f}, {"One", -1.5f}};
+  entries[0].text_offset = 0;
+  entries[1].chosen = {"\xe2\x82", -std::numeric_limits<float>::infinity()};
+  entries[1].top = {{"\xe2\x82", -1e30f}, {"", -3.0f}, {"", -4.0f}};
+  entries[1].text_offset = 4;
+  return entries;
+}
+
+TEST(OpenAiResponse, ChatLogprobsHaveOpenAisShape) {
+  const auto entries = sample_logprobs();
+  const json j = json::parse(completion_response(meta(true), true, "Once\xe2\x82", "stop", {3, 2}, &entries));
+  const json& lp = j["choices"][0]["logprobs"];
+  EXPECT_EQ(keys(lp), (std::set<std::string>{"content", "refusal"}));
+  EXPECT_TRUE(lp["refusal"].is_null());
+  ASSERT_EQ(lp["content"].size(), 2u);
+  const json& first = lp["content"][0];
+  EXPECT_EQ(keys(first), (std::set<std::string>{"token", "logprob", "bytes", "top_logprobs"}));
+  EXPECT_EQ(first["token"], "Once");
+  EXPECT_EQ(first["logprob"], -0.25);
+  EXPECT_EQ(first["bytes"], json({79, 110, 99, 101}));
+  ASSERT_EQ(first["top_logprobs"].size(), 2u);
+  EXPECT_EQ(first["top_logprobs"][1], json({{"token", "One"}, {"logprob", -1.5}, {"bytes", {79, 110, 101}}}));
+  // Half a character: the text is replaced, the bytes are exact; -inf and
+  // what float cannot tell from it are -9999.
+  const json& second = lp["content"][1];
+  EXPECT_EQ(second["bytes"], json({0xe2, 0x82}));
+  EXPECT_EQ(second["logprob"], -9999.0);
+  EXPECT_EQ(second["top_logprobs"][0]["logprob"], -9999.0);
+  // Without logprobs asked, null as before; a streamed chunk carries its tokens'.
+  EXPECT_TRUE(json::parse(completion_response(meta(true), true, "x", "stop", {1, 1}))["choices"][0]["logprobs"].is_null());
+  const std::vector<LogprobsEntry> one(entries.begin(), entries.begin() + 1);
+  const json chunk = event_json(completion_chunk_event(meta(true), true, "Once", std::nullopt, false, &one));
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["content"].size(), 1u);
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["content"][0]["token"], "Once");
+}
+
+TEST(OpenAiResponse, CompletionLogprobsHaveTheLegacyShape) {
+  const auto entries = sample_logprobs();
+  const json j = json::parse(completion_response(meta(false), false, "Once\xe2\x82", "length", {3, 2}, &entries));
+  const json& lp = j["choices"][0]["logprobs"];
+  EXPECT_EQ(keys(lp), (std::set<std::string>{"tokens", "token_logprobs", "top_logprobs", "text_offset"}));
+  EXPECT_EQ(lp["tokens"][0], "Once");
+  EXPECT_EQ(lp["token_logprobs"], json({-0.25, -9999.0}));
+  EXPECT_EQ(lp["top_logprobs"][0], json({{"Once", -0.25}, {"One", -1.5}}));
+  // Alternatives with the same text keep the likelier.
+  EXPECT_EQ(lp["top_logprobs"][1][""], -3.0);
+  EXPECT_EQ(lp["text_offset"], json({0, 4}));
+  const json chunk = event_json(completion_chunk_event(meta(false), false, "Once", std::nullopt, false, &entries));
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"].size(), 2u);
+}
+
+TEST(OpenAiResponse, LogprobsAreShownShortAndReadBackExactly) {
+  EXPECT_EQ(json(api_logprob(-0.1f)).dump(), "-0.1");
+  EXPECT_EQ(api_logprob(-std::numeric_limits<float>::infinity()), -9999.0);
+  EXPECT_EQ(api_logprob(std::numeric_limits<float>::quiet_NaN()), -9999.0);
+  EXPECT_EQ(api_logprob(-1e20f), -9999.0);
+  uint32_t bits = 0x3f800000u;
+  for (int i = 0; i < 200000; ++i) {
+    bits = bits * 1664525u + 1013904223u;
+    float f;
+    const uint32_t negative = bits | 0x80000000u;
+    std::memcpy(&f, &negative, sizeof f);
+    if (!std::isfinite(f) || f <= -9999.0f) continue;
+    const double shown = api_logprob(f);
+    ASSERT_EQ(static_cast<float>(json::parse(json(shown).dump()).get<double>()), f) << shown;
+  }
 }
 
 TEST(OpenAiResponse, ModelsAreListedAsOpenAiModelObjects) {

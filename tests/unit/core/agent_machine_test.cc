@@ -95,6 +95,28 @@ TEST(AgentMachine, AcceptsAnAssignmentWhenEligibleAndReportsTokensAndDone) {
   EXPECT_EQ(a.counters().attempts_finished, 1u);
 }
 
+TEST(AgentMachine, TokensCarryTheirLogprobsInTheChunk) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  AssignMessage m = assign("j1", 1);
+  m.logprobs = 1;
+  auto fx = a.handle(CoordinatorMessageEvent{m}, kT0 + 10);
+  ASSERT_EQ(effects_of<StartEngineEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<StartEngineEffect>(fx)[0].assign.logprobs, 1);
+  const std::vector<TokenLogprobs> lps = {{-0.5f, {{8, -0.5f}}}, {-2.25f, {{3, -0.25f}}}};
+  fx = a.handle(EngineTokensEvent{"j1", 1, 1, {8, 9}, lps}, kT0 + 20);
+  ASSERT_EQ(sent<ChunkMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<ChunkMessage>(fx)[0].logprobs, lps);
+  // A shell that got the count wrong: the tokens still go, without logprobs
+  // (the coordinator then gives the attempt to another vehicle).
+  fx = a.handle(EngineTokensEvent{"j1", 1, 3, {4, 5}, {lps[0]}}, kT0 + 30);
+  ASSERT_EQ(sent<ChunkMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<ChunkMessage>(fx)[0].ids, std::vector<int32_t>({4, 5}));
+  EXPECT_TRUE(sent<ChunkMessage>(fx)[0].logprobs.empty());
+  ASSERT_FALSE(effects_of<AgentLogEffect>(fx).empty());
+  EXPECT_EQ(effects_of<AgentLogEffect>(fx)[0].what, "bad_logprobs");
+}
+
 TEST(AgentMachine, DriverReturningStopsTheEngineInTheSameEvent) {
   AgentMachine a(config());
   a.handle(SignalsEvent{parked_signals(kT0)}, kT0);

@@ -238,6 +238,92 @@ TEST(CoordinatorMachine, ConflictingTokensEndTheAttempt) {
   EXPECT_EQ(c.vehicles().at("v1").attempts_lost, 1u);
 }
 
+// The logprobs a vehicle would compute for token `id` at `index`: distinct
+// per token, so that any mix-up shows.
+TokenLogprobs logprobs_of(int32_t id, uint64_t index) {
+  const float x = -0.125f * static_cast<float>(index + 1) - 1e-3f * static_cast<float>(id);
+  return {x, {{id, x}, {id + 1, x - 1.0f}}};
+}
+
+ChunkMessage chunk_with_logprobs(uint32_t attempt, uint64_t first, std::vector<int32_t> ids) {
+  ChunkMessage m{"j1", attempt, first, std::move(ids)};
+  for (size_t i = 0; i < m.ids.size(); ++i) m.logprobs.push_back(logprobs_of(m.ids[i], first + i));
+  return m;
+}
+
+TEST(CoordinatorMachine, LogprobsReachTheClientOnceEachThroughAPreemption) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  JobSpec s = spec(6);
+  s.logprobs = 2;
+  auto fx = c.handle(SubmitJobEvent{"j1", s}, kT0);
+  ASSERT_EQ(assigns(fx).size(), 1u);
+  EXPECT_EQ(assigns(fx)[0].logprobs, 2);
+  join(&c, "v2", kT0);
+
+  std::vector<int32_t> ids;
+  std::vector<TokenLogprobs> relayed;
+  auto collect = [&](const std::vector<CoordinatorEffect>& effects) {
+    for (const JobTokensEffect& t : effects_of<JobTokensEffect>(effects)) {
+      EXPECT_EQ(t.first_index, ids.size());
+      ASSERT_EQ(t.logprobs.size(), t.ids.size());
+      ids.insert(ids.end(), t.ids.begin(), t.ids.end());
+      relayed.insert(relayed.end(), t.logprobs.begin(), t.logprobs.end());
+    }
+  };
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0 + 1);
+  collect(c.handle(VehicleMessageEvent{"v1", chunk_with_logprobs(1, 0, {10, 11})}, kT0 + 2));
+  c.handle(VehicleMessageEvent{"v1", state("v1", false, kT0 + 3, "j1", 1)}, kT0 + 3);
+  fx = c.handle(VehicleMessageEvent{"v1", PreemptedMessage{"j1", 1, 2, "driver back"}}, kT0 + 3);
+  // The next vehicle resumes from the tokens and is asked for logprobs too.
+  ASSERT_EQ(assigns(fx).size(), 1u);
+  EXPECT_EQ(assigns(fx)[0].produced_ids, std::vector<int32_t>({10, 11}));
+  EXPECT_EQ(assigns(fx)[0].logprobs, 2);
+  c.handle(VehicleMessageEvent{"v2", StartedMessage{"j1", 2}}, kT0 + 4);
+  // Its first token after the resume has its logprobs; a chunk that repeats
+  // a known token relays only the new ones', once.
+  collect(c.handle(VehicleMessageEvent{"v2", chunk_with_logprobs(2, 2, {12})}, kT0 + 5));
+  collect(c.handle(VehicleMessageEvent{"v2", chunk_with_logprobs(2, 1, {11, 12, 13, 14})}, kT0 + 6));
+  collect(c.handle(VehicleMessageEvent{"v2", chunk_with_logprobs(2, 3, {13, 14})}, kT0 + 7));
+  collect(c.handle(VehicleMessageEvent{"v2", chunk_with_logprobs(2, 5, {15})}, kT0 + 8));
+  fx = c.handle(VehicleMessageEvent{"v2", DoneMessage{"j1", 2, 6, "length"}}, kT0 + 9);
+  ASSERT_EQ(effects_of<JobEndedEffect>(fx).size(), 1u);
+
+  EXPECT_EQ(ids, std::vector<int32_t>({10, 11, 12, 13, 14, 15}));
+  ASSERT_EQ(relayed.size(), ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(relayed[i], logprobs_of(ids[i], i)) << i;
+}
+
+TEST(CoordinatorMachine, AChunkWithoutTheLogprobsAskedForEndsTheAttempt) {
+  for (int variant = 0; variant < 2; ++variant) {
+    CoordinatorMachine c(config());
+    join(&c, "v1", kT0);
+    JobSpec s = spec(6);
+    s.logprobs = 1;
+    c.handle(SubmitJobEvent{"j1", s}, kT0);
+    c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0 + 1);
+    ChunkMessage bad = chunk_with_logprobs(1, 0, {10, 11});  // two alternatives where one was asked
+    if (variant == 0) bad.logprobs.clear();
+    auto fx = c.handle(VehicleMessageEvent{"v1", bad}, kT0 + 2);
+    EXPECT_TRUE(effects_of<JobTokensEffect>(fx).empty());
+    ASSERT_FALSE(effects_of<CoordinatorLogEffect>(fx).empty());
+    EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "chunk_logprobs");
+    ASSERT_EQ(effects_of<SendToVehicleEffect>(fx).size(), 1u);
+    EXPECT_TRUE(std::holds_alternative<CancelMessage>(effects_of<SendToVehicleEffect>(fx)[0].message));
+    EXPECT_TRUE(c.job("j1")->job.produced().empty());
+    EXPECT_EQ(c.vehicles().at("v1").attempts_lost, 1u);
+    EXPECT_EQ(c.queue_depth(), 1u);
+  }
+  // A job that did not ask ignores logprobs a vehicle sends anyway.
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec(6)}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0 + 1);
+  auto fx = c.handle(VehicleMessageEvent{"v1", chunk_with_logprobs(1, 0, {10, 11})}, kT0 + 2);
+  ASSERT_EQ(effects_of<JobTokensEffect>(fx).size(), 1u);
+  EXPECT_TRUE(effects_of<JobTokensEffect>(fx)[0].logprobs.empty());
+}
+
 TEST(CoordinatorMachine, RefusesBadSubmissions) {
   CoordinatorCoreConfig cfg = config();
   cfg.queue_jobs_max = 1;

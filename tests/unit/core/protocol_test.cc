@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include "common/random.h"
@@ -24,13 +27,18 @@ std::vector<Message> samples() {
   a.sampling.presence_penalty = 0.5;
   a.sampling.frequency_penalty = -1.25;
   a.lease_expires_at = 1795773600000;
+  a.logprobs = 3;
+  ChunkMessage c{"job-1", 2, 2, {432, 383, 286}};
+  c.logprobs = {{-0.125f, {{432, -0.125f}, {17, -2.5f}, {9, -3.0625f}}},
+                {-1.0e-7f, {{383, -1.0e-7f}, {4, -17.75f}, {0, kLogprobMin}}},
+                {kLogprobMin, {{5, -0.3f}, {6, -1.7f}, {7, -2.9f}}}};
   return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7"},
           StateMessage{"car-1", "parked", false, {"battery 28% is below your floor of 30%"}, 28.0, 41.5, 1795780000000,
                        1795773600000, "job-1", 2, 60.0},
           a,
           CancelMessage{"job-1", 2},
           StartedMessage{"job-1", 2},
-          ChunkMessage{"job-1", 2, 2, {432, 383, 286}},
+          c,
           DoneMessage{"job-1", 2, 5, "stop"},
           PreemptedMessage{"job-1", 2, 4, "driver door opened"},
           FailedMessage{"job-1", 2, "model not cached and download failed"}};
@@ -108,6 +116,124 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
   auto huge = decode_message(std::string(kMessageBytesMax + 1, ' '));
   ASSERT_FALSE(huge);
   EXPECT_EQ(huge.error().code, ErrorCode::kOutOfRange);
+}
+
+TEST(Protocol, LogprobsAreOptionalAndAbsentWhenOff) {
+  AssignMessage a;
+  a.job_id = "j";
+  a.attempt = 1;
+  a.model_id = "m";
+  a.prompt_ids = {1};
+  a.max_tokens = 4;
+  a.lease_expires_at = 1;
+  // Off: nothing on the wire, so that peers without logprobs see the same messages.
+  EXPECT_EQ(encode_message(a).find("logprobs"), std::string::npos);
+  EXPECT_EQ(encode_message(ChunkMessage{"j", 1, 0, {5}}).find("logprobs"), std::string::npos);
+  auto back = decode_message(encode_message(a));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(std::get<AssignMessage>(*back).logprobs, -1);
+  for (int32_t n : {0, 1, kTopLogprobsMax}) {
+    a.logprobs = n;
+    back = decode_message(encode_message(a));
+    ASSERT_TRUE(back) << n;
+    EXPECT_EQ(std::get<AssignMessage>(*back).logprobs, n);
+  }
+  auto chunk = decode_message(R"({"v":1,"type":"chunk","job_id":"j","attempt":1,"first_index":0,"ids":[5],"logprobs":null})");
+  ASSERT_TRUE(chunk);
+  EXPECT_TRUE(std::get<ChunkMessage>(*chunk).logprobs.empty());
+  // An entry without alternatives (top_logprobs 0).
+  chunk = decode_message(R"({"v":1,"type":"chunk","job_id":"j","attempt":1,"first_index":0,"ids":[5],"logprobs":[{"logprob":-0.5}]})");
+  ASSERT_TRUE(chunk);
+  ASSERT_EQ(std::get<ChunkMessage>(*chunk).logprobs.size(), 1u);
+  EXPECT_EQ(std::get<ChunkMessage>(*chunk).logprobs[0].logprob, -0.5f);
+  EXPECT_TRUE(std::get<ChunkMessage>(*chunk).logprobs[0].top.empty());
+}
+
+TEST(Protocol, LogprobsArriveBitwiseAsSent) {
+  // Any float in [kLogprobMin, 0] (denormals and -0 included) reads back
+  // with the same bits: vehicles' logprobs must be comparable exactly.
+  Rng rng(5);
+  ChunkMessage m{"j", 1, 0, {}};
+  std::vector<float> values = {0.0f, -0.0f, kLogprobMin, -1e-45f, -1.17549435e-38f, -0.1f, -9998.999f};
+  while (values.size() < 4096) {
+    uint32_t bits = static_cast<uint32_t>(rng.next()) | 0x80000000u;  // negative
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    if (std::isfinite(f) && f >= kLogprobMin) values.push_back(f);
+  }
+  for (size_t i = 0; i < values.size(); i += kTopLogprobsMax + 1) {
+    TokenLogprobs t;
+    t.logprob = values[i];
+    for (size_t k = i + 1; k < std::min(values.size(), i + kTopLogprobsMax + 1); ++k) {
+      t.top.push_back({static_cast<int32_t>(k), values[k]});
+    }
+    m.ids.push_back(static_cast<int32_t>(i));
+    m.logprobs.push_back(std::move(t));
+  }
+  ASSERT_LE(m.ids.size(), kChunkLogprobTokensMax);
+  const std::string text = encode_message(m);
+  auto back = decode_message(text);
+  ASSERT_TRUE(back) << back.error().to_string();
+  const ChunkMessage& got = std::get<ChunkMessage>(*back);
+  ASSERT_EQ(got.logprobs.size(), m.logprobs.size());
+  for (size_t i = 0; i < m.logprobs.size(); ++i) {
+    EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i].logprob), std::bit_cast<uint32_t>(m.logprobs[i].logprob)) << i;
+    ASSERT_EQ(got.logprobs[i].top.size(), m.logprobs[i].top.size());
+    for (size_t k = 0; k < m.logprobs[i].top.size(); ++k) {
+      EXPECT_EQ(got.logprobs[i].top[k].id, m.logprobs[i].top[k].id);
+      EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i].top[k].logprob),
+                std::bit_cast<uint32_t>(m.logprobs[i].top[k].logprob));
+    }
+  }
+  // The largest chunk with logprobs at the widest stays well within a NATS payload.
+  ChunkMessage widest{"j", 1, 0, {}};
+  TokenLogprobs t{-1.23456789e-5f, {}};
+  for (int32_t k = 0; k < kTopLogprobsMax; ++k) t.top.push_back({kTokenIdMax - k, -1.23456789e-5f});
+  for (size_t i = 0; i < kChunkLogprobTokensMax; ++i) {
+    widest.ids.push_back(kTokenIdMax);
+    widest.logprobs.push_back(t);
+  }
+  EXPECT_LT(encode_message(widest).size(), size_t{1} << 20);
+  EXPECT_TRUE(decode_message(encode_message(widest)));
+}
+
+TEST(Protocol, BadLogprobsAreRefused) {
+  const std::string head = R"({"v":1,"type":"chunk","job_id":"j","attempt":1,"first_index":0,"ids":[1,2],"logprobs":)";
+  const char* bad[] = {
+      R"([{"logprob":-1}])",                                    // fewer entries than ids
+      R"([{"logprob":-1},{"logprob":-1},{"logprob":-1}])",      // more
+      R"({"logprob":-1})",                                      // not an array
+      R"([{"logprob":-1},{"lp":-1}])",                          // no logprob
+      R"([{"logprob":-1},{"logprob":0.5}])",                    // a probability above 1
+      R"([{"logprob":-1},{"logprob":-10000}])",                 // below -9999
+      R"([{"logprob":-1},{"logprob":"-1"}])",                   // not a number
+      R"([{"logprob":-1},-1])",                                 // not an object
+      R"([{"logprob":-1},{"logprob":-1,"top":[[1,-1,2]]}])",    // not a pair
+      R"([{"logprob":-1},{"logprob":-1,"top":[[-1,-1]]}])",     // a negative id
+      R"([{"logprob":-1},{"logprob":-1,"top":[[16777216,-1]]}])",  // an id out of range
+      R"([{"logprob":-1},{"logprob":-1,"top":[[1.5,-1]]}])",    // a fractional id
+      R"([{"logprob":-1},{"logprob":-1,"top":[[1,1]]}])",       // a top logprob above 0
+      R"([{"logprob":-1},{"logprob":-1,"top":{"1":-1}}])",      // top not an array
+  };
+  for (const char* b : bad) expect_refused(head + b + "}", "logprobs");
+  // -inf, as far as JSON can spell it, is no number to the parser.
+  expect_refused(head + R"([{"logprob":-1},{"logprob":-1e400}])" + "}", "JSON");
+  // More than kTopLogprobsMax alternatives.
+  std::string top = "[";
+  for (int32_t k = 0; k <= kTopLogprobsMax; ++k) top += (k ? ",[" : "[") + std::to_string(k) + ",-1]";
+  expect_refused(head + R"([{"logprob":-1},{"logprob":-1,"top":)" + top + "]}]}", "logprobs");
+  // More ids than a chunk with logprobs may hold.
+  std::string ids = "[", lps = "[";
+  for (size_t i = 0; i <= kChunkLogprobTokensMax; ++i) {
+    ids += i ? ",1" : "1";
+    lps += i ? R"(,{"logprob":-1})" : R"({"logprob":-1})";
+  }
+  expect_refused(R"({"v":1,"type":"chunk","job_id":"j","attempt":1,"first_index":0,"ids":)" + ids +
+                     R"(],"logprobs":)" + lps + "]}",
+                 "with logprobs");
+  // An assign's top-N: -1..kTopLogprobsMax, an integer.
+  const std::string assign = R"({"v":1,"type":"assign","job_id":"j","attempt":1,"model_id":"m","prompt_ids":[1],"max_tokens":4,"lease_expires_at":1,"logprobs":)";
+  for (const char* n : {"21", "-2", "\"3\"", "true", "2.5"}) expect_refused(assign + n + "}", "logprobs");
 }
 
 TEST(Protocol, UnknownExtraFieldsAreIgnored) {

@@ -226,6 +226,36 @@ TEST_F(Logprobs, AChatReturnsTheEnginesLogprobsForEveryToken) {
   EXPECT_EQ(streamed, content);
 }
 
+TEST_F(Logprobs, AStopStringEndsTheLogprobsWithTheText) {
+  const std::string prompt = "Lily and Ben";
+  const LocalRun full = local(prompt, 80, 0.8, 11, 1);
+  ASSERT_GT(full.text.size(), 40u);
+  const std::string stop = full.text.substr(30, 4);
+  const std::string text = full.text.substr(0, full.text.find(stop));
+  const json body = {{"model", "stories260K"},
+                     {"messages", json::array({{{"role", "user"}, {"content", prompt}}})},
+                     {"max_tokens", 80},
+                     {"temperature", 0.8},
+                     {"seed", 11},
+                     {"stop", stop},
+                     {"logprobs", true},
+                     {"top_logprobs", 1}};
+  auto r = testing::http_post(base_url_ + "/v1/chat/completions", body.dump(), {"Content-Type: application/json"});
+  ASSERT_EQ(r.status, 200) << r.body << log("coordinator.log");
+  const json j = json::parse(r.body);
+  EXPECT_EQ(j["choices"][0]["message"]["content"], text);
+  // The tokens whose text starts before the stop string, and no others: the
+  // last may run into it.
+  const json& content = j["choices"][0]["logprobs"]["content"];
+  ASSERT_FALSE(content.empty());
+  const std::string joined = joined_tokens(content);
+  EXPECT_EQ(joined.substr(0, text.size()), text);
+  EXPECT_LT(joined.size() - content.back()["token"].get<std::string>().size(), text.size());
+  for (size_t i = 0; i < content.size(); ++i) {
+    EXPECT_EQ(content[i]["logprob"].get<double>(), full.tokens[i]["logprob"].get<double>()) << i;
+  }
+}
+
 TEST_F(Logprobs, ACompletionReturnsTheLegacyShape) {
   const std::string prompt = "The little dog";
   const LocalRun want = local(prompt, 60, 0.0, 3, 2);

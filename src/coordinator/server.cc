@@ -227,6 +227,9 @@ struct CoordinatorServer::Impl {
   std::condition_variable cv;
   std::deque<Item> inbox;
   std::atomic<bool> stopping{false};
+  // Online vehicles that are eligible or serving, as of the last status
+  // (published every tick): with none, interactive requests get 503 at once.
+  std::atomic<size_t> workable_vehicles{0};
   std::thread loop_thread;
 
   // Loop-thread state.
@@ -640,6 +643,16 @@ struct CoordinatorServer::Impl {
       if (auto refusal = gate->admit(key_id, ids.size(), wall_ms())) return x->respond(refusal_response(*refusal));
     }
     if (!req.seed_given) req.sampling.seed = transport::random_u64();
+    if (workable_vehicles.load() == 0) {
+      // Queueing would only make the client wait for a timeout; batches
+      // (which may wait) are the way to leave work for later.
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    "no vehicle can take the work now (none is parked, eligible and online); retry later or "
+                    "submit it as a batch",
+                    "no_capacity"),
+          10));
+    }
 
     auto client = std::make_unique<ClientStream>();
     client->exchange = x;
@@ -1542,16 +1555,18 @@ struct CoordinatorServer::Impl {
     std::map<std::string, int> by_state;
     for (const char* s : {"driving", "parked", "charging", "eligible", "serving", "preempting", "offline"}) by_state[s] = 0;
     double kw = 0.0;
-    size_t online = 0;
+    size_t online = 0, workable = 0;
     for (const auto& [id, v] : machine->vehicles()) {
       if (!v.online || !v.state) {
         ++by_state["offline"];
         continue;
       }
       ++online;
+      if (v.state->eligible || v.state->state == "serving") ++workable;
       by_state[v.state->state]++;
       kw += v.state->power_w / 1000.0;
     }
+    workable_vehicles.store(workable);
     size_t running = 0;
     for (const auto& [id, e] : machine->jobs()) running += e.job.current() != nullptr ? 1 : 0;
     if (rate_at == 0) rate_at = now;

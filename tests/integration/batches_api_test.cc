@@ -354,6 +354,44 @@ TEST_F(Batches, ABatchSurvivesACoordinatorKilledMidway) {
   EXPECT_NE(log("coordinator2.log").find("unfinished batches"), std::string::npos) << log("coordinator2.log");
 }
 
+TEST_F(Batches, WithNoVehicleInteractiveWorkGets503AndBatchesWait) {
+  // Every driver comes back: no car can take work for a while.
+  auto control = transport::NatsClient::connect({.url = nats_->url(), .name = "batches-test"});
+  ASSERT_TRUE(control.has_value());
+  for (int k = 1; k <= 8; ++k) {
+    char vid[16];
+    std::snprintf(vid, sizeof vid, "car-%02d", k);
+    ASSERT_TRUE((*control)->publish(core::sim_subject(vid), R"({"action":"driver_returns"})").has_value());
+  }
+  ASSERT_TRUE((*control)->flush().has_value());
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json s = status();
+        return s.value("/vehicles/by_state/eligible"_json_pointer, -1) == 0 &&
+               s.value("/vehicles/by_state/serving"_json_pointer, -1) == 0;
+      },
+      20000))
+      << status().dump();
+  testing::HttpResult r;
+  ASSERT_TRUE(eventually(
+      [&] {
+        r = testing::http_post(base_url_ + "/v1/completions",
+                               R"({"model":"stories260K","prompt":"Once","max_tokens":4})",
+                               {"Content-Type: application/json"});
+        return r.status == 503;
+      },
+      5000))
+      << r.status << " " << r.body;
+  const json e = json::parse(r.body);
+  EXPECT_EQ(e["error"]["code"], "no_capacity");
+  bool retry_after = false;
+  for (const auto& [k, v] : r.headers) retry_after |= k == "retry-after" && v == "10";
+  EXPECT_TRUE(retry_after);
+  // A batch is accepted: it waits for the cars.
+  const std::string id = create_batch(jsonl({{"w-1", "The sun was", 8, 0.0, 1}}));
+  EXPECT_EQ(get_json("/v1/batches/" + id).value("status", ""), "in_progress");
+}
+
 TEST_F(Batches, FilesAndBatchesRefuseGarbage) {
   // Files: wrong purpose, not multipart, missing file part; unknown ids.
   EXPECT_EQ(upload("x", "fine-tune").status, 400);

@@ -368,7 +368,6 @@ struct CoordinatorServer::Impl {
     if (!fstore) return Unexpected(fstore.error());
     files = std::move(*fstore);
     IF_RETURN_IF_ERROR(restore_batches(wall_ms()));
-    files_thread = std::thread([this] { files_loop(); });
     publish_status(wall_ms());
 
     transport::NatsOptions n;
@@ -382,6 +381,8 @@ struct CoordinatorServer::Impl {
     if (!sub) return Unexpected(sub.error());
     IF_RETURN_IF_ERROR(nats->flush());
 
+    // Threads last: an error above returns with none to join.
+    files_thread = std::thread([this] { files_loop(); });
     loop_thread = std::thread([this] { loop(); });
 
     transport::HttpServerOptions h;

@@ -193,6 +193,14 @@ std::variant<std::vector<BatchLine>, ApiError> parse_batch_input(std::string_vie
     }
     line.body = body.dump();
     auto parsed = parse_completion_request(line.body, chat, limits);
+    if (auto* r = std::get_if<CompletionRequest>(&parsed); r != nullptr && r->logprobs >= 0) {
+      // A result is rebuilt from the job's stored tokens, and logprobs are
+      // not stored: refused rather than silently left out.
+      ApiError e;
+      e.param = "logprobs";
+      e.message = "logprobs are not supported in batches yet";
+      parsed = e;
+    }
     if (auto* e = std::get_if<ApiError>(&parsed)) {
       line.error = *e;
       line.error->message = "line " + std::to_string(number) + ": " + e->message;

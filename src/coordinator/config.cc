@@ -88,6 +88,8 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
   IF_RETURN_IF_ERROR(check_int("jobs.max_tokens_limit", at, c.max_tokens_limit, kMaxTokensRange));
   IF_RETURN_IF_ERROR(check_int("jobs.queue_jobs_max", at, c.queue_jobs_max, kQueueJobsMaxRange));
   IF_RETURN_IF_ERROR(check_int("jobs.request_bytes_max", at, c.request_bytes_max, kRequestBytesMaxRange));
+  IF_RETURN_IF_ERROR(check_int("batches.file_bytes_max", at, c.file_bytes_max, kFileBytesMaxRange));
+  IF_RETURN_IF_ERROR(check_int("batches.jobs_in_flight", at, c.batch_jobs_in_flight, kBatchJobsInFlightRange));
   IF_RETURN_IF_ERROR(check_int("pricing.prompt_micros_per_mtok", at, c.prompt_micros_per_mtok, kPriceMicrosPerMtokRange));
   IF_RETURN_IF_ERROR(
       check_int("pricing.completion_micros_per_mtok", at, c.completion_micros_per_mtok, kPriceMicrosPerMtokRange));
@@ -124,7 +126,7 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "auth", "pricing", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -149,6 +151,14 @@ class Reader {
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "max_tokens_limit", kMaxTokensRange, c.max_tokens_limit));
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "queue_jobs_max", kQueueJobsMaxRange, c.queue_jobs_max));
       IF_RETURN_IF_ERROR(integer(*jobs, "jobs", "request_bytes_max", kRequestBytesMaxRange, c.request_bytes_max));
+    }
+    const toml::table* batches = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "batches", batches));
+    if (batches != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(*batches, "batches", {"file_bytes_max", "jobs_in_flight"}));
+      IF_RETURN_IF_ERROR(integer(*batches, "batches", "file_bytes_max", kFileBytesMaxRange, c.file_bytes_max));
+      IF_RETURN_IF_ERROR(
+          integer(*batches, "batches", "jobs_in_flight", kBatchJobsInFlightRange, c.batch_jobs_in_flight));
     }
     const toml::table* auth = nullptr;
     IF_RETURN_IF_ERROR(table(root, "auth", auth));

@@ -15,6 +15,9 @@
 //   max_tokens_limit = 4096              # the most a request may ask for
 //   queue_jobs_max = 10000               # unfinished jobs held at once
 //   request_bytes_max = 1048576          # one HTTP request body
+//   [batches]
+//   file_bytes_max = 104857600           # one uploaded file (POST /v1/files)
+//   jobs_in_flight = 32                  # batch requests placed at once, all batches together
 //   [auth]
 //   required = false                     # true: client API routes need a key
 //   [pricing]                            # what clients are charged, for spend limits
@@ -80,6 +83,8 @@ inline constexpr IntRange kAttemptsMaxRange{1, 100};
 inline constexpr IntRange kMaxTokensRange{1, 1 << 20};  // max_tokens_default and max_tokens_limit
 inline constexpr IntRange kQueueJobsMaxRange{1, 100'000};
 inline constexpr IntRange kRequestBytesMaxRange{1024, 4 << 20};
+inline constexpr IntRange kFileBytesMaxRange{1024, int64_t{512} << 20};
+inline constexpr IntRange kBatchJobsInFlightRange{1, 10'000};
 inline constexpr IntRange kPriceMicrosPerMtokRange{0, 10'000'000'000};  // up to 10,000 units of money per Mtok
 
 // A GGUF file served by the catalog, under the id clients name it by.
@@ -106,6 +111,8 @@ struct CoordinatorConfig {
   uint64_t max_tokens_limit = 4096;
   size_t queue_jobs_max = 10000;
   size_t request_bytes_max = 1 << 20;
+  size_t file_bytes_max = size_t{100} << 20;  // [batches]
+  size_t batch_jobs_in_flight = 32;           // [batches]
   bool auth_required = false;  // [auth] required
   uint64_t prompt_micros_per_mtok = 0;      // [pricing]
   uint64_t completion_micros_per_mtok = 0;  // [pricing]

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -24,6 +25,9 @@
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/stop_strings.h"
+#include "coordinator/batch.h"
+#include "coordinator/multipart.h"
+#include "store/file_store.h"
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
 #include "store/key_store.h"
@@ -77,6 +81,7 @@ HttpResponse refusal_response(const Refusal& r) {
 // /v1/catalog) do not.
 bool client_api_route(const std::string& p) {
   return p == "/v1/models" || p.rfind("/v1/models/", 0) == 0 || p == "/v1/completions" || p == "/v1/chat/completions" ||
+         p == "/v1/files" || p.rfind("/v1/files/", 0) == 0 || p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0 ||
          p == "/v1/embeddings";
 }
 
@@ -187,6 +192,26 @@ struct EmbeddingClient {
   bool answered = false;
 };
 
+// One line of a running batch (loop thread).
+struct BatchLineRun {
+  uint64_t line = 0;
+  std::string custom_id;
+  std::string body;    // the request body, for lines not yet run
+  std::string state;   // pending, running, done, failed, cancelled (store::StoredBatchLine)
+  std::string job_id;
+  std::string result;  // the output or error file line
+};
+
+struct BatchRun {
+  BatchObject obj;
+  std::vector<BatchLineRun> lines;
+  size_t next = 0;              // lines before this are not pending
+  size_t in_flight = 0;
+  std::set<size_t> changed;     // lines to write
+  bool dirty = false;           // obj to write
+  std::string ending;           // "" while running; else the final status wanted: cancelled, expired
+};
+
 }  // namespace
 
 struct CoordinatorServer::Impl {
@@ -198,6 +223,19 @@ struct CoordinatorServer::Impl {
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
+
+  // Files and batches. The file store belongs to its own thread (files_thread),
+  // so that uploads and output files never hold up the loop; the loop runs
+  // the batches' requests (batch_runs) and hands it what to write.
+  std::unique_ptr<store::FileStore> files;
+  std::thread files_thread;
+  std::mutex files_mu;
+  std::condition_variable files_cv;
+  std::deque<std::function<void(store::FileStore&)>> files_queue;
+  bool files_stopping = false;
+  std::map<std::string, BatchRun> batch_runs;                        // loop thread: batches still running
+  std::map<std::string, std::pair<std::string, size_t>> batch_jobs;  // loop thread: job id -> (batch, line index)
+  size_t batch_in_flight = 0;                                        // loop thread
   std::unique_ptr<transport::NatsClient> nats;
   std::unique_ptr<transport::HttpServer> http;
   transport::MetricsRegistry metrics;
@@ -206,14 +244,15 @@ struct CoordinatorServer::Impl {
   struct Item {
     core::CoordinatorEvent event;
     std::unique_ptr<ClientStream> client;  // with a SubmitJobEvent
-    // Instead of `event`: submit this embedding request's jobs. (Initialised
-    // so that the Item{event, client} of other inputs stays complete.)
-    std::shared_ptr<EmbeddingClient> embedding = nullptr;
+    std::function<void(core::TimeMs)> task;  // run on the loop thread instead of an event
   };
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Item> inbox;
   std::atomic<bool> stopping{false};
+  // Online vehicles that are eligible or serving, as of the last status
+  // (published every tick): with none, interactive requests get 503 at once.
+  std::atomic<size_t> workable_vehicles{0};
   std::thread loop_thread;
 
   // Loop-thread state.
@@ -364,6 +403,11 @@ struct CoordinatorServer::Impl {
     machine = std::make_unique<core::CoordinatorMachine>(core_config);
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");
     IF_RETURN_IF_ERROR(restore_jobs(wall_ms()));
+    auto fstore = store::FileStore::open((fs::path(config.data_dir) / "files.sqlite3").string());
+    if (!fstore) return Unexpected(fstore.error());
+    files = std::move(*fstore);
+    IF_RETURN_IF_ERROR(restore_batches(wall_ms()));
+    files_thread = std::thread([this] { files_loop(); });
     publish_status(wall_ms());
 
     transport::NatsOptions n;
@@ -383,7 +427,13 @@ struct CoordinatorServer::Impl {
     h.host = config.http_host;
     h.port = config.http_port;
     h.threads = config.http_threads;
-    h.body_bytes_max = config.request_bytes_max;
+    // File uploads may be larger than any other request, and only they.
+    const size_t upload_max = config.file_bytes_max + (64u << 10);  // the multipart framing
+    h.body_bytes_max = std::max(config.request_bytes_max, upload_max);
+    h.body_bytes_max_for = [request_max = config.request_bytes_max, upload_max](std::string_view method,
+                                                                                 std::string_view path) {
+      return method == "POST" && path == "/v1/files" ? upload_max : request_max;
+    };
     auto server = transport::HttpServer::start(h, [this](const HttpRequest& r, std::shared_ptr<HttpExchange> x) {
       route(r, std::move(x));
     });
@@ -402,6 +452,12 @@ struct CoordinatorServer::Impl {
       cv.notify_all();
       if (loop_thread.joinable()) loop_thread.join();
     }
+    {
+      std::lock_guard<std::mutex> lock(files_mu);
+      files_stopping = true;
+    }
+    files_cv.notify_all();
+    if (files_thread.joinable()) files_thread.join();  // after the loop: it writes what the loop handed it
     nats.reset();
     flush_dirty(wall_ms());
     if (gate && key_store) {
@@ -435,7 +491,7 @@ struct CoordinatorServer::Impl {
       count_refusal("malformed_message", "from vehicle " + std::string(vid) + ": " + m.error().to_string());
       return;
     }
-    post(Item{core::VehicleMessageEvent{std::string(vid), std::move(*m)}, nullptr});
+    post(Item{core::VehicleMessageEvent{std::string(vid), std::move(*m)}, nullptr, {}});
   }
 
   // Every refusal is counted and logged; a flood of one kind is logged at a
@@ -506,6 +562,8 @@ struct CoordinatorServer::Impl {
         p.substr(p.size() - 5) == "/file") {
       return serve_model_file(p.substr(12, p.size() - 17), x);
     }
+    if (p == "/v1/files" || p.rfind("/v1/files/", 0) == 0) return file_route(r, x);
+    if (p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0) return batch_route(r, x);
     if (r.method == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions")) {
       return submit(r, p == "/v1/chat/completions", key_id, std::move(x));
     }
@@ -626,6 +684,16 @@ struct CoordinatorServer::Impl {
       if (auto refusal = gate->admit(key_id, ids.size(), wall_ms())) return x->respond(refusal_response(*refusal));
     }
     if (!req.seed_given) req.sampling.seed = transport::random_u64();
+    if (workable_vehicles.load() == 0) {
+      // Queueing would only make the client wait for a timeout; batches
+      // (which may wait) are the way to leave work for later.
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    "no vehicle can take the work now (none is parked, eligible and online); retry later or "
+                    "submit it as a batch",
+                    "no_capacity"),
+          10));
+    }
 
     auto client = std::make_unique<ClientStream>();
     client->exchange = x;
@@ -655,7 +723,7 @@ struct CoordinatorServer::Impl {
     spec.sampling = req.sampling;
     client->request = std::move(req);
     const std::string job_id = client->meta.id;
-    if (!post(Item{core::SubmitJobEvent{job_id, std::move(spec)}, std::move(client)})) {
+    if (!post(Item{core::SubmitJobEvent{job_id, std::move(spec)}, std::move(client), {}})) {
       x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
     }
   }
@@ -733,6 +801,14 @@ struct CoordinatorServer::Impl {
         return x->respond(refusal_response(*refusal));
       }
     }
+    if (workable_vehicles.load() == 0) {
+      // As submit(): queueing would only make the client wait for a timeout.
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    "no vehicle can take the work now (none is parked, eligible and online); retry later",
+                    "no_capacity"),
+          10));
+    }
     client->exchange = x;
     client->id = "emb-" + transport::random_hex(12);
     client->model = model->id;
@@ -740,10 +816,600 @@ struct CoordinatorServer::Impl {
     client->vectors.resize(client->specs.size());
     client->key_id = key_id;
     Item item;
-    item.embedding = std::move(client);
+    item.task = [this, client = std::shared_ptr<EmbeddingClient>(std::move(client))](core::TimeMs now) {
+      submit_embedding_jobs(client, now);
+    };
     if (!post(std::move(item))) {
       x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
     }
+  }
+
+  // ---- Files and batches ------------------------------------------------------------
+  //
+  // HTTP threads parse and check; the files thread reads and writes the file
+  // store; the loop thread runs each batch's lines as low-priority jobs (at
+  // most config.batch_jobs_in_flight at once over all batches: interactive
+  // requests are placed first and never wait behind a batch) and hands the
+  // files thread what to write. A line's state is written before its job is
+  // submitted and again when it ends, so that after a restart every line is
+  // run once: a running line whose job was restored waits for it; one whose
+  // job ended takes its result from the job store.
+
+  void on_files(std::function<void(store::FileStore&)> work) {
+    {
+      std::lock_guard<std::mutex> lock(files_mu);
+      files_queue.push_back(std::move(work));
+    }
+    files_cv.notify_one();
+  }
+
+  void files_loop() {
+    for (;;) {
+      std::function<void(store::FileStore&)> work;
+      {
+        std::unique_lock<std::mutex> lock(files_mu);
+        files_cv.wait(lock, [&] { return files_stopping || !files_queue.empty(); });
+        if (files_queue.empty()) return;  // stopping, and nothing left to write
+        work = std::move(files_queue.front());
+        files_queue.pop_front();
+      }
+      work(*files);
+    }
+  }
+
+  static HttpResponse store_error(const Error& e) {
+    return error_response(api_error(500, "server_error", "the file store failed: " + e.message));
+  }
+
+  static std::string path_tail(const std::string& path, size_t prefix) { return path.substr(prefix, 128); }
+
+  void upload_file(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    const std::string* type = r.header("content-type");
+    auto parts = parse_multipart(type == nullptr ? "" : *type, r.body);
+    if (!parts) return x->respond(error_response(api_error(400, "invalid_request_error", parts.error().message)));
+    std::string purpose;
+    const FormPart* file = nullptr;
+    for (const FormPart& part : *parts) {
+      if (part.name == "purpose") purpose = std::string(part.data.substr(0, 64));
+      if (part.name == "file") file = &part;
+    }
+    if (purpose != "batch") {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "'purpose' must be \"batch\" (the only purpose served), not '" + purpose + "'");
+      e.param = "purpose";
+      return x->respond(error_response(e));
+    }
+    if (file == nullptr || file->filename.empty()) {
+      ApiError e = api_error(400, "invalid_request_error", "a 'file' part with a filename is required");
+      e.param = "file";
+      return x->respond(error_response(e));
+    }
+    if (file->data.size() > config.file_bytes_max) {
+      return x->respond(error_response(api_error(413, "invalid_request_error",
+                                                 "files are at most " + std::to_string(config.file_bytes_max) +
+                                                     " bytes")));
+    }
+    store::StoredFile f;
+    f.id = "file-" + transport::random_hex(12);
+    f.purpose = purpose;
+    f.filename = file->filename.substr(0, kFileNameBytesMax);
+    f.bytes = file->data.size();
+    f.created_at = wall_ms() / 1000;
+    on_files([x, f, content = std::string(file->data)](store::FileStore& fs) {
+      if (auto st = fs.put_file(f, content); !st) return x->respond(store_error(st.error()));
+      x->respond(json_response(200, file_json({f.id, f.purpose, f.filename, f.bytes, f.created_at}).dump()));
+    });
+  }
+
+  void file_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    const std::string& p = r.path;
+    if (p == "/v1/files") {
+      if (r.method == "POST") return upload_file(r, x);
+      if (r.method != "GET") return method_not_allowed(r, x);
+      std::string purpose;
+      for (const auto& [k, v] : query_pairs(r.query)) {
+        if (k == "purpose") purpose = v.substr(0, 64);
+      }
+      return on_files([x, purpose](store::FileStore& fs) {
+        auto list = fs.list_files(purpose, store::kListFilesMax);
+        if (!list) return x->respond(store_error(list.error()));
+        json data = json::array();
+        for (const auto& f : *list) data.push_back(file_json({f.id, f.purpose, f.filename, f.bytes, f.created_at}));
+        x->respond(json_response(200, json{{"object", "list"}, {"data", data}, {"has_more", false}}.dump()));
+      });
+    }
+    const bool content = p.size() > 8 && p.ends_with("/content");
+    const std::string id = content ? p.substr(10, p.size() - 18) : p.substr(10);
+    if (id.empty() || id.size() > store::kStoredIdBytesMax || id.find('/') != std::string::npos) {
+      return x->respond(error_response(api_error(404, "invalid_request_error", "no route for " + p.substr(0, 200))));
+    }
+    auto missing = [id] {
+      return error_response(api_error(404, "invalid_request_error", "No such File object: " + id.substr(0, 128)));
+    };
+    if (content && r.method == "GET") {
+      return on_files([x, id, missing](store::FileStore& fs) {
+        auto bytes = fs.file_content(id);
+        if (!bytes) return x->respond(store_error(bytes.error()));
+        if (!*bytes) return x->respond(missing());
+        HttpResponse resp;
+        resp.content_type = "application/octet-stream";
+        resp.body = std::move(**bytes);
+        x->respond(std::move(resp));
+      });
+    }
+    if (!content && r.method == "GET") {
+      return on_files([x, id, missing](store::FileStore& fs) {
+        auto f = fs.get_file(id);
+        if (!f) return x->respond(store_error(f.error()));
+        if (!*f) return x->respond(missing());
+        const auto& g = **f;
+        x->respond(json_response(200, file_json({g.id, g.purpose, g.filename, g.bytes, g.created_at}).dump()));
+      });
+    }
+    if (!content && r.method == "DELETE") {
+      return on_files([x, id, missing](store::FileStore& fs) {
+        auto gone = fs.delete_file(id);
+        if (!gone) return x->respond(store_error(gone.error()));
+        if (!*gone) return x->respond(missing());
+        x->respond(json_response(200, json{{"id", id}, {"object", "file"}, {"deleted", true}}.dump()));
+      });
+    }
+    method_not_allowed(r, x);
+  }
+
+  static void method_not_allowed(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    x->respond(error_response(api_error(405, "invalid_request_error",
+                                        "method " + r.method.substr(0, 16) + " not allowed on " + r.path.substr(0, 200))));
+  }
+
+  static std::vector<std::pair<std::string, std::string>> query_pairs(const std::string& query) {
+    std::vector<std::pair<std::string, std::string>> out;
+    size_t at = 0;
+    while (at < query.size() && out.size() < 16) {
+      size_t end = query.find('&', at);
+      if (end == std::string::npos) end = query.size();
+      const std::string pair = query.substr(at, end - at);
+      const size_t eq = pair.find('=');
+      out.emplace_back(pair.substr(0, eq), eq == std::string::npos ? "" : pair.substr(eq + 1));
+      at = end + 1;
+    }
+    return out;
+  }
+
+  void batch_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    const std::string& p = r.path;
+    if (p == "/v1/batches") {
+      if (r.method == "POST") return create_batch(r, x);
+      if (r.method != "GET") return method_not_allowed(r, x);
+      size_t limit = 20;
+      std::string after;
+      for (const auto& [k, v] : query_pairs(r.query)) {
+        if (k == "limit") {
+          char* end = nullptr;
+          const long n = std::strtol(v.c_str(), &end, 10);
+          if (v.empty() || *end != '\0' || n < 1 || n > 100) {
+            ApiError e = api_error(400, "invalid_request_error", "'limit' must be an integer from 1 to 100");
+            e.param = "limit";
+            return x->respond(error_response(e));
+          }
+          limit = static_cast<size_t>(n);
+        }
+        if (k == "after") after = v.substr(0, 128);
+      }
+      return on_files([x, limit, after](store::FileStore& fs) {
+        auto all = fs.list_batches(store::kListFilesMax, 0);
+        if (!all) return x->respond(store_error(all.error()));
+        json data = json::array();
+        bool skipping = !after.empty(), more = false;
+        for (const auto& b : *all) {
+          if (skipping) {
+            skipping = b.id != after;
+            continue;
+          }
+          if (data.size() == limit) {
+            more = true;
+            break;
+          }
+          data.push_back(json::parse(b.object_json, nullptr, false));
+        }
+        json page = {{"object", "list"}, {"data", data}, {"has_more", more}};
+        page["first_id"] = data.empty() ? json(nullptr) : data.front().value("id", json(nullptr));
+        page["last_id"] = data.empty() ? json(nullptr) : data.back().value("id", json(nullptr));
+        x->respond(json_response(200, page.dump()));
+      });
+    }
+    const bool cancel = p.ends_with("/cancel");
+    const std::string id = cancel ? p.substr(12, p.size() - 19) : p.substr(12);
+    if (id.empty() || id.size() > store::kStoredIdBytesMax || id.find('/') != std::string::npos) {
+      return x->respond(error_response(api_error(404, "invalid_request_error", "no route for " + p.substr(0, 200))));
+    }
+    if (cancel && r.method == "POST") {
+      Item item;
+      item.task = [this, x, id](core::TimeMs now) { cancel_batch(id, x, now); };
+      if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
+      return;
+    }
+    if (!cancel && r.method == "GET") {
+      return on_files([x, id](store::FileStore& fs) {
+        auto b = fs.get_batch(id);
+        if (!b) return x->respond(store_error(b.error()));
+        if (!*b) {
+          return x->respond(error_response(api_error(404, "invalid_request_error", "No such Batch object: " + id)));
+        }
+        x->respond(json_response(200, (*b)->object_json));
+      });
+    }
+    method_not_allowed(r, x);
+  }
+
+  void create_batch(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    auto parsed = parse_batch_create(r.body);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return x->respond(error_response(*e));
+    BatchCreate c = std::get<BatchCreate>(std::move(parsed));
+    ApiLimits limits;
+    limits.max_tokens_limit = config.max_tokens_limit;
+    limits.body_bytes_max = config.request_bytes_max;
+    on_files([this, x, c, limits](store::FileStore& fs) {
+      auto file = fs.get_file(c.input_file_id);
+      if (!file) return x->respond(store_error(file.error()));
+      if (!*file || (*file)->purpose != "batch") {
+        ApiError e = api_error(404, "invalid_request_error",
+                               "No such File object with purpose 'batch': " + c.input_file_id);
+        e.param = "input_file_id";
+        return x->respond(error_response(e));
+      }
+      auto content = fs.file_content(c.input_file_id);
+      if (!content || !*content) return x->respond(store_error(content ? Error{ErrorCode::kNotFound, "gone"} : content.error()));
+      const core::TimeMs now = wall_ms();
+      BatchRun run;
+      run.obj.id = "batch_" + transport::random_hex(12);
+      run.obj.endpoint = c.endpoint;
+      run.obj.input_file_id = c.input_file_id;
+      run.obj.created_at = now / 1000;
+      run.obj.metadata = c.metadata;
+      auto lines = parse_batch_input(**content, c.endpoint, limits);
+      if (auto* e = std::get_if<ApiError>(&lines)) {
+        run.obj.status = "failed";
+        run.obj.failed_at = now / 1000;
+        run.obj.failure = e->message;
+      } else {
+        run.obj.status = "in_progress";
+        run.obj.in_progress_at = now / 1000;
+        run.obj.expires_at = now / 1000 + kBatchWindowSeconds;
+        for (BatchLine& l : std::get<std::vector<BatchLine>>(lines)) {
+          BatchLineRun line;
+          line.line = l.line;
+          line.custom_id = l.custom_id;
+          if (l.error) {
+            line.state = "failed";
+            line.result = batch_error_line("batch_req_" + transport::random_hex(12), l.custom_id, *l.error);
+            ++run.obj.failed;
+          } else {
+            line.state = "pending";
+            line.body = std::move(l.body);
+          }
+          run.lines.push_back(std::move(line));
+        }
+        run.obj.total = run.lines.size();
+      }
+      std::vector<store::StoredBatchLine> rows;
+      for (const BatchLineRun& l : run.lines) rows.push_back(stored_line(run.obj.id, l));
+      const std::string object = batch_json(run.obj).dump();
+      if (auto st = fs.put_batch({run.obj.id, run.obj.status, run.obj.created_at, object}, rows); !st) {
+        return x->respond(store_error(st.error()));
+      }
+      x->respond(json_response(200, object));
+      if (run.obj.status != "in_progress") return;
+      Item item;
+      item.task = [this, run = std::make_shared<BatchRun>(std::move(run))](core::TimeMs t) mutable {
+        const std::string id = run->obj.id;
+        batch_runs.emplace(id, std::move(*run));
+        pump_batches(t);
+      };
+      post(std::move(item));  // if the inbox is full, the batch starts after the next restart
+    });
+  }
+
+  static store::StoredBatchLine stored_line(const std::string& batch_id, const BatchLineRun& l) {
+    return {batch_id, l.line, l.state, l.custom_id, l.job_id, l.body, l.result};
+  }
+
+  // Loop thread: places pending lines while there is room.
+  void pump_batches(core::TimeMs now) {
+    for (auto& [id, run] : batch_runs) {
+      while (run.ending.empty() && batch_in_flight < config.batch_jobs_in_flight && run.next < run.lines.size()) {
+        BatchLineRun& line = run.lines[run.next];
+        if (line.state == "pending") submit_line(run, run.next, now);
+        ++run.next;
+      }
+      maybe_finish_batch(run, now);
+    }
+    std::erase_if(batch_runs, [](const auto& kv) { return kv.second.obj.final(); });
+  }
+
+  void fail_line(BatchRun& run, size_t index, const ApiError& e) {
+    BatchLineRun& line = run.lines[index];
+    line.state = "failed";
+    line.body.clear();
+    line.result = batch_error_line("batch_req_" + transport::random_hex(12), line.custom_id, e);
+    ++run.obj.failed;
+    run.changed.insert(index);
+    run.dirty = true;
+  }
+
+  void submit_line(BatchRun& run, size_t index, core::TimeMs now) {
+    BatchLineRun& line = run.lines[index];
+    const bool chat = run.obj.endpoint == "/v1/chat/completions";
+    ApiLimits limits;
+    limits.max_tokens_limit = config.max_tokens_limit;
+    limits.body_bytes_max = config.request_bytes_max;
+    auto parsed = parse_completion_request(line.body, chat, limits);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return fail_line(run, index, *e);
+    CompletionRequest& req = std::get<CompletionRequest>(parsed);
+    const ServedModel* model = find_model(req.model);
+    if (model == nullptr) {
+      return fail_line(run, index, api_error(404, "invalid_request_error",
+                                             "The model '" + req.model.substr(0, 128) + "' does not exist",
+                                             "model_not_found"));
+    }
+    auto ids = prompt_tokens(*model, req);
+    if (auto* e = std::get_if<ApiError>(&ids)) return fail_line(run, index, *e);
+    core::JobSpec spec;
+    spec.model_id = model->id;
+    spec.prompt_ids = std::move(std::get<std::vector<int32_t>>(ids));
+    spec.max_tokens = req.max_tokens.value_or(config.max_tokens_default);
+    if (model->context_length > 0 && spec.prompt_ids.size() + spec.max_tokens > model->context_length) {
+      return fail_line(run, index, api_error(400, "invalid_request_error",
+                                             "This model's maximum context length is " +
+                                                 std::to_string(model->context_length) + " tokens",
+                                             "context_length_exceeded"));
+    }
+    if (!req.seed_given) req.sampling.seed = transport::random_u64();
+    spec.stop_ids = {model->tokenizer->eos(), model->tokenizer->bos()};
+    spec.sampling = req.sampling;
+    spec.batch = true;
+    const std::string job_id = (chat ? "chatcmpl-" : "cmpl-") + transport::random_hex(12);
+    request_json[job_id] = json{{"chat", chat},          {"model", model->id}, {"stream", false},
+                                {"batch", run.obj.id},   {"line", line.line}, {"stop", req.stop}}
+                               .dump();
+    line.state = "running";
+    line.job_id = job_id;
+    run.changed.insert(index);
+    ++run.in_flight;
+    ++batch_in_flight;
+    batch_jobs[job_id] = {run.obj.id, index};
+    apply(machine->handle(core::SubmitJobEvent{job_id, std::move(spec)}, now), now);
+  }
+
+  // The response body of a finished batch job, from its tokens.
+  std::string batch_result_body(const std::string& job_id, const std::string& request, const std::string& model_id,
+                                const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& produced,
+                                const std::string& finish_reason, core::TimeMs now) const {
+    const json req = json::parse(request, nullptr, false);
+    const bool chat = req.is_object() && req.value("chat", false);
+    const ServedModel* model = find_model(model_id);
+    std::string text;
+    if (model != nullptr) {
+      engine::Detokenizer detok(*model->tokenizer);
+      for (int32_t id : prompt_ids) (void)detok.push(id);
+      for (int32_t id : produced) text += detok.push(id);
+      text += detok.flush();
+    }
+    std::string reason = finish_reason;
+    if (req.is_object() && req.contains("stop") && req["stop"].is_array() && !req["stop"].empty()) {
+      auto matcher = engine::StopMatcher::create(req["stop"].get<std::vector<std::string>>());
+      if (matcher) {
+        engine::StopStep step = matcher->push(text);
+        text = step.text + (step.stopped ? std::string() : matcher->flush());
+        if (step.stopped) reason = "stop";
+      }
+    }
+    ResponseMeta meta;
+    meta.id = job_id;
+    meta.created = now / 1000;
+    meta.model = model_id;
+    meta.system_fingerprint = kFingerprint;
+    return completion_response(meta, chat, text, reason, Usage{prompt_ids.size(), produced.size()});
+  }
+
+  // Loop thread: a batch job was refused or ended.
+  void on_batch_job(const std::string& job_id, std::optional<core::JobState> state, const std::string& why,
+                    core::TimeMs now) {
+    auto it = batch_jobs.find(job_id);
+    if (it == batch_jobs.end()) return;
+    const auto [batch_id, index] = it->second;
+    batch_jobs.erase(it);
+    auto rit = batch_runs.find(batch_id);
+    if (rit == batch_runs.end()) return;
+    BatchRun& run = rit->second;
+    BatchLineRun& line = run.lines[index];
+    CHECK(run.in_flight > 0 && batch_in_flight > 0);
+    --run.in_flight;
+    --batch_in_flight;
+    const std::string request = request_json.count(job_id) ? request_json[job_id] : "{}";
+    if (state == core::JobState::kDone) {
+      const core::JobEntry* e = machine->job(job_id);
+      CHECK(e != nullptr);
+      const std::string body = batch_result_body(job_id, request, e->spec.model_id, e->spec.prompt_ids,
+                                                 e->job.produced(), e->job.finish_reason(), now);
+      line.state = "done";
+      line.result = batch_output_line("batch_req_" + transport::random_hex(12), line.custom_id, job_id, body);
+      line.body.clear();
+      ++run.obj.completed;
+    } else if (state == core::JobState::kCancelled && run.ending == "cancelled") {
+      line.state = "cancelled";
+    } else {
+      const std::string code = run.ending == "expired" ? "batch_expired" : "request_failed";
+      fail_line(run, index, api_error(500, "server_error", why.empty() ? code : why, code));
+    }
+    run.changed.insert(index);
+    run.dirty = true;
+    (void)now;  // the loop places the next lines (pump_batches) once this event is done
+  }
+
+  // Loop thread: writes what changed, and ends a batch whose lines are all final.
+  void maybe_finish_batch(BatchRun& run, core::TimeMs now) {
+    bool open = run.in_flight > 0;
+    if (run.ending.empty()) {
+      for (size_t i = run.next; i < run.lines.size() && !open; ++i) open = run.lines[i].state == "pending";
+    }
+    if (!open && !run.obj.final()) {
+      const int64_t t = now / 1000;
+      run.obj.finalizing_at = t;
+      if (run.ending == "cancelled") {
+        run.obj.status = "cancelled";
+        run.obj.cancelled_at = t;
+      } else if (run.ending == "expired") {
+        run.obj.status = "expired";
+        run.obj.expired_at = t;
+      } else {
+        run.obj.status = "completed";
+        run.obj.completed_at = t;
+      }
+      std::string output, errors;
+      for (const BatchLineRun& l : run.lines) {
+        if (l.state == "done") output += l.result;
+        if (l.state == "failed") errors += l.result;
+      }
+      if (!output.empty()) run.obj.output_file_id = "file-" + transport::random_hex(12);
+      if (!errors.empty()) run.obj.error_file_id = "file-" + transport::random_hex(12);
+      write_batch(run, std::move(output), std::move(errors));
+      return;
+    }
+    if (run.dirty || !run.changed.empty()) write_batch(run, "", "");
+  }
+
+  void write_batch(BatchRun& run, std::string output, std::string errors) {
+    std::vector<store::StoredBatchLine> rows;
+    for (size_t i : run.changed) rows.push_back(stored_line(run.obj.id, run.lines[i]));
+    run.changed.clear();
+    run.dirty = false;
+    const BatchObject obj = run.obj;
+    on_files([this, obj, rows = std::move(rows), output = std::move(output), errors = std::move(errors)](
+                 store::FileStore& fs) {
+      const int64_t t = obj.finalizing_at;
+      if (!obj.output_file_id.empty()) {
+        const store::StoredFile f{obj.output_file_id, "batch_output", obj.id + "_output.jsonl", output.size(), t};
+        if (auto st = fs.put_file(f, output); !st) log("batch " + obj.id + ": " + st.error().to_string());
+      }
+      if (!obj.error_file_id.empty()) {
+        const store::StoredFile f{obj.error_file_id, "batch_output", obj.id + "_error.jsonl", errors.size(), t};
+        if (auto st = fs.put_file(f, errors); !st) log("batch " + obj.id + ": " + st.error().to_string());
+      }
+      if (auto st = fs.put_batch({obj.id, obj.status, obj.created_at, batch_json(obj).dump()}, rows); !st) {
+        log("batch " + obj.id + ": " + st.error().to_string());
+      }
+    });
+  }
+
+  // Loop thread: POST /v1/batches/{id}/cancel.
+  void cancel_batch(const std::string& id, const std::shared_ptr<HttpExchange>& x, core::TimeMs now) {
+    auto it = batch_runs.find(id);
+    if (it == batch_runs.end()) {
+      // Not running: finished, or unknown.
+      return on_files([x, id](store::FileStore& fs) {
+        auto b = fs.get_batch(id);
+        if (!b) return x->respond(store_error(b.error()));
+        if (!*b) {
+          return x->respond(error_response(api_error(404, "invalid_request_error", "No such Batch object: " + id)));
+        }
+        x->respond(error_response(api_error(409, "invalid_request_error",
+                                            "the batch is " + (*b)->status + "; only a running batch can be cancelled")));
+      });
+    }
+    BatchRun& run = it->second;
+    end_batch(run, "cancelled", now);
+    x->respond(json_response(200, batch_json(run.obj).dump()));
+    pump_batches(now);
+  }
+
+  // Loop thread: stops placing a batch's lines; what runs is cancelled.
+  void end_batch(BatchRun& run, const std::string& why, core::TimeMs now) {
+    if (!run.ending.empty()) return;
+    run.ending = why;
+    if (why == "cancelled") {
+      run.obj.status = "cancelling";
+      run.obj.cancelling_at = now / 1000;
+    }
+    for (size_t i = 0; i < run.lines.size(); ++i) {
+      if (run.lines[i].state != "pending") continue;
+      if (why == "expired") {
+        fail_line(run, i, api_error(500, "server_error", "the batch expired before this request ran", "batch_expired"));
+      } else {
+        run.lines[i].state = "cancelled";
+        run.changed.insert(i);
+      }
+    }
+    run.dirty = true;
+    std::vector<std::string> running;
+    for (const auto& [job, where] : batch_jobs) {
+      if (where.first == run.obj.id) running.push_back(job);
+    }
+    for (const std::string& job : running) apply(machine->handle(core::CancelJobEvent{job}, now), now);
+  }
+
+  // Loop thread, every tick: expiry, then placing and writing.
+  void tick_batches(core::TimeMs now) {
+    for (auto& [id, run] : batch_runs) {
+      if (run.ending.empty() && run.obj.expires_at > 0 && now / 1000 >= run.obj.expires_at) end_batch(run, "expired", now);
+    }
+    pump_batches(now);
+  }
+
+  // start(): batches that were running when the coordinator stopped.
+  Status restore_batches(core::TimeMs now) {
+    auto unfinished = files->load_unfinished_batches();
+    if (!unfinished) return Unexpected(unfinished.error());
+    for (const store::StoredBatch& sb : *unfinished) {
+      auto obj = batch_from_json(json::parse(sb.object_json, nullptr, false));
+      auto rows = files->batch_lines(sb.id);
+      if (!obj || !rows) {
+        log("batch " + sb.id + " cannot be restored (corrupt record); left in the store");
+        continue;
+      }
+      BatchRun run;
+      run.obj = std::move(*obj);
+      for (const store::StoredBatchLine& row : *rows) {
+        run.lines.push_back({row.line, row.custom_id, row.body, row.state, row.job_id, row.result});
+      }
+      for (size_t i = 0; i < run.lines.size(); ++i) {
+        BatchLineRun& line = run.lines[i];
+        if (line.state != "running") continue;
+        const core::JobEntry* e = machine->job(line.job_id);
+        if (e != nullptr && !core::job_state_final(e->job.state())) {
+          batch_jobs[line.job_id] = {run.obj.id, i};
+          ++run.in_flight;
+          ++batch_in_flight;
+          continue;
+        }
+        auto stored = store->get(line.job_id);
+        if (stored && *stored && (*stored)->state == "done") {
+          const auto& s = **stored;
+          line.state = "done";
+          line.result = batch_output_line(
+              "batch_req_" + transport::random_hex(12), line.custom_id, s.id,
+              batch_result_body(s.id, s.request_json, s.model_id, s.prompt_ids, s.produced, s.finish_reason, now));
+          line.body.clear();
+          ++run.obj.completed;
+        } else if (stored && *stored) {
+          fail_line(run, i, api_error(500, "server_error", "the request " + (*stored)->state, "request_failed"));
+        } else {
+          line.state = "pending";  // its job never reached the store: run it now
+          line.job_id.clear();
+        }
+        run.changed.insert(i);
+      }
+      if (run.obj.status == "cancelling") run.ending = "cancelled";
+      if (run.obj.status == "validating") {
+        run.obj.status = "failed";
+        run.obj.failed_at = now / 1000;
+        run.obj.failure = "the coordinator stopped while the batch was being validated";
+      }
+      run.dirty = true;
+      batch_runs.emplace(run.obj.id, std::move(run));
+    }
+    if (!batch_runs.empty()) log("restored " + std::to_string(batch_runs.size()) + " unfinished batches");
+    return {};
   }
 
   // ---- The loop thread ------------------------------------------------------------
@@ -851,8 +1517,8 @@ struct CoordinatorServer::Impl {
       }
       for (Item& item : items) {
         const core::TimeMs now = wall_ms();
-        if (item.embedding) {
-          submit_embedding_jobs(std::move(item.embedding), now);
+        if (item.task) {
+          item.task(now);
           continue;
         }
         if (item.client) {
@@ -871,7 +1537,9 @@ struct CoordinatorServer::Impl {
       }
       items.clear();
       const core::TimeMs now = wall_ms();
+      if (!batch_runs.empty()) pump_batches(now);
       if (now >= next_tick) {
+        tick_batches(now);
         // Clients that went away: their jobs are cancelled (the vehicle stops).
         std::vector<std::string> gone;
         for (const auto& [id, c] : clients) {
@@ -942,7 +1610,10 @@ struct CoordinatorServer::Impl {
 
   void on_accepted(const core::JobAcceptedEffect& e) {
     auto it = clients.find(e.job_id);
-    if (it == clients.end()) return;
+    if (it == clients.end()) {
+      if (!e.status) on_batch_job(e.job_id, std::nullopt, e.status.error().message, wall_ms());
+      return;
+    }
     ClientStream& c = *it->second;
     if (!e.status) {
       const Error& err = e.status.error();
@@ -991,7 +1662,10 @@ struct CoordinatorServer::Impl {
 
   void on_ended(const core::JobEndedEffect& e) {
     auto it = clients.find(e.job_id);
-    if (it == clients.end()) return;
+    if (it == clients.end()) {
+      on_batch_job(e.job_id, e.state, e.finish_reason, wall_ms());
+      return;
+    }
     ClientStream& c = *it->second;
     std::string tail = c.detok->flush();
     if (c.stop) tail = c.stop->stopped() ? std::string() : c.stop->push(tail).text + c.stop->flush();
@@ -1128,16 +1802,18 @@ struct CoordinatorServer::Impl {
     std::map<std::string, int> by_state;
     for (const char* s : {"driving", "parked", "charging", "eligible", "serving", "preempting", "offline"}) by_state[s] = 0;
     double kw = 0.0;
-    size_t online = 0;
+    size_t online = 0, workable = 0;
     for (const auto& [id, v] : machine->vehicles()) {
       if (!v.online || !v.state) {
         ++by_state["offline"];
         continue;
       }
       ++online;
+      if (v.state->eligible || v.state->state == "serving") ++workable;
       by_state[v.state->state]++;
       kw += v.state->power_w / 1000.0;
     }
+    workable_vehicles.store(workable);
     size_t running = 0;
     for (const auto& [id, e] : machine->jobs()) running += e.job.current() != nullptr ? 1 : 0;
     if (rate_at == 0) rate_at = now;

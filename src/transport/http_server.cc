@@ -319,6 +319,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (ec || timed_out_) return on_read_error(ec);
     if (parser_->is_done()) return on_request();
     const auto& message = parser_->get();
+    if (options_.body_bytes_max_for) {
+      const std::string_view target(message.target().data(), message.target().size());
+      const std::string_view method(message.method_string().data(), message.method_string().size());
+      const size_t limit =
+          std::min(options_.body_bytes_max, options_.body_bytes_max_for(method, target.substr(0, target.find('?'))));
+      if (parser_->content_length() && *parser_->content_length() > limit) {
+        return queue_error(413, "the request body is too large");
+      }
+      parser_->body_limit(static_cast<std::uint64_t>(limit));
+    }
     // curl and others wait (a second, for curl) for this before sending a
     // body; the limits were already checked against the headers.
     if (message.version() >= 11 && iequals(message[http::field::expect], "100-continue")) {

@@ -137,6 +137,10 @@ struct HttpServerOptions {
   uint16_t port = 0;               // 0: pick a free port (see HttpServer::port())
   int threads = 2;                 // server threads, 1..kHttpThreadsMax
   size_t body_bytes_max = 8u << 20;             // request body; over it: 413
+  // When set, the body limit of one request, decided from its method and
+  // path once its headers have arrived (at most body_bytes_max, which then
+  // bounds every route): e.g. a larger one for file uploads only.
+  std::function<size_t(std::string_view method, std::string_view path)> body_bytes_max_for;
   size_t header_bytes_max = 16u << 10;          // request line + headers; over it: 431
   size_t connections_max = 1024;                // open connections; over it: 503, and beyond
                                                 // twice this, closed unanswered

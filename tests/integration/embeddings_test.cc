@@ -7,6 +7,7 @@
 // embedding still unfinished when the coordinator restarts ends as failed
 // in the store (its client is gone with the old process).
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <bit>
@@ -320,11 +321,21 @@ TEST_F(Embeddings, BadRequestsAre400sNamingTheParameter) {
   EXPECT_EQ(r.status, 404) << r.body;
   r = testing::http_get(base_url_ + "/v1/embeddings");
   EXPECT_EQ(r.status, 405) << r.body;
+  // A good request, but no vehicle can work: 503 at once, as for completions.
+  r = post({{"model", "stories260K"}, {"input", "a"}});
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("no_capacity"), std::string::npos) << r.body;
+  EXPECT_NE(r.header("retry-after"), nullptr);
   EXPECT_EQ(status().value("/jobs/submitted"_json_pointer, -1), 0) << status().dump();
 }
 
 TEST_F(Embeddings, AnUnfinishedEmbeddingEndsAsFailedWhenTheCoordinatorRestarts) {
-  // No vehicle: the job waits in the queue, and in the store.
+  // The vehicles' process dies without a word: the coordinator still counts
+  // them as online (until their timeout), takes the request and assigns its
+  // job to cars that will never answer. It stays unfinished, in the store too.
+  start_agent();
+  agent_->signal(SIGKILL);
+  ASSERT_TRUE(agent_->wait(10000).has_value());
   std::thread client([&] { (void)post({{"model", "stories260K"}, {"input", "Once upon a time"}}); });
   const std::string db = (dir_ / "data" / "jobs.sqlite3").string();
   std::string id;

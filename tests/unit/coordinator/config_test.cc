@@ -163,6 +163,16 @@ TEST(CoordinatorConfig, AuthAndPricing) {
                {"pricing.completion_micros_per_mtok at line 2"});
 }
 
+TEST(CoordinatorConfig, Batches) {
+  auto r = parse_coordinator_config("[batches]\nfile_bytes_max = 2048\njobs_in_flight = 4\n", "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->file_bytes_max, 2048u);
+  EXPECT_EQ(r->batch_jobs_in_flight, 4u);
+  expect_error("[batches]\njobs_in_flight = 0\n", ErrorCode::kOutOfRange, {"batches.jobs_in_flight at line 2"});
+  expect_error("[batches]\nfile_bytes_max = 10\n", ErrorCode::kOutOfRange, {"batches.file_bytes_max at line 2"});
+  expect_error("[batches]\nwindow = \"24h\"\n", ErrorCode::kInvalidArgument, {"unknown key 'batches.window'"});
+}
+
 TEST(CoordinatorConfig, FieldsAgainstEachOther) {
   expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
                {"jobs.tick_ms", "jobs.lease_ms"});

@@ -412,6 +412,37 @@ TEST(HttpServer, GarbageGetsTheRightStatus) {
   EXPECT_EQ(testing::http_get("http://127.0.0.1:" + std::to_string(port) + "/ok").status, 200);
 }
 
+TEST(HttpServer, BodyLimitPerRoute) {
+  HttpServerOptions options;
+  options.body_bytes_max = 1u << 20;
+  options.body_bytes_max_for = [](std::string_view method, std::string_view path) -> size_t {
+    return method == "POST" && path == "/upload" ? size_t{1} << 20 : 1000;
+  };
+  auto server = start_server(echo, options);
+  ASSERT_NE(server, nullptr);
+  const uint16_t port = server->port();
+  const std::string big(5000, 'x');
+  auto post = [&](const std::string& path, bool chunked) {
+    std::string raw = "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (chunked) {
+      char size[16];
+      std::snprintf(size, sizeof size, "%zx", big.size());
+      raw += std::string("Transfer-Encoding: chunked\r\n\r\n").append(size).append("\r\n").append(big).append(
+          "\r\n0\r\n\r\n");
+    } else {
+      raw += "Content-Length: " + std::to_string(big.size()) + "\r\n\r\n" + big;
+    }
+    return testing::raw_exchange(port, raw, 3000);
+  };
+  for (bool chunked : {false, true}) {
+    EXPECT_TRUE(starts_with_status(post("/upload", chunked), 200)) << chunked;
+    EXPECT_TRUE(starts_with_status(post("/upload?purpose=x", chunked), 200)) << chunked;
+    const std::string refused = post("/other", chunked);
+    EXPECT_TRUE(starts_with_status(refused, 413)) << chunked << ": " << refused.substr(0, 200);
+    EXPECT_TRUE(has_openai_error(refused, "invalid_request_error"));
+  }
+}
+
 TEST(HttpServer, OverConnectionsMaxGets503) {
   HttpServerOptions options;
   options.connections_max = 1;

@@ -1,0 +1,439 @@
+// The Files and Batches APIs on a live fleet (issue 4, acceptance B): a batch
+// of 1,000 requests completes while vehicles come and go (drivers return, the
+// agent process is killed and restarted); its output file has exactly one
+// line per request with its custom_id, and every output equals a single-node
+// run. A second batch cancelled midway stops cleanly with its finished lines
+// kept. A bad line fails that line only.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/protocol.h"
+#include "engine/model.h"
+#include "engine/session.h"
+#include "engine/thread_pool.h"
+#include "engine/tokenizer.h"
+#include "support/http_client.h"
+#include "support/process_util.h"
+#include "transport/nats_client.h"
+#include "transport/nats_server.h"
+#include "transport/process.h"
+
+namespace idlefleet {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::eventually;
+using testing::run_capture;
+using testing::shell_quote;
+
+const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
+const char* const kPrompts[] = {"Once upon a time", "The little dog", "Lily and Ben", "One day, a bird",
+                                "The sun was",      "Tom had a red ball", "In the park", ""};
+
+class Batches : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kShared / "stories260K.bin")) {
+      if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
+      GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: the batches test needs a model ***";
+    }
+    dir_ = fs::path(::testing::TempDir()) / ("batches_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ = (dir_ / "stories260K.gguf").string();
+    run_capture(std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
+                shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
+                shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model_) + " 2>&1");
+    ASSERT_TRUE(fs::exists(model_));
+    transport::NatsServerOptions n;
+    n.log_path = (dir_ / "nats.log").string();
+    auto nats = transport::NatsServer::start(n);
+    ASSERT_TRUE(nats.has_value()) << nats.error().to_string();
+    nats_ = std::move(*nats);
+    auto port = transport::free_loopback_port();
+    ASSERT_TRUE(port.has_value());
+    http_port_ = *port;
+    base_url_ = "http://127.0.0.1:" + std::to_string(http_port_);
+    transport::ProcessOptions co;
+    co.program = IDLEFLEET_BINARY;
+    co.args = {"coordinator", "--nats", nats_->url(), "--http-port", std::to_string(http_port_), "--data-dir",
+               (dir_ / "data").string(), "--model", "stories260K=" + model_, "--lease-ms", "2000"};
+    co.stdout_path = co.stderr_path = (dir_ / "coordinator.log").string();
+    auto coordinator = transport::Process::spawn(co);
+    ASSERT_TRUE(coordinator.has_value()) << coordinator.error().to_string();
+    coordinator_ = std::make_unique<transport::Process>(std::move(*coordinator));
+    ASSERT_TRUE(transport::wait_for_tcp("127.0.0.1", http_port_, 20000)) << log("coordinator.log");
+    start_agent();
+    ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 4; }, 30000))
+        << status().dump() << log("agent1.log");
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->stop();
+    if (coordinator_) coordinator_->stop();
+    if (nats_) nats_->stop();
+    if (!HasFailure() && !dir_.empty()) fs::remove_all(dir_);
+  }
+
+  void start_agent() {
+    transport::ProcessOptions a;
+    a.program = IDLEFLEET_BINARY;
+    a.args = {"agent", "--vehicles", "8", "--nats", nats_->url(), "--coordinator", base_url_, "--start", "20:00",
+              "--cache-dir", (dir_ / "cache").string(), "--status-every", "1", "--target-soc", "50"};
+    a.stdout_path = a.stderr_path = (dir_ / ("agent" + std::to_string(++agent_starts_) + ".log")).string();
+    auto agent = transport::Process::spawn(a);
+    ASSERT_TRUE(agent.has_value()) << agent.error().to_string();
+    agent_ = std::make_unique<transport::Process>(std::move(*agent));
+  }
+
+  json status() { return get_json("/v1/status"); }
+  json get_json(const std::string& path) {
+    auto r = testing::http_get(base_url_ + path);
+    json j = json::parse(r.body, nullptr, false);
+    return j.is_discarded() ? json::object() : j;
+  }
+  std::string log(const std::string& name) {
+    std::ifstream in(dir_ / name);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    const std::string s = ss.str();
+    return s.size() > 6000 ? s.substr(s.size() - 6000) : s;
+  }
+
+  // POST /v1/files as clients do (multipart/form-data).
+  testing::HttpResult upload(const std::string& content, const std::string& purpose = "batch") {
+    const std::string b = "----idlefleet-test-boundary";
+    const std::string body = "--" + b + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n" + purpose +
+                             "\r\n--" + b +
+                             "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"input.jsonl\"\r\n"
+                             "Content-Type: application/jsonl\r\n\r\n" +
+                             content + "\r\n--" + b + "--\r\n";
+    return testing::http_post(base_url_ + "/v1/files", body, {"Content-Type: multipart/form-data; boundary=" + b});
+  }
+
+  std::string create_batch(const std::string& input) {
+    auto f = upload(input);
+    EXPECT_EQ(f.status, 200) << f.body;
+    const std::string file_id = json::parse(f.body).value("id", "");
+    auto r = testing::http_post(base_url_ + "/v1/batches",
+                                json{{"input_file_id", file_id}, {"endpoint", "/v1/completions"},
+                                     {"completion_window", "24h"}}
+                                    .dump(),
+                                {"Content-Type: application/json"});
+    EXPECT_EQ(r.status, 200) << r.body;
+    const json b = json::parse(r.body, nullptr, false);
+    EXPECT_EQ(b.value("status", ""), "in_progress") << r.body;
+    return b.value("id", "");
+  }
+
+  json wait_final(const std::string& id, int timeout_ms) {
+    json b;
+    const bool done = eventually(
+        [&] {
+          b = get_json("/v1/batches/" + id);
+          const std::string s = b.value("status", "");
+          return s == "completed" || s == "cancelled" || s == "failed" || s == "expired";
+        },
+        timeout_ms);
+    EXPECT_TRUE(done) << b.dump() << "\n" << status().dump() << log("coordinator.log");
+    return b;
+  }
+
+  std::vector<json> file_lines(const json& id) {
+    std::vector<json> out;
+    if (!id.is_string()) return out;
+    auto r = testing::http_get(base_url_ + "/v1/files/" + id.get<std::string>() + "/content");
+    EXPECT_EQ(r.status, 200);
+    std::istringstream in(r.body);
+    for (std::string line; std::getline(in, line);) out.push_back(json::parse(line, nullptr, false));
+    return out;
+  }
+
+  fs::path dir_;
+  std::string model_;
+  std::unique_ptr<transport::NatsServer> nats_;
+  std::unique_ptr<transport::Process> coordinator_, agent_;
+  uint16_t http_port_ = 0;
+  std::string base_url_;
+  int agent_starts_ = 0;
+};
+
+struct Line {
+  std::string custom_id, prompt;
+  int max_tokens = 0;
+  double temperature = 0.0;
+  uint64_t seed = 0;
+};
+
+// What a single node produces: `idlefleet run --no-echo` with the same settings.
+std::string local_text(const engine::Model& m, const Line& l) {
+  engine::ThreadPool pool(1);
+  engine::Context ctx(m, 0, &pool);
+  engine::Generator gen(m, ctx);
+  const engine::Tokenizer& tok = m.tokenizer();
+  std::vector<int32_t> ids = tok.encode(l.prompt, tok.add_bos());
+  if (ids.empty()) ids.push_back(tok.bos());
+  engine::SamplerParams sp;
+  sp.temperature = static_cast<float>(l.temperature);
+  sp.seed = l.seed;
+  engine::Detokenizer detok(tok);
+  for (int32_t id : ids) (void)detok.push(id);
+  EXPECT_TRUE(gen.start(ids, sp, l.max_tokens, {tok.eos(), tok.bos()}).has_value());
+  std::string text;
+  for (;;) {
+    auto next = gen.next();
+    if (!next || *next < 0) break;
+    text += detok.push(*next);
+  }
+  return text + detok.flush();
+}
+
+std::string jsonl(const std::vector<Line>& lines) {
+  std::string out;
+  for (const Line& l : lines) {
+    out += json{{"custom_id", l.custom_id},
+                {"method", "POST"},
+                {"url", "/v1/completions"},
+                {"body",
+                 {{"model", "stories260K"},
+                  {"prompt", l.prompt},
+                  {"max_tokens", l.max_tokens},
+                  {"temperature", l.temperature},
+                  {"seed", l.seed}}}}
+               .dump() +
+           "\n";
+  }
+  return out;
+}
+
+TEST_F(Batches, AThousandRequestsWhileVehiclesComeAndGoThenACancel) {
+  std::vector<Line> lines;
+  for (int i = 0; i < 1000; ++i) {
+    lines.push_back({"req-" + std::to_string(i), kPrompts[i % 8], 8 + (i % 5) * 8, i % 3 == 0 ? 0.0 : 0.8,
+                     static_cast<uint64_t>(5000 + i)});
+  }
+  // Two bad lines: they fail alone.
+  std::string input = jsonl(lines) + "{not json\n" +
+                      json{{"custom_id", "bad-model"}, {"method", "POST"}, {"url", "/v1/completions"},
+                           {"body", {{"model", "nope"}, {"prompt", "x"}}}}
+                          .dump() +
+                      "\n";
+  const std::string id = create_batch(input);
+  ASSERT_FALSE(id.empty());
+
+  // Vehicles come and go: two drivers return, then the agent dies and comes back.
+  auto control = transport::NatsClient::connect({.url = nats_->url(), .name = "batches-test"});
+  ASSERT_TRUE(control.has_value());
+  for (int k = 1; k <= 2; ++k) {
+    char vid[16];
+    std::snprintf(vid, sizeof vid, "car-%02d", k);
+    ASSERT_TRUE((*control)->publish(core::sim_subject(vid), R"({"action":"driver_returns"})").has_value());
+  }
+  ASSERT_TRUE((*control)->flush().has_value());
+  ASSERT_TRUE(eventually([&] { return get_json("/v1/batches/" + id)["request_counts"].value("completed", 0) >= 100; },
+                         60000))
+      << get_json("/v1/batches/" + id).dump() << log("coordinator.log");
+  agent_->signal(SIGKILL);
+  ASSERT_TRUE(agent_->wait(10000).has_value());
+  start_agent();
+
+  const json b = wait_final(id, 240000);
+  ASSERT_EQ(b.value("status", ""), "completed") << b.dump();
+  EXPECT_EQ(b["request_counts"]["total"], 1002);
+  EXPECT_EQ(b["request_counts"]["completed"], 1000);
+  EXPECT_EQ(b["request_counts"]["failed"], 2);
+  const std::vector<json> out = file_lines(b["output_file_id"]);
+  const std::vector<json> errors = file_lines(b["error_file_id"]);
+  ASSERT_EQ(out.size(), 1000u);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_TRUE(errors[0]["custom_id"].is_null());
+  EXPECT_EQ(errors[1]["custom_id"], "bad-model");
+
+  // One line per request, each equal to a single-node run.
+  auto model = engine::Model::load(model_);
+  ASSERT_TRUE(model.has_value()) << model.error().to_string();
+  std::map<std::string, const Line*> by_id;
+  for (const Line& l : lines) by_id[l.custom_id] = &l;
+  std::set<std::string> seen;
+  size_t checked_with_run = 0;
+  for (const json& o : out) {
+    ASSERT_TRUE(o.is_object());
+    const std::string cid = o.value("custom_id", "");
+    ASSERT_TRUE(by_id.count(cid)) << o.dump();
+    ASSERT_TRUE(seen.insert(cid).second) << "twice: " << cid;
+    ASSERT_EQ(o["response"]["status_code"], 200) << o.dump();
+    const json& body = o["response"]["body"];
+    const std::string text = body["choices"][0].value("text", "");
+    const Line& l = *by_id[cid];
+    EXPECT_EQ(text, local_text(**model, l)) << cid;
+    EXPECT_EQ(body["usage"]["prompt_tokens"].get<int>() + body["usage"]["completion_tokens"].get<int>(),
+              body["usage"]["total_tokens"].get<int>());
+    if (checked_with_run < 5 && l.temperature > 0) {  // and against the command itself
+      ++checked_with_run;
+      const std::string expected =
+          run_capture(std::string(IDLEFLEET_BINARY) + " run -q --no-echo -t 1 -m " + shell_quote(model_) + " -p " +
+                      shell_quote(l.prompt) + " -n " + std::to_string(l.max_tokens) + " --temp 0.8 --seed " +
+                      std::to_string(l.seed) + " 2>/dev/null");
+      EXPECT_EQ(text + "\n", expected) << cid;
+    }
+  }
+  EXPECT_EQ(seen.size(), 1000u);
+  EXPECT_GE(status().value("preemptions", 0) + status().value("attempts_lost", 0), 1) << status().dump();
+
+  // A second batch, cancelled midway: it stops, and keeps what finished.
+  std::vector<Line> second;
+  for (int i = 0; i < 2000; ++i) second.push_back({"two-" + std::to_string(i), kPrompts[i % 8], 256, 0.8, 9000u + i});
+  const std::string id2 = create_batch(jsonl(second));
+  ASSERT_TRUE(eventually([&] { return get_json("/v1/batches/" + id2)["request_counts"].value("completed", 0) >= 5; },
+                         60000));
+  auto c = testing::http_post(base_url_ + "/v1/batches/" + id2 + "/cancel", "", {});
+  ASSERT_EQ(c.status, 200) << c.body;
+  EXPECT_EQ(json::parse(c.body).value("status", ""), "cancelling");
+  const json b2 = wait_final(id2, 60000);
+  ASSERT_EQ(b2.value("status", ""), "cancelled") << b2.dump();
+  const int64_t finished = b2["request_counts"]["completed"].get<int64_t>();
+  EXPECT_GT(finished, 0);
+  EXPECT_LT(finished, 2000) << "the cancel came too late to stop anything";
+  const std::vector<json> kept = file_lines(b2["output_file_id"]);
+  EXPECT_EQ(static_cast<int64_t>(kept.size()), finished);
+  for (const json& o : kept) EXPECT_EQ(o["custom_id"].get<std::string>().rfind("two-", 0), 0u);
+  // Nothing of the cancelled batch keeps running.
+  EXPECT_TRUE(eventually([&] { return status().value("/jobs/live"_json_pointer, -1) == 0; }, 20000))
+      << status().dump();
+  // A finished batch cannot be cancelled again.
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/batches/" + id2 + "/cancel", "", {}).status, 409);
+  // Both batches are listed, newest first.
+  const json list = get_json("/v1/batches?limit=10");
+  ASSERT_EQ(list["data"].size(), 2u);
+  EXPECT_EQ(list["data"][0]["id"], id2);
+}
+
+TEST_F(Batches, ABatchSurvivesACoordinatorKilledMidway) {
+  std::vector<Line> lines;
+  for (int i = 0; i < 600; ++i) lines.push_back({"r-" + std::to_string(i), kPrompts[i % 8], 128, 0.8, 700u + i});
+  const std::string id = create_batch(jsonl(lines));
+  ASSERT_TRUE(eventually([&] { return get_json("/v1/batches/" + id)["request_counts"].value("completed", 0) >= 20; },
+                         60000));
+  coordinator_->signal(SIGKILL);
+  ASSERT_TRUE(coordinator_->wait(10000).has_value());
+  transport::ProcessOptions co;
+  co.program = IDLEFLEET_BINARY;
+  co.args = {"coordinator", "--nats", nats_->url(), "--http-port", std::to_string(http_port_), "--data-dir",
+             (dir_ / "data").string(), "--model", "stories260K=" + model_, "--lease-ms", "2000"};
+  co.stdout_path = co.stderr_path = (dir_ / "coordinator2.log").string();
+  auto coordinator = transport::Process::spawn(co);
+  ASSERT_TRUE(coordinator.has_value());
+  coordinator_ = std::make_unique<transport::Process>(std::move(*coordinator));
+  ASSERT_TRUE(transport::wait_for_tcp("127.0.0.1", http_port_, 20000)) << log("coordinator2.log");
+
+  const json b = wait_final(id, 240000);
+  ASSERT_EQ(b.value("status", ""), "completed") << b.dump() << log("coordinator2.log");
+  EXPECT_EQ(b["request_counts"]["completed"], 600) << b.dump();
+  const std::vector<json> out = file_lines(b["output_file_id"]);
+  ASSERT_EQ(out.size(), 600u);
+  auto model = engine::Model::load(model_);
+  ASSERT_TRUE(model.has_value());
+  std::set<std::string> seen;
+  for (const json& o : out) {
+    const std::string cid = o.value("custom_id", "");
+    ASSERT_TRUE(seen.insert(cid).second) << "twice: " << cid;
+    const Line& l = lines[static_cast<size_t>(std::stoi(cid.substr(2)))];
+    EXPECT_EQ(o["response"]["body"]["choices"][0].value("text", ""), local_text(**model, l)) << cid;
+  }
+  EXPECT_NE(log("coordinator2.log").find("unfinished batches"), std::string::npos) << log("coordinator2.log");
+}
+
+TEST_F(Batches, WithNoVehicleInteractiveWorkGets503AndBatchesWait) {
+  // Every driver comes back: no car can take work for a while.
+  auto control = transport::NatsClient::connect({.url = nats_->url(), .name = "batches-test"});
+  ASSERT_TRUE(control.has_value());
+  for (int k = 1; k <= 8; ++k) {
+    char vid[16];
+    std::snprintf(vid, sizeof vid, "car-%02d", k);
+    ASSERT_TRUE((*control)->publish(core::sim_subject(vid), R"({"action":"driver_returns"})").has_value());
+  }
+  ASSERT_TRUE((*control)->flush().has_value());
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json s = status();
+        return s.value("/vehicles/by_state/eligible"_json_pointer, -1) == 0 &&
+               s.value("/vehicles/by_state/serving"_json_pointer, -1) == 0;
+      },
+      20000))
+      << status().dump();
+  testing::HttpResult r;
+  ASSERT_TRUE(eventually(
+      [&] {
+        r = testing::http_post(base_url_ + "/v1/completions",
+                               R"({"model":"stories260K","prompt":"Once","max_tokens":4})",
+                               {"Content-Type: application/json"});
+        return r.status == 503;
+      },
+      5000))
+      << r.status << " " << r.body;
+  const json e = json::parse(r.body);
+  EXPECT_EQ(e["error"]["code"], "no_capacity");
+  bool retry_after = false;
+  for (const auto& [k, v] : r.headers) retry_after |= k == "retry-after" && v == "10";
+  EXPECT_TRUE(retry_after);
+  // A batch is accepted: it waits for the cars.
+  const std::string id = create_batch(jsonl({{"w-1", "The sun was", 8, 0.0, 1}}));
+  EXPECT_EQ(get_json("/v1/batches/" + id).value("status", ""), "in_progress");
+}
+
+TEST_F(Batches, FilesAndBatchesRefuseGarbage) {
+  // Files: wrong purpose, not multipart, missing file part; unknown ids.
+  EXPECT_EQ(upload("x", "fine-tune").status, 400);
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/files", "{}", {"Content-Type: application/json"}).status, 400);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/file-nope").status, 404);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/file-nope/content").status, 404);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/batches/batch_nope").status, 404);
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/batches/batch_nope/cancel", "", {}).status, 404);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/batches?limit=0").status, 400);
+  // A file over the upload limit gets 413 before it is read.
+  EXPECT_EQ(upload(std::string((100u << 20) + (128u << 10), 'x')).status, 413);
+  // Batch bodies: unknown file, wrong endpoint, an empty file fails the batch.
+  auto post = [&](const json& body) {
+    return testing::http_post(base_url_ + "/v1/batches", body.dump(), {"Content-Type: application/json"});
+  };
+  EXPECT_EQ(post({{"input_file_id", "file-nope"}, {"endpoint", "/v1/completions"}, {"completion_window", "24h"}}).status,
+            404);
+  EXPECT_EQ(post({{"input_file_id", "f"}, {"endpoint", "/v1/moderations"}, {"completion_window", "24h"}}).status, 400);
+  auto empty = upload("\n");
+  ASSERT_EQ(empty.status, 200);
+  const std::string empty_id = json::parse(empty.body).value("id", "");
+  auto failed = post({{"input_file_id", empty_id}, {"endpoint", "/v1/completions"}, {"completion_window", "24h"}});
+  ASSERT_EQ(failed.status, 200);
+  const json fb = json::parse(failed.body);
+  EXPECT_EQ(fb.value("status", ""), "failed");
+  EXPECT_EQ(fb["errors"]["data"][0]["code"], "invalid_file");
+  // Upload, read back, list, delete.
+  auto up = upload("{\"a\":1}\n");
+  ASSERT_EQ(up.status, 200);
+  const json f = json::parse(up.body);
+  EXPECT_EQ(f["object"], "file");
+  EXPECT_EQ(f["bytes"], 8);
+  EXPECT_EQ(f["filename"], "input.jsonl");
+  const std::string fid = f["id"];
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + fid + "/content").body, "{\"a\":1}\n");
+  EXPECT_GE(get_json("/v1/files")["data"].size(), 2u);
+  // DELETE through a raw request (the test client has no DELETE helper).
+  const std::string reply = testing::raw_exchange(
+      http_port_, "DELETE /v1/files/" + fid + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(reply.find("\"deleted\":true"), std::string::npos) << reply;
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + fid).status, 404);
+}
+
+}  // namespace
+}  // namespace idlefleet

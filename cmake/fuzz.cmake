@@ -34,6 +34,7 @@ target_link_options(fuzz_replay PRIVATE -fsanitize=fuzzer,address,undefined)
 add_executable(fuzz_api_request
   ${PROJECT_SOURCE_DIR}/tests/fuzz/api_request/fuzz_api_request.cc
   ${PROJECT_SOURCE_DIR}/src/coordinator/openai.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/stop_strings.cc
   ${PROJECT_SOURCE_DIR}/src/common/result.cc)
 target_include_directories(fuzz_api_request PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_link_libraries(fuzz_api_request PRIVATE nlohmann_json::nlohmann_json)

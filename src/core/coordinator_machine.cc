@@ -283,7 +283,7 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     requeue(entry, now);
     out->push_back(PersistJobEffect{m->job_id});
   } else if (const auto* m = std::get_if<EmbeddingMessage>(&msg)) {
-    on_embedding(&v, *m, now, out);
+    if (!on_embedding(&v, *m, now, out)) return;
   } else if (const auto* m = std::get_if<FailedMessage>(&msg)) {
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "failed", out);
     if (entry == nullptr) return;
@@ -300,17 +300,17 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
   if (!queue_.empty() && !idle_.empty()) place_queued(now, out);
 }
 
-void CoordinatorMachine::on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out) {
+bool CoordinatorMachine::on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out) {
   const std::string& vid = v->id;
   JobEntry* entry = attempt_of(vid, m.job_id, m.attempt, "embedding", out);
-  if (entry == nullptr) return;
+  if (entry == nullptr) return false;
   if (entry->spec.kind != WorkKind::kEmbed) {
-    return reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id +
-                                       ", which is a generation", out);
+    reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id + ", which is a generation", out);
+    return false;
   }
   if (entry->job.state() != JobState::kRunning) {
-    return reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id + " before it started",
-                  out);
+    reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id + " before it started", out);
+    return false;
   }
   // What the engine makes: one value per model dimension, for exactly the
   // prompt, unit length (zero only for an all-zero mean). Anything else is a
@@ -336,13 +336,15 @@ void CoordinatorMachine::on_embedding(VehicleView* v, const EmbeddingMessage& m,
     release_vehicle(vid, m.job_id);
     requeue(entry, now);
     out->push_back(PersistJobEffect{m.job_id});
-    return;
+    place_queued(now, out);  // the vehicle has let go (its agent ended the attempt when it sent this)
+    return false;
   }
   CHECK(entry->job.complete(m.attempt, 0, "stop", now).has_value());
   ++v->attempts_completed;
   release_vehicle(vid, m.job_id);
   out->push_back(JobEmbeddingEffect{m.job_id, m.tokens, m.values});
   finish(entry, out);
+  return true;
 }
 
 // ---- Placement and time -----------------------------------------------------

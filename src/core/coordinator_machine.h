@@ -230,7 +230,8 @@ class CoordinatorMachine {
   void on_vehicle(const VehicleMessageEvent& e, TimeMs now, Effects* out);
   void on_hello(const std::string& vid, const HelloMessage& m, TimeMs now, Effects* out);
   void on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out);
-  void on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out);
+  // Completes an embed attempt with its vector; false when it was refused.
+  bool on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out);
   // Finds the job and checks that `vid` holds its live attempt `attempt`.
   JobEntry* attempt_of(const std::string& vid, const std::string& job_id, uint32_t attempt, const char* what,
                        Effects* out);

@@ -247,9 +247,7 @@ CoordinatorCoreConfig embed_config() {
 }
 
 JobSpec embed_spec() {
-  JobSpec s;
-  s.model_id = "m";
-  s.prompt_ids = {1, 5, 6};
+  JobSpec s = spec(0);  // model "m", prompt {1, 5, 6}, no new tokens
   s.kind = WorkKind::kEmbed;
   return s;
 }
@@ -321,9 +319,12 @@ TEST(CoordinatorMachine, AnEmbeddingCompletesItsJobAndGoesToTheClient) {
   EXPECT_EQ(c.vehicles_available(), 1u);
   EXPECT_EQ(c.vehicles().at("v1").attempts_completed, 1u);
   // Twice: stale.
+  const CoordinatorCounters before = c.counters();
   fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.6f, 0.8f}}}, kT0 + 4);
   EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "stale_message");
   EXPECT_TRUE(effects_of<JobEmbeddingEffect>(fx).empty());
+  EXPECT_EQ(c.counters().messages_rejected, before.messages_rejected + 1);
+  EXPECT_EQ(c.counters().messages_accepted, before.messages_accepted);
 }
 
 TEST(CoordinatorMachine, EmbeddingKindsAreNotMixedUp) {

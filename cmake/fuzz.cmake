@@ -35,6 +35,10 @@ add_executable(fuzz_api_request
   ${PROJECT_SOURCE_DIR}/tests/fuzz/api_request/fuzz_api_request.cc
   ${PROJECT_SOURCE_DIR}/src/coordinator/openai.cc
   ${PROJECT_SOURCE_DIR}/src/engine/stop_strings.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/quant.cc
   ${PROJECT_SOURCE_DIR}/src/common/result.cc)
 target_include_directories(fuzz_api_request PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_link_libraries(fuzz_api_request PRIVATE nlohmann_json::nlohmann_json)
@@ -48,3 +52,19 @@ add_executable(fuzz_chat_template
 target_include_directories(fuzz_chat_template PRIVATE ${PROJECT_SOURCE_DIR}/src)
 target_compile_options(fuzz_chat_template PRIVATE ${FUZZ_FLAGS})
 target_link_options(fuzz_chat_template PRIVATE -fsanitize=fuzzer,address,undefined)
+
+add_executable(fuzz_batch_upload
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/batch_upload/fuzz_batch_upload.cc
+  ${PROJECT_SOURCE_DIR}/src/coordinator/multipart.cc
+  ${PROJECT_SOURCE_DIR}/src/coordinator/batch.cc
+  ${PROJECT_SOURCE_DIR}/src/coordinator/openai.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/stop_strings.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/chat_template.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/tokenizer.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc
+  ${PROJECT_SOURCE_DIR}/src/engine/quant.cc
+  ${PROJECT_SOURCE_DIR}/src/common/result.cc)
+target_include_directories(fuzz_batch_upload PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(fuzz_batch_upload PRIVATE nlohmann_json::nlohmann_json)
+target_compile_options(fuzz_batch_upload PRIVATE ${FUZZ_FLAGS})
+target_link_options(fuzz_batch_upload PRIVATE -fsanitize=fuzzer,address,undefined)

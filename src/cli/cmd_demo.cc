@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -128,10 +129,17 @@ void run_demo(DemoFlags& f) {
                base_url.c_str(), fo.vehicles, 1440.0 / fo.time_scale, model_path.c_str(), f.requests_per_minute,
                base_url.c_str(), base_url.c_str(), base_url.c_str());
 
-  // The trickle: one client thread per request in flight, at a steady rate.
+  // The trickle: one client thread per request in flight, at a steady rate;
+  // finished ones are joined as it goes (a thread left unjoined keeps its
+  // stack), and at most kDemoClientsMax run at once.
+  constexpr size_t kDemoClientsMax = 256;
+  struct Client {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, failed{0};
-  std::vector<std::thread> clients;
+  std::vector<Client> clients;
   std::thread trickle([&] {
     uint64_t n = 0;
     const auto period = std::chrono::milliseconds(static_cast<int64_t>(60000.0 / f.requests_per_minute));
@@ -144,9 +152,19 @@ void run_demo(DemoFlags& f) {
                                    {"temperature", 0.8},
                                    {"seed", n}};
       ++n;
-      clients.emplace_back([&, text = body.dump()] {
-        (send_request(base_url, text) == 200 ? ok : failed)++;
+      std::erase_if(clients, [](Client& c) {
+        if (!c.done->load()) return false;
+        c.thread.join();
+        return true;
       });
+      if (clients.size() < kDemoClientsMax) {
+        auto done = std::make_shared<std::atomic<bool>>(false);
+        clients.push_back({std::thread([&, done, text = body.dump()] {
+                             (send_request(base_url, text) == 200 ? ok : failed)++;
+                             done->store(true);
+                           }),
+                           done});
+      }
       while (!stop.load() && std::chrono::steady_clock::now() < next) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
@@ -166,7 +184,7 @@ void run_demo(DemoFlags& f) {
   trickle.join();
   (*fleet)->stop();      // vehicles stop; requests in flight end as the coordinator stops
   (*coordinator)->stop();
-  for (auto& t : clients) t.join();
+  for (auto& c : clients) c.thread.join();
   if (nats) nats->stop();
   std::fprintf(stderr, "demo: %d requests completed, %d failed\n", ok.load(), failed.load());
   if (f.seconds > 0 && ok.load() == 0) throw CommandError{"no request completed during the demo"};

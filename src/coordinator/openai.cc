@@ -57,6 +57,31 @@ std::optional<ApiError> refuse_unsupported(const json& j, bool chat) {
 
 }  // namespace
 
+std::variant<std::vector<int32_t>, ApiError> prompt_token_ids(const engine::Tokenizer& tok,
+                                                              const engine::ChatTemplate* tmpl,
+                                                              const CompletionRequest& req) {
+  std::vector<int32_t> ids;
+  if (req.chat && tmpl != nullptr) {
+    engine::ChatTemplateInputs in;
+    for (const ChatMessage& m : req.messages) {
+      if (const int32_t id = tok.find_control_text(m.content); id >= 0) {
+        return bad("messages", "a message contains the model's control token '" + tok.piece(id) + "'");
+      }
+      in.messages.push_back({m.role, m.content});
+    }
+    in.add_generation_prompt = true;
+    in.bos_token = tok.piece(tok.bos());
+    in.eos_token = tok.piece(tok.eos());
+    auto text = tmpl->render(in);
+    if (!text) return bad("messages", "the model's chat template refused the messages: " + text.error().message);
+    ids = tok.encode_with_controls(*text, tok.add_bos());
+  } else {
+    ids = tok.encode(req.prompt, tok.add_bos());
+  }
+  if (ids.empty()) ids.push_back(tok.bos());
+  return ids;
+}
+
 std::string error_body(const ApiError& e) {
   json err = {{"message", e.message},
               {"type", e.type},

@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "core/protocol.h"
+#include "engine/chat_template.h"
+#include "engine/tokenizer.h"
 
 namespace idlefleet::coordinator {
 
@@ -77,6 +79,16 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_v
 // messages first as given, separated by blank lines; a base model simply
 // continues the text. Deterministic, so the same messages give the same prompt.
 std::string render_chat_prompt(const std::vector<ChatMessage>& messages);
+
+// The prompt's token ids, as `idlefleet run` would have them: a completion's
+// prompt encoded with BOS when the model adds one; a chat's messages rendered
+// by the model's template (`tmpl`, when it has one: its control texts become
+// control tokens, and a message that contains one is refused, so that no
+// client can forge a turn) or else by the fallback in req.prompt. An empty
+// prompt is BOS alone.
+std::variant<std::vector<int32_t>, ApiError> prompt_token_ids(const engine::Tokenizer& tok,
+                                                              const engine::ChatTemplate* tmpl,
+                                                              const CompletionRequest& req);
 
 struct Usage {
   uint64_t prompt_tokens = 0;

@@ -407,7 +407,6 @@ struct CoordinatorServer::Impl {
     if (!fstore) return Unexpected(fstore.error());
     files = std::move(*fstore);
     IF_RETURN_IF_ERROR(restore_batches(wall_ms()));
-    files_thread = std::thread([this] { files_loop(); });
     publish_status(wall_ms());
 
     transport::NatsOptions n;
@@ -421,6 +420,8 @@ struct CoordinatorServer::Impl {
     if (!sub) return Unexpected(sub.error());
     IF_RETURN_IF_ERROR(nats->flush());
 
+    // Threads last: an error above returns with none to join.
+    files_thread = std::thread([this] { files_loop(); });
     loop_thread = std::thread([this] { loop(); });
 
     transport::HttpServerOptions h;
@@ -606,41 +607,9 @@ struct CoordinatorServer::Impl {
     x->respond(std::move(resp));
   }
 
-  // The prompt's token ids: a completion's prompt as `idlefleet run` encodes
-  // it; a chat's messages through the model's own template when it has one
-  // (its control texts become control tokens; a message may not contain
-  // them), else the fallback rendering the parser left in req.prompt.
   static std::variant<std::vector<int32_t>, ApiError> prompt_tokens(const ServedModel& model,
                                                                     const CompletionRequest& req) {
-    const engine::Tokenizer& tok = *model.tokenizer;
-    std::vector<int32_t> ids;
-    if (req.chat && model.chat_template) {
-      engine::ChatTemplateInputs in;
-      for (const ChatMessage& m : req.messages) {
-        if (const int32_t id = tok.find_control_text(m.content); id >= 0) {
-          ApiError e = api_error(400, "invalid_request_error",
-                                 "a message contains the model's control token '" + tok.piece(id) + "'");
-          e.param = "messages";
-          return e;
-        }
-        in.messages.push_back({m.role, m.content});
-      }
-      in.add_generation_prompt = true;
-      in.bos_token = tok.piece(tok.bos());
-      in.eos_token = tok.piece(tok.eos());
-      auto text = model.chat_template->render(in);
-      if (!text) {
-        ApiError e = api_error(400, "invalid_request_error", "the model's chat template refused the messages: " +
-                                                                 text.error().message);
-        e.param = "messages";
-        return e;
-      }
-      ids = tok.encode_with_controls(*text, tok.add_bos());
-    } else {
-      ids = tok.encode(req.prompt, tok.add_bos());
-    }
-    if (ids.empty()) ids.push_back(tok.bos());
-    return ids;
+    return prompt_token_ids(*model.tokenizer, model.chat_template ? &*model.chat_template : nullptr, req);
   }
 
   void submit(const HttpRequest& r, bool chat, const std::string& key_id, std::shared_ptr<HttpExchange> x) {

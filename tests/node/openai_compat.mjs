@@ -21,7 +21,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import OpenAI, { BadRequestError, NotFoundError } from 'openai';
+import OpenAI, { BadRequestError, NotFoundError, toFile } from 'openai';
 
 const baseURL = process.env.OPENAI_BASE_URL;
 const apiKey = process.env.OPENAI_API_KEY;
@@ -277,15 +277,91 @@ test('a bad parameter gives BadRequestError (400) naming it', async () => {
 //   usage.prompt_tokens; encoding_format 'base64' (the client's default when
 //   none is given decodes it back to floats) equals 'float'; the same input
 //   gives the same vector.
-//
-// files: client.files.create({ file: await toFile(Buffer.from(jsonl), 'b.jsonl'),
-//   purpose: 'batch' }) (toFile is exported by 'openai'); files.retrieve(id),
-//   files.list() contains it, files.content(id) gives the bytes back,
-//   files.delete(id) then retrieve gives NotFoundError.
-//
-// batches: client.batches.create({ input_file_id, endpoint: '/v1/chat/completions',
-//   completion_window: '24h' }); poll batches.retrieve(id) with a deadline until
-//   status 'completed'; files.content(output_file_id) holds one line per
-//   request with custom_id and a response whose body matches the same request
-//   sent directly (seeded); batches.list() contains it; batches.cancel(id) on
-//   another batch ends 'cancelling' or 'cancelled'.
+
+// ---- Files and batches ---------------------------------------------------------------
+
+test('files: upload, retrieve, list, content, delete', async () => {
+  const jsonl = '{"custom_id":"x","method":"POST","url":"/v1/completions","body":{}}\n';
+  const f = await client.files.create({ file: await toFile(Buffer.from(jsonl), 'x.jsonl'), purpose: 'batch' });
+  assert.equal(f.object, 'file');
+  assert.equal(f.purpose, 'batch');
+  assert.equal(f.filename, 'x.jsonl');
+  assert.equal(f.bytes, Buffer.byteLength(jsonl));
+  assert.equal((await client.files.retrieve(f.id)).id, f.id);
+  const ids = [];
+  for await (const item of client.files.list()) ids.push(item.id);
+  assert.ok(ids.includes(f.id));
+  assert.equal(await (await client.files.content(f.id)).text(), jsonl);
+  const gone = await client.files.delete(f.id);
+  assert.equal(gone.deleted, true);
+  await assert.rejects(client.files.retrieve(f.id), NotFoundError);
+  await assert.rejects(
+    client.files.create({ file: await toFile(Buffer.from('x'), 'x.txt'), purpose: 'fine-tune' }),
+    BadRequestError,
+  );
+});
+
+test('batches: a chat batch completes with one line per request, equal to the same request sent directly', async () => {
+  const requests = [];
+  for (let i = 0; i < 12; i++) {
+    requests.push({
+      custom_id: `r${i}`,
+      method: 'POST',
+      url: '/v1/chat/completions',
+      body: { model, messages: [{ role: 'user', content: `Tell me about the number ${i}` }], max_tokens: 16, seed: 40 + i, temperature: 0.8 },
+    });
+  }
+  const jsonl = requests.map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const input = await client.files.create({ file: await toFile(Buffer.from(jsonl), 'in.jsonl'), purpose: 'batch' });
+  let batch = await client.batches.create({
+    input_file_id: input.id,
+    endpoint: '/v1/chat/completions',
+    completion_window: '24h',
+    metadata: { test: 'node' },
+  });
+  assert.equal(batch.object, 'batch');
+  assert.equal(batch.metadata.test, 'node');
+  const deadline = Date.now() + 60_000;
+  while (batch.status !== 'completed') {
+    assert.ok(!['failed', 'expired', 'cancelled'].includes(batch.status), `batch ${batch.status}`);
+    assert.ok(Date.now() < deadline, `batch still ${batch.status}`);
+    await new Promise((r) => setTimeout(r, 100));
+    batch = await client.batches.retrieve(batch.id);
+  }
+  assert.equal(batch.request_counts.total, 12);
+  assert.equal(batch.request_counts.completed, 12);
+  assert.equal(batch.request_counts.failed, 0);
+  const lines = (await (await client.files.content(batch.output_file_id)).text()).trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 12);
+  assert.deepEqual(lines.map((l) => l.custom_id).sort(), requests.map((r) => r.custom_id).sort());
+  for (const line of lines.slice(0, 3)) {
+    assert.equal(line.response.status_code, 200);
+    const request = requests.find((r) => r.custom_id === line.custom_id);
+    const direct = await client.chat.completions.create(request.body);
+    assert.equal(line.response.body.choices[0].message.content, direct.choices[0].message.content);
+  }
+  const listed = [];
+  for await (const b of client.batches.list({ limit: 100 })) listed.push(b.id);
+  assert.ok(listed.includes(batch.id));
+  await assert.rejects(client.batches.retrieve('batch_nope'), NotFoundError);
+});
+
+test('batches: cancel stops a batch and keeps what finished', async () => {
+  const requests = [];
+  for (let i = 0; i < 1500; i++) {
+    requests.push({ custom_id: `c${i}`, method: 'POST', url: '/v1/completions', body: { model, prompt: 'Once', max_tokens: 256, seed: i } });
+  }
+  const jsonl = requests.map((r) => JSON.stringify(r)).join('\n');
+  const input = await client.files.create({ file: await toFile(Buffer.from(jsonl), 'big.jsonl'), purpose: 'batch' });
+  const batch = await client.batches.create({ input_file_id: input.id, endpoint: '/v1/completions', completion_window: '24h' });
+  const cancelled = await client.batches.cancel(batch.id);
+  assert.ok(['cancelling', 'cancelled'].includes(cancelled.status), cancelled.status);
+  let b = cancelled;
+  const deadline = Date.now() + 60_000;
+  while (b.status !== 'cancelled') {
+    assert.ok(Date.now() < deadline, `batch still ${b.status}`);
+    await new Promise((r) => setTimeout(r, 100));
+    b = await client.batches.retrieve(batch.id);
+  }
+  assert.ok(b.request_counts.completed < 1500);
+});

@@ -187,6 +187,7 @@ Status Fleet::init() {
     c.policy = options_.policy;
     c.utc_offset_minutes = options_.utc_offset_minutes;
     c.models_cached = cached;
+    c.embeddings = true;  // engine_main runs kind "embed"
     const double scale = options_.time_scale;
     c.heartbeat_ms = static_cast<core::DurationMs>(static_cast<double>(options_.heartbeat_ms) * scale);
     c.hello_ms = static_cast<core::DurationMs>(10000.0 * scale);
@@ -452,6 +453,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     v.engine_ctx = std::make_unique<engine::Context>(m, 0, v.engine_pool.get());
     v.engine_model = *model;
   }
+  if (a.kind == core::WorkKind::kEmbed) return embed_attempt(index, a, *stop);
   engine::Generator gen(m, *v.engine_ctx);  // resume() starts the context afresh
   engine::SessionState state;
   state.model = m.name();
@@ -514,6 +516,38 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     }
     if (steady_ns() - last_sent_ns >= chunk_ns || held.ids.size() >= chunk_tokens_max) send_held();
   }
+}
+
+// An embed attempt is one call into the engine (a batched prefill of the
+// prompt, bounded by the context): unlike a generation it has no token
+// boundary at which to stop, so a stop asked for while it runs takes effect
+// when it returns, and a vector finished by then is still reported (the
+// machine decides, as for a generation that finished first). The context is
+// rewound before and after (embed_sequence), so the next generation on it
+// starts as in a fresh one.
+void Fleet::embed_attempt(size_t index, const core::AssignMessage& a, const std::atomic<bool>& stop) {
+  Vehicle& v = *vehicles_[index];
+  auto post_event = [&](core::AgentEvent e) {
+    InboxItem item;
+    item.index = index;
+    item.event = std::move(e);
+    post(std::move(item));
+  };
+  if (stop.load(std::memory_order_acquire)) {
+    post_event(core::EngineStoppedEvent{a.job_id, a.attempt, 0});
+    return;
+  }
+  auto values = v.engine_ctx->embed_sequence(a.prompt_ids);
+  if (stop.load(std::memory_order_acquire)) {
+    const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
+    std::lock_guard<std::mutex> lock(mu_);
+    latencies_ms_.push_back(ms);
+  }
+  if (!values) {
+    post_event(core::EngineFailedEvent{a.job_id, a.attempt, values.error().to_string()});
+    return;
+  }
+  post_event(core::EngineEmbeddingEvent{a.job_id, a.attempt, a.prompt_ids.size(), std::move(*values)});
 }
 
 void Fleet::advance_sources(core::TimeMs now) {

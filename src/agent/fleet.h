@@ -130,6 +130,9 @@ class Fleet {
   void run_effects(size_t index, std::vector<core::AgentEffect> effects);
   void start_engine(size_t index, const core::AssignMessage& assign);
   void engine_main(size_t index, core::AssignMessage assign, std::shared_ptr<std::atomic<bool>> stop);
+  // The rest of engine_main for a kind "embed" attempt, once the model and
+  // the vehicle's context are ready.
+  void embed_attempt(size_t index, const core::AssignMessage& assign, const std::atomic<bool>& stop);
   void on_vss(size_t index, std::string_view data);
   void on_sim(size_t index, std::string_view data);
   // Counts and logs (at a bounded rate) input from the fabric that we refuse.

@@ -1,8 +1,10 @@
 #include "coordinator/openai.h"
 
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -384,6 +386,165 @@ std::string usage_event(const ResponseMeta& meta, bool chat, const Usage& usage)
   j["choices"] = json::array();
   j["usage"] = usage_json(usage);
   return "data: " + j.dump() + "\n\n";
+}
+
+// ---- Embeddings ------------------------------------------------------------------
+
+namespace {
+
+// Token ids for one input, or an error naming it.
+std::optional<ApiError> read_token_ids(const json& a, const std::string& where, std::vector<int32_t>* out) {
+  if (a.empty()) return bad("input", where + " is an empty array of token ids");
+  if (a.size() > core::kTokenIdsMax) {
+    return bad("input", where + " holds more than " + std::to_string(core::kTokenIdsMax) + " token ids");
+  }
+  out->reserve(a.size());
+  for (const json& e : a) {
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > core::kTokenIdMax ||
+        (e.is_number_unsigned() && e.get<uint64_t>() > static_cast<uint64_t>(core::kTokenIdMax))) {
+      return bad("input", where + " must hold token ids: integers from 0 to " + std::to_string(core::kTokenIdMax));
+    }
+    out->push_back(static_cast<int32_t>(e.get<int64_t>()));
+  }
+  return std::nullopt;
+}
+
+std::optional<ApiError> read_text(const json& s, const std::string& where, std::string* out) {
+  const std::string& t = s.get_ref<const std::string&>();
+  if (t.empty()) return bad("input", where + " is an empty string");
+  if (t.size() > kPromptBytesMax) {
+    return bad("input", where + " is longer than " + std::to_string(kPromptBytesMax) + " bytes");
+  }
+  *out = t;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::variant<EmbeddingRequest, ApiError> parse_embedding_request(std::string_view body, const ApiLimits& limits) {
+  if (body.size() > limits.body_bytes_max) {
+    ApiError e = bad("", "request body larger than " + std::to_string(limits.body_bytes_max) + " bytes");
+    e.status = 413;
+    return e;
+  }
+  const json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad("", "the request body is not valid JSON");
+  if (!j.is_object()) return bad("", "the request body must be a JSON object");
+
+  EmbeddingRequest r;
+  if (!present(j, "model") || !j["model"].is_string() || j["model"].get_ref<const std::string&>().empty()) {
+    return bad("model", "'model' is required");
+  }
+  r.model = j["model"].get<std::string>();
+  if (r.model.size() > core::kIdBytesMax) return bad("model", "'model' is too long");
+
+  if (!present(j, "input")) return bad("input", "'input' is required");
+  const json& in = j["input"];
+  const char* kShapes = "'input' must be a string, an array of strings, an array of token ids or an array of arrays "
+                        "of token ids";
+  if (in.is_string()) {
+    EmbeddingInput one;
+    if (auto e = read_text(in, "input", &one.text)) return *e;
+    r.inputs.push_back(std::move(one));
+  } else if (in.is_array()) {
+    if (in.empty()) return bad("input", "'input' must not be an empty array");
+    if (in[0].is_number()) {
+      // One input given as token ids.
+      EmbeddingInput one;
+      one.tokens = true;
+      if (auto e = read_token_ids(in, "input", &one.ids)) return *e;
+      r.inputs.push_back(std::move(one));
+    } else {
+      if (in.size() > kEmbeddingInputsMax) {
+        return bad("input", "'input' holds " + std::to_string(in.size()) + " inputs; at most " +
+                                std::to_string(kEmbeddingInputsMax) + " are allowed");
+      }
+      const bool texts = in[0].is_string();
+      r.inputs.reserve(in.size());
+      for (size_t i = 0; i < in.size(); ++i) {
+        const std::string where = "input[" + std::to_string(i) + "]";
+        EmbeddingInput one;
+        if (texts && in[i].is_string()) {
+          if (auto e = read_text(in[i], where, &one.text)) return *e;
+        } else if (!texts && in[i].is_array()) {
+          one.tokens = true;
+          if (auto e = read_token_ids(in[i], where, &one.ids)) return *e;
+        } else {
+          return bad("input", std::string(kShapes) + " (" + where + " differs)");
+        }
+        r.inputs.push_back(std::move(one));
+      }
+    }
+  } else {
+    return bad("input", kShapes);
+  }
+
+  if (present(j, "encoding_format")) {
+    const json& f = j["encoding_format"];
+    if (!f.is_string() || (f != "float" && f != "base64")) {
+      return bad("encoding_format", "'encoding_format' must be \"float\" or \"base64\"");
+    }
+    r.base64 = f == "base64";
+  }
+  if (present(j, "dimensions")) {
+    const json& d = j["dimensions"];
+    if (!d.is_number_integer() || d.get<int64_t>() < 1) return bad("dimensions", "'dimensions' must be an integer >= 1");
+    r.dimensions = d.get<uint64_t>();
+  }
+  if (present(j, "user")) {
+    if (!j["user"].is_string()) return bad("user", "'user' must be a string");
+    r.user = j["user"].get<std::string>();
+  }
+  return r;
+}
+
+std::string embedding_base64(std::span<const float> values) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bytes(values.size() * 4, '\0');
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint32_t u = std::bit_cast<uint32_t>(values[i]);
+    for (size_t b = 0; b < 4; ++b) bytes[i * 4 + b] = static_cast<char>((u >> (8 * b)) & 0xff);
+  }
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    const size_t n = std::min<size_t>(3, bytes.size() - i);
+    uint32_t group = 0;
+    for (size_t k = 0; k < 3; ++k) {
+      group = (group << 8) | (k < n ? static_cast<unsigned char>(bytes[i + k]) : 0u);
+    }
+    for (size_t k = 0; k < 4; ++k) {
+      out.push_back(k <= n ? kAlphabet[(group >> (18 - 6 * k)) & 0x3f] : '=');
+    }
+  }
+  return out;
+}
+
+std::string embedding_response(const std::string& model, const std::vector<std::vector<float>>& vectors, bool base64,
+                               uint64_t prompt_tokens) {
+  std::string out = std::string("{\"object\":\"list\",\"data\":[");
+  char buf[32];
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    out.append("{\"object\":\"embedding\",\"index\":").append(std::to_string(i)).append(",\"embedding\":");
+    if (base64) {
+      out.append("\"").append(embedding_base64(vectors[i])).append("\"");
+    } else {
+      out.push_back('[');
+      for (size_t k = 0; k < vectors[i].size(); ++k) {
+        if (k > 0) out.push_back(',');
+        // As `idlefleet embed`: the shortest text that reads back as this float.
+        const auto r = std::to_chars(buf, buf + sizeof buf, vectors[i][k]);
+        out.append(buf, r.ptr);
+      }
+      out.push_back(']');
+    }
+    out.push_back('}');
+  }
+  out.append("],\"model\":").append(json(model).dump(-1, ' ', false, json::error_handler_t::replace));
+  out.append(",\"usage\":{\"prompt_tokens\":").append(std::to_string(prompt_tokens));
+  out.append(",\"total_tokens\":").append(std::to_string(prompt_tokens)).append("}}");
+  return out;
 }
 
 std::string model_body(const ModelCard& m) {

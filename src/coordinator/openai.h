@@ -1,6 +1,7 @@
 // The OpenAI-compatible request and response shapes of the client API's
 // core: POST /v1/completions, POST /v1/chat/completions (streamed with
-// server-sent events, and not), GET /v1/models, and OpenAI's error object.
+// server-sent events, and not), POST /v1/embeddings, GET /v1/models, and
+// OpenAI's error object.
 //
 // Pure functions of their inputs (the server does the I/O), so every shape
 // is tested and the request parser is fuzzed. Parsing trusts nothing: the
@@ -27,6 +28,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -40,6 +42,7 @@ namespace idlefleet::coordinator {
 
 inline constexpr size_t kChatMessagesMax = 256;
 inline constexpr size_t kPromptBytesMax = 1u << 20;
+inline constexpr size_t kEmbeddingInputsMax = 2048;  // OpenAI's own limit
 
 struct ApiError {
   int status = 400;
@@ -146,6 +149,45 @@ std::string completion_chunk_event(const ResponseMeta& meta, bool chat, const st
 // The usage event (stream_options.include_usage): empty choices, usage set.
 std::string usage_event(const ResponseMeta& meta, bool chat, const Usage& usage);
 inline constexpr std::string_view kDoneEvent = "data: [DONE]\n\n";
+
+// ---- POST /v1/embeddings ------------------------------------------------------
+//
+// {model, input, encoding_format?, dimensions?, user?}. `input` is a string,
+// an array of strings, an array of token ids (one input), or an array of
+// arrays of token ids: 1..kEmbeddingInputsMax inputs, none empty (a text of
+// at most kPromptBytesMax bytes; ids in [0, core::kTokenIdMax], which the
+// server checks against the model's vocabulary, with its context length).
+// encoding_format is "float" (default) or "base64"; `dimensions`, an integer
+// >= 1, is checked by the server against the model's width (we do not
+// shorten vectors); `user` must be a string and is otherwise ignored.
+
+// One input: a text, or token ids taken as given (no BOS added).
+struct EmbeddingInput {
+  std::string text;
+  std::vector<int32_t> ids;
+  bool tokens = false;  // ids, not text
+};
+
+struct EmbeddingRequest {
+  std::string model;
+  std::vector<EmbeddingInput> inputs;
+  bool base64 = false;  // encoding_format "base64"
+  std::optional<uint64_t> dimensions;
+  std::string user;
+};
+
+std::variant<EmbeddingRequest, ApiError> parse_embedding_request(std::string_view body, const ApiLimits& limits);
+
+// {"object":"list","data":[{"object":"embedding","index":i,"embedding":...}],
+//  "model":...,"usage":{"prompt_tokens":N,"total_tokens":N}}, vectors[i]
+// being input i's. Floats are written as `idlefleet embed` writes them (the
+// shortest text that reads back as the same float); base64 is
+// embedding_base64() of each vector.
+std::string embedding_response(const std::string& model, const std::vector<std::vector<float>>& vectors, bool base64,
+                               uint64_t prompt_tokens);
+// The float32 values, little-endian, 4 bytes each, in base64 (RFC 4648,
+// standard alphabet, padded): OpenAI's encoding_format "base64".
+std::string embedding_base64(std::span<const float> values);
 
 // GET /v1/models and /v1/models/{id}.
 struct ModelCard {

@@ -23,6 +23,7 @@
 #include "core/coordinator_machine.h"
 #include "engine/chat_template.h"
 #include "engine/gguf.h"
+#include "engine/model.h"
 #include "engine/stop_strings.h"
 #include "coordinator/batch.h"
 #include "coordinator/multipart.h"
@@ -80,7 +81,8 @@ HttpResponse refusal_response(const Refusal& r) {
 // /v1/catalog) do not.
 bool client_api_route(const std::string& p) {
   return p == "/v1/models" || p.rfind("/v1/models/", 0) == 0 || p == "/v1/completions" || p == "/v1/chat/completions" ||
-         p == "/v1/files" || p.rfind("/v1/files/", 0) == 0 || p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0;
+         p == "/v1/files" || p.rfind("/v1/files/", 0) == 0 || p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0 ||
+         p == "/v1/embeddings";
 }
 
 // The peer's address without its port: "127.0.0.1:5555" -> "127.0.0.1", "[::1]:5" -> "[::1]".
@@ -145,6 +147,7 @@ struct ServedModel {
   uint64_t bytes = 0;
   int64_t created = 0;
   uint64_t context_length = 0;
+  uint64_t embedding_dim = 0;  // <arch>.embedding_length: the width of its embeddings
   std::unique_ptr<engine::GgufFile> file;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::optional<engine::ChatTemplate> chat_template;  // tokenizer.chat_template, when usable
@@ -198,6 +201,26 @@ std::vector<LogprobsEntry> release_logprobs(ClientStream& c, bool all) {
   }
   return out;
 }
+
+// One client waiting on POST /v1/embeddings. Each input is its own job
+// (kind embed, id "<id>-<index>"), so that the inputs are computed on as many
+// vehicles in parallel, each message stays small, and a preemption redoes one
+// input, not all. The response is assembled in input order once every job is
+// done; the first job that fails or is refused ends the request with an
+// error and cancels the rest.
+struct EmbeddingClient {
+  std::shared_ptr<HttpExchange> exchange;
+  std::string id;  // "emb-<hex>"
+  std::string model;
+  bool base64 = false;
+  std::vector<core::JobSpec> specs;  // one per input, until submitted
+  std::vector<std::string> job_ids;  // those submitted
+  std::vector<std::vector<float>> vectors;
+  size_t done = 0;
+  uint64_t prompt_tokens = 0;
+  std::string key_id;  // "" when auth is not required
+  bool answered = false;
+};
 
 // One line of a running batch (loop thread).
 struct BatchLineRun {
@@ -264,6 +287,10 @@ struct CoordinatorServer::Impl {
 
   // Loop-thread state.
   std::map<std::string, std::unique_ptr<ClientStream>> clients;
+  // Embedding requests by their id, and each live job's request and input index.
+  std::map<std::string, std::shared_ptr<EmbeddingClient>> embedding_clients;
+  std::map<std::string, std::pair<std::shared_ptr<EmbeddingClient>, size_t>> embedding_jobs;
+  std::vector<std::string> cancel_jobs;  // jobs to cancel after the effects at hand (apply())
   std::set<std::string> dirty;
   std::map<std::string, std::string> request_json;  // job id -> the request as accepted (until persisted final)
   // Idempotency keys of requests still running: scope + '\n' + key -> body hash.
@@ -319,6 +346,10 @@ struct CoordinatorServer::Impl {
           auto v = (*file)->get_uint(kv.key);
           if (v) m->context_length = *v;
         }
+        if (kv.key.size() > 17 && kv.key.substr(kv.key.size() - 17) == ".embedding_length") {
+          auto v = (*file)->get_uint(kv.key);
+          if (v) m->embedding_dim = *v;
+        }
       }
       if (auto source = (*file)->get_string("tokenizer.chat_template")) {
         auto parsed = engine::ChatTemplate::parse(*source);
@@ -363,6 +394,14 @@ struct CoordinatorServer::Impl {
       spec.sampling = *sampling;
       spec.batch = s.batch;
       request_json[s.id] = s.request_json;
+      if (s.kind == "embedding") {
+        // Its vector was for a client who is gone with the old process, and
+        // vectors are not stored: nobody could read the result. It ends as
+        // failed, in the store too.
+        spec.kind = core::WorkKind::kEmbed;
+        CHECK(job->fail("the coordinator restarted; the embedding's client is gone", now).has_value());
+        dirty.insert(s.id);
+      }
       apply(machine->handle(core::RestoreJobEvent{std::move(*job), std::move(spec)}, now), now);
       ++restored;
     }
@@ -390,7 +429,7 @@ struct CoordinatorServer::Impl {
     core_config.limits.tokens_max = config.max_tokens_limit;
     core_config.vehicle_timeout_ms = config.vehicle_timeout_ms;
     core_config.queue_jobs_max = config.queue_jobs_max;
-    for (const auto& m : models) core_config.models.push_back({m->id, m->bytes});
+    for (const auto& m : models) core_config.models.push_back({m->id, m->bytes, m->embedding_dim});
     machine = std::make_unique<core::CoordinatorMachine>(core_config);
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");
     IF_RETURN_IF_ERROR(restore_jobs(wall_ms()));
@@ -559,7 +598,9 @@ struct CoordinatorServer::Impl {
     if (r.method == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions")) {
       return submit(r, p == "/v1/chat/completions", key_id, std::move(x));
     }
-    if (p == "/v1/completions" || p == "/v1/chat/completions" || p == "/v1/models" || p == "/v1/catalog") {
+    if (r.method == "POST" && p == "/v1/embeddings") return submit_embeddings(r, key_id, std::move(x));
+    if (p == "/v1/completions" || p == "/v1/chat/completions" || p == "/v1/models" || p == "/v1/catalog" ||
+        p == "/v1/embeddings") {
       return x->respond(error_response(api_error(405, "invalid_request_error", "method " + r.method.substr(0, 16) +
                                                                                   " not allowed on " + p)));
     }
@@ -683,6 +724,102 @@ struct CoordinatorServer::Impl {
     client->request = std::move(req);
     const std::string job_id = client->meta.id;
     if (!post(Item{core::SubmitJobEvent{job_id, std::move(spec)}, std::move(client), {}})) {
+      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+    }
+  }
+
+  // POST /v1/embeddings (HTTP thread): validated and tokenised here, one job
+  // per input submitted by the loop (submit_embedding_jobs). Texts are
+  // encoded as `idlefleet embed` encodes them (BOS when the model adds one);
+  // token ids are taken as given. Each input must fit the positions an
+  // agent's context holds: the model's context length, at most
+  // engine::kDefaultContextLength (agent/fleet.cc makes its contexts so).
+  // The Idempotency-Key header is not honoured here.
+  void submit_embeddings(const HttpRequest& r, const std::string& key_id, std::shared_ptr<HttpExchange> x) {
+    ApiLimits limits;
+    limits.body_bytes_max = config.request_bytes_max;
+    auto parsed = parse_embedding_request(r.body, limits);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return x->respond(error_response(*e));
+    EmbeddingRequest& req = std::get<EmbeddingRequest>(parsed);
+    const ServedModel* model = find_model(req.model);
+    if (model == nullptr) {
+      ApiError e = api_error(404, "invalid_request_error", "The model '" + req.model + "' does not exist",
+                             "model_not_found");
+      e.param = "model";
+      return x->respond(error_response(e));
+    }
+    if (req.dimensions && *req.dimensions != model->embedding_dim) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "This model's embeddings have " + std::to_string(model->embedding_dim) +
+                                 " dimensions; 'dimensions' may only be that (they are not shortened)");
+      e.param = "dimensions";
+      return x->respond(error_response(e));
+    }
+    const engine::Tokenizer& tok = *model->tokenizer;
+    const uint64_t positions = std::min<uint64_t>(
+        model->context_length > 0 ? model->context_length : static_cast<uint64_t>(engine::kDefaultContextLength),
+        static_cast<uint64_t>(engine::kDefaultContextLength));
+    auto client = std::make_shared<EmbeddingClient>();
+    client->specs.reserve(req.inputs.size());
+    for (size_t i = 0; i < req.inputs.size(); ++i) {
+      EmbeddingInput& in = req.inputs[i];
+      const std::string where = req.inputs.size() == 1 ? std::string("input") : "input[" + std::to_string(i) + "]";
+      std::vector<int32_t> ids;
+      if (in.tokens) {
+        for (int32_t id : in.ids) {
+          if (id >= tok.vocab_size()) {
+            ApiError e = api_error(400, "invalid_request_error",
+                                   where + " holds token id " + std::to_string(id) + ", outside the model's " +
+                                       std::to_string(tok.vocab_size()) + "-token vocabulary");
+            e.param = "input";
+            return x->respond(error_response(e));
+          }
+        }
+        ids = std::move(in.ids);
+      } else {
+        ids = tok.encode(in.text, tok.add_bos());
+        if (ids.empty()) ids.push_back(tok.bos());
+      }
+      if (ids.size() > positions) {
+        ApiError e = api_error(400, "invalid_request_error",
+                               where + " has " + std::to_string(ids.size()) + " tokens; this model embeds at most " +
+                                   std::to_string(positions) + " tokens per input",
+                               "context_length_exceeded");
+        e.param = "input";
+        return x->respond(error_response(e));
+      }
+      client->prompt_tokens += ids.size();
+      core::JobSpec spec;
+      spec.model_id = model->id;
+      spec.prompt_ids = std::move(ids);
+      spec.max_tokens = 0;
+      spec.kind = core::WorkKind::kEmbed;
+      client->specs.push_back(std::move(spec));
+    }
+    if (!key_id.empty()) {
+      if (auto refusal = gate->admit(key_id, client->prompt_tokens, wall_ms())) {
+        return x->respond(refusal_response(*refusal));
+      }
+    }
+    if (workable_vehicles.load() == 0) {
+      // As submit(): queueing would only make the client wait for a timeout.
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    "no vehicle can take the work now (none is parked, eligible and online); retry later",
+                    "no_capacity"),
+          10));
+    }
+    client->exchange = x;
+    client->id = "emb-" + transport::random_hex(12);
+    client->model = model->id;
+    client->base64 = req.base64;
+    client->vectors.resize(client->specs.size());
+    client->key_id = key_id;
+    Item item;
+    item.task = [this, client = std::shared_ptr<EmbeddingClient>(std::move(client))](core::TimeMs now) {
+      submit_embedding_jobs(client, now);
+    };
+    if (!post(std::move(item))) {
       x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
     }
   }
@@ -1277,6 +1414,96 @@ struct CoordinatorServer::Impl {
 
   // ---- The loop thread ------------------------------------------------------------
 
+  // An embedding request's jobs, one per input, submitted in input order; a
+  // refusal stops the submitting (and answers the client: on_accepted).
+  void submit_embedding_jobs(std::shared_ptr<EmbeddingClient> c, core::TimeMs now) {
+    embedding_clients[c->id] = c;
+    std::vector<core::JobSpec> specs = std::move(c->specs);
+    c->specs.clear();
+    for (size_t i = 0; i < specs.size() && !c->answered; ++i) {
+      const std::string job_id = std::string(c->id).append("-").append(std::to_string(i));
+      c->job_ids.push_back(job_id);
+      embedding_jobs[job_id] = {c, i};
+      request_json[job_id] = json{{"embedding", true}, {"model", c->model}, {"index", i}}.dump();
+      apply(machine->handle(core::SubmitJobEvent{job_id, std::move(specs[i])}, now), now);
+    }
+    forget_embedding_client_if_settled(*c);
+  }
+
+  // Ends an embedding request that has not been answered: answers `err` and
+  // cancels its jobs still live.
+  void fail_embedding(EmbeddingClient& c, const ApiError& err, int retry_after_s) {
+    if (c.answered) return;
+    c.answered = true;
+    c.exchange->respond(error_response(err, retry_after_s));
+    for (const std::string& id : c.job_ids) {
+      if (embedding_jobs.count(id) != 0) cancel_jobs.push_back(id);
+    }
+  }
+
+  // Drops the request once it is answered and none of its jobs is live.
+  void forget_embedding_client_if_settled(const EmbeddingClient& c) {
+    if (!c.answered || !c.specs.empty()) return;
+    for (const std::string& id : c.job_ids) {
+      if (embedding_jobs.count(id) != 0) return;
+    }
+    embedding_clients.erase(c.id);
+  }
+
+  // JobAcceptedEffect for an embedding job: a refusal ends its request.
+  void on_embedding_accepted(const core::JobAcceptedEffect& e) {
+    auto it = embedding_jobs.find(e.job_id);
+    const std::shared_ptr<EmbeddingClient> c = it->second.first;
+    if (e.status) return;
+    embedding_jobs.erase(it);
+    request_json.erase(e.job_id);
+    const Error& err = e.status.error();
+    if (err.code == ErrorCode::kOutOfRange && err.message.find("queue is full") != std::string::npos) {
+      fail_embedding(*c, api_error(429, "rate_limit_exceeded", err.message, "queue_full"), 5);
+    } else {
+      fail_embedding(*c, api_error(400, "invalid_request_error", err.message), 0);
+    }
+    forget_embedding_client_if_settled(*c);
+  }
+
+  void on_embedding(const core::JobEmbeddingEffect& e) {
+    auto it = embedding_jobs.find(e.job_id);
+    if (it == embedding_jobs.end()) return;
+    it->second.first->vectors[it->second.second] = e.values;
+  }
+
+  // JobEndedEffect for an embedding job: the response goes when all are done.
+  void on_embedding_ended(const core::JobEndedEffect& e) {
+    auto it = embedding_jobs.find(e.job_id);
+    const std::shared_ptr<EmbeddingClient> c = it->second.first;
+    embedding_jobs.erase(it);
+    if (e.state != core::JobState::kDone) {
+      fail_embedding(*c, api_error(503, "server_error", "the embedding job " + std::string(core::job_state_name(e.state)) +
+                                                           ": " + e.finish_reason),
+                     5);
+    } else if (!c->answered && ++c->done == c->vectors.size()) {
+      c->answered = true;
+      if (!c->key_id.empty()) gate->record_usage(c->key_id, c->prompt_tokens, 0, wall_ms());
+      c->exchange->respond(json_response(200, embedding_response(c->model, c->vectors, c->base64, c->prompt_tokens)));
+      c->vectors.clear();
+    }
+    forget_embedding_client_if_settled(*c);
+  }
+
+  // Embedding clients that went away: their jobs are cancelled.
+  void drop_gone_embedding_clients() {
+    std::vector<std::shared_ptr<EmbeddingClient>> gone;
+    for (const auto& [id, c] : embedding_clients) {
+      if (!c->answered && c->exchange->closed()) gone.push_back(c);
+    }
+    for (const auto& c : gone) {
+      c->answered = true;
+      for (const std::string& id : c->job_ids) {
+        if (embedding_jobs.count(id) != 0) cancel_jobs.push_back(id);
+      }
+    }
+  }
+
   void loop() {
     const int64_t tick_ms = config.tick_ms;
     core::TimeMs next_tick = wall_ms();
@@ -1319,6 +1546,7 @@ struct CoordinatorServer::Impl {
           if (c->exchange->closed()) gone.push_back(id);
         }
         for (const std::string& id : gone) apply(machine->handle(core::CancelJobEvent{id}, now), now);
+        drop_gone_embedding_clients();
         apply(machine->handle(core::CoordinatorTick{}, now), now);
         flush_dirty(now);
         sync_keys(now);
@@ -1339,11 +1567,21 @@ struct CoordinatorServer::Impl {
               std::to_string(a.produced_ids.size()) + " tokens already produced)");
         }
       } else if (auto* acc = std::get_if<core::JobAcceptedEffect>(&effect)) {
-        on_accepted(*acc);
+        if (embedding_jobs.count(acc->job_id) != 0) {
+          on_embedding_accepted(*acc);
+        } else {
+          on_accepted(*acc);
+        }
+      } else if (auto* emb = std::get_if<core::JobEmbeddingEffect>(&effect)) {
+        on_embedding(*emb);
       } else if (auto* tokens = std::get_if<core::JobTokensEffect>(&effect)) {
         on_tokens(*tokens);
       } else if (auto* ended = std::get_if<core::JobEndedEffect>(&effect)) {
-        on_ended(*ended);
+        if (embedding_jobs.count(ended->job_id) != 0) {
+          on_embedding_ended(*ended);
+        } else {
+          on_ended(*ended);
+        }
       } else if (auto* persist = std::get_if<core::PersistJobEffect>(&effect)) {
         dirty.insert(persist->job_id);
       } else if (auto* l = std::get_if<core::CoordinatorLogEffect>(&effect)) {
@@ -1360,6 +1598,13 @@ struct CoordinatorServer::Impl {
       const std::string id = std::move(stop_jobs.back());
       stop_jobs.pop_back();
       apply(machine->handle(core::StopJobEvent{id, "stop"}, now), now);
+    }
+    // Jobs of embedding requests that ended early (a sibling failed, the
+    // client went away).
+    while (!cancel_jobs.empty()) {
+      const std::string id = std::move(cancel_jobs.back());
+      cancel_jobs.pop_back();
+      apply(machine->handle(core::CancelJobEvent{id}, now), now);
     }
   }
 
@@ -1552,7 +1797,9 @@ struct CoordinatorServer::Impl {
       s.id = id;
       auto rj = request_json.find(id);
       const json request = rj == request_json.end() ? json::object() : json::parse(rj->second, nullptr, false);
-      s.kind = request.is_object() && request.value("chat", false) ? "chat" : "completion";
+      s.kind = e->spec.kind == core::WorkKind::kEmbed                        ? "embedding"
+               : request.is_object() && request.value("chat", false) ? "chat"
+                                                                      : "completion";
       s.model_id = e->spec.model_id;
       s.request_json = rj == request_json.end() ? "{}" : rj->second;
       s.prompt_ids = e->spec.prompt_ids;

@@ -21,7 +21,12 @@
 //
 // Jobs survive a restart: unfinished ones are read back from the store and
 // placed again from their produced tokens (their clients are gone; the
-// result stays in the store).
+// result stays in the store). Embedding jobs are the exception: their
+// vectors are not stored, so one restored unfinished ends as failed.
+//
+// Embeddings (POST /v1/embeddings): one job of kind embed per input, run on
+// vehicles like any job (core/coordinator_machine.h); the loop assembles the
+// response in input order once all are done (EmbeddingClient in server.cc).
 //
 // API keys (coordinator/api_keys.h): with [auth] required = true, the client
 // API needs a bearer key from <data_dir>/keys.db. HTTP threads check keys and

@@ -1,6 +1,7 @@
 #include "core/agent_machine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "common/check.h"
@@ -106,6 +107,7 @@ void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
   h.memory_bytes = config_.memory_bytes;
   h.tokens_per_second = config_.tokens_per_second;
   h.instance = config_.instance;
+  h.embeddings = config_.embeddings;
   out->push_back(SendEffect{std::move(h)});
   last_hello_sent_ = now;
 }
@@ -213,6 +215,23 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
       // Finished before the stop took effect: the work is complete, report it.
       out.push_back(SendEffect{DoneMessage{e->job_id, e->attempt, e->total_tokens, e->finish_reason}});
       ++counters_.attempts_finished;
+      attempt_.reset();
+      force_state = true;
+    }
+  } else if (const auto* e = std::get_if<EngineEmbeddingEvent>(&event)) {
+    if (is_current(e->job_id, e->attempt)) {
+      // As a finished generation: done before a stop took effect is done.
+      // A vector the protocol could not carry is the engine's failure.
+      const bool finite =
+          std::all_of(e->values.begin(), e->values.end(), [](float x) { return std::isfinite(x); });
+      if (e->values.empty() || e->values.size() > kEmbeddingValuesMax || !finite) {
+        out.push_back(SendEffect{FailedMessage{e->job_id, e->attempt,
+                                               "the engine made an embedding of " + std::to_string(e->values.size()) +
+                                                   (finite ? " values" : " values, not all finite")}});
+      } else {
+        out.push_back(SendEffect{EmbeddingMessage{e->job_id, e->attempt, e->tokens, e->values}});
+        ++counters_.attempts_finished;
+      }
       attempt_.reset();
       force_state = true;
     }

@@ -19,6 +19,10 @@
 // produced before it stopped are still reported: they are correct, and the
 // next vehicle continues after them.
 //
+// An embed assignment (AssignMessage::kind) runs the same way, except that
+// its engine reports one EngineEmbeddingEvent, sent on as an
+// EmbeddingMessage, instead of tokens and a finish.
+//
 // No I/O, no clock: `now` is an argument. Thread-safety: one thread at a time.
 #pragma once
 
@@ -48,6 +52,8 @@ struct AgentConfig {
   uint64_t memory_bytes = 8ull << 30;   // for models
   double tokens_per_second = 0.0;
   std::vector<std::string> models_cached;
+  // The shell runs kind "embed" assignments (HelloMessage::embeddings).
+  bool embeddings = false;
   DurationMs heartbeat_ms = 2 * kSecondMs;   // a state report at least this often
   DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us
   DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
@@ -95,6 +101,14 @@ struct EngineFinishedEvent {
   uint64_t total_tokens = 0;
   std::string finish_reason;
 };
+// An embed attempt's engine computed the prompt's vector: the attempt is
+// complete (it has nothing to report before this).
+struct EngineEmbeddingEvent {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t tokens = 0;
+  std::vector<float> values;
+};
 // The engine stopped because we asked it to (StopEngineEffect).
 struct EngineStoppedEvent {
   std::string job_id;
@@ -123,14 +137,15 @@ struct CachedModelsEvent {
 
 using AgentEvent = std::variant<SignalsEvent, AgentTick, ConnectedEvent, CoordinatorMessageEvent, EngineTokensEvent,
                                 EngineFinishedEvent, EngineStoppedEvent, EngineFailedEvent, PolicyEvent, WearEvent,
-                                CachedModelsEvent>;
+                                CachedModelsEvent, EngineEmbeddingEvent>;
 
 // ---- Effects ---------------------------------------------------------------
 
 struct SendEffect {
   Message message;
 };
-// Run this attempt (resume from prompt + produced ids).
+// Run this attempt: resume a generation from prompt + produced ids, or
+// compute the prompt's embedding (assign.kind).
 struct StartEngineEffect {
   AssignMessage assign;
 };

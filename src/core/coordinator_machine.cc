@@ -1,6 +1,7 @@
 #include "core/coordinator_machine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "common/check.h"
@@ -85,8 +86,14 @@ void CoordinatorMachine::submit(const SubmitJobEvent& e, TimeMs now, Effects* ou
   if (jobs_.count(e.job_id) != 0) return refuse(ErrorCode::kInvalidArgument, "job " + e.job_id + " already exists");
   if (model(s.model_id) == nullptr) return refuse(ErrorCode::kNotFound, "model '" + s.model_id + "' is not served");
   if (s.prompt_ids.empty()) return refuse(ErrorCode::kInvalidArgument, "the prompt is empty");
-  if (s.max_tokens == 0 || s.max_tokens > config_.limits.tokens_max ||
-      s.prompt_ids.size() + s.max_tokens > kTokenIdsMax) {
+  if (s.kind == WorkKind::kEmbed) {
+    if (s.max_tokens != 0 || s.prompt_ids.size() > kTokenIdsMax) {
+      return refuse(ErrorCode::kOutOfRange, "an embedding of " + std::to_string(s.prompt_ids.size()) +
+                                                " tokens with " + std::to_string(s.max_tokens) +
+                                                " new tokens exceeds the limits (0 new tokens)");
+    }
+  } else if (s.max_tokens == 0 || s.max_tokens > config_.limits.tokens_max ||
+             s.prompt_ids.size() + s.max_tokens > kTokenIdsMax) {
     return refuse(ErrorCode::kOutOfRange, "prompt of " + std::to_string(s.prompt_ids.size()) + " tokens and " +
                                               std::to_string(s.max_tokens) + " new tokens exceed the limits");
   }
@@ -281,6 +288,10 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
   } else if (const auto* m = std::get_if<DoneMessage>(&msg)) {
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "done", out);
     if (entry == nullptr) return;
+    if (entry->spec.kind == WorkKind::kEmbed) {
+      return reject("bad_done", "done from vehicle " + vid + " for embedding job " + m->job_id +
+                                    ", which only an embedding message completes", out);
+    }
     Status st = entry->job.complete(m->attempt, m->total_tokens, m->finish_reason, now);
     if (!st) return reject("bad_done", st.error().message, out);
     ++v.attempts_completed;
@@ -298,6 +309,8 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     release_vehicle(vid, m->job_id);
     requeue(entry, now);
     out->push_back(PersistJobEffect{m->job_id});
+  } else if (const auto* m = std::get_if<EmbeddingMessage>(&msg)) {
+    if (!on_embedding(&v, *m, now, out)) return;
   } else if (const auto* m = std::get_if<FailedMessage>(&msg)) {
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "failed", out);
     if (entry == nullptr) return;
@@ -314,6 +327,53 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
   if (!queue_.empty() && !idle_.empty()) place_queued(now, out);
 }
 
+bool CoordinatorMachine::on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out) {
+  const std::string& vid = v->id;
+  JobEntry* entry = attempt_of(vid, m.job_id, m.attempt, "embedding", out);
+  if (entry == nullptr) return false;
+  if (entry->spec.kind != WorkKind::kEmbed) {
+    reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id + ", which is a generation", out);
+    return false;
+  }
+  if (entry->job.state() != JobState::kRunning) {
+    reject("bad_embedding", "embedding from vehicle " + vid + " for job " + m.job_id + " before it started", out);
+    return false;
+  }
+  // What the engine makes: one value per model dimension, for exactly the
+  // prompt, unit length (zero only for an all-zero mean). Anything else is a
+  // vehicle we cannot trust with this job: its attempt fails and another
+  // vehicle computes it.
+  const ModelInfo* info = model(entry->spec.model_id);
+  CHECK(info != nullptr);
+  double norm2 = 0.0;
+  for (float x : m.values) norm2 += static_cast<double>(x) * static_cast<double>(x);
+  std::string wrong;
+  if (info->embedding_dim != 0 && m.values.size() != info->embedding_dim) {
+    wrong = std::to_string(m.values.size()) + " values, not the model's " + std::to_string(info->embedding_dim);
+  } else if (m.tokens != entry->spec.prompt_ids.size()) {
+    wrong = "it covers " + std::to_string(m.tokens) + " tokens, not the prompt's " +
+            std::to_string(entry->spec.prompt_ids.size());
+  } else if (norm2 != 0.0 && std::fabs(std::sqrt(norm2) - 1.0) > kEmbeddingNormTolerance) {
+    wrong = "its length is " + std::to_string(std::sqrt(norm2)) + ", not 1";
+  }
+  if (!wrong.empty()) {
+    reject("bad_embedding", "vehicle " + vid + ": embedding for job " + m.job_id + ": " + wrong, out);
+    CHECK(entry->job.attempt_failed(m.attempt, "the vehicle's embedding was malformed: " + wrong, now).has_value());
+    ++v->attempts_lost;
+    release_vehicle(vid, m.job_id);
+    requeue(entry, now);
+    out->push_back(PersistJobEffect{m.job_id});
+    place_queued(now, out);  // the vehicle has let go (its agent ended the attempt when it sent this)
+    return false;
+  }
+  CHECK(entry->job.complete(m.attempt, 0, "stop", now).has_value());
+  ++v->attempts_completed;
+  release_vehicle(vid, m.job_id);
+  out->push_back(JobEmbeddingEffect{m.job_id, m.tokens, m.values});
+  finish(entry, out);
+  return true;
+}
+
 // ---- Placement and time -----------------------------------------------------
 
 void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
@@ -328,6 +388,12 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     const uint64_t remaining = entry.spec.max_tokens - std::min<uint64_t>(entry.spec.max_tokens,
                                                                            entry.job.produced().size());
     req.expected_duration_ms = static_cast<DurationMs>(remaining) * config_.expected_ms_per_token;
+    const bool embed = entry.spec.kind == WorkKind::kEmbed;
+    if (embed) {
+      // One batched prefill, far faster per token than decoding: an upper bound.
+      req.expected_duration_ms = static_cast<DurationMs>(entry.spec.prompt_ids.size()) *
+                                 config_.expected_ms_per_token / kPrefillSpeedupMin;
+    }
     req.batch = entry.spec.batch;
 
     // A bounded sample of idle vehicles, from the rotating cursor on.
@@ -337,6 +403,11 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     for (size_t n = 0; n < idle_.size() && candidates.size() < kPlacementCandidatesMax; ++n) {
       if (vit == idle_.end()) vit = idle_.begin();
       const VehicleView& v = vehicles_.at(*vit);
+      if (embed && !v.hello.embeddings) {  // it would generate instead
+        last = *vit;
+        ++vit;
+        continue;
+      }
       VehicleCandidate c;
       c.vehicle_id = v.id;
       c.eligible = true;
@@ -381,6 +452,7 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     m.sampling = entry.spec.sampling;
     m.lease_expires_at = a.lease_expires_at;
     m.logprobs = entry.spec.logprobs;
+    m.kind = entry.spec.kind;
     out->push_back(SendToVehicleEffect{v.id, std::move(m)});
     out->push_back(PersistJobEffect{job_id});
   }

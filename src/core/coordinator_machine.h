@@ -22,6 +22,16 @@
 // the best of a bounded sample is nearly as good as the best of all, and a
 // placement costs the same in a fleet of ten or of a million.
 //
+// Embedding jobs (JobSpec::kind = kEmbed) go through the same life: placed
+// (only on vehicles whose hello offers `embeddings`), started, and completed
+// by one EmbeddingMessage, whose vector goes to the client in a
+// JobEmbeddingEffect and is not kept (a finished job keeps no output but its
+// tokens, and an embedding job has none). The vector must have the model's
+// width (ModelInfo::embedding_dim), cover exactly the prompt and be unit
+// length (or zero), as the engine makes it; anything else ends the attempt
+// as failed and the job is placed again. An embed attempt that is
+// preempted, lost or failed leaves nothing behind: the next one starts over.
+//
 // No I/O, no clock: `now` is an argument. Iteration is over ordered maps, so
 // the same events give the same effects. Thread-safety: one thread at a time.
 #pragma once
@@ -45,6 +55,12 @@ namespace idlefleet::core {
 
 inline constexpr size_t kPlacementCandidatesMax = 16;
 inline constexpr size_t kJobIdBytesMax = kIdBytesMax;
+// An embedding's L2 norm may differ from 1 by this much (float rounding of
+// a normalised vector is far smaller) before the vector is refused.
+inline constexpr double kEmbeddingNormTolerance = 1e-3;
+// An embedding's expected duration: its prompt's tokens at the decode rate
+// (expected_ms_per_token) divided by this, as a batched prefill is faster.
+inline constexpr int64_t kPrefillSpeedupMin = 4;
 
 // What a client asked for, validated and tokenised by the API layer.
 struct JobSpec {
@@ -58,11 +74,15 @@ struct JobSpec {
   // kTopLogprobsMax), or -1 for none. When set, every chunk of the job must
   // carry logprobs; a vehicle whose chunks do not loses the attempt.
   int32_t logprobs = -1;
+  // kEmbed: the vector of prompt_ids; max_tokens must be 0, and stop_ids and
+  // sampling are unused.
+  WorkKind kind = WorkKind::kGenerate;
 };
 
 struct ModelInfo {
   std::string id;
   uint64_t bytes = 0;  // accelerator memory it needs
+  uint64_t embedding_dim = 0;  // the width of its embeddings; 0: unknown, not checked
 };
 
 struct CoordinatorCoreConfig {
@@ -130,6 +150,12 @@ struct JobTokensEffect {
   std::vector<int32_t> ids;
   std::vector<TokenLogprobs> logprobs = {};  // one per id when the job asked for logprobs, else empty
 };
+// An embedding job's vector, just before its JobEndedEffect (done).
+struct JobEmbeddingEffect {
+  std::string job_id;
+  uint64_t tokens = 0;
+  std::vector<float> values;
+};
 struct JobEndedEffect {
   std::string job_id;
   JobState state = JobState::kDone;
@@ -146,7 +172,7 @@ struct CoordinatorLogEffect {
 };
 
 using CoordinatorEffect = std::variant<SendToVehicleEffect, JobAcceptedEffect, JobTokensEffect, JobEndedEffect,
-                                       PersistJobEffect, CoordinatorLogEffect>;
+                                       PersistJobEffect, CoordinatorLogEffect, JobEmbeddingEffect>;
 
 // What the coordinator knows of one vehicle.
 struct VehicleView {
@@ -212,6 +238,8 @@ class CoordinatorMachine {
   void on_vehicle(const VehicleMessageEvent& e, TimeMs now, Effects* out);
   void on_hello(const std::string& vid, const HelloMessage& m, TimeMs now, Effects* out);
   void on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out);
+  // Completes an embed attempt with its vector; false when it was refused.
+  bool on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out);
   // Finds the job and checks that `vid` holds its live attempt `attempt`.
   JobEntry* attempt_of(const std::string& vid, const std::string& job_id, uint32_t attempt, const char* what,
                        Effects* out);

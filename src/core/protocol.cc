@@ -1,5 +1,6 @@
 #include "core/protocol.h"
 
+#include <cfloat>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -104,6 +105,31 @@ class Reader {
         return {};
       }
       out.push_back(static_cast<int32_t>(e.get<int64_t>()));
+    }
+    return out;
+  }
+
+  // 1..max_count finite numbers, each within float's range.
+  std::vector<float> floats(const char* key, size_t max_count) {
+    std::vector<float> out;
+    const json* v = field(key, true);
+    if (v == nullptr) return out;
+    if (!v->is_array() || v->empty()) {
+      fail(key, "must be a non-empty array of numbers");
+      return out;
+    }
+    if (v->size() > max_count) {
+      fail(key, "holds more than " + std::to_string(max_count) + " values");
+      return out;
+    }
+    out.reserve(v->size());
+    for (const json& e : *v) {
+      const double x = e.is_number() ? e.get<double>() : NAN;
+      if (!std::isfinite(x) || std::fabs(x) > FLT_MAX) {
+        fail(key, "must hold finite numbers within float's range");
+        return {};
+      }
+      out.push_back(static_cast<float>(x));
     }
     return out;
   }
@@ -218,7 +244,7 @@ class Reader {
 struct Encoder {
   json operator()(const HelloMessage& m) const {
     return {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
-            {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}};
+            {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}, {"embeddings", m.embeddings}};
   }
   json operator()(const StateMessage& m) const {
     return {{"vehicle_id", m.vehicle_id}, {"state", m.state}, {"eligible", m.eligible}, {"reasons", m.reasons},
@@ -232,6 +258,7 @@ struct Encoder {
             {"model_id", m.model_id},       {"prompt_ids", m.prompt_ids},
             {"produced_ids", m.produced_ids}, {"max_tokens", m.max_tokens},
             {"stop_ids", m.stop_ids},       {"lease_expires_at", m.lease_expires_at},
+            {"kind", work_kind_name(m.kind)},
             {"sampling",
              {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"min_p", s.min_p},
               {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
@@ -267,6 +294,9 @@ struct Encoder {
   json operator()(const FailedMessage& m) const {
     return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"error", m.error}};
   }
+  json operator()(const EmbeddingMessage& m) const {
+    return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"tokens", m.tokens}, {"values", m.values}};
+  }
 };
 
 struct TypeName {
@@ -279,6 +309,7 @@ struct TypeName {
   const char* operator()(const DoneMessage&) const { return "done"; }
   const char* operator()(const PreemptedMessage&) const { return "preempted"; }
   const char* operator()(const FailedMessage&) const { return "failed"; }
+  const char* operator()(const EmbeddingMessage&) const { return "embedding"; }
 };
 
 constexpr uint64_t kAttemptMax = 1u << 20;
@@ -312,6 +343,8 @@ bool valid_vehicle_id(std::string_view id) {
   }
   return true;
 }
+
+const char* work_kind_name(WorkKind k) { return k == WorkKind::kEmbed ? "embed" : "generate"; }
 
 const char* message_type(const Message& m) { return std::visit(TypeName{}, m); }
 
@@ -348,6 +381,7 @@ Result<Message> decode_message(std::string_view text) {
     m.memory_bytes = r.uint("memory_bytes", uint64_t{1} << 50);
     m.tokens_per_second = r.number("tokens_per_second", 0.0, 1e9, false);
     m.instance = r.string("instance", kIdBytesMax, false);
+    m.embeddings = r.boolean("embeddings", false);
     return finish(r, std::move(m));
   }
   if (type == "state") {
@@ -377,6 +411,14 @@ Result<Message> decode_message(std::string_view text) {
     m.lease_expires_at = r.integer("lease_expires_at", 0, kTimeMax);
     if (j.contains("logprobs") && !j["logprobs"].is_null()) {
       m.logprobs = static_cast<int32_t>(r.integer("logprobs", -1, kTopLogprobsMax, false));
+    }
+    const std::string kind = r.string("kind", 16, false);
+    if (r.status() && !kind.empty() && kind != "generate" && kind != "embed") {
+      return Unexpected(ErrorCode::kCorrupt, "message 'assign': field 'kind' must be \"generate\" or \"embed\"");
+    }
+    m.kind = kind == "embed" ? WorkKind::kEmbed : WorkKind::kGenerate;
+    if (r.status() && m.kind == WorkKind::kEmbed && !m.produced_ids.empty()) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'assign': an embed assignment has no 'produced_ids'");
     }
     if (const json* s = r.object("sampling")) {
       Reader sr(*s, "assign.sampling");
@@ -442,6 +484,14 @@ Result<Message> decode_message(std::string_view text) {
     m.job_id = r.string("job_id", kIdBytesMax);
     m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
     m.error = r.string("error", kTextBytesMax);
+    return finish(r, std::move(m));
+  }
+  if (type == "embedding") {
+    EmbeddingMessage m;
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.tokens = r.uint("tokens", kTokenIdsMax);
+    m.values = r.floats("values", kEmbeddingValuesMax);
     return finish(r, std::move(m));
   }
   return Unexpected(ErrorCode::kUnsupported,

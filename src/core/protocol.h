@@ -13,6 +13,7 @@
 //   started    (attempt accepted)
 //   chunk      (produced token ids)
 //   done       (attempt finished)
+//   embedding  (an embed attempt's vector: finished)
 //   preempted  (attempt stopped: driver back, policy)
 //   failed     (attempt could not run)
 //
@@ -25,6 +26,14 @@
 // are computed by the engine for the tokens it produces (never for tokens an
 // earlier attempt produced and this one only re-evaluated), from the raw
 // logits, so they are bitwise the same whichever vehicle produced a token.
+//
+// Work kinds: an assign is a generation (kind "generate", also when the
+// field is absent, as from coordinators that predate kinds) or an embedding
+// (kind "embed": one vector for the prompt ids, no tokens produced). An embed
+// attempt is answered by started and then one embedding message (or
+// preempted / failed, as any attempt); it has no partial state, so a stopped
+// one is simply placed again. Only vehicles whose hello says `embeddings`
+// get embed assignments: an agent that predates them would generate instead.
 //
 // Thread-safety: values and pure functions.
 #pragma once
@@ -58,6 +67,15 @@ inline constexpr size_t kChunkLogprobTokensMax = 256;
 // What a logprob of -inf travels (and is shown to clients) as: JSON has no
 // infinity, and OpenAI uses this value. Lower finite values are clamped to it.
 inline constexpr float kLogprobMin = -9999.0f;
+// Values in one embedding: engine::kModelDimMax, the widest model we load.
+// At most ~25 bytes each as JSON, so the largest message stays far below
+// kMessageBytesMax.
+inline constexpr size_t kEmbeddingValuesMax = size_t{1} << 16;
+
+// What an assignment asks the vehicle to compute.
+enum class WorkKind { kGenerate, kEmbed };
+// "generate" / "embed", as on the wire.
+const char* work_kind_name(WorkKind k);
 
 // The sampler settings of a job, as the engine's SamplerParams.
 struct Sampling {
@@ -99,6 +117,9 @@ struct HelloMessage {
   // the coordinator ends the old instance's live attempt at once instead of
   // waiting for its lease. Optional ("" from agents that do not send it).
   std::string instance;
+  // Runs kind "embed" assignments (optional: false from agents that predate
+  // them, which would generate instead).
+  bool embeddings = false;
 };
 
 struct StateMessage {
@@ -131,6 +152,9 @@ struct AssignMessage {
   // Report logprobs with this many top candidates per token (0..kTopLogprobsMax);
   // -1 (absent on the wire): no logprobs.
   int32_t logprobs = -1;
+  // kEmbed: the vector of prompt_ids is wanted (produced_ids empty,
+  // max_tokens and sampling unused). Optional on the wire: absent = kGenerate.
+  WorkKind kind = WorkKind::kGenerate;
 };
 
 struct CancelMessage {
@@ -173,8 +197,19 @@ struct FailedMessage {
   std::string error;
 };
 
+// The result of an embed attempt, which it completes: the engine's vector
+// for the assignment's prompt_ids (engine::Context::embed_sequence). Each
+// value is a finite float; as JSON, a float widened to double and written
+// with enough digits to read back bitwise.
+struct EmbeddingMessage {
+  std::string job_id;
+  uint32_t attempt = 0;
+  uint64_t tokens = 0;        // positions evaluated: the prompt's length
+  std::vector<float> values;  // 1..kEmbeddingValuesMax
+};
+
 using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
-                             DoneMessage, PreemptedMessage, FailedMessage>;
+                             DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage>;
 
 // NATS subjects. A vehicle publishes on its own "up" subject and listens on
 // its own "down" subject, so per-vehicle credentials can allow exactly those.

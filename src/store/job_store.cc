@@ -78,7 +78,7 @@ bool known_state(std::string_view name) {
   return false;
 }
 
-bool known_kind(std::string_view kind) { return kind == "completion" || kind == "chat"; }
+bool known_kind(std::string_view kind) { return kind == "completion" || kind == "chat" || kind == "embedding"; }
 
 std::string encode_tokens(std::span<const int32_t> ids) {
   std::string out(ids.size() * 4, '\0');

@@ -17,8 +17,8 @@
 // refuses a file written by a newer build (kUnsupported).
 //
 // The `jobs` row, column by column:
-//   id TEXT PRIMARY KEY (1..kIdBytesMax bytes) | kind TEXT ("completion" or
-//   "chat") | model_id TEXT | request_json TEXT | prompt_ids BLOB |
+//   id TEXT PRIMARY KEY (1..kIdBytesMax bytes) | kind TEXT ("completion",
+//   "chat" or "embedding") | model_id TEXT | request_json TEXT | prompt_ids BLOB |
 //   max_tokens INTEGER | stop_ids BLOB | sampling_json TEXT |
 //   batch INTEGER (0 or 1) | state TEXT (a core::job_state_name()) |
 //   produced BLOB | finish_reason TEXT | attempts_json TEXT |
@@ -74,7 +74,7 @@ inline constexpr int kSchemaVersion = 1;
 // One job as stored. Plain data: the coordinator converts to and from core::Job.
 struct StoredJob {
   std::string id;
-  std::string kind;            // "completion" or "chat"
+  std::string kind;            // "completion", "chat" or "embedding"
   std::string model_id;
   std::string request_json;    // the client's request as accepted (opaque here)
   std::vector<int32_t> prompt_ids;

@@ -1,5 +1,5 @@
-// libFuzzer target for the OpenAI request parser: whatever a client POSTs to
-// /v1/completions or /v1/chat/completions must parse or be refused with an
+// libFuzzer target for the OpenAI request parsers: whatever a client POSTs to
+// /v1/completions, /v1/chat/completions or /v1/embeddings must parse or be refused with an
 // error whose body is valid JSON, never crash or throw. What parses must
 // hold every bound the parser promises, and the responses built from it
 // (whose text may be any bytes) must be valid JSON too.
@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -61,6 +62,28 @@ void check(std::string_view body, bool chat, const ApiLimits& limits) {
   require(valid_event(usage_event(meta, chat, {1, 2})));
 }
 
+void check_embedding(std::string_view body, const ApiLimits& limits) {
+  auto r = parse_embedding_request(body, limits);
+  if (const ApiError* e = std::get_if<ApiError>(&r)) {
+    require(e->status == 400 || e->status == 413);
+    require(!e->message.empty());
+    require(valid_json(error_body(*e)));
+    return;
+  }
+  const EmbeddingRequest& q = std::get<EmbeddingRequest>(r);
+  require(!q.model.empty() && q.model.size() <= idlefleet::core::kIdBytesMax);
+  require(!q.inputs.empty() && q.inputs.size() <= kEmbeddingInputsMax);
+  for (const EmbeddingInput& in : q.inputs) {
+    require(in.tokens ? (!in.ids.empty() && in.text.empty()) : (!in.text.empty() && in.ids.empty()));
+    require(in.text.size() <= kPromptBytesMax);
+    for (int32_t id : in.ids) require(id >= 0 && id <= idlefleet::core::kTokenIdMax);
+  }
+  require(!q.dimensions || *q.dimensions >= 1);
+  // Any finite floats make a valid response.
+  std::vector<std::vector<float>> vectors(q.inputs.size(), std::vector<float>{0.5f, -1e-30f, 3.4e38f});
+  require(valid_json(embedding_response(q.model, vectors, q.base64, 7)));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -70,5 +93,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.body_bytes_max = 1u << 16;
   check(body, false, limits);
   check(body, true, limits);
+  check_embedding(body, limits);
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -569,6 +570,154 @@ TEST(OpenAiResponse, ErrorBodiesHaveOpenAisShape) {
   plain.message = "m";
   EXPECT_EQ(json::parse(error_body(plain)),
             json({{"error", {{"message", "m"}, {"type", "invalid_request_error"}, {"param", nullptr}, {"code", nullptr}}}}));
+}
+
+// ---- POST /v1/embeddings ----------------------------------------------------------
+
+std::variant<EmbeddingRequest, ApiError> parse_embedding(const json& body, const ApiLimits& l = limits()) {
+  return parse_embedding_request(body.dump(), l);
+}
+
+json embedding(json extra) {
+  json j = {{"model", "stories260K"}, {"input", "Once upon a time"}};
+  for (auto& [k, v] : extra.items()) j[k] = v;
+  return j;
+}
+
+EmbeddingRequest embedding_accepted(const std::variant<EmbeddingRequest, ApiError>& r) {
+  if (const ApiError* e = std::get_if<ApiError>(&r)) ADD_FAILURE() << "refused: " << e->message;
+  const EmbeddingRequest* q = std::get_if<EmbeddingRequest>(&r);
+  return q != nullptr ? *q : EmbeddingRequest{};
+}
+
+void expect_embedding_error(const std::variant<EmbeddingRequest, ApiError>& r, int status, const std::string& param,
+                            const std::string& what, const std::string& needle = "") {
+  const ApiError* e = std::get_if<ApiError>(&r);
+  ASSERT_NE(e, nullptr) << what << ": accepted";
+  EXPECT_EQ(e->status, status) << what << ": " << e->message;
+  EXPECT_EQ(e->param, param) << what << ": " << e->message;
+  EXPECT_EQ(e->type, "invalid_request_error") << what;
+  if (!needle.empty()) {
+    EXPECT_NE(e->message.find(needle), std::string::npos) << what << ": " << e->message;
+  }
+  const json body = json::parse(error_body(*e), nullptr, false);
+  ASSERT_FALSE(body.is_discarded()) << what;
+  EXPECT_EQ(keys(body["error"]), (std::set<std::string>{"message", "type", "param", "code"})) << what;
+}
+
+TEST(OpenAiEmbeddings, EveryShapeOfInputIsRead) {
+  EmbeddingRequest r = embedding_accepted(parse_embedding(embedding({})));
+  EXPECT_EQ(r.model, "stories260K");
+  ASSERT_EQ(r.inputs.size(), 1u);
+  EXPECT_FALSE(r.inputs[0].tokens);
+  EXPECT_EQ(r.inputs[0].text, "Once upon a time");
+  EXPECT_FALSE(r.base64);
+  EXPECT_FALSE(r.dimensions.has_value());
+
+  r = embedding_accepted(parse_embedding(embedding({{"input", {"a", "b c", "d"}}})));
+  ASSERT_EQ(r.inputs.size(), 3u);
+  EXPECT_EQ(r.inputs[1].text, "b c");
+
+  r = embedding_accepted(parse_embedding(embedding({{"input", {1, 403, 407}}})));
+  ASSERT_EQ(r.inputs.size(), 1u);
+  EXPECT_TRUE(r.inputs[0].tokens);
+  EXPECT_EQ(r.inputs[0].ids, std::vector<int32_t>({1, 403, 407}));
+
+  r = embedding_accepted(parse_embedding(embedding({{"input", {{1, 2}, {3}}}})));
+  ASSERT_EQ(r.inputs.size(), 2u);
+  EXPECT_EQ(r.inputs[1].ids, std::vector<int32_t>({3}));
+
+  r = embedding_accepted(
+      parse_embedding(embedding({{"encoding_format", "base64"}, {"dimensions", 64}, {"user", "u-1"}})));
+  EXPECT_TRUE(r.base64);
+  EXPECT_EQ(r.dimensions, std::optional<uint64_t>(64));
+  EXPECT_EQ(r.user, "u-1");
+  r = embedding_accepted(parse_embedding(embedding({{"encoding_format", "float"}, {"dimensions", nullptr}})));
+  EXPECT_FALSE(r.base64);
+  EXPECT_FALSE(r.dimensions.has_value());
+
+  // As many inputs as OpenAI allows.
+  r = embedding_accepted(parse_embedding(embedding({{"input", json(std::vector<std::string>(kEmbeddingInputsMax, "x"))}})));
+  EXPECT_EQ(r.inputs.size(), kEmbeddingInputsMax);
+}
+
+TEST(OpenAiEmbeddings, BadRequestsAreRefusedByName) {
+  expect_embedding_error(parse_embedding_request("{", limits()), 400, "", "not JSON");
+  expect_embedding_error(parse_embedding_request("[]", limits()), 400, "", "not an object");
+  expect_embedding_error(parse_embedding(json{{"input", "x"}}), 400, "model", "no model");
+  expect_embedding_error(parse_embedding(json{{"model", 5}, {"input", "x"}}), 400, "model", "model not a string");
+  expect_embedding_error(parse_embedding(json{{"model", "m"}}), 400, "input", "no input");
+  expect_embedding_error(parse_embedding(embedding({{"input", ""}})), 400, "input", "empty string", "empty");
+  expect_embedding_error(parse_embedding(embedding({{"input", json::array()}})), 400, "input", "empty array", "empty");
+  expect_embedding_error(parse_embedding(embedding({{"input", {"a", ""}}})), 400, "input", "empty text in a list",
+                         "input[1]");
+  expect_embedding_error(parse_embedding(embedding({{"input", {{1}, json::array()}}})), 400, "input",
+                         "empty ids in a list", "input[1]");
+  expect_embedding_error(parse_embedding(embedding({{"input", 5}})), 400, "input", "a number");
+  expect_embedding_error(parse_embedding(embedding({{"input", {{"k", "v"}}}})), 400, "input", "an object");
+  expect_embedding_error(parse_embedding(embedding({{"input", json::array({json::object()})}})), 400, "input",
+                         "an array of objects");
+  expect_embedding_error(parse_embedding(embedding({{"input", {"a", 1}}})), 400, "input", "strings and ids",
+                         "input[1]");
+  expect_embedding_error(parse_embedding(embedding({{"input", {{1}, "a"}}})), 400, "input", "ids and strings",
+                         "input[1]");
+  expect_embedding_error(parse_embedding(embedding({{"input", {1, -2}}})), 400, "input", "a negative id");
+  expect_embedding_error(parse_embedding(embedding({{"input", {1, 2.5}}})), 400, "input", "a fractional id");
+  expect_embedding_error(parse_embedding(embedding({{"input", {1, 1 << 24}}})), 400, "input", "an id too large");
+  expect_embedding_error(parse_embedding(embedding({{"input", {1, "a"}}})), 400, "input", "ids then a string");
+  expect_embedding_error(
+      parse_embedding(embedding({{"input", json(std::vector<std::string>(kEmbeddingInputsMax + 1, "x"))}})), 400,
+      "input", "too many inputs", "2048");
+  ApiLimits roomy = limits();
+  roomy.body_bytes_max = 2 * kPromptBytesMax;
+  expect_embedding_error(parse_embedding(embedding({{"input", std::string(kPromptBytesMax + 1, 'a')}}), roomy), 400,
+                         "input", "a text too long");
+  expect_embedding_error(parse_embedding(embedding({{"encoding_format", "int8"}})), 400, "encoding_format",
+                         "an unknown format");
+  expect_embedding_error(parse_embedding(embedding({{"encoding_format", 1}})), 400, "encoding_format",
+                         "a format not a string");
+  expect_embedding_error(parse_embedding(embedding({{"dimensions", 0}})), 400, "dimensions", "zero dimensions");
+  expect_embedding_error(parse_embedding(embedding({{"dimensions", "64"}})), 400, "dimensions", "dimensions a string");
+  expect_embedding_error(parse_embedding(embedding({{"dimensions", 6.5}})), 400, "dimensions", "fractional");
+  expect_embedding_error(parse_embedding(embedding({{"user", 7}})), 400, "user", "user not a string");
+  ApiLimits small = limits();
+  small.body_bytes_max = 64;
+  expect_embedding_error(parse_embedding(embedding({{"input", std::string(100, 'a')}}), small), 413, "",
+                         "an oversized body");
+}
+
+TEST(OpenAiEmbeddings, TheResponseHasOpenAisFieldsAndExactFloats) {
+  const std::vector<std::vector<float>> vectors = {{0.1f, -0.5f, 1e-7f, 0.0f}, {1.0f / 3.0f, -0.5f, 3e-38f, 0.25f}};
+  const json j = json::parse(embedding_response("stories260K", vectors, false, 9));
+  EXPECT_EQ(keys(j), (std::set<std::string>{"object", "data", "model", "usage"}));
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["model"], "stories260K");
+  EXPECT_EQ(j["usage"], (json{{"prompt_tokens", 9}, {"total_tokens", 9}}));
+  ASSERT_EQ(j["data"].size(), 2u);
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    const json& d = j["data"][i];
+    EXPECT_EQ(keys(d), (std::set<std::string>{"object", "index", "embedding"}));
+    EXPECT_EQ(d["object"], "embedding");
+    EXPECT_EQ(d["index"], i);
+    ASSERT_EQ(d["embedding"].size(), vectors[i].size());
+    for (size_t k = 0; k < vectors[i].size(); ++k) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(d["embedding"][k].get<float>()), std::bit_cast<uint32_t>(vectors[i][k]))
+          << i << "," << k;
+    }
+  }
+  // Written as the shortest text of each float, as `idlefleet embed` does.
+  EXPECT_NE(embedding_response("m", {{0.1f}}, false, 1).find("[0.1]"), std::string::npos);
+  EXPECT_NE(embedding_response("m", {{-0.0f}}, false, 1).find("[-0]"), std::string::npos);
+}
+
+TEST(OpenAiEmbeddings, Base64IsTheLittleEndianFloatBytes) {
+  // 1.0f = 00 00 80 3f; -2.0f = 00 00 00 c0.
+  EXPECT_EQ(embedding_base64(std::vector<float>{1.0f}), "AACAPw==");
+  EXPECT_EQ(embedding_base64(std::vector<float>{1.0f, -2.0f}), "AACAPwAAAMA=");
+  EXPECT_EQ(embedding_base64(std::vector<float>{1.0f, -2.0f, 1.0f}), "AACAPwAAAMAAAIA/");
+  EXPECT_EQ(embedding_base64(std::vector<float>{}), "");
+  const json j = json::parse(embedding_response("m", {{1.0f, -2.0f}}, true, 2));
+  EXPECT_EQ(j["data"][0]["embedding"], "AACAPwAAAMA=");
 }
 
 // Chat prompts through a model's template: its control texts become control

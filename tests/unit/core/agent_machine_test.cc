@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace idlefleet::core {
 namespace {
 
@@ -257,6 +259,100 @@ TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {
   // A drive that gained charge (a detour via a charger) reserves nothing.
   drive(-20.0, 30 * kDayMs);
   EXPECT_NEAR(a.trip_reserve_pct(), 14.0, 1e-9);
+}
+
+
+AssignMessage embed_assign(const std::string& job, uint32_t attempt) {
+  AssignMessage a;
+  a.job_id = job;
+  a.attempt = attempt;
+  a.model_id = "stories260K";
+  a.prompt_ids = {1, 2, 3};
+  a.kind = WorkKind::kEmbed;
+  return a;
+}
+
+TEST(AgentMachine, OffersEmbeddingsOnlyWhenItsShellRunsThem) {
+  AgentMachine plain(config());
+  auto fx = plain.handle(ConnectedEvent{}, kT0);
+  ASSERT_EQ(sent<HelloMessage>(fx).size(), 1u);
+  EXPECT_FALSE(sent<HelloMessage>(fx)[0].embeddings);
+  AgentConfig c = config();
+  c.embeddings = true;
+  AgentMachine able(c);
+  fx = able.handle(ConnectedEvent{}, kT0);
+  ASSERT_EQ(sent<HelloMessage>(fx).size(), 1u);
+  EXPECT_TRUE(sent<HelloMessage>(fx)[0].embeddings);
+}
+
+TEST(AgentMachine, RunsAnEmbedAssignmentAndReportsItsVector) {
+  AgentConfig c = config();
+  c.embeddings = true;
+  AgentMachine a(c);
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  auto fx = a.handle(CoordinatorMessageEvent{embed_assign("e1", 1)}, kT0 + 10);
+  ASSERT_EQ(effects_of<StartEngineEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<StartEngineEffect>(fx)[0].assign.kind, WorkKind::kEmbed);
+  ASSERT_EQ(sent<StartedMessage>(fx).size(), 1u);
+  EXPECT_EQ(a.state(), VehicleState::kServing);
+
+  // Another attempt's vector, or one for a job not running here: refused.
+  fx = a.handle(EngineEmbeddingEvent{"e1", 2, 3, {0.6f, 0.8f}}, kT0 + 15);
+  EXPECT_TRUE(sent<EmbeddingMessage>(fx).empty());
+  fx = a.handle(EngineEmbeddingEvent{"e1", 1, 3, {0.6f, 0.8f}}, kT0 + 20);
+  ASSERT_EQ(sent<EmbeddingMessage>(fx).size(), 1u);
+  const EmbeddingMessage m = sent<EmbeddingMessage>(fx)[0];
+  EXPECT_EQ(m.job_id, "e1");
+  EXPECT_EQ(m.attempt, 1u);
+  EXPECT_EQ(m.tokens, 3u);
+  EXPECT_EQ(m.values, std::vector<float>({0.6f, 0.8f}));
+  EXPECT_FALSE(a.serving());
+  EXPECT_EQ(a.counters().attempts_finished, 1u);
+  ASSERT_FALSE(sent<StateMessage>(fx).empty());
+  EXPECT_EQ(sent<StateMessage>(fx).back().job_id, "");
+}
+
+TEST(AgentMachine, AnEmbeddingTheProtocolCannotCarryIsAFailedAttempt) {
+  AgentConfig c = config();
+  c.embeddings = true;
+  for (const std::vector<float>& values :
+       {std::vector<float>{}, std::vector<float>{0.5f, std::numeric_limits<float>::quiet_NaN()},
+        std::vector<float>(kEmbeddingValuesMax + 1, 0.0f)}) {
+    AgentMachine a(c);
+    a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+    a.handle(CoordinatorMessageEvent{embed_assign("e1", 1)}, kT0 + 10);
+    auto fx = a.handle(EngineEmbeddingEvent{"e1", 1, 3, values}, kT0 + 20);
+    EXPECT_TRUE(sent<EmbeddingMessage>(fx).empty());
+    ASSERT_EQ(sent<FailedMessage>(fx).size(), 1u) << values.size();
+    EXPECT_FALSE(a.serving());
+  }
+}
+
+TEST(AgentMachine, ADriverReturningDuringAnEmbeddingPreemptsIt) {
+  AgentConfig c = config();
+  c.embeddings = true;
+  AgentMachine a(c);
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(CoordinatorMessageEvent{embed_assign("e1", 1)}, kT0 + 10);
+  VehicleSignals s = parked_signals(kT0 + 100);
+  s.driver_door_open = true;
+  auto fx = a.handle(SignalsEvent{s}, kT0 + 100);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  // The engine stopped before it had a vector: preempted, with nothing kept.
+  fx = a.handle(EngineStoppedEvent{"e1", 1, 0}, kT0 + 120);
+  ASSERT_EQ(sent<PreemptedMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<PreemptedMessage>(fx)[0].total_tokens, 0u);
+  EXPECT_FALSE(a.serving());
+
+  // An embedding that finished before the stop took effect is still sent:
+  // the work is complete, and the coordinator decides.
+  AgentMachine b(c);
+  b.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  b.handle(CoordinatorMessageEvent{embed_assign("e2", 1)}, kT0 + 10);
+  b.handle(SignalsEvent{s}, kT0 + 100);
+  fx = b.handle(EngineEmbeddingEvent{"e2", 1, 3, {1.0f}}, kT0 + 110);
+  EXPECT_EQ(sent<EmbeddingMessage>(fx).size(), 1u);
+  EXPECT_FALSE(b.serving());
 }
 
 }  // namespace

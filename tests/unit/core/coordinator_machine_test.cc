@@ -324,6 +324,205 @@ TEST(CoordinatorMachine, AChunkWithoutTheLogprobsAskedForEndsTheAttempt) {
   EXPECT_TRUE(effects_of<JobTokensEffect>(fx)[0].logprobs.empty());
 }
 
+// ---- Embedding jobs ------------------------------------------------------------
+
+CoordinatorCoreConfig embed_config() {
+  CoordinatorCoreConfig c = config();
+  c.models = {{"m", 1u << 20, 2}};  // 2-wide embeddings
+  return c;
+}
+
+JobSpec embed_spec() {
+  JobSpec s = spec(0);  // model "m", prompt {1, 5, 6}, no new tokens
+  s.kind = WorkKind::kEmbed;
+  return s;
+}
+
+// A vehicle whose agent runs embeddings (`embeddings` in its hello).
+void join_embedder(CoordinatorMachine* c, const std::string& vid, TimeMs now) {
+  HelloMessage h = hello(vid);
+  h.embeddings = true;
+  c->handle(VehicleMessageEvent{vid, h}, now);
+  c->handle(VehicleMessageEvent{vid, state(vid, true, now)}, now);
+}
+
+TEST(CoordinatorMachine, EmbedJobsGoOnlyToVehiclesThatOfferEmbeddings) {
+  CoordinatorMachine c(embed_config());
+  join(&c, "v1", kT0);  // an older agent: it would generate instead
+  auto fx = c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+  ASSERT_TRUE(effects_of<JobAcceptedEffect>(fx).at(0).status.has_value());
+  EXPECT_TRUE(assigns(fx).empty());
+  EXPECT_EQ(c.queue_depth(), 1u);
+  // A generation still goes to v1 while the embedding waits.
+  fx = c.handle(SubmitJobEvent{"j1", spec()}, kT0 + 1);
+  ASSERT_EQ(assigns(fx).size(), 1u);
+  EXPECT_EQ(assigns(fx)[0].kind, WorkKind::kGenerate);
+
+  std::vector<std::string> to;
+  HelloMessage h = hello("v2");
+  h.embeddings = true;
+  c.handle(VehicleMessageEvent{"v2", h}, kT0 + 2);
+  fx = c.handle(VehicleMessageEvent{"v2", state("v2", true, kT0 + 2)}, kT0 + 2);
+  auto a = assigns(fx, &to);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(to[0], "v2");
+  EXPECT_EQ(a[0].job_id, "e1");
+  EXPECT_EQ(a[0].kind, WorkKind::kEmbed);
+  EXPECT_EQ(a[0].prompt_ids, embed_spec().prompt_ids);
+  EXPECT_TRUE(a[0].produced_ids.empty());
+  EXPECT_EQ(a[0].max_tokens, 0u);
+}
+
+TEST(CoordinatorMachine, AnEmbeddingCompletesItsJobAndGoesToTheClient) {
+  CoordinatorMachine c(embed_config());
+  join_embedder(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+  // Before it started, a vector is refused (messages from one vehicle keep
+  // their order, so this is not a vehicle we can follow).
+  auto fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.6f, 0.8f}}}, kT0 + 1);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "bad_embedding");
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"e1", 1}}, kT0 + 1);
+  // A "done" does not complete an embedding: only its vector does.
+  fx = c.handle(VehicleMessageEvent{"v1", DoneMessage{"e1", 1, 0, "stop"}}, kT0 + 2);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "bad_done");
+  EXPECT_EQ(c.job("e1")->job.state(), JobState::kRunning);
+
+  fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.6f, 0.8f}}}, kT0 + 3);
+  ASSERT_EQ(effects_of<JobEmbeddingEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEmbeddingEffect>(fx)[0].job_id, "e1");
+  EXPECT_EQ(effects_of<JobEmbeddingEffect>(fx)[0].tokens, 3u);
+  EXPECT_EQ(effects_of<JobEmbeddingEffect>(fx)[0].values, std::vector<float>({0.6f, 0.8f}));
+  // The vector comes before the end, which a client's response waits for.
+  size_t vector_at = 0, ended_at = 0;
+  for (size_t i = 0; i < fx.size(); ++i) {
+    if (std::holds_alternative<JobEmbeddingEffect>(fx[i])) vector_at = i;
+    if (std::holds_alternative<JobEndedEffect>(fx[i])) ended_at = i;
+  }
+  EXPECT_LT(vector_at, ended_at);
+  ASSERT_EQ(effects_of<JobEndedEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx)[0].state, JobState::kDone);
+  EXPECT_EQ(c.counters().jobs_done, 1u);
+  EXPECT_EQ(c.vehicles_available(), 1u);
+  EXPECT_EQ(c.vehicles().at("v1").attempts_completed, 1u);
+  // Twice: stale.
+  const CoordinatorCounters before = c.counters();
+  fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.6f, 0.8f}}}, kT0 + 4);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "stale_message");
+  EXPECT_TRUE(effects_of<JobEmbeddingEffect>(fx).empty());
+  EXPECT_EQ(c.counters().messages_rejected, before.messages_rejected + 1);
+  EXPECT_EQ(c.counters().messages_accepted, before.messages_accepted);
+}
+
+TEST(CoordinatorMachine, EmbeddingKindsAreNotMixedUp) {
+  CoordinatorMachine c(embed_config());
+  join_embedder(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  auto fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"j1", 1, 3, {0.6f, 0.8f}}}, kT0 + 1);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "bad_embedding");
+  EXPECT_EQ(c.job("j1")->job.state(), JobState::kRunning);
+  // Tokens for an embedding job exceed its budget of none.
+  c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0 + 2);
+  join_embedder(&c, "v2", kT0 + 2);
+  c.handle(VehicleMessageEvent{"v2", StartedMessage{"e1", 1}}, kT0 + 3);
+  fx = c.handle(VehicleMessageEvent{"v2", ChunkMessage{"e1", 1, 0, {4}}}, kT0 + 4);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "bad_chunk");
+  EXPECT_TRUE(c.job("e1")->job.produced().empty());
+}
+
+TEST(CoordinatorMachine, AMalformedEmbeddingFailsTheAttemptAndAnotherVehicleRedoesIt) {
+  struct Case {
+    const char* what;
+    EmbeddingMessage m;
+  };
+  const Case cases[] = {{"wrong width", {"e1", 1, 3, {0.6f, 0.8f, 0.0f}}},
+                        {"wrong token count", {"e1", 1, 2, {0.6f, 0.8f}}},
+                        {"not unit length", {"e1", 1, 3, {0.6f, 0.9f}}}};
+  for (const Case& k : cases) {
+    CoordinatorMachine c(embed_config());
+    join_embedder(&c, "v1", kT0);
+    c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+    join_embedder(&c, "v2", kT0);
+    c.handle(VehicleMessageEvent{"v1", StartedMessage{"e1", 1}}, kT0);
+    std::vector<std::string> to;
+    auto fx = c.handle(VehicleMessageEvent{"v1", k.m}, kT0 + 1);
+    EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "bad_embedding") << k.what;
+    EXPECT_TRUE(effects_of<JobEmbeddingEffect>(fx).empty()) << k.what;
+    EXPECT_TRUE(effects_of<JobEndedEffect>(fx).empty()) << k.what;
+    auto a = assigns(fx, &to);
+    ASSERT_EQ(a.size(), 1u) << k.what;
+    EXPECT_EQ(to[0], "v2") << k.what;
+    EXPECT_EQ(a[0].attempt, 2u);
+    EXPECT_EQ(c.vehicles().at("v1").attempts_lost, 1u);
+    EXPECT_EQ(c.job("e1")->job.attempts()[0].end, AttemptEnd::kFailed);
+  }
+  // A zero vector (the mean of nothing but zeros) is what the engine makes
+  // then: accepted.
+  CoordinatorMachine c(embed_config());
+  join_embedder(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"e1", 1}}, kT0);
+  auto fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.0f, 0.0f}}}, kT0 + 1);
+  EXPECT_EQ(effects_of<JobEmbeddingEffect>(fx).size(), 1u);
+}
+
+TEST(CoordinatorMachine, APreemptedEmbeddingIsPlacedAgainAndStartsOver) {
+  CoordinatorMachine c(embed_config());
+  join_embedder(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+  join_embedder(&c, "v2", kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"e1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v1", state("v1", false, kT0 + 1, "e1", 1)}, kT0 + 1);
+  std::vector<std::string> to;
+  auto fx = c.handle(VehicleMessageEvent{"v1", PreemptedMessage{"e1", 1, 0, "driver's door open"}}, kT0 + 2);
+  auto a = assigns(fx, &to);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(to[0], "v2");
+  EXPECT_EQ(a[0].attempt, 2u);
+  EXPECT_EQ(a[0].kind, WorkKind::kEmbed);
+  EXPECT_TRUE(a[0].produced_ids.empty());
+  EXPECT_EQ(c.counters().preemptions, 1u);
+  // v1's vector, finished as it stopped, is for an attempt that is over.
+  fx = c.handle(VehicleMessageEvent{"v1", EmbeddingMessage{"e1", 1, 3, {0.6f, 0.8f}}}, kT0 + 3);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx).at(0).what, "stale_message");
+  EXPECT_TRUE(effects_of<JobEmbeddingEffect>(fx).empty());
+  c.handle(VehicleMessageEvent{"v2", StartedMessage{"e1", 2}}, kT0 + 4);
+  fx = c.handle(VehicleMessageEvent{"v2", EmbeddingMessage{"e1", 2, 3, {0.8f, 0.6f}}}, kT0 + 5);
+  ASSERT_EQ(effects_of<JobEmbeddingEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<JobEmbeddingEffect>(fx)[0].values, std::vector<float>({0.8f, 0.6f}));
+  EXPECT_EQ(effects_of<JobEndedEffect>(fx).at(0).state, JobState::kDone);
+}
+
+TEST(CoordinatorMachine, ALostEmbeddingIsPlacedAgain) {
+  CoordinatorMachine c(embed_config());
+  join_embedder(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"e1", embed_spec()}, kT0);
+  join_embedder(&c, "v2", kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"e1", 1}}, kT0);
+  c.handle(VehicleMessageEvent{"v2", state("v2", true, kT0 + 900)}, kT0 + 900);
+  std::vector<std::string> to;
+  auto fx = c.handle(CoordinatorTick{}, kT0 + 1000);
+  auto a = assigns(fx, &to);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(to[0], "v2");
+  EXPECT_EQ(a[0].kind, WorkKind::kEmbed);
+  EXPECT_EQ(c.counters().attempts_lost, 1u);
+}
+
+TEST(CoordinatorMachine, RefusesEmbeddingsThatAskForTokens) {
+  CoordinatorMachine c(embed_config());
+  JobSpec s = embed_spec();
+  s.max_tokens = 4;
+  auto fx = c.handle(SubmitJobEvent{"e1", s}, kT0);
+  ASSERT_FALSE(effects_of<JobAcceptedEffect>(fx).at(0).status.has_value());
+  EXPECT_EQ(effects_of<JobAcceptedEffect>(fx).at(0).status.error().code, ErrorCode::kOutOfRange);
+  s = embed_spec();
+  s.prompt_ids.clear();
+  fx = c.handle(SubmitJobEvent{"e2", s}, kT0);
+  EXPECT_FALSE(effects_of<JobAcceptedEffect>(fx).at(0).status.has_value());
+  EXPECT_EQ(c.counters().jobs_refused, 2u);
+}
+
 TEST(CoordinatorMachine, RefusesBadSubmissions) {
   CoordinatorCoreConfig cfg = config();
   cfg.queue_jobs_max = 1;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include "common/random.h"
 
@@ -32,7 +33,7 @@ std::vector<Message> samples() {
   c.logprobs = {{-0.125f, {{432, -0.125f}, {17, -2.5f}, {9, -3.0625f}}},
                 {-1.0e-7f, {{383, -1.0e-7f}, {4, -17.75f}, {0, kLogprobMin}}},
                 {kLogprobMin, {{5, -0.3f}, {6, -1.7f}, {7, -2.9f}}}};
-  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7"},
+  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7", true},
           StateMessage{"car-1", "parked", false, {"battery 28% is below your floor of 30%"}, 28.0, 41.5, 1795780000000,
                        1795773600000, "job-1", 2, 60.0},
           a,
@@ -41,7 +42,8 @@ std::vector<Message> samples() {
           c,
           DoneMessage{"job-1", 2, 5, "stop"},
           PreemptedMessage{"job-1", 2, 4, "driver door opened"},
-          FailedMessage{"job-1", 2, "model not cached and download failed"}};
+          FailedMessage{"job-1", 2, "model not cached and download failed"},
+          EmbeddingMessage{"emb-1-0", 1, 3, {0.6f, -0.8f, 0.0f, 1e-7f}}};
 }
 
 TEST(Protocol, EveryMessageRoundTrips) {
@@ -52,6 +54,48 @@ TEST(Protocol, EveryMessageRoundTrips) {
     EXPECT_EQ(back->index(), m.index());
     EXPECT_EQ(encode_message(*back), text);
   }
+}
+
+TEST(Protocol, EmbedAssignmentsAndVectorsRoundTripExactly) {
+  AssignMessage a;
+  a.job_id = "emb-1-0";
+  a.attempt = 1;
+  a.model_id = "stories260K";
+  a.prompt_ids = {1, 403, 407};
+  a.lease_expires_at = 1795773600000;
+  a.kind = WorkKind::kEmbed;
+  auto back = decode_message(encode_message(a));
+  ASSERT_TRUE(back) << back.error().to_string();
+  EXPECT_EQ(std::get<AssignMessage>(*back).kind, WorkKind::kEmbed);
+  // An assign without "kind" (an older coordinator's) is a generation.
+  auto old = decode_message(
+      R"({"v":1,"type":"assign","job_id":"j","attempt":1,"model_id":"m","prompt_ids":[1],"max_tokens":4,"lease_expires_at":1})");
+  ASSERT_TRUE(old) << old.error().to_string();
+  EXPECT_EQ(std::get<AssignMessage>(*old).kind, WorkKind::kGenerate);
+  // ...and a hello without "embeddings" offers none.
+  auto hello = decode_message(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1})");
+  ASSERT_TRUE(hello);
+  EXPECT_FALSE(std::get<HelloMessage>(*hello).embeddings);
+
+  // Every float comes back bitwise, whatever digits it needs.
+  EmbeddingMessage e{"emb-1-0", 1, 3, {}};
+  Rng rng(5);
+  for (int i = 0; i < 4096; ++i) {
+    uint32_t bits = static_cast<uint32_t>(rng.next());
+    if (((bits >> 23) & 0xff) == 0xff) bits &= ~(1u << 30);  // not inf or NaN
+    e.values.push_back(std::bit_cast<float>(bits));
+  }
+  e.values.push_back(std::numeric_limits<float>::denorm_min());
+  e.values.push_back(-std::numeric_limits<float>::max());
+  e.values.push_back(-0.0f);
+  auto ev = decode_message(encode_message(e));
+  ASSERT_TRUE(ev) << ev.error().to_string();
+  const auto& got = std::get<EmbeddingMessage>(*ev);
+  ASSERT_EQ(got.values.size(), e.values.size());
+  for (size_t i = 0; i < e.values.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(got.values[i]), std::bit_cast<uint32_t>(e.values[i])) << i;
+  }
+  EXPECT_EQ(got.tokens, 3u);
 }
 
 TEST(Protocol, SeedCorpusDecodes) {
@@ -108,6 +152,25 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
                  "temperature");
   expect_refused(R"({"v":1,"type":"assign","job_id":"j","attempt":1,"model_id":"m","prompt_ids":[1],"max_tokens":4,"lease_expires_at":1,"sampling":{"top_p":1.5}})",
                  "top_p");
+  const std::string assign =
+      R"({"v":1,"type":"assign","job_id":"j","attempt":1,"model_id":"m","prompt_ids":[1],"max_tokens":0,"lease_expires_at":1,)";
+  expect_refused(assign + R"("kind":"teleport"})", "kind");
+  expect_refused(assign + R"("kind":7})", "kind");
+  expect_refused(assign + R"("kind":"embed","produced_ids":[5]})", "produced_ids");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"embeddings":"yes"})", "embeddings");
+  const std::string embedding = R"({"v":1,"type":"embedding","job_id":"j","attempt":1,)";
+  expect_refused(embedding + R"("tokens":3})", "values");
+  expect_refused(embedding + R"("tokens":3,"values":[]})", "values");
+  expect_refused(embedding + R"("tokens":3,"values":[0.5,"0.5"]})", "values");
+  expect_refused(embedding + R"("tokens":3,"values":[0.5,null]})", "values");
+  expect_refused(embedding + R"("tokens":3,"values":[1e39]})", "values");
+  expect_refused(embedding + R"("tokens":3,"values":[1e400]})", "JSON");  // no double holds it
+  expect_refused(embedding + R"("tokens":3,"values":{"0":1}})", "values");
+  expect_refused(embedding + R"("values":[0.5]})", "tokens");
+  expect_refused(embedding + R"("tokens":-1,"values":[0.5]})", "tokens");
+  std::string wide = embedding + R"("tokens":3,"values":[)";
+  for (size_t i = 0; i <= kEmbeddingValuesMax; ++i) wide += (i ? ",0" : "0");
+  expect_refused(wide + "]}", "more than");
   // Too many ids in one chunk.
   std::string big = R"({"v":1,"type":"chunk","job_id":"j","attempt":1,"first_index":0,"ids":[)";
   for (size_t i = 0; i <= kChunkTokensMax; ++i) big += (i ? ",1" : "1");

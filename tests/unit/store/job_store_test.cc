@@ -120,6 +120,15 @@ TEST_F(JobStoreTest, RoundTripsEveryField) {
   EXPECT_EQ(**got_e, e);
   EXPECT_EQ(raw_sql("SELECT typeof(prompt_ids) FROM jobs WHERE id = 'empty'"), "blob");
 
+  // An embedding job: no tokens to produce, no sampling to keep.
+  StoredJob emb = make_job("emb-1-0", 2);
+  emb.kind = "embedding";
+  emb.max_tokens = 0;
+  ASSERT_TRUE(store->put(std::span(&emb, 1)));
+  auto got_emb = store->get("emb-1-0");
+  ASSERT_TRUE(got_emb && got_emb->has_value());
+  EXPECT_EQ(**got_emb, emb);
+
   auto missing = store->get("nope");
   ASSERT_TRUE(missing);
   EXPECT_FALSE(missing->has_value());
@@ -266,7 +275,7 @@ TEST_F(JobStoreTest, LimitsAreCheckedAndABadBatchWritesNothing) {
   j = make_job("weird-state", 1, "paused");
   refused(j, ErrorCode::kInvalidArgument, "state");
   j = make_job("weird-kind", 1);
-  j.kind = "embedding";
+  j.kind = "image";
   refused(j, ErrorCode::kInvalidArgument, "kind");
   refused(make_job("", 1), ErrorCode::kInvalidArgument, "empty id");
 

@@ -686,7 +686,7 @@ TEST_F(BadInput, HttpGarbageGetsOpenAiErrorsNeverA500) {
        400, "messages", "context_length_exceeded"},
       {"oversized body", "POST", c, "{" + ok_prompt + R"(,"pad":")" + std::string(2u << 20, 'p') + "\"}", 413, "", ""},
       {"unknown route", "GET", "/v1/engines", "", 404, "", ""},
-      {"unknown POST route", "POST", "/v1/embeddings", "{}", 404, "", ""},
+      {"unknown POST route", "POST", "/v1/moderations", "{}", 404, "", ""},
       {"unknown model card", "GET", "/v1/models/gpt-4", "", 404, "", "model_not_found"},
       {"unknown catalog file", "GET", "/v1/catalog/gpt-4/file", "", 404, "", "model_not_found"},
       {"GET a completion", "GET", c, "", 405, "", ""},

@@ -15,9 +15,9 @@
 // request is small (max_tokens at most 48) so that the whole file runs in
 // seconds on the tiny test model.
 //
-// Where an endpoint is not served yet, a marked section below ("NOT YET
-// SERVED") says what to add when it lands. Nothing here is skipped: a check
-// that is present runs and can fail.
+// Every endpoint the coordinator serves is here: models, completions and
+// chat (streamed and not), embeddings, files and batches. Nothing is skipped:
+// every check runs and can fail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -266,17 +266,32 @@ test('a bad parameter gives BadRequestError (400) naming it', async () => {
   }
 });
 
-// ---- NOT YET SERVED ----------------------------------------------------------------
-// Issue 4, acceptance A also names these. Add each as its endpoint lands, in
-// the same style (no test.skip, no test.todo: a test here must be able to
-// fail), and keep requests small.
-//
-// embeddings: client.embeddings.create({ model, input: 'text' }) and with an
-//   array of inputs; check object 'list', data[i].object 'embedding',
-//   data[i].index === i, data[i].embedding a number[] of the model's width,
-//   usage.prompt_tokens; encoding_format 'base64' (the client's default when
-//   none is given decodes it back to floats) equals 'float'; the same input
-//   gives the same vector.
+// ---- Embeddings ----------------------------------------------------------------------
+
+test('embeddings: one input and several, float and base64 (the client default), deterministic', async () => {
+  const one = await client.embeddings.create({ model, input: 'Once upon a time', encoding_format: 'float' });
+  assert.equal(one.object, 'list');
+  assert.equal(one.model, model);
+  assert.equal(one.data.length, 1);
+  assert.equal(one.data[0].object, 'embedding');
+  assert.equal(one.data[0].index, 0);
+  const v = one.data[0].embedding;
+  assert.ok(Array.isArray(v) && v.length > 0);
+  const norm = Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+  assert.ok(Math.abs(norm - 1) < 1e-5, `unit length, got ${norm}`);
+  assert.ok(one.usage.prompt_tokens > 0);
+  assert.equal(one.usage.total_tokens, one.usage.prompt_tokens);
+  // No encoding_format: the client asks for base64 and decodes it to the same floats.
+  const decoded = await client.embeddings.create({ model, input: 'Once upon a time' });
+  assert.equal(decoded.data[0].embedding.length, v.length);
+  for (let i = 0; i < v.length; i++) assert.equal(Math.fround(decoded.data[0].embedding[i]), Math.fround(v[i]));
+  const many = await client.embeddings.create({ model, input: ['The little dog', 'Once upon a time'], encoding_format: 'float' });
+  assert.deepEqual(many.data.map((d) => d.index), [0, 1]);
+  assert.deepEqual(many.data[1].embedding, v);
+  assert.notDeepEqual(many.data[0].embedding, v);
+  await assert.rejects(client.embeddings.create({ model: 'no-such-model', input: 'x' }), NotFoundError);
+  await assert.rejects(client.embeddings.create({ model, input: [] }), BadRequestError);
+});
 
 // ---- Files and batches ---------------------------------------------------------------
 

@@ -240,6 +240,7 @@ struct BatchRun {
   std::set<size_t> changed;     // lines to write
   bool dirty = false;           // obj to write
   std::string ending;           // "" while running; else the final status wanted: cancelled, expired
+  std::string owner;            // the API key that made it ("" with keys off)
 };
 
 }  // namespace
@@ -593,8 +594,9 @@ struct CoordinatorServer::Impl {
         p.substr(p.size() - 5) == "/file") {
       return serve_model_file(p.substr(12, p.size() - 17), x);
     }
-    if (p == "/v1/files" || p.rfind("/v1/files/", 0) == 0) return file_route(r, x);
-    if (p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0) return batch_route(r, x);
+    // Files and batches belong to the key that made them ("" with keys off).
+    if (p == "/v1/files" || p.rfind("/v1/files/", 0) == 0) return file_route(r, x, key_id);
+    if (p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0) return batch_route(r, x, key_id);
     if (r.method == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions")) {
       return submit(r, p == "/v1/chat/completions", key_id, std::move(x));
     }
@@ -863,7 +865,7 @@ struct CoordinatorServer::Impl {
 
   static std::string path_tail(const std::string& path, size_t prefix) { return path.substr(prefix, 128); }
 
-  void upload_file(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+  void upload_file(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
     const std::string* type = r.header("content-type");
     auto parts = parse_multipart(type == nullptr ? "" : *type, r.body);
     if (!parts) return x->respond(error_response(api_error(400, "invalid_request_error", parts.error().message)));
@@ -895,23 +897,24 @@ struct CoordinatorServer::Impl {
     f.filename = file->filename.substr(0, kFileNameBytesMax);
     f.bytes = file->data.size();
     f.created_at = wall_ms() / 1000;
+    f.owner = owner;
     on_files([x, f, content = std::string(file->data)](store::FileStore& fs) {
       if (auto st = fs.put_file(f, content); !st) return x->respond(store_error(st.error()));
       x->respond(json_response(200, file_json({f.id, f.purpose, f.filename, f.bytes, f.created_at}).dump()));
     });
   }
 
-  void file_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+  void file_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
     const std::string& p = r.path;
     if (p == "/v1/files") {
-      if (r.method == "POST") return upload_file(r, x);
+      if (r.method == "POST") return upload_file(r, x, owner);
       if (r.method != "GET") return method_not_allowed(r, x);
       std::string purpose;
       for (const auto& [k, v] : query_pairs(r.query)) {
         if (k == "purpose") purpose = v.substr(0, 64);
       }
-      return on_files([x, purpose](store::FileStore& fs) {
-        auto list = fs.list_files(purpose, store::kListFilesMax);
+      return on_files([x, purpose, owner](store::FileStore& fs) {
+        auto list = fs.list_files(owner, purpose, store::kListFilesMax);
         if (!list) return x->respond(store_error(list.error()));
         json data = json::array();
         for (const auto& f : *list) data.push_back(file_json({f.id, f.purpose, f.filename, f.bytes, f.created_at}));
@@ -926,8 +929,17 @@ struct CoordinatorServer::Impl {
     auto missing = [id] {
       return error_response(api_error(404, "invalid_request_error", "No such File object: " + id.substr(0, 128)));
     };
+    // Another key's file is as missing as one that never was.
+    auto owned = [id, owner](store::FileStore& fs) -> Result<bool> {
+      auto f = fs.get_file(id);
+      if (!f) return Unexpected(f.error());
+      return f->has_value() && (*f)->owner == owner;
+    };
     if (content && r.method == "GET") {
-      return on_files([x, id, missing](store::FileStore& fs) {
+      return on_files([x, id, missing, owned](store::FileStore& fs) {
+        auto mine = owned(fs);
+        if (!mine) return x->respond(store_error(mine.error()));
+        if (!*mine) return x->respond(missing());
         auto bytes = fs.file_content(id);
         if (!bytes) return x->respond(store_error(bytes.error()));
         if (!*bytes) return x->respond(missing());
@@ -938,16 +950,19 @@ struct CoordinatorServer::Impl {
       });
     }
     if (!content && r.method == "GET") {
-      return on_files([x, id, missing](store::FileStore& fs) {
+      return on_files([x, id, missing, owner](store::FileStore& fs) {
         auto f = fs.get_file(id);
         if (!f) return x->respond(store_error(f.error()));
-        if (!*f) return x->respond(missing());
+        if (!*f || (*f)->owner != owner) return x->respond(missing());
         const auto& g = **f;
         x->respond(json_response(200, file_json({g.id, g.purpose, g.filename, g.bytes, g.created_at}).dump()));
       });
     }
     if (!content && r.method == "DELETE") {
-      return on_files([x, id, missing](store::FileStore& fs) {
+      return on_files([x, id, missing, owned](store::FileStore& fs) {
+        auto mine = owned(fs);
+        if (!mine) return x->respond(store_error(mine.error()));
+        if (!*mine) return x->respond(missing());
         auto gone = fs.delete_file(id);
         if (!gone) return x->respond(store_error(gone.error()));
         if (!*gone) return x->respond(missing());
@@ -976,10 +991,10 @@ struct CoordinatorServer::Impl {
     return out;
   }
 
-  void batch_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+  void batch_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
     const std::string& p = r.path;
     if (p == "/v1/batches") {
-      if (r.method == "POST") return create_batch(r, x);
+      if (r.method == "POST") return create_batch(r, x, owner);
       if (r.method != "GET") return method_not_allowed(r, x);
       size_t limit = 20;
       std::string after;
@@ -996,8 +1011,8 @@ struct CoordinatorServer::Impl {
         }
         if (k == "after") after = v.substr(0, 128);
       }
-      return on_files([x, limit, after](store::FileStore& fs) {
-        auto all = fs.list_batches(store::kListFilesMax, 0);
+      return on_files([x, limit, after, owner](store::FileStore& fs) {
+        auto all = fs.list_batches(owner, store::kListFilesMax, 0);
         if (!all) return x->respond(store_error(all.error()));
         json data = json::array();
         bool skipping = !after.empty(), more = false;
@@ -1025,15 +1040,15 @@ struct CoordinatorServer::Impl {
     }
     if (cancel && r.method == "POST") {
       Item item;
-      item.task = [this, x, id](core::TimeMs now) { cancel_batch(id, x, now); };
+      item.task = [this, x, id, owner](core::TimeMs now) { cancel_batch(id, owner, x, now); };
       if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
       return;
     }
     if (!cancel && r.method == "GET") {
-      return on_files([x, id](store::FileStore& fs) {
+      return on_files([x, id, owner](store::FileStore& fs) {
         auto b = fs.get_batch(id);
         if (!b) return x->respond(store_error(b.error()));
-        if (!*b) {
+        if (!*b || (*b)->owner != owner) {
           return x->respond(error_response(api_error(404, "invalid_request_error", "No such Batch object: " + id)));
         }
         x->respond(json_response(200, (*b)->object_json));
@@ -1042,17 +1057,17 @@ struct CoordinatorServer::Impl {
     method_not_allowed(r, x);
   }
 
-  void create_batch(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+  void create_batch(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
     auto parsed = parse_batch_create(r.body);
     if (auto* e = std::get_if<ApiError>(&parsed)) return x->respond(error_response(*e));
     BatchCreate c = std::get<BatchCreate>(std::move(parsed));
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
     limits.body_bytes_max = config.request_bytes_max;
-    on_files([this, x, c, limits](store::FileStore& fs) {
+    on_files([this, x, c, limits, owner](store::FileStore& fs) {
       auto file = fs.get_file(c.input_file_id);
       if (!file) return x->respond(store_error(file.error()));
-      if (!*file || (*file)->purpose != "batch") {
+      if (!*file || (*file)->purpose != "batch" || (*file)->owner != owner) {
         ApiError e = api_error(404, "invalid_request_error",
                                "No such File object with purpose 'batch': " + c.input_file_id);
         e.param = "input_file_id";
@@ -1067,6 +1082,7 @@ struct CoordinatorServer::Impl {
       run.obj.input_file_id = c.input_file_id;
       run.obj.created_at = now / 1000;
       run.obj.metadata = c.metadata;
+      run.owner = owner;
       auto lines = parse_batch_input(**content, c.endpoint, limits);
       if (auto* e = std::get_if<ApiError>(&lines)) {
         run.obj.status = "failed";
@@ -1095,7 +1111,7 @@ struct CoordinatorServer::Impl {
       std::vector<store::StoredBatchLine> rows;
       for (const BatchLineRun& l : run.lines) rows.push_back(stored_line(run.obj.id, l));
       const std::string object = batch_json(run.obj).dump();
-      if (auto st = fs.put_batch({run.obj.id, run.obj.status, run.obj.created_at, object}, rows); !st) {
+      if (auto st = fs.put_batch({run.obj.id, run.obj.status, run.obj.created_at, object, owner}, rows); !st) {
         return x->respond(store_error(st.error()));
       }
       x->respond(json_response(200, object));
@@ -1285,32 +1301,35 @@ struct CoordinatorServer::Impl {
     run.changed.clear();
     run.dirty = false;
     const BatchObject obj = run.obj;
-    on_files([this, obj, rows = std::move(rows), output = std::move(output), errors = std::move(errors)](
-                 store::FileStore& fs) {
+    on_files([this, obj, owner = run.owner, rows = std::move(rows), output = std::move(output),
+              errors = std::move(errors)](store::FileStore& fs) {
       const int64_t t = obj.finalizing_at;
       if (!obj.output_file_id.empty()) {
-        const store::StoredFile f{obj.output_file_id, "batch_output", obj.id + "_output.jsonl", output.size(), t};
+        const store::StoredFile f{obj.output_file_id, "batch_output", obj.id + "_output.jsonl", output.size(), t,
+                                  owner};
         if (auto st = fs.put_file(f, output); !st) log("batch " + obj.id + ": " + st.error().to_string());
       }
       if (!obj.error_file_id.empty()) {
-        const store::StoredFile f{obj.error_file_id, "batch_output", obj.id + "_error.jsonl", errors.size(), t};
+        const store::StoredFile f{obj.error_file_id, "batch_output", obj.id + "_error.jsonl", errors.size(), t,
+                                  owner};
         if (auto st = fs.put_file(f, errors); !st) log("batch " + obj.id + ": " + st.error().to_string());
       }
-      if (auto st = fs.put_batch({obj.id, obj.status, obj.created_at, batch_json(obj).dump()}, rows); !st) {
+      if (auto st = fs.put_batch({obj.id, obj.status, obj.created_at, batch_json(obj).dump(), owner}, rows); !st) {
         log("batch " + obj.id + ": " + st.error().to_string());
       }
     });
   }
 
   // Loop thread: POST /v1/batches/{id}/cancel.
-  void cancel_batch(const std::string& id, const std::shared_ptr<HttpExchange>& x, core::TimeMs now) {
+  void cancel_batch(const std::string& id, const std::string& owner, const std::shared_ptr<HttpExchange>& x,
+                    core::TimeMs now) {
     auto it = batch_runs.find(id);
-    if (it == batch_runs.end()) {
-      // Not running: finished, or unknown.
-      return on_files([x, id](store::FileStore& fs) {
+    if (it == batch_runs.end() || it->second.owner != owner) {
+      // Not running: finished, or unknown (or another key's).
+      return on_files([x, id, owner](store::FileStore& fs) {
         auto b = fs.get_batch(id);
         if (!b) return x->respond(store_error(b.error()));
-        if (!*b) {
+        if (!*b || (*b)->owner != owner) {
           return x->respond(error_response(api_error(404, "invalid_request_error", "No such Batch object: " + id)));
         }
         x->respond(error_response(api_error(409, "invalid_request_error",
@@ -1369,6 +1388,7 @@ struct CoordinatorServer::Impl {
       }
       BatchRun run;
       run.obj = std::move(*obj);
+      run.owner = sb.owner;
       for (const store::StoredBatchLine& row : *rows) {
         run.lines.push_back({row.line, row.custom_id, row.body, row.state, row.job_id, row.result});
       }

@@ -39,6 +39,10 @@ CREATE TABLE batch_lines (
   PRIMARY KEY (batch_id, line)
 ) STRICT;
 )sql",
+    R"sql(
+ALTER TABLE files ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 constexpr const char* kFinalBatchStatuses = "('failed', 'completed', 'expired', 'cancelled')";
@@ -104,7 +108,10 @@ Status FileStore::put_file(const StoredFile& f, std::string_view content) {
   if (f.id.empty() || f.bytes != content.size()) {
     return Unexpected(ErrorCode::kInvalidArgument, "file '" + f.id + "': empty id or a size that is not its content's");
   }
-  Stmt s(db_, "INSERT INTO files (id, purpose, filename, bytes, created_at, content) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+  IF_RETURN_IF_ERROR(check_size("a file's owner", f.owner.size(), kStoredIdBytesMax));
+  Stmt s(db_,
+         "INSERT INTO files (id, purpose, filename, bytes, created_at, content, owner) "
+         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing a file insert");
   s.text(1, f.id);
   s.text(2, f.purpose);
@@ -112,6 +119,7 @@ Status FileStore::put_file(const StoredFile& f, std::string_view content) {
   s.integer(4, static_cast<int64_t>(f.bytes));
   s.integer(5, f.created_at);
   s.blob(6, content);
+  s.text(7, f.owner);
   if (int rc = s.step(); rc != SQLITE_DONE) return error(rc, "writing file " + f.id);
   return {};
 }
@@ -124,6 +132,7 @@ Result<StoredFile> read_file_row(const Stmt& s, const std::string& path) {
   f.filename = s.column_text(2);
   const int64_t bytes = s.column_int(3);
   f.created_at = s.column_int(4);
+  f.owner = s.column_text(5);
   if (bytes < 0 || static_cast<uint64_t>(bytes) > kStoredFileBytesMax || f.id.empty()) {
     return Unexpected(ErrorCode::kCorrupt, "file store '" + path + "': file '" + f.id + "' has a bad size or id");
   }
@@ -133,7 +142,7 @@ Result<StoredFile> read_file_row(const Stmt& s, const std::string& path) {
 }  // namespace
 
 Result<std::optional<StoredFile>> FileStore::get_file(const std::string& id) {
-  Stmt s(db_, "SELECT id, purpose, filename, bytes, created_at FROM files WHERE id = ?1");
+  Stmt s(db_, "SELECT id, purpose, filename, bytes, created_at, owner FROM files WHERE id = ?1");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing a file read");
   s.text(1, id);
   const int rc = s.step();
@@ -166,14 +175,16 @@ Result<bool> FileStore::delete_file(const std::string& id) {
   return sqlite3_changes(db_) > 0;
 }
 
-Result<std::vector<StoredFile>> FileStore::list_files(const std::string& purpose, size_t limit) {
+Result<std::vector<StoredFile>> FileStore::list_files(const std::string& owner, const std::string& purpose,
+                                                     size_t limit) {
   if (limit > kListFilesMax) return Unexpected(ErrorCode::kOutOfRange, "at most 10000 files are listed at once");
   Stmt s(db_,
-         "SELECT id, purpose, filename, bytes, created_at FROM files WHERE (?1 = '' OR purpose = ?1) "
-         "ORDER BY created_at DESC, id DESC LIMIT ?2");
+         "SELECT id, purpose, filename, bytes, created_at, owner FROM files WHERE owner = ?3 AND "
+         "(?1 = '' OR purpose = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing the file list");
   s.text(1, purpose);
   s.integer(2, static_cast<int64_t>(limit));
+  s.text(3, owner);
   std::vector<StoredFile> out;
   for (int rc = s.step();; rc = s.step()) {
     if (rc == SQLITE_DONE) break;
@@ -188,6 +199,7 @@ Result<std::vector<StoredFile>> FileStore::list_files(const std::string& purpose
 Status FileStore::put_batch(const StoredBatch& b, std::span<const StoredBatchLine> lines) {
   IF_RETURN_IF_ERROR(check_size("a batch id", b.id.size(), kStoredIdBytesMax));
   IF_RETURN_IF_ERROR(check_size("batch " + b.id, b.object_json.size(), kStoredTextBytesMax));
+  IF_RETURN_IF_ERROR(check_size("a batch's owner", b.owner.size(), kStoredIdBytesMax));
   if (b.id.empty()) return Unexpected(ErrorCode::kInvalidArgument, "a batch needs an id");
   for (const StoredBatchLine& l : lines) {
     if (l.batch_id != b.id || l.line == 0) {
@@ -212,13 +224,14 @@ Status FileStore::put_batch(const StoredBatch& b, std::span<const StoredBatchLin
 
 Status FileStore::put_in_transaction(const StoredBatch& b, std::span<const StoredBatchLine> lines) {
   Stmt s(db_,
-         "INSERT INTO batches (id, status, created_at, object_json) VALUES (?1, ?2, ?3, ?4) "
+         "INSERT INTO batches (id, status, created_at, object_json, owner) VALUES (?1, ?2, ?3, ?4, ?5) "
          "ON CONFLICT (id) DO UPDATE SET status = excluded.status, object_json = excluded.object_json");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing a batch write");
   s.text(1, b.id);
   s.text(2, b.status);
   s.integer(3, b.created_at);
   s.text(4, b.object_json);
+  s.text(5, b.owner);
   if (int rc = s.step(); rc != SQLITE_DONE) return error(rc, "writing batch " + b.id);
   if (lines.empty()) return {};
   Stmt l(db_,
@@ -248,7 +261,7 @@ Result<std::vector<StoredBatch>> read_batches(Stmt& s, const std::string& path) 
     if (rc != SQLITE_ROW) {
       return Unexpected(ErrorCode::kIo, "file store '" + path + "': reading batches: " + sqlite3_errstr(rc));
     }
-    out.push_back({s.column_text(0), s.column_text(1), s.column_int(2), s.column_text(3)});
+    out.push_back({s.column_text(0), s.column_text(1), s.column_int(2), s.column_text(3), s.column_text(4)});
     if (out.back().id.empty()) return Unexpected(ErrorCode::kCorrupt, "file store '" + path + "': a batch without an id");
   }
   return out;
@@ -256,7 +269,7 @@ Result<std::vector<StoredBatch>> read_batches(Stmt& s, const std::string& path) 
 }  // namespace
 
 Result<std::optional<StoredBatch>> FileStore::get_batch(const std::string& id) {
-  Stmt s(db_, "SELECT id, status, created_at, object_json FROM batches WHERE id = ?1");
+  Stmt s(db_, "SELECT id, status, created_at, object_json, owner FROM batches WHERE id = ?1");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing a batch read");
   s.text(1, id);
   auto all = read_batches(s, path_);
@@ -265,19 +278,20 @@ Result<std::optional<StoredBatch>> FileStore::get_batch(const std::string& id) {
   return std::optional<StoredBatch>(std::move(all->front()));
 }
 
-Result<std::vector<StoredBatch>> FileStore::list_batches(size_t limit, int64_t before) {
+Result<std::vector<StoredBatch>> FileStore::list_batches(const std::string& owner, size_t limit, int64_t before) {
   if (limit > kListFilesMax) return Unexpected(ErrorCode::kOutOfRange, "at most 10000 batches are listed at once");
   Stmt s(db_,
-         "SELECT id, status, created_at, object_json FROM batches WHERE (?1 = 0 OR created_at < ?1) "
-         "ORDER BY created_at DESC, id DESC LIMIT ?2");
+         "SELECT id, status, created_at, object_json, owner FROM batches WHERE owner = ?3 AND "
+         "(?1 = 0 OR created_at < ?1) ORDER BY created_at DESC, id DESC LIMIT ?2");
   if (s.prepared() != SQLITE_OK) return error(s.prepared(), "preparing the batch list");
   s.integer(1, before);
   s.integer(2, static_cast<int64_t>(limit));
+  s.text(3, owner);
   return read_batches(s, path_);
 }
 
 Result<std::vector<StoredBatch>> FileStore::load_unfinished_batches() {
-  const std::string sql = std::string("SELECT id, status, created_at, object_json FROM batches WHERE status NOT IN ")
+  const std::string sql = std::string("SELECT id, status, created_at, object_json, owner FROM batches WHERE status NOT IN ")
                               .append(kFinalBatchStatuses)
                               .append(" ORDER BY created_at, id");
   Stmt s(db_, sql.c_str());

@@ -4,8 +4,10 @@
 // runs no line twice.
 //
 // Tables (schema in file_store.cc, migrations as sqlite_db.h describes):
-//   files(id, purpose, filename, bytes, created_at, content BLOB)
-//   batches(id, status, created_at, object_json)       the API's batch object, opaque here
+//   files(id, purpose, filename, bytes, created_at, content BLOB, owner)
+//   batches(id, status, created_at, object_json, owner) the API's batch object, opaque here
+//     owner: the id of the API key that made it ("" when keys are off); the
+//     server shows a key only its own files and batches.
 //   batch_lines(batch_id, line, state, custom_id, job_id, body, result)
 //     state: pending (valid, not yet run), running (job_id set), done and
 //     failed (result: the output or error file line), cancelled (never ran).
@@ -41,6 +43,7 @@ struct StoredFile {
   std::string filename;
   uint64_t bytes = 0;
   int64_t created_at = 0;  // seconds since the epoch
+  std::string owner;
   bool operator==(const StoredFile&) const = default;
 };
 
@@ -49,6 +52,7 @@ struct StoredBatch {
   std::string status;
   int64_t created_at = 0;
   std::string object_json;
+  std::string owner;
   bool operator==(const StoredBatch&) const = default;
 };
 
@@ -76,14 +80,14 @@ class FileStore {
   Result<std::optional<std::string>> file_content(const std::string& id);
   // True when there was such a file.
   Result<bool> delete_file(const std::string& id);
-  // Newest first; purpose "" for all. REQUIRES: limit <= kListFilesMax.
-  Result<std::vector<StoredFile>> list_files(const std::string& purpose, size_t limit);
+  // One owner's files, newest first; purpose "" for all. REQUIRES: limit <= kListFilesMax.
+  Result<std::vector<StoredFile>> list_files(const std::string& owner, const std::string& purpose, size_t limit);
 
   // A batch and any number of its lines, in one transaction.
   Status put_batch(const StoredBatch& batch, std::span<const StoredBatchLine> lines);
   Result<std::optional<StoredBatch>> get_batch(const std::string& id);
-  // Newest first, at most `limit`, created before `before` (0: no bound).
-  Result<std::vector<StoredBatch>> list_batches(size_t limit, int64_t before);
+  // One owner's batches, newest first, at most `limit`, created before `before` (0: no bound).
+  Result<std::vector<StoredBatch>> list_batches(const std::string& owner, size_t limit, int64_t before);
   // Batches whose status is not final, oldest first.
   Result<std::vector<StoredBatch>> load_unfinished_batches();
   // A batch's lines in order.

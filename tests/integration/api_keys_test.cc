@@ -366,5 +366,49 @@ TEST_F(ApiKeys, IdempotencyKeyReplaysTheStoredResponseAndRefusesAnotherBody) {
   expect_error(too_long, 400, "invalid_request_error", "", "a 256-byte Idempotency-Key");
 }
 
+// Files and batches belong to the key that made them: another key sees none
+// of them (404, as for ids that never existed) and cannot cancel them.
+TEST_F(ApiKeys, FilesAndBatchesAreTheirOwnersOnly) {
+  const Key other = create_key("--name other");
+  ASSERT_FALSE(other.secret.empty());
+  // The coordinator reads new keys within a second.
+  ASSERT_TRUE(eventually([&] { return testing::http_get(base_url_ + "/v1/files", bearer(other)).status == 200; }, 5000));
+  const std::string b = "----owner-test";
+  const std::string line =
+      R"({"custom_id":"a","method":"POST","url":"/v1/completions","body":{"model":"stories260K","prompt":"x","max_tokens":4}})";
+  const std::string body = "--" + b + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--" + b +
+                           "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n" + line +
+                           "\n\r\n--" + b + "--\r\n";
+  auto up = testing::http_post(base_url_ + "/v1/files", body,
+                               {"Authorization: Bearer " + plain_.secret, "Content-Type: multipart/form-data; boundary=" + b});
+  ASSERT_EQ(up.status, 200) << up.body;
+  const std::string file_id = json::parse(up.body).value("id", "");
+  // Without a key: 401, as for every client route.
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + file_id).status, 401);
+  // The owner reads it; the other key does not see it.
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + file_id, bearer(plain_)).status, 200);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + file_id, bearer(other)).status, 404);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/files/" + file_id + "/content", bearer(other)).status, 404);
+  EXPECT_EQ(json::parse(testing::http_get(base_url_ + "/v1/files", bearer(other)).body)["data"].size(), 0u);
+  // Nor can it build a batch on it.
+  const std::string create =
+      json{{"input_file_id", file_id}, {"endpoint", "/v1/completions"}, {"completion_window", "24h"}}.dump();
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/batches", create, bearer(other)).status, 404);
+  auto made = testing::http_post(base_url_ + "/v1/batches", create, bearer(plain_));
+  ASSERT_EQ(made.status, 200) << made.body;
+  const std::string batch_id = json::parse(made.body).value("id", "");
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/batches/" + batch_id, bearer(other)).status, 404);
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/batches/" + batch_id + "/cancel", "", bearer(other)).status, 404);
+  EXPECT_EQ(json::parse(testing::http_get(base_url_ + "/v1/batches", bearer(other)).body)["data"].size(), 0u);
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/batches/" + batch_id, bearer(plain_)).status, 200);
+  // The other key cannot delete it; the owner can.
+  const std::string del = "DELETE /v1/files/" + file_id + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  const uint16_t port = static_cast<uint16_t>(std::stoi(base_url_.substr(base_url_.rfind(':') + 1)));
+  EXPECT_NE(testing::raw_exchange(port, del + "Authorization: Bearer " + other.secret + "\r\n\r\n").find(" 404 "),
+            std::string::npos);
+  EXPECT_NE(testing::raw_exchange(port, del + "Authorization: Bearer " + plain_.secret + "\r\n\r\n").find(" 200 "),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace idlefleet

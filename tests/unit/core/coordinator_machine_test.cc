@@ -24,7 +24,7 @@ CoordinatorCoreConfig config() {
 
 JobSpec spec(uint64_t max_tokens = 8) {
   JobSpec s;
-  s.model_id = "m";
+  s.model_id = std::string(1, 'm');  // not = "m": g++ 12 warns falsely (-Wrestrict) on that here
   s.prompt_ids = {1, 5, 6};
   s.max_tokens = max_tokens;
   return s;

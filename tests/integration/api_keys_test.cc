@@ -11,6 +11,9 @@
 // replays the stored response without running a job, and the same key with
 // another body gets 409.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <unistd.h>
 
 #include <cstdio>
@@ -340,16 +343,23 @@ TEST_F(ApiKeys, OverTheSpendLimitGets429InsufficientQuota) {
 TEST_F(ApiKeys, IdempotencyKeyReplaysTheStoredResponseAndRefusesAnotherBody) {
   ASSERT_TRUE(fleet_ready()) << status().dump() << log();
   const std::string body = R"({"model":"stories260K","prompt":"The little dog","max_tokens":12,"temperature":0.9})";
+  // /v1/status is published every tick (50 ms): read the job count once it
+  // shows the first request's job, and again a few ticks after the replay.
+  auto submitted_now = [&] { return status().value("/jobs/submitted"_json_pointer, uint64_t{0}); };
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the earlier tests' jobs reach the status
+  const uint64_t before = submitted_now();
   auto first = complete(plain_, body, {"Idempotency-Key: order-42"});
   ASSERT_EQ(first.status, 200) << first.body << log();
   EXPECT_EQ(first.header("idempotent-replayed"), nullptr);
-  const uint64_t submitted = status().value("/jobs/submitted"_json_pointer, uint64_t{0});
+  ASSERT_TRUE(eventually([&] { return submitted_now() == before + 1; }, 5000)) << status().dump();
+  const uint64_t submitted = before + 1;
 
   auto again = complete(plain_, body, {"Idempotency-Key: order-42"});
   ASSERT_EQ(again.status, 200) << again.body;
   EXPECT_EQ(again.body, first.body) << "the replay must be the stored response, id and text included";
   ASSERT_NE(again.header("idempotent-replayed"), nullptr);
-  EXPECT_EQ(status().value("/jobs/submitted"_json_pointer, uint64_t{0}), submitted) << "a replay ran a job";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // six status ticks
+  EXPECT_EQ(submitted_now(), submitted) << "a replay ran a job";
 
   auto other = complete(plain_, kSmall, {"Idempotency-Key: order-42"});
   expect_error(other, 409, "invalid_request_error", "idempotency_key_conflict", "same key, another body");

@@ -1114,15 +1114,18 @@ struct CoordinatorServer::Impl {
       if (auto st = fs.put_batch({run.obj.id, run.obj.status, run.obj.created_at, object, owner}, rows); !st) {
         return x->respond(store_error(st.error()));
       }
-      x->respond(json_response(200, object));
-      if (run.obj.status != "in_progress") return;
+      if (run.obj.status != "in_progress") return x->respond(json_response(200, object));
+      // The reply goes out once the loop thread runs the batch, so a cancel sent
+      // right after the create finds it there.
       Item item;
-      item.task = [this, run = std::make_shared<BatchRun>(std::move(run))](core::TimeMs t) mutable {
+      item.task = [this, x, object, run = std::make_shared<BatchRun>(std::move(run))](core::TimeMs t) mutable {
         const std::string id = run->obj.id;
         batch_runs.emplace(id, std::move(*run));
+        x->respond(json_response(200, object));
         pump_batches(t);
       };
-      post(std::move(item));  // if the inbox is full, the batch starts after the next restart
+      // If the inbox is full the batch is stored and starts after the next restart.
+      if (!post(std::move(item))) x->respond(json_response(200, object));
     });
   }
 

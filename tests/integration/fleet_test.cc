@@ -93,8 +93,10 @@ class Fleet : public ::testing::Test {
     // 20:00 on a compressed clock: cars are home, most plugged in.
     a.args = {"agent", "--vehicles", "8", "--nats", nats_->url(), "--coordinator", base_url_, "--start", "20:00",
               "--cache-dir", (dir_ / "cache").string(), "--status-every", "1", "--target-soc", "50",
-              // Chunks of up to 20 ms: several tokens each even in the sanitizer build.
-              "--chunk-us", "20000"};
+              // Chunks of up to 100 ms (the most allowed): several tokens each
+              // even in the sanitizer build on a loaded 2-core machine, where
+              // eight vehicles share the cores and a token can take 20 ms.
+              "--chunk-us", "100000"};
     a.stdout_path = a.stderr_path = (dir_ / ("agent" + std::to_string(++agent_starts_) + ".log")).string();
     auto agent = transport::Process::spawn(a);
     ASSERT_TRUE(agent.has_value()) << agent.error().to_string();

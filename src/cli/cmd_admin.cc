@@ -111,6 +111,7 @@ struct CreateFlags {
   uint64_t rpm = 0;
   uint64_t tpm = 0;
   std::string spend_limit;
+  std::string scopes = "*";
 };
 
 void create_key(const CreateFlags& f) {
@@ -118,10 +119,12 @@ void create_key(const CreateFlags& f) {
   store::NewKey k;
   k.name = f.name;
   k.limits = {f.rpm, f.tpm};
+  k.scopes = *store::normalize_scopes(f.scopes);  // checked by the validator
   if (!f.spend_limit.empty()) k.spend_limit_micros = *parse_money_micros(f.spend_limit);  // checked by the validator
   auto created = store->create(k, wall_ms());
   if (!created) throw CommandError{created.error().message};
-  std::printf("id: %s\nsecret: %s\n", created->key.id.c_str(), created->secret.c_str());
+  std::printf("id: %s\nsecret: %s\nscopes: %s\n", created->key.id.c_str(), created->secret.c_str(),
+              created->key.scopes.c_str());
   std::fflush(stdout);
   std::fprintf(stderr, "Store the secret now: only its hash is kept, so it cannot be shown again.\n");
 }
@@ -145,6 +148,7 @@ void list_keys(const Location& where, bool as_json) {
                      {"requests_per_minute", k.limits.requests_per_minute},
                      {"tokens_per_minute", k.limits.tokens_per_minute},
                      {"spend_limit_micros", k.spend_limit_micros},
+                     {"scopes", k.scopes},
                      {"usage",
                       {{"requests", k.usage.requests},
                        {"prompt_tokens", k.usage.prompt_tokens},
@@ -154,16 +158,17 @@ void list_keys(const Location& where, bool as_json) {
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return;
   }
-  std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10s %12s %12s %12s\n", "ID", "NAME", "CREATED", "REVOKED",
-              "RPM", "TPM", "SPEND_MAX", "REQUESTS", "PROMPT_TOK", "COMPL_TOK", "SPENT");
+  std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10s %12s %12s %12s  %s\n", "ID", "NAME", "CREATED", "REVOKED",
+              "RPM", "TPM", "SPEND_MAX", "REQUESTS", "PROMPT_TOK", "COMPL_TOK", "SPENT", "SCOPES");
   for (const store::ApiKey& k : keys) {
-    std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10llu %12llu %12llu %12s\n", k.id.c_str(), k.name.c_str(),
+    std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10llu %12llu %12llu %12s  %s\n", k.id.c_str(), k.name.c_str(),
                 iso_time(k.created_at).c_str(), iso_time(k.revoked_at).c_str(),
                 limit_text(k.limits.requests_per_minute).c_str(), limit_text(k.limits.tokens_per_minute).c_str(),
                 k.spend_limit_micros == 0 ? "-" : money(k.spend_limit_micros).c_str(),
                 static_cast<unsigned long long>(k.usage.requests),
                 static_cast<unsigned long long>(k.usage.prompt_tokens),
-                static_cast<unsigned long long>(k.usage.completion_tokens), money(k.usage.spend_micros).c_str());
+                static_cast<unsigned long long>(k.usage.completion_tokens), money(k.usage.spend_micros).c_str(),
+                k.scopes.c_str());
   }
 }
 
@@ -221,6 +226,15 @@ void add_admin(CLI::App& app) {
                                                 "decimals, at most 9007199254)";
           },
           "AMOUNT"));
+  create->add_option("--scopes", c->scopes,
+                     "What the key may call: * (everything, the default) or a comma-separated list of models, "
+                     "completions, embeddings, files, batches; anything else gets 403")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            auto n = store::normalize_scopes(v);
+            return n ? "" : n.error().message;
+          },
+          "SCOPES"));
   create->callback([c] { create_key(*c); });
 
   auto l = std::make_shared<Location>();

@@ -79,6 +79,20 @@ std::variant<std::string, Refusal> KeyGate::authenticate(const std::string* auth
   return key.id;
 }
 
+std::optional<Refusal> KeyGate::authorize(const std::string& key_id, std::string_view scope) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_id_.find(key_id);
+  if (it == by_id_.end() || it->second.allows(scope)) return std::nullopt;
+  Refusal r;
+  r.error.status = 403;
+  r.error.type = "invalid_request_error";
+  r.error.code = "insufficient_permissions";
+  r.error.message = "You have insufficient permissions for this operation: the API key " + key_id +
+                    " may call " + it->second.scopes + ", not " + std::string(scope) +
+                    ". Make a key with the scope: `idlefleet admin keys create --scopes ...`.";
+  return r;
+}
+
 std::optional<Refusal> KeyGate::admit(const std::string& key_id, uint64_t prompt_tokens, core::TimeMs now) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_id_.find(key_id);

@@ -17,6 +17,7 @@
 //                                       the message says it was revoked
 //   over requests per minute            429 type "requests", rate_limit_exceeded, Retry-After
 //   over tokens per minute              429 type "tokens", rate_limit_exceeded, Retry-After
+//   a route outside the key's scopes    403 invalid_request_error, insufficient_permissions
 //   spend at or over the spend limit    429 insufficient_quota, insufficient_quota, no
 //                                       Retry-After (waiting does not help; OpenAI
 //                                       answers an exhausted quota the same way)
@@ -75,6 +76,11 @@ class KeyGate {
 
   // The key id for an Authorization header (nullptr: none sent), or the 401.
   std::variant<std::string, Refusal> authenticate(const std::string* authorization) const;
+
+  // nullopt if the key may call routes of `scope` (store::kScopes), else the
+  // 403 (code insufficient_permissions). A key unknown here passes: only
+  // authenticate() says who is known.
+  std::optional<Refusal> authorize(const std::string& key_id, std::string_view scope) const;
 
   // Admits one completion request of `prompt_tokens` for an authenticated
   // key: spend limit, then both rate limits. Counts the request when admitted.

@@ -32,7 +32,7 @@ json file_json(const FileObject& f) {
 }
 
 bool batch_endpoint_served(std::string_view endpoint) {
-  return endpoint == "/v1/chat/completions" || endpoint == "/v1/completions";
+  return endpoint == "/v1/chat/completions" || endpoint == "/v1/completions" || endpoint == "/v1/embeddings";
 }
 
 json batch_json(const BatchObject& b) {
@@ -108,11 +108,9 @@ std::variant<BatchCreate, ApiError> parse_batch_create(std::string_view body) {
   if (c.input_file_id.size() > 128) return bad("input_file_id", "'input_file_id' is too long");
   if (!j.contains("endpoint") || !j["endpoint"].is_string()) return bad("endpoint", "'endpoint' must be a string");
   c.endpoint = j["endpoint"].get<std::string>();
-  if (c.endpoint == "/v1/embeddings") {
-    return bad("endpoint", "batches of /v1/embeddings are not served yet; use /v1/chat/completions or /v1/completions");
-  }
   if (!batch_endpoint_served(c.endpoint)) {
-    return bad("endpoint", "'endpoint' must be /v1/chat/completions or /v1/completions, not '" + excerpt(c.endpoint) + "'");
+    return bad("endpoint", "'endpoint' must be /v1/chat/completions, /v1/completions or /v1/embeddings, not '" +
+                               excerpt(c.endpoint) + "'");
   }
   if (!j.contains("completion_window") || !j["completion_window"].is_string() ||
       j["completion_window"].get<std::string>() != "24h") {
@@ -192,6 +190,15 @@ std::variant<std::vector<BatchLine>, ApiError> parse_batch_input(std::string_vie
       continue;
     }
     line.body = body.dump();
+    if (endpoint == "/v1/embeddings") {
+      if (auto parsed = parse_embedding_request(line.body, limits); std::holds_alternative<ApiError>(parsed)) {
+        line.error = std::get<ApiError>(parsed);
+        line.error->message = "line " + std::to_string(number) + ": " + line.error->message;
+        line.body.clear();
+      }
+      lines.push_back(std::move(line));
+      continue;
+    }
     auto parsed = parse_completion_request(line.body, chat, limits);
     if (auto* r = std::get_if<CompletionRequest>(&parsed); r != nullptr && r->logprobs >= 0) {
       // A result is rebuilt from the job's stored tokens, and logprobs are

@@ -76,13 +76,21 @@ HttpResponse refusal_response(const Refusal& r) {
   return resp;
 }
 
-// The client API: what needs a key when auth is required. The operator's and
-// the vehicles' routes (/healthz, /metrics, /v1/status, /v1/vehicles,
-// /v1/catalog) do not.
-bool client_api_route(const std::string& p) {
-  return p == "/v1/models" || p.rfind("/v1/models/", 0) == 0 || p == "/v1/completions" || p == "/v1/chat/completions" ||
-         p == "/v1/files" || p.rfind("/v1/files/", 0) == 0 || p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0 ||
-         p == "/v1/embeddings";
+// The client API: what needs a key when auth is required, and the scope a
+// key needs for it (store::kScopes); "" for the operator's and the vehicles'
+// routes (/healthz, /metrics, /v1/status, /v1/vehicles, /v1/catalog).
+std::string_view client_api_scope(const std::string& p) {
+  if (p == "/v1/models" || p.rfind("/v1/models/", 0) == 0) return "models";
+  if (p == "/v1/completions" || p == "/v1/chat/completions") return "completions";
+  if (p == "/v1/embeddings") return "embeddings";
+  if (p == "/v1/files" || p.rfind("/v1/files/", 0) == 0) return "files";
+  if (p == "/v1/batches" || p.rfind("/v1/batches/", 0) == 0) return "batches";
+  return "";
+}
+
+// The scope a batch's lines need: that of its endpoint.
+std::string_view batch_endpoint_scope(const std::string& endpoint) {
+  return endpoint == "/v1/embeddings" ? "embeddings" : "completions";
 }
 
 // The peer's address without its port: "127.0.0.1:5555" -> "127.0.0.1", "[::1]:5" -> "[::1]".
@@ -222,6 +230,26 @@ struct EmbeddingClient {
   bool answered = false;
 };
 
+// The exchange of a request the coordinator makes itself (a line of an
+// embeddings batch): the reply goes to `on_reply`, on the thread that sends
+// it. Never closed; a stream is refused as a 500 reply.
+class InProcessExchange : public HttpExchange {
+ public:
+  explicit InProcessExchange(std::function<void(HttpResponse)> on_reply) : on_reply_(std::move(on_reply)) {}
+  void respond(HttpResponse response) override {
+    if (on_reply_) std::exchange(on_reply_, nullptr)(std::move(response));
+  }
+  void stream_begin(int, std::vector<HttpHeader>) override {
+    respond(error_response(api_error(500, "server_error", "a batch line cannot stream")));
+  }
+  bool stream_write(std::string) override { return false; }
+  void stream_end() override {}
+  bool closed() const override { return false; }
+
+ private:
+  std::function<void(HttpResponse)> on_reply_;
+};
+
 // One line of a running batch (loop thread).
 struct BatchLineRun {
   uint64_t line = 0;
@@ -230,6 +258,7 @@ struct BatchLineRun {
   std::string state;   // pending, running, done, failed, cancelled (store::StoredBatchLine)
   std::string job_id;
   std::string result;  // the output or error file line
+  std::shared_ptr<EmbeddingClient> embedding;  // a running line of an embeddings batch
 };
 
 struct BatchRun {
@@ -570,10 +599,11 @@ struct CoordinatorServer::Impl {
       return x->respond(json_response(200, vehicles_doc));
     }
     std::string key_id;
-    if (config.auth_required && client_api_route(p)) {
+    if (const std::string_view scope = client_api_scope(p); config.auth_required && !scope.empty()) {
       auto who = gate->authenticate(r.header("authorization"));
       if (auto* refusal = std::get_if<Refusal>(&who)) return x->respond(refusal_response(*refusal));
       key_id = std::move(std::get<std::string>(who));
+      if (auto refusal = gate->authorize(key_id, scope)) return x->respond(refusal_response(*refusal));
     }
     if (r.method == "GET" && p == "/v1/models") {
       std::vector<ModelCard> cards;
@@ -736,26 +766,54 @@ struct CoordinatorServer::Impl {
   // token ids are taken as given. Each input must fit the positions an
   // agent's context holds: the model's context length, at most
   // engine::kDefaultContextLength (agent/fleet.cc makes its contexts so).
-  // The Idempotency-Key header is not honoured here.
   void submit_embeddings(const HttpRequest& r, const std::string& key_id, std::shared_ptr<HttpExchange> x) {
+    auto prepared = prepare_embeddings(r.body, false);
+    if (auto* e = std::get_if<ApiError>(&prepared)) return x->respond(error_response(*e));
+    std::shared_ptr<EmbeddingClient> client = std::move(std::get<std::shared_ptr<EmbeddingClient>>(prepared));
+    if (!key_id.empty()) {
+      if (auto refusal = gate->admit(key_id, client->prompt_tokens, wall_ms())) {
+        return x->respond(refusal_response(*refusal));
+      }
+    }
+    if (workable_vehicles.load() == 0) {
+      // As submit(): queueing would only make the client wait for a timeout.
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    "no vehicle can take the work now (none is parked, eligible and online); retry later",
+                    "no_capacity"),
+          10));
+    }
+    client->exchange = x;
+    client->key_id = key_id;
+    Item item;
+    item.task = [this, client](core::TimeMs now) { submit_embedding_jobs(client, now); };
+    if (!post(std::move(item))) {
+      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+    }
+  }
+
+  // An embedding request body checked and tokenised: the client, without its
+  // exchange and key, or the error to answer. Its jobs are batch work when
+  // `batch` (a line of an embeddings batch).
+  std::variant<std::shared_ptr<EmbeddingClient>, ApiError> prepare_embeddings(const std::string& body, bool batch) const {
     ApiLimits limits;
     limits.body_bytes_max = config.request_bytes_max;
-    auto parsed = parse_embedding_request(r.body, limits);
-    if (auto* e = std::get_if<ApiError>(&parsed)) return x->respond(error_response(*e));
+    auto parsed = parse_embedding_request(body, limits);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
     EmbeddingRequest& req = std::get<EmbeddingRequest>(parsed);
     const ServedModel* model = find_model(req.model);
     if (model == nullptr) {
       ApiError e = api_error(404, "invalid_request_error", "The model '" + req.model + "' does not exist",
                              "model_not_found");
       e.param = "model";
-      return x->respond(error_response(e));
+      return e;
     }
     if (req.dimensions && *req.dimensions != model->embedding_dim) {
       ApiError e = api_error(400, "invalid_request_error",
                              "This model's embeddings have " + std::to_string(model->embedding_dim) +
                                  " dimensions; 'dimensions' may only be that (they are not shortened)");
       e.param = "dimensions";
-      return x->respond(error_response(e));
+      return e;
     }
     const engine::Tokenizer& tok = *model->tokenizer;
     const uint64_t positions = std::min<uint64_t>(
@@ -774,7 +832,7 @@ struct CoordinatorServer::Impl {
                                    where + " holds token id " + std::to_string(id) + ", outside the model's " +
                                        std::to_string(tok.vocab_size()) + "-token vocabulary");
             e.param = "input";
-            return x->respond(error_response(e));
+            return e;
           }
         }
         ids = std::move(in.ids);
@@ -788,7 +846,7 @@ struct CoordinatorServer::Impl {
                                    std::to_string(positions) + " tokens per input",
                                "context_length_exceeded");
         e.param = "input";
-        return x->respond(error_response(e));
+        return e;
       }
       client->prompt_tokens += ids.size();
       core::JobSpec spec;
@@ -796,34 +854,14 @@ struct CoordinatorServer::Impl {
       spec.prompt_ids = std::move(ids);
       spec.max_tokens = 0;
       spec.kind = core::WorkKind::kEmbed;
+      spec.batch = batch;
       client->specs.push_back(std::move(spec));
     }
-    if (!key_id.empty()) {
-      if (auto refusal = gate->admit(key_id, client->prompt_tokens, wall_ms())) {
-        return x->respond(refusal_response(*refusal));
-      }
-    }
-    if (workable_vehicles.load() == 0) {
-      // As submit(): queueing would only make the client wait for a timeout.
-      return x->respond(error_response(
-          api_error(503, "server_error",
-                    "no vehicle can take the work now (none is parked, eligible and online); retry later",
-                    "no_capacity"),
-          10));
-    }
-    client->exchange = x;
     client->id = "emb-" + transport::random_hex(12);
     client->model = model->id;
     client->base64 = req.base64;
     client->vectors.resize(client->specs.size());
-    client->key_id = key_id;
-    Item item;
-    item.task = [this, client = std::shared_ptr<EmbeddingClient>(std::move(client))](core::TimeMs now) {
-      submit_embedding_jobs(client, now);
-    };
-    if (!post(std::move(item))) {
-      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
-    }
+    return client;
   }
 
   // ---- Files and batches ------------------------------------------------------------
@@ -1061,6 +1099,14 @@ struct CoordinatorServer::Impl {
     auto parsed = parse_batch_create(r.body);
     if (auto* e = std::get_if<ApiError>(&parsed)) return x->respond(error_response(*e));
     BatchCreate c = std::get<BatchCreate>(std::move(parsed));
+    // A key over its spend limit (or request rate) starts no batch; the
+    // lines' tokens and spend are recorded as they finish.
+    if (!owner.empty()) {
+      if (auto refusal = gate->authorize(owner, batch_endpoint_scope(c.endpoint))) {
+        return x->respond(refusal_response(*refusal));
+      }
+      if (auto refusal = gate->admit(owner, 0, wall_ms())) return x->respond(refusal_response(*refusal));
+    }
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
     limits.body_bytes_max = config.request_bytes_max;
@@ -1158,6 +1204,7 @@ struct CoordinatorServer::Impl {
 
   void submit_line(BatchRun& run, size_t index, core::TimeMs now) {
     BatchLineRun& line = run.lines[index];
+    if (run.obj.endpoint == "/v1/embeddings") return submit_embedding_line(run, index, now);
     const bool chat = run.obj.endpoint == "/v1/chat/completions";
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
@@ -1198,6 +1245,58 @@ struct CoordinatorServer::Impl {
     ++batch_in_flight;
     batch_jobs[job_id] = {run.obj.id, index};
     apply(machine->handle(core::SubmitJobEvent{job_id, std::move(spec)}, now), now);
+  }
+
+  // A line of an embeddings batch runs as an embedding request would (one
+  // job per input, batch priority); its reply ends the line (on_line_reply).
+  void submit_embedding_line(BatchRun& run, size_t index, core::TimeMs now) {
+    BatchLineRun& line = run.lines[index];
+    auto prepared = prepare_embeddings(line.body, true);
+    if (auto* e = std::get_if<ApiError>(&prepared)) return fail_line(run, index, *e);
+    std::shared_ptr<EmbeddingClient> c = std::move(std::get<std::shared_ptr<EmbeddingClient>>(prepared));
+    c->key_id = run.owner;
+    c->exchange = std::make_shared<InProcessExchange>(
+        [this, batch_id = run.obj.id, index, id = c->id](HttpResponse reply) {
+          on_line_reply(batch_id, index, id, std::move(reply));
+        });
+    line.state = "running";
+    line.job_id = c->id;
+    line.embedding = c;
+    run.changed.insert(index);
+    ++run.in_flight;
+    ++batch_in_flight;
+    submit_embedding_jobs(c, now);  // may reply at once (a refusal)
+  }
+
+  // Loop thread: the reply to a line of an embeddings batch.
+  void on_line_reply(const std::string& batch_id, size_t index, const std::string& request_id, HttpResponse reply) {
+    auto rit = batch_runs.find(batch_id);
+    if (rit == batch_runs.end()) return;
+    BatchRun& run = rit->second;
+    BatchLineRun& line = run.lines[index];
+    if (line.state != "running" || line.job_id != request_id) return;
+    CHECK(run.in_flight > 0 && batch_in_flight > 0);
+    --run.in_flight;
+    --batch_in_flight;
+    line.embedding.reset();
+    if (reply.status == 200) {
+      line.state = "done";
+      line.result = batch_output_line("batch_req_" + transport::random_hex(12), line.custom_id, request_id, reply.body);
+      line.body.clear();
+      ++run.obj.completed;
+    } else if (run.ending == "cancelled") {
+      line.state = "cancelled";
+    } else {
+      const json err = json::parse(reply.body, nullptr, false);
+      const json* e = err.is_object() && err.contains("error") && err["error"].is_object() ? &err["error"] : nullptr;
+      std::string code = run.ending == "expired" ? "batch_expired" : "request_failed";
+      std::string message = code;
+      if (e != nullptr && e->contains("message") && (*e)["message"].is_string()) message = (*e)["message"];
+      if (e != nullptr && e->contains("code") && (*e)["code"].is_string() && run.ending.empty()) code = (*e)["code"];
+      return fail_line(run, index, api_error(reply.status, "server_error", message, code));
+    }
+    run.changed.insert(index);
+    run.dirty = true;
   }
 
   // The response body of a finished batch job, from its tokens.
@@ -1255,6 +1354,9 @@ struct CoordinatorServer::Impl {
       line.result = batch_output_line("batch_req_" + transport::random_hex(12), line.custom_id, job_id, body);
       line.body.clear();
       ++run.obj.completed;
+      if (!run.owner.empty() && gate) {
+        gate->record_usage(run.owner, e->spec.prompt_ids.size(), e->job.produced().size(), wall_ms());
+      }
     } else if (state == core::JobState::kCancelled && run.ending == "cancelled") {
       line.state = "cancelled";
     } else {
@@ -1368,6 +1470,14 @@ struct CoordinatorServer::Impl {
       if (where.first == run.obj.id) running.push_back(job);
     }
     for (const std::string& job : running) apply(machine->handle(core::CancelJobEvent{job}, now), now);
+    // Running lines of an embeddings batch: answered (on_line_reply ends
+    // the line) and their jobs cancelled.
+    const ApiError stopped = why == "expired" ? api_error(500, "server_error", "the batch expired", "batch_expired")
+                                              : api_error(499, "server_error", "the batch was cancelled");
+    for (size_t i = 0; i < run.lines.size(); ++i) {
+      if (std::shared_ptr<EmbeddingClient> c = run.lines[i].embedding) fail_embedding(*c, stopped, 0);
+    }
+    apply({}, now);  // the cancellations fail_embedding queued
   }
 
   // Loop thread, every tick: expiry, then placing and writing.
@@ -1393,7 +1503,7 @@ struct CoordinatorServer::Impl {
       run.obj = std::move(*obj);
       run.owner = sb.owner;
       for (const store::StoredBatchLine& row : *rows) {
-        run.lines.push_back({row.line, row.custom_id, row.body, row.state, row.job_id, row.result});
+        run.lines.push_back({row.line, row.custom_id, row.body, row.state, row.job_id, row.result, nullptr});
       }
       for (size_t i = 0; i < run.lines.size(); ++i) {
         BatchLineRun& line = run.lines[i];

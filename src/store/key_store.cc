@@ -44,12 +44,16 @@ CREATE TABLE idempotency (
 ) STRICT;
 CREATE INDEX idempotency_by_created ON idempotency(created_at);
 )sql",
+    // 2: what each key may call ("*": everything, as keys made before).
+    R"sql(
+ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '*';
+)sql",
 };
 static_assert(std::size(kMigrations) == kKeySchemaVersion, "one migration per schema version");
 
 constexpr const char* kKeyColumns =
     "id, name, secret_sha256, created_at, revoked_at, requests_per_minute, tokens_per_minute, spend_limit_micros, "
-    "requests, prompt_tokens, completion_tokens, spend_micros";
+    "requests, prompt_tokens, completion_tokens, spend_micros, scopes";
 
 void sodium_ready() {
   static std::once_flag once;
@@ -158,6 +162,10 @@ Status read_key(sqlite3_stmt* st, ApiKey& k) {
   k.spend_limit_micros = static_cast<uint64_t>(v[4]);
   k.usage = {static_cast<uint64_t>(v[5]), static_cast<uint64_t>(v[6]), static_cast<uint64_t>(v[7]),
              static_cast<uint64_t>(v[8])};
+  if (sqlite3_column_type(st, 12) != SQLITE_TEXT) return corrupt("scopes", "is not text");
+  k.scopes.assign(reinterpret_cast<const char*>(sqlite3_column_text(st, 12)),
+                  static_cast<size_t>(sqlite3_column_bytes(st, 12)));
+  if (!normalize_scopes(k.scopes)) return corrupt("scopes", "is not a list of scopes");
   return {};
 }
 
@@ -173,6 +181,49 @@ Sha256 sha256(std::string_view bytes) {
 bool secret_well_formed(std::string_view text) {
   return text.size() == kSecretBytes && text.substr(0, kSecretPrefix.size()) == kSecretPrefix &&
          lower_hex(text.substr(kSecretPrefix.size()));
+}
+
+Result<std::string> normalize_scopes(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return Unexpected(ErrorCode::kInvalidArgument, "scopes: " + why + "; give \"*\" or a comma-separated list of " +
+                                                       std::string(kScopeNames));
+  };
+  if (text.size() > kScopesBytesMax) return bad("too long");
+  if (text == "*") return std::string("*");
+  std::vector<bool> wanted(kScopes.size(), false);
+  size_t at = 0;
+  while (at <= text.size()) {
+    size_t end = text.find(',', at);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view name = text.substr(at, end - at);
+    while (!name.empty() && name.front() == ' ') name.remove_prefix(1);
+    while (!name.empty() && name.back() == ' ') name.remove_suffix(1);
+    const auto it = std::find(kScopes.begin(), kScopes.end(), name);
+    if (it == kScopes.end()) {
+      return bad(name.empty() ? std::string("an empty name") : "unknown scope '" + std::string(name) + "'");
+    }
+    wanted[static_cast<size_t>(it - kScopes.begin())] = true;
+    at = end + 1;
+  }
+  std::string out;
+  for (size_t i = 0; i < kScopes.size(); ++i) {
+    if (!wanted[i]) continue;
+    if (!out.empty()) out += ',';
+    out += kScopes[i];
+  }
+  return out;
+}
+
+bool ApiKey::allows(std::string_view scope) const {
+  if (scopes == "*") return true;
+  size_t at = 0;
+  while (at <= scopes.size()) {
+    size_t end = scopes.find(',', at);
+    if (end == std::string::npos) end = scopes.size();
+    if (std::string_view(scopes).substr(at, end - at) == scope) return true;
+    at = end + 1;
+  }
+  return false;
 }
 
 bool key_id_well_formed(std::string_view text) {
@@ -214,7 +265,10 @@ Result<CreatedKey> KeyStore::create(const NewKey& request, core::TimeMs now) {
     return Unexpected(ErrorCode::kOutOfRange,
                       "the spend limit is at most " + std::to_string(kSpendLimitMicrosMax) + " micro-units");
   }
+  auto scopes = normalize_scopes(request.scopes);
+  if (!scopes) return Unexpected(scopes.error());
   CreatedKey out;
+  out.key.scopes = *scopes;
   out.key.id = std::string(kKeyIdPrefix) + random_hex((kKeyIdBytes - kKeyIdPrefix.size()) / 2);
   out.secret = std::string(kSecretPrefix) + random_hex(kSecretRandomBytes);
   out.key.name = request.name;
@@ -237,7 +291,7 @@ Result<CreatedKey> KeyStore::create(const NewKey& request, core::TimeMs now) {
     }
     Stmt st;
     const std::string sql = std::string("INSERT INTO api_keys (") + kKeyColumns +
-                            ") VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, 0, 0, 0, 0)";
+                            ") VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, 0, 0, 0, 0, ?8)";
     rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, st.out(), nullptr);
     if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a create");
     const int binds[] = {
@@ -248,6 +302,7 @@ Result<CreatedKey> KeyStore::create(const NewKey& request, core::TimeMs now) {
         sqlite3_bind_int64(st.get(), 5, static_cast<int64_t>(request.limits.requests_per_minute)),
         sqlite3_bind_int64(st.get(), 6, static_cast<int64_t>(request.limits.tokens_per_minute)),
         sqlite3_bind_int64(st.get(), 7, static_cast<int64_t>(request.spend_limit_micros)),
+        bind_text(st.get(), 8, out.key.scopes),
     };
     for (int b : binds) {
       if (b != SQLITE_OK) return sqlite_error(b, "binding a new key");

@@ -27,7 +27,8 @@
 //     secret_sha256 BLOB (32 bytes, UNIQUE) | created_at INTEGER (TimeMs) |
 //     revoked_at INTEGER (TimeMs, 0 = active) | requests_per_minute INTEGER |
 //     tokens_per_minute INTEGER | spend_limit_micros INTEGER (0 = none) |
-//     requests, prompt_tokens, completion_tokens, spend_micros INTEGER (>= 0)
+//     requests, prompt_tokens, completion_tokens, spend_micros INTEGER (>= 0) |
+//     scopes TEXT ("*" or kScopes names joined by ','; migration 2)
 //   idempotency: scope TEXT | idem_key TEXT | request_sha256 BLOB (32) |
 //     status INTEGER | body TEXT | created_at INTEGER; PRIMARY KEY (scope, idem_key)
 // Every row read is validated (a hand-edited or damaged file gives kCorrupt
@@ -70,7 +71,18 @@ inline constexpr size_t kIdempotencyScopeBytesMax = 128;
 inline constexpr size_t kIdempotencyResponseBytesMax = 1u << 20;
 inline constexpr size_t kIdempotencyEntriesMax = 10000;
 inline constexpr int kKeyStoreBusyTimeoutMs = 5000;
-inline constexpr int kKeySchemaVersion = 1;
+inline constexpr int kKeySchemaVersion = 2;
+
+// What a key may call (ApiKey::scopes): the client API's route groups.
+//   models       GET /v1/models, /v1/models/{id}
+//   completions  POST /v1/chat/completions, /v1/completions (and batches of them)
+//   embeddings   POST /v1/embeddings (and batches of them)
+//   files        /v1/files...
+//   batches      /v1/batches... (a batch also needs its endpoint's scope)
+// A call outside a key's scopes is answered 403.
+inline constexpr std::array<std::string_view, 5> kScopes = {"models", "completions", "embeddings", "files", "batches"};
+inline constexpr std::string_view kScopeNames = "models, completions, embeddings, files, batches";
+inline constexpr size_t kScopesBytesMax = 256;
 
 using Sha256 = std::array<uint8_t, 32>;
 
@@ -79,6 +91,11 @@ Sha256 sha256(std::string_view bytes);
 
 // True if `text` has the shape of a secret: the prefix and 64 lower-case hex digits.
 bool secret_well_formed(std::string_view text);
+// A scope list as a user writes it ("*", or names from kScopes separated by
+// commas, spaces around a name allowed) in its stored form (kScopes order, no
+// repeats); kInvalidArgument naming the bad part otherwise.
+Result<std::string> normalize_scopes(std::string_view text);
+
 // True if `text` has the shape of a key id.
 bool key_id_well_formed(std::string_view text);
 
@@ -100,8 +117,11 @@ struct ApiKey {
   core::RateLimits limits;
   uint64_t spend_limit_micros = 0;  // 0: none
   KeyUsage usage;
+  std::string scopes = "*";  // "*" or kScopes names joined by ',' in kScopes order
 
   bool revoked() const { return revoked_at != 0; }
+  // True if the key may call routes of `scope` (one of kScopes).
+  bool allows(std::string_view scope) const;
   bool operator==(const ApiKey&) const = default;
 };
 
@@ -110,6 +130,7 @@ struct NewKey {
   std::string name;  // 1..kKeyNameBytesMax bytes, no control characters
   core::RateLimits limits;  // each <= core::kRateLimitPerMinuteMax
   uint64_t spend_limit_micros = 0;  // <= kSpendLimitMicrosMax
+  std::string scopes = "*";  // as normalize_scopes() takes
 };
 
 struct CreatedKey {

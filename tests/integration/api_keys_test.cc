@@ -420,5 +420,105 @@ TEST_F(ApiKeys, FilesAndBatchesAreTheirOwnersOnly) {
             std::string::npos);
 }
 
+TEST_F(ApiKeys, AKeyCallsOnlyItsScopesAndOtherCallsGet403) {
+  const Key files_only = create_key("--name uploader --scopes files,batches");
+  const Key models_only = create_key("--name lister --scopes models");
+  ASSERT_FALSE(files_only.secret.empty());
+  ASSERT_FALSE(models_only.secret.empty());
+  EXPECT_EQ(key_record(files_only.id).value("scopes", ""), "files,batches");
+  ASSERT_TRUE(
+      eventually([&] { return testing::http_get(base_url_ + "/v1/models", bearer(models_only)).status == 200; }, 5000));
+  expect_error(complete(models_only, kSmall), 403, "invalid_request_error", "insufficient_permissions", "completion");
+  expect_error(testing::http_post(base_url_ + "/v1/embeddings", R"({"model":"stories260K","input":"x"})",
+                                  bearer(models_only)),
+               403, "invalid_request_error", "insufficient_permissions", "embeddings");
+  expect_error(testing::http_get(base_url_ + "/v1/files", bearer(models_only)), 403, "invalid_request_error",
+               "insufficient_permissions", "files");
+  expect_error(testing::http_get(base_url_ + "/v1/models", bearer(files_only)), 403, "invalid_request_error",
+               "insufficient_permissions", "models");
+  // A batch needs its endpoint's scope too: files and batches alone may not
+  // run completions.
+  const std::string b = "----scope-test";
+  const std::string line =
+      R"({"custom_id":"a","method":"POST","url":"/v1/completions","body":{"model":"stories260K","prompt":"x","max_tokens":4}})";
+  const std::string body = "--" + b + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--" + b +
+                           "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n" + line +
+                           "\n\r\n--" + b + "--\r\n";
+  auto up = testing::http_post(base_url_ + "/v1/files", body,
+                               {"Authorization: Bearer " + files_only.secret,
+                                "Content-Type: multipart/form-data; boundary=" + b});
+  ASSERT_EQ(up.status, 200) << up.body;
+  const std::string create = json{{"input_file_id", json::parse(up.body).value("id", "")},
+                                  {"endpoint", "/v1/completions"},
+                                  {"completion_window", "24h"}}
+                                 .dump();
+  expect_error(testing::http_post(base_url_ + "/v1/batches", create, bearer(files_only)), 403, "invalid_request_error",
+               "insufficient_permissions", "batch of completions");
+  // Bad scopes are a usage error of the command.
+  EXPECT_NE(run_capture(std::string(IDLEFLEET_BINARY) + " admin keys create --data-dir " +
+                        shell_quote((dir_ / "data").string()) + " --name x --scopes admin 2>&1; echo rc=$?")
+                .find("rc=2"),
+            std::string::npos);
+}
+
+TEST_F(ApiKeys, ABatchsTokensCountAsItsKeysUsage) {
+  const Key k = create_key("--name batcher");
+  ASSERT_FALSE(k.secret.empty());
+  ASSERT_TRUE(eventually([&] { return testing::http_get(base_url_ + "/v1/files", bearer(k)).status == 200; }, 5000));
+  const std::string b = "----usage-test";
+  std::string lines;
+  for (int i = 0; i < 3; ++i) {
+    lines += json{{"custom_id", "u" + std::to_string(i)},
+                  {"method", "POST"},
+                  {"url", "/v1/completions"},
+                  {"body", {{"model", "stories260K"}, {"prompt", "Once"}, {"max_tokens", 6}, {"seed", i}}}}
+                 .dump() +
+             "\n";
+  }
+  const std::string body = "--" + b + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--" + b +
+                           "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n" + lines +
+                           "\r\n--" + b + "--\r\n";
+  auto up = testing::http_post(base_url_ + "/v1/files", body,
+                               {"Authorization: Bearer " + k.secret, "Content-Type: multipart/form-data; boundary=" + b});
+  ASSERT_EQ(up.status, 200) << up.body;
+  const std::string create = json{{"input_file_id", json::parse(up.body).value("id", "")},
+                                  {"endpoint", "/v1/completions"},
+                                  {"completion_window", "24h"}}
+                                 .dump();
+  auto made = testing::http_post(base_url_ + "/v1/batches", create, bearer(k));
+  ASSERT_EQ(made.status, 200) << made.body;
+  const std::string id = json::parse(made.body).value("id", "");
+  json batch;
+  ASSERT_TRUE(eventually(
+      [&] {
+        batch = json::parse(testing::http_get(base_url_ + "/v1/batches/" + id, bearer(k)).body, nullptr, false);
+        return batch.is_object() && batch.value("status", "") == "completed";
+      },
+      60000))
+      << batch.dump();
+  auto out = testing::http_get(base_url_ + "/v1/files/" + batch.value("output_file_id", "") + "/content", bearer(k));
+  ASSERT_EQ(out.status, 200);
+  uint64_t prompt = 0, completion = 0;
+  std::istringstream in(out.body);
+  for (std::string l; std::getline(in, l);) {
+    const json usage = json::parse(l)["response"]["body"]["usage"];
+    prompt += usage.value("prompt_tokens", 0u);
+    completion += usage.value("completion_tokens", 0u);
+  }
+  ASSERT_GT(completion, 0u);
+  // Usage reaches the store within the sync interval. The batch's create
+  // counts as a request; its tokens and spend are its lines'.
+  json usage;
+  ASSERT_TRUE(eventually(
+      [&] {
+        usage = key_record(k.id)["usage"];
+        return usage.value("completion_tokens", 0u) == completion;
+      },
+      5000))
+      << usage.dump();
+  EXPECT_EQ(usage.value("prompt_tokens", 0u), prompt);
+  EXPECT_EQ(usage.value("spend_micros", 0u), prompt + completion);  // one micro-unit per token
+}
+
 }  // namespace
 }  // namespace idlefleet

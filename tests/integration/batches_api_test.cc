@@ -122,12 +122,12 @@ class Batches : public ::testing::Test {
     return testing::http_post(base_url_ + "/v1/files", body, {"Content-Type: multipart/form-data; boundary=" + b});
   }
 
-  std::string create_batch(const std::string& input) {
+  std::string create_batch(const std::string& input, const std::string& endpoint = "/v1/completions") {
     auto f = upload(input);
     EXPECT_EQ(f.status, 200) << f.body;
     const std::string file_id = json::parse(f.body).value("id", "");
     auto r = testing::http_post(base_url_ + "/v1/batches",
-                                json{{"input_file_id", file_id}, {"endpoint", "/v1/completions"},
+                                json{{"input_file_id", file_id}, {"endpoint", endpoint},
                                      {"completion_window", "24h"}}
                                     .dump(),
                                 {"Content-Type: application/json"});
@@ -352,6 +352,66 @@ TEST_F(Batches, ABatchSurvivesACoordinatorKilledMidway) {
     EXPECT_EQ(o["response"]["body"]["choices"][0].value("text", ""), local_text(**model, l)) << cid;
   }
   EXPECT_NE(log("coordinator2.log").find("unfinished batches"), std::string::npos) << log("coordinator2.log");
+}
+
+TEST_F(Batches, EmbeddingBatchesEqualDirectRequestsAndCancelCleanly) {
+  // 120 lines of one to three inputs; every fifth names an unknown model.
+  std::string input;
+  std::vector<json> bodies;
+  for (int i = 0; i < 120; ++i) {
+    json in = json::array();
+    for (int k = 0; k <= i % 3; ++k) in.push_back(std::string(kPrompts[(i + k) % 7]) + " " + std::to_string(i));
+    const json body = {{"model", i % 5 == 4 ? "nope" : "stories260K"}, {"input", in}};
+    bodies.push_back(body);
+    input += json{{"custom_id", "e-" + std::to_string(i)}, {"method", "POST"}, {"url", "/v1/embeddings"},
+                  {"body", body}}
+                 .dump() +
+             "\n";
+  }
+  const std::string id = create_batch(input, "/v1/embeddings");
+  const json b = wait_final(id, 120000);
+  ASSERT_EQ(b.value("status", ""), "completed") << b.dump();
+  EXPECT_EQ(b["request_counts"]["completed"], 96) << b.dump();
+  EXPECT_EQ(b["request_counts"]["failed"], 24) << b.dump();
+  const std::vector<json> out = file_lines(b["output_file_id"]);
+  ASSERT_EQ(out.size(), 96u);
+  for (const json& o : out) {
+    const std::string cid = o.value("custom_id", "");
+    const json& body = bodies[static_cast<size_t>(std::stoi(cid.substr(2)))];
+    auto direct = testing::http_post(base_url_ + "/v1/embeddings", body.dump(), {"Content-Type: application/json"});
+    ASSERT_EQ(direct.status, 200) << direct.body;
+    const json want = json::parse(direct.body);
+    const json& got = o["response"]["body"];
+    ASSERT_EQ(got["data"].size(), body["input"].size()) << cid;
+    EXPECT_EQ(got["data"], want["data"]) << cid;
+    EXPECT_EQ(got["usage"], want["usage"]) << cid;
+  }
+  const std::vector<json> errors = file_lines(b["error_file_id"]);
+  ASSERT_EQ(errors.size(), 24u);
+  for (const json& e : errors) EXPECT_EQ(e["error"].value("code", ""), "model_not_found") << e.dump();
+
+  // A second batch, cancelled while it runs: it ends cancelled, nothing is
+  // left running, and what finished is kept.
+  std::string big;
+  for (int i = 0; i < 3000; ++i) {
+    big += json{{"custom_id", "b-" + std::to_string(i)}, {"method", "POST"}, {"url", "/v1/embeddings"},
+                {"body", {{"model", "stories260K"}, {"input", json::array({kPrompts[i % 7], kPrompts[(i + 1) % 7]})}}}}
+               .dump() +
+           "\n";
+  }
+  const std::string id2 = create_batch(big, "/v1/embeddings");
+  ASSERT_TRUE(eventually([&] { return get_json("/v1/batches/" + id2)["request_counts"].value("completed", 0) >= 10; },
+                         60000));
+  auto c = testing::http_post(base_url_ + "/v1/batches/" + id2 + "/cancel", "", {});
+  ASSERT_EQ(c.status, 200) << c.body;
+  const json b2 = wait_final(id2, 60000);
+  ASSERT_EQ(b2.value("status", ""), "cancelled") << b2.dump();
+  const int64_t done = b2["request_counts"].value("completed", 0);
+  EXPECT_GE(done, 10);
+  EXPECT_LT(done, 3000);
+  EXPECT_EQ(static_cast<int64_t>(file_lines(b2["output_file_id"]).size()), done);
+  EXPECT_TRUE(eventually([&] { return status().value("/jobs/running"_json_pointer, -1) == 0; }, 20000))
+      << status().dump();
 }
 
 TEST_F(Batches, WithNoVehicleInteractiveWorkGets503AndBatchesWait) {

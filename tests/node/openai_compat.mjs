@@ -361,6 +361,33 @@ test('batches: a chat batch completes with one line per request, equal to the sa
   await assert.rejects(client.batches.retrieve('batch_nope'), NotFoundError);
 });
 
+test('batches: an embeddings batch gives what embeddings.create gives', async () => {
+  const requests = ['Once upon a time', 'The little dog', ['Lily and Ben', 'One day']].map((input, i) => ({
+    custom_id: `e${i}`,
+    method: 'POST',
+    url: '/v1/embeddings',
+    body: { model, input, encoding_format: 'float' },
+  }));
+  const jsonl = requests.map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const input = await client.files.create({ file: await toFile(Buffer.from(jsonl), 'emb.jsonl'), purpose: 'batch' });
+  let batch = await client.batches.create({ input_file_id: input.id, endpoint: '/v1/embeddings', completion_window: '24h' });
+  const deadline = Date.now() + 60_000;
+  while (batch.status !== 'completed') {
+    assert.ok(!['failed', 'expired', 'cancelled'].includes(batch.status), `batch ${batch.status}`);
+    assert.ok(Date.now() < deadline, `batch still ${batch.status}`);
+    await new Promise((r) => setTimeout(r, 100));
+    batch = await client.batches.retrieve(batch.id);
+  }
+  assert.equal(batch.request_counts.completed, 3);
+  const lines = (await (await client.files.content(batch.output_file_id)).text()).trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 3);
+  for (const line of lines) {
+    const request = requests.find((r) => r.custom_id === line.custom_id);
+    const direct = await client.embeddings.create(request.body);
+    assert.deepEqual(line.response.body.data, direct.data);
+  }
+});
+
 test('batches: cancel stops a batch and keeps what finished', async () => {
   const requests = [];
   for (let i = 0; i < 1500; i++) {

@@ -26,7 +26,6 @@ TEST(Batch, CreateBodies) {
            {"[]", ""},
            {R"({"endpoint":"/v1/completions","completion_window":"24h"})", "input_file_id"},
            {R"({"input_file_id":"f","endpoint":"/v1/edits","completion_window":"24h"})", "endpoint"},
-           {R"({"input_file_id":"f","endpoint":"/v1/embeddings","completion_window":"24h"})", "endpoint"},
            {R"({"input_file_id":"f","endpoint":"/v1/completions","completion_window":"1h"})", "completion_window"},
            {R"({"input_file_id":"f","endpoint":"/v1/completions","completion_window":"24h","metadata":[1]})", "metadata"},
        }) {
@@ -66,6 +65,26 @@ TEST(Batch, ABadLineFailsThatLineOnly) {
   EXPECT_NE(lines[2].error->message.find("used by an earlier line"), std::string::npos);
   EXPECT_EQ(lines[6].custom_id, "");
   EXPECT_FALSE(lines[7].error);
+}
+
+TEST(Batch, EmbeddingBatchesTakeEmbeddingBodies) {
+  auto ok = parse_batch_create(R"({"input_file_id":"file-1","endpoint":"/v1/embeddings","completion_window":"24h"})");
+  ASSERT_TRUE(std::holds_alternative<BatchCreate>(ok));
+  const std::string url = "/v1/embeddings";
+  const std::string input = line("a", {{"model", "m"}, {"input", "Once upon a time"}}, url) + "\n" +
+                            line("b", {{"model", "m"}, {"input", json::array({"x", "y"})}}, url) + "\n" +
+                            line("c", {{"model", "m"}, {"input", 7}}, url) + "\n" +        // bad input
+                            line("d", {{"model", "m"}, {"input", "x"}}, "/v1/completions");  // wrong url
+  auto r = parse_batch_input(input, url, ApiLimits{});
+  ASSERT_TRUE(std::holds_alternative<std::vector<BatchLine>>(r));
+  const auto& lines = std::get<std::vector<BatchLine>>(r);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_FALSE(lines[0].error);
+  EXPECT_FALSE(lines[1].error);
+  ASSERT_TRUE(lines[2].error);
+  EXPECT_EQ(lines[2].error->param, "input");
+  EXPECT_NE(lines[2].error->message.find("line 3"), std::string::npos) << lines[2].error->message;
+  ASSERT_TRUE(lines[3].error);
 }
 
 TEST(Batch, LogprobsAreRefusedInBatches) {

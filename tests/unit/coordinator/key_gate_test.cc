@@ -87,6 +87,28 @@ TEST_F(KeyGateTest, AuthenticationOutcomes) {
   }
 }
 
+TEST_F(KeyGateTest, ScopesGive403OutsideThem) {
+  const auto all = make();
+  store::NewKey n;
+  n.name = "narrow";
+  n.scopes = "models,embeddings";
+  auto narrow = store_->create(n, kT0);
+  ASSERT_TRUE(narrow);
+  KeyGate gate({});
+  ASSERT_TRUE(gate.sync(*store_));
+  for (std::string_view scope : store::kScopes) EXPECT_FALSE(gate.authorize(all.key.id, scope)) << scope;
+  EXPECT_FALSE(gate.authorize(narrow->key.id, "models"));
+  EXPECT_FALSE(gate.authorize(narrow->key.id, "embeddings"));
+  for (std::string_view scope : {"completions", "files", "batches"}) {
+    auto r = gate.authorize(narrow->key.id, scope);
+    ASSERT_TRUE(r) << scope;
+    EXPECT_EQ(r->error.status, 403);
+    EXPECT_EQ(r->error.code, "insufficient_permissions");
+    EXPECT_NE(r->error.message.find(std::string(scope)), std::string::npos) << r->error.message;
+    EXPECT_EQ(r->retry_after_s, 0);
+  }
+}
+
 TEST_F(KeyGateTest, LimitsAndUsage) {
   const auto rpm = make(/*rpm=*/2);
   const auto spend = make(0, 0, /*spend=*/10);

@@ -157,6 +157,71 @@ TEST_F(KeyStoreTest, BadKeysAreRefused) {
   EXPECT_TRUE(secret_well_formed("sk-idf-" + std::string(64, 'a')));
 }
 
+TEST_F(KeyStoreTest, ScopesAreNormalizedStoredAndChecked) {
+  EXPECT_EQ(*normalize_scopes("*"), "*");
+  EXPECT_EQ(*normalize_scopes("batches, files,models,files"), "models,files,batches");
+  for (const char* bad : {"", ",", "models,", "chat", "models;files", "* ,models", "MODELS"}) {
+    auto n = normalize_scopes(bad);
+    ASSERT_FALSE(n) << bad;
+    EXPECT_EQ(n.error().code, ErrorCode::kInvalidArgument) << bad;
+    EXPECT_NE(n.error().message.find("completions"), std::string::npos) << n.error().message;
+  }
+  EXPECT_FALSE(normalize_scopes(std::string(kScopesBytesMax + 1, 'm')));
+
+  auto store = open_ok();
+  NewKey k = new_key("reader");
+  k.scopes = "files , models";
+  auto made = store->create(k, kT0);
+  ASSERT_TRUE(made) << made.error().to_string();
+  EXPECT_EQ(made->key.scopes, "models,files");
+  auto all = store->create(new_key("everything"), kT0);
+  ASSERT_TRUE(all);
+  EXPECT_EQ(all->key.scopes, "*");
+  k.scopes = "admin";
+  EXPECT_EQ(store->create(k, kT0).error().code, ErrorCode::kInvalidArgument);
+
+  auto got = store->get(made->key.id);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ((*got)->scopes, "models,files");
+  EXPECT_TRUE((*got)->allows("models"));
+  EXPECT_TRUE((*got)->allows("files"));
+  EXPECT_FALSE((*got)->allows("completions"));
+  EXPECT_FALSE((*got)->allows("model"));
+  for (std::string_view scope : kScopes) EXPECT_TRUE(all->key.allows(scope));
+
+  store.reset();
+  raw_exec("UPDATE api_keys SET scopes = 'models,root'");
+  store = open_ok();
+  auto list = store->list();
+  ASSERT_FALSE(list);
+  EXPECT_EQ(list.error().code, ErrorCode::kCorrupt);
+}
+
+TEST_F(KeyStoreTest, AVersionOneFileGainsScopesThatAllowEverything) {
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  // The schema as migration 1 left it, with a key in it.
+  raw_exec(
+      "CREATE TABLE schema_version (version INTEGER PRIMARY KEY NOT NULL);"
+      "INSERT INTO schema_version VALUES (1);"
+      "CREATE TABLE api_keys (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, secret_sha256 BLOB NOT NULL UNIQUE,"
+      " created_at INTEGER NOT NULL, revoked_at INTEGER NOT NULL, requests_per_minute INTEGER NOT NULL,"
+      " tokens_per_minute INTEGER NOT NULL, spend_limit_micros INTEGER NOT NULL, requests INTEGER NOT NULL,"
+      " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, spend_micros INTEGER NOT NULL) STRICT;"
+      "CREATE TABLE idempotency (scope TEXT NOT NULL, idem_key TEXT NOT NULL, request_sha256 BLOB NOT NULL,"
+      " status INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (scope, idem_key)) STRICT;"
+      "INSERT INTO api_keys VALUES ('key_0123456789abcdef01234567', 'old', zeroblob(32), 1, 0, 0, 0, 0, 3, 4, 5, 6);");
+  auto store = open_ok();
+  ASSERT_NE(store, nullptr);
+  auto got = store->get("key_0123456789abcdef01234567");
+  ASSERT_TRUE(got && *got) << (got ? "absent" : got.error().to_string());
+  EXPECT_EQ((*got)->scopes, "*");
+  EXPECT_EQ((*got)->usage.requests, 3u);
+}
+
 TEST_F(KeyStoreTest, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
   auto store = open_ok();
   auto k = store->create(new_key("x", 0, 0, 1000), kT0);

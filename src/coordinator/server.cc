@@ -161,6 +161,17 @@ struct ServedModel {
   std::optional<engine::ChatTemplate> chat_template;  // tokenizer.chat_template, when usable
 };
 
+// An Idempotency-Key as the coordinator tracks it: whose (the API key's id,
+// or "client:" and the peer's address with keys off), the key, and the hash
+// of the request it was first used with.
+struct IdemSlot {
+  std::string scope;
+  std::string key;
+  store::Sha256 request_sha256{};
+
+  std::string name() const { return std::string(scope).append("\n").append(key); }
+};
+
 // One client waiting on a job: what it asked for and what it has been sent.
 struct ClientStream {
   std::shared_ptr<HttpExchange> exchange;
@@ -174,10 +185,8 @@ struct ClientStream {
   uint64_t completion_tokens = 0;
   bool started = false;
   std::string key_id;  // "" when auth is not required
-  // Idempotency-Key (non-streamed requests only); idem_key "" when none.
-  std::string idem_scope;
-  std::string idem_key;
-  store::Sha256 body_sha256{};
+  // Idempotency-Key (non-streamed requests only); idem.key "" when none.
+  IdemSlot idem;
   // Logprobs (request.logprobs >= 0). A token's entry waits in
   // logprobs_pending until text from it is released to the client (the stop
   // matcher may hold text back), its text_offset being where its text starts
@@ -209,6 +218,35 @@ std::vector<LogprobsEntry> release_logprobs(ClientStream& c, bool all) {
   }
   return out;
 }
+
+// The exchange of a request with an Idempotency-Key: passes everything to
+// the client's exchange and tells `on_end` how it ended (the reply if it was
+// a whole 200, else nullptr) once, when it replies, starts a stream, or is
+// dropped without a reply.
+class ReplyTap : public HttpExchange {
+ public:
+  ReplyTap(std::shared_ptr<HttpExchange> inner, std::function<void(const HttpResponse*)> on_end)
+      : inner_(std::move(inner)), on_end_(std::move(on_end)) {}
+  ~ReplyTap() override { end(nullptr); }
+  void respond(HttpResponse response) override {
+    end(response.status == 200 ? &response : nullptr);
+    inner_->respond(std::move(response));
+  }
+  void stream_begin(int status, std::vector<HttpHeader> headers) override {
+    end(nullptr);
+    inner_->stream_begin(status, std::move(headers));
+  }
+  bool stream_write(std::string data) override { return inner_->stream_write(std::move(data)); }
+  void stream_end() override { inner_->stream_end(); }
+  bool closed() const override { return inner_->closed(); }
+
+ private:
+  void end(const HttpResponse* reply) {
+    if (on_end_) std::exchange(on_end_, nullptr)(reply);
+  }
+  std::shared_ptr<HttpExchange> inner_;
+  std::function<void(const HttpResponse*)> on_end_;
+};
 
 // One client waiting on POST /v1/embeddings. Each input is its own job
 // (kind embed, id "<id>-<index>"), so that the inputs are computed on as many
@@ -528,10 +566,13 @@ struct CoordinatorServer::Impl {
 
   // ---- Inputs (any thread) -----------------------------------------------------
 
-  bool post(Item item) {
+  // Queues an item for the loop thread; false when the inbox is full,
+  // unless `always` (for the ends of work already admitted, which must not
+  // be lost: they are bounded by the work in flight).
+  bool post(Item item, bool always = false) {
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (inbox.size() >= kInboxEventsMax) {
+      if (!always && inbox.size() >= kInboxEventsMax) {
         rejected_inbox_full->inc();
         return false;
       }
@@ -605,6 +646,24 @@ struct CoordinatorServer::Impl {
       key_id = std::move(std::get<std::string>(who));
       if (auto refusal = gate->authorize(key_id, scope)) return x->respond(refusal_response(*refusal));
     }
+    const std::string* idem = r.header("idempotency-key");
+    if (idem != nullptr && r.method == "POST" && !client_api_scope(p).empty() && p != "/v1/completions" &&
+        p != "/v1/chat/completions") {
+      if (!idempotency_key_valid(*idem)) return x->respond(error_response(bad_idempotency_key()));
+      return run_idempotent(r, x, key_id, *idem);
+    }
+    dispatch(r, std::move(x), key_id);
+  }
+
+  static ApiError bad_idempotency_key() {
+    return api_error(400, "invalid_request_error",
+                     "The Idempotency-Key header must be 1 to " + std::to_string(store::kIdempotencyKeyBytesMax) +
+                         " bytes of printable ASCII");
+  }
+
+  // The routes after authentication; any thread.
+  void dispatch(const HttpRequest& r, std::shared_ptr<HttpExchange> x, const std::string& key_id) {
+    const std::string& p = r.path;
     if (r.method == "GET" && p == "/v1/models") {
       std::vector<ModelCard> cards;
       for (const auto& m : models) cards.push_back({m->id, m->created});
@@ -705,12 +764,7 @@ struct CoordinatorServer::Impl {
       return x->respond(error_response(e));
     }
     const std::string* idem = r.header("idempotency-key");
-    if (idem != nullptr && !idempotency_key_valid(*idem)) {
-      ApiError e = api_error(400, "invalid_request_error",
-                             "The Idempotency-Key header must be 1 to " +
-                                 std::to_string(store::kIdempotencyKeyBytesMax) + " bytes of printable ASCII");
-      return x->respond(error_response(e));
-    }
+    if (idem != nullptr && !idempotency_key_valid(*idem)) return x->respond(error_response(bad_idempotency_key()));
     if (!key_id.empty()) {
       if (auto refusal = gate->admit(key_id, ids.size(), wall_ms())) return x->respond(refusal_response(*refusal));
     }
@@ -740,11 +794,7 @@ struct CoordinatorServer::Impl {
     client->key_id = key_id;
     // Streams are not replayed (a stored stream would be a different
     // response), so their Idempotency-Key is ignored.
-    if (idem != nullptr && !req.stream) {
-      client->idem_scope = key_id.empty() ? "client:" + peer_address(r.remote) : key_id;
-      client->idem_key = *idem;
-      client->body_sha256 = store::sha256(r.body);
-    }
+    if (idem != nullptr && !req.stream) client->idem = idem_slot(r, *idem, key_id);
 
     core::JobSpec spec;
     spec.model_id = model->id;
@@ -1660,7 +1710,8 @@ struct CoordinatorServer::Impl {
                                   {"model", item.client->request.model},
                                   {"stream", item.client->request.stream}}
                                  .dump();
-          if (!item.client->idem_key.empty() && !begin_idempotent(*item.client, now)) {
+          if (!item.client->idem.key.empty() &&
+              !begin_idempotent(item.client->idem, item.client->exchange, now)) {
             request_json.erase(id);
             continue;  // answered from the store, or refused
           }
@@ -1761,7 +1812,7 @@ struct CoordinatorServer::Impl {
         api = api_error(400, "invalid_request_error", err.message);
       }
       c.exchange->respond(error_response(api, retry_after));
-      end_idempotent(c, nullptr);
+      end_idempotent(c.idem, nullptr);
       clients.erase(it);
       request_json.erase(e.job_id);
       return;
@@ -1838,7 +1889,7 @@ struct CoordinatorServer::Impl {
         std::string body = completion_response(c.meta, c.request.chat, c.text + tail, e.finish_reason, usage,
                                                c.request.logprobs >= 0 ? &c.logprobs : nullptr);
         // Stored before it is sent, so that a retry the moment it arrives is a replay.
-        end_idempotent(c, &body);
+        end_idempotent(c.idem, &body);
         c.exchange->respond(json_response(200, std::move(body)));
       }
     } else {
@@ -1851,59 +1902,98 @@ struct CoordinatorServer::Impl {
         c.exchange->respond(error_response(err, 5));
       }
     }
-    end_idempotent(c, nullptr);
+    end_idempotent(c.idem, nullptr);
     clients.erase(it);
   }
 
   // ---- Keys and idempotency (loop thread) -------------------------------------------
 
-  // A request with an Idempotency-Key, before it becomes a job. Returns true
-  // to run it; false when it was answered: the stored response of the same
-  // request, or 409 for a key in use by a running request or by a different
-  // body. Stored responses older than kIdempotencyWindowMs do not count.
-  bool begin_idempotent(ClientStream& c, core::TimeMs now) {
-    const std::string slot = std::string(c.idem_scope).append("\n").append(c.idem_key);
+  // A request with an Idempotency-Key, before it runs. Returns true to run
+  // it; false when it was answered: the stored response of the same request,
+  // or 409 for a key in use by a running request or by a different request.
+  // Stored responses older than kIdempotencyWindowMs do not count. When the
+  // store cannot be read the request runs untracked (slot.key cleared).
+  bool begin_idempotent(IdemSlot& slot, const std::shared_ptr<HttpExchange>& x, core::TimeMs now) {
     auto conflict = [&](const std::string& message) {
       ApiError e = api_error(409, "invalid_request_error", message, "idempotency_key_conflict");
-      c.exchange->respond(error_response(e));
+      x->respond(error_response(e));
       return false;
     };
-    if (idem_in_flight.count(slot) != 0) {
+    if (idem_in_flight.count(slot.name()) != 0) {
       return conflict("A request with this Idempotency-Key is still in progress; retry when it has finished");
     }
-    auto stored = key_store->get_response(c.idem_scope, c.idem_key);
+    auto stored = key_store->get_response(slot.scope, slot.key);
     if (!stored) {
       log("key store: " + stored.error().to_string() + "; the request runs without its Idempotency-Key");
-      c.idem_key.clear();
+      slot.key.clear();
       return true;
     }
     if (stored->has_value() && (*stored)->created_at >= now - kIdempotencyWindowMs) {
-      if ((*stored)->request_sha256 != c.body_sha256) {
-        return conflict("This Idempotency-Key was already used with a different request body");
+      if ((*stored)->request_sha256 != slot.request_sha256) {
+        return conflict("This Idempotency-Key was already used with a different request");
       }
       HttpResponse resp = json_response((*stored)->status, std::move((*stored)->body));
       resp.headers.push_back({"Idempotent-Replayed", "true"});
-      c.exchange->respond(std::move(resp));
+      x->respond(std::move(resp));
       count_event("idempotent_replay", "replayed the response for an Idempotency-Key");
       return false;
     }
-    idem_in_flight[slot] = c.body_sha256;
+    idem_in_flight[slot.name()] = slot.request_sha256;
     return true;
   }
 
   // The request ended: a 200 body (nullptr for anything else) is stored
   // for replays; failures are not, so that a retry runs again.
-  void end_idempotent(ClientStream& c, const std::string* body) {
-    if (c.idem_key.empty()) return;
-    idem_in_flight.erase(std::string(c.idem_scope).append("\n").append(c.idem_key));
+  void end_idempotent(const IdemSlot& slot, const std::string* body) {
+    if (slot.key.empty()) return;
+    idem_in_flight.erase(slot.name());
     if (body == nullptr) return;
     if (body->size() > store::kIdempotencyResponseBytesMax) return;  // too large to keep: a retry runs again
     store::StoredResponse r;
-    r.request_sha256 = c.body_sha256;
+    r.request_sha256 = slot.request_sha256;
     r.status = 200;
     r.body = *body;
     r.created_at = wall_ms();
-    if (auto st = key_store->put_response(c.idem_scope, c.idem_key, r); !st) log("key store: " + st.error().to_string());
+    if (auto st = key_store->put_response(slot.scope, slot.key, r); !st) log("key store: " + st.error().to_string());
+  }
+
+  // The slot of a request's Idempotency-Key: the request is its method,
+  // path and body, so that one key used on two routes is a conflict.
+  static IdemSlot idem_slot(const HttpRequest& r, const std::string& key, const std::string& key_id) {
+    IdemSlot slot;
+    slot.scope = key_id.empty() ? "client:" + peer_address(r.remote) : key_id;
+    slot.key = key;
+    const store::Sha256 body = store::sha256(r.body);
+    slot.request_sha256 = store::sha256(std::string(r.method)
+                                            .append(" ")
+                                            .append(r.path)
+                                            .append("\n")
+                                            .append(reinterpret_cast<const char*>(body.data()), body.size()));
+    return slot;
+  }
+
+  // A POST other than a completion with an Idempotency-Key (embeddings,
+  // files, batches, a batch's cancel): the loop thread checks the key, then
+  // the request runs on the files thread (dispatch()) with an exchange that
+  // hands a 200 reply back to the loop thread to be stored.
+  void run_idempotent(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& key_id,
+                      const std::string& idem) {
+    auto request = std::make_shared<const HttpRequest>(r);
+    Item item;
+    item.task = [this, request, x, key_id, slot = idem_slot(r, idem, key_id)](core::TimeMs now) mutable {
+      if (!begin_idempotent(slot, x, now)) return;
+      auto tapped = std::make_shared<ReplyTap>(x, [this, slot](const HttpResponse* reply) {
+        Item done;
+        done.task = [this, slot, body = reply == nullptr ? std::optional<std::string>() : reply->body](core::TimeMs) {
+          end_idempotent(slot, body ? &*body : nullptr);
+        };
+        post(std::move(done), /*always=*/true);
+      });
+      on_files([this, request, tapped, key_id](store::FileStore&) { dispatch(*request, tapped, key_id); });
+    };
+    if (!post(std::move(item))) {
+      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+    }
   }
 
   // Usage out and key changes in, every kKeysSyncMs; old stored responses

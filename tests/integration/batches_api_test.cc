@@ -112,14 +112,16 @@ class Batches : public ::testing::Test {
   }
 
   // POST /v1/files as clients do (multipart/form-data).
-  testing::HttpResult upload(const std::string& content, const std::string& purpose = "batch") {
+  testing::HttpResult upload(const std::string& content, const std::string& purpose = "batch",
+                             std::vector<std::string> headers = {}) {
     const std::string b = "----idlefleet-test-boundary";
     const std::string body = "--" + b + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n" + purpose +
                              "\r\n--" + b +
                              "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"input.jsonl\"\r\n"
                              "Content-Type: application/jsonl\r\n\r\n" +
                              content + "\r\n--" + b + "--\r\n";
-    return testing::http_post(base_url_ + "/v1/files", body, {"Content-Type: multipart/form-data; boundary=" + b});
+    headers.push_back("Content-Type: multipart/form-data; boundary=" + b);
+    return testing::http_post(base_url_ + "/v1/files", body, headers);
   }
 
   std::string create_batch(const std::string& input, const std::string& endpoint = "/v1/completions") {
@@ -168,6 +170,11 @@ class Batches : public ::testing::Test {
   std::string base_url_;
   int agent_starts_ = 0;
 };
+
+void expect_conflict(const testing::HttpResult& r) {
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_EQ(json::parse(r.body, nullptr, false)["error"].value("code", ""), "idempotency_key_conflict") << r.body;
+}
 
 struct Line {
   std::string custom_id, prompt;
@@ -412,6 +419,65 @@ TEST_F(Batches, EmbeddingBatchesEqualDirectRequestsAndCancelCleanly) {
   EXPECT_EQ(static_cast<int64_t>(file_lines(b2["output_file_id"]).size()), done);
   EXPECT_TRUE(eventually([&] { return status().value("/jobs/running"_json_pointer, -1) == 0; }, 20000))
       << status().dump();
+}
+
+TEST_F(Batches, IdempotencyKeysReplayUploadsBatchesEmbeddingsAndCancels) {
+  const std::string input = jsonl({{"i-0", "Once upon a time", 400, 0.8, 1}, {"i-1", "The little dog", 400, 0.8, 2}});
+  auto replayed = [](const testing::HttpResult& r) {
+    return r.header("idempotent-replayed") != nullptr && *r.header("idempotent-replayed") == "true";
+  };
+  // An upload sent twice is one file.
+  auto f1 = upload(input, "batch", {"Idempotency-Key: upload-1"});
+  auto f2 = upload(input, "batch", {"Idempotency-Key: upload-1"});
+  ASSERT_EQ(f1.status, 200) << f1.body;
+  ASSERT_EQ(f2.status, 200) << f2.body;
+  EXPECT_FALSE(replayed(f1));
+  EXPECT_TRUE(replayed(f2));
+  EXPECT_EQ(f1.body, f2.body);
+  const std::string file_id = json::parse(f1.body).value("id", "");
+  // Another file under the same key is a conflict.
+  expect_conflict(upload(input + "\n", "batch", {"Idempotency-Key: upload-1"}));
+  // A batch created twice is one batch.
+  const std::string create =
+      json{{"input_file_id", file_id}, {"endpoint", "/v1/completions"}, {"completion_window", "24h"}}.dump();
+  const std::vector<std::string> headers = {"Content-Type: application/json", "Idempotency-Key: batch-1"};
+  auto b1 = testing::http_post(base_url_ + "/v1/batches", create, headers);
+  auto b2 = testing::http_post(base_url_ + "/v1/batches", create, headers);
+  ASSERT_EQ(b1.status, 200) << b1.body;
+  ASSERT_EQ(b2.status, 200) << b2.body;
+  EXPECT_TRUE(replayed(b2));
+  const std::string batch_id = json::parse(b1.body).value("id", "");
+  EXPECT_EQ(json::parse(b2.body).value("id", ""), batch_id);
+  size_t with_file = 0;
+  const json listed = get_json("/v1/batches?limit=100");
+  for (const json& b : listed["data"]) with_file += b.value("input_file_id", "") == file_id;
+  EXPECT_EQ(with_file, 1u) << listed.dump();
+  // The same key on another route is a conflict, not a replay.
+  expect_conflict(testing::http_post(base_url_ + "/v1/batches/" + batch_id + "/cancel", "", {"Idempotency-Key: batch-1"}));
+  // A cancel retried gets the first cancel's answer, not 409.
+  auto c1 = testing::http_post(base_url_ + "/v1/batches/" + batch_id + "/cancel", "", {"Idempotency-Key: cancel-1"});
+  ASSERT_EQ(c1.status, 200) << c1.body;
+  wait_final(batch_id, 60000);
+  auto c2 = testing::http_post(base_url_ + "/v1/batches/" + batch_id + "/cancel", "", {"Idempotency-Key: cancel-1"});
+  EXPECT_EQ(c2.status, 200) << c2.body;
+  EXPECT_TRUE(replayed(c2));
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/batches/" + batch_id + "/cancel", "", {}).status, 409);
+  // Embeddings.
+  const std::string emb = R"({"model":"stories260K","input":"Once upon a time"})";
+  const std::vector<std::string> eh = {"Content-Type: application/json", "Idempotency-Key: emb-1"};
+  auto e1 = testing::http_post(base_url_ + "/v1/embeddings", emb, eh);
+  auto e2 = testing::http_post(base_url_ + "/v1/embeddings", emb, eh);
+  ASSERT_EQ(e1.status, 200) << e1.body;
+  EXPECT_TRUE(replayed(e2));
+  EXPECT_EQ(e1.body, e2.body);
+  // A malformed key is a 400 on these routes too.
+  auto bad = testing::http_post(base_url_ + "/v1/embeddings", emb,
+                                {"Content-Type: application/json", "Idempotency-Key: " + std::string(300, 'k')});
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  // A failed request is not stored: fixed, the retry runs.
+  const std::vector<std::string> fh = {"Content-Type: application/json", "Idempotency-Key: emb-2"};
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/embeddings", R"({"model":"nope","input":"x"})", fh).status, 404);
+  EXPECT_EQ(testing::http_post(base_url_ + "/v1/embeddings", R"({"model":"nope","input":"x"})", fh).status, 404);
 }
 
 TEST_F(Batches, WithNoVehicleInteractiveWorkGets503AndBatchesWait) {

@@ -138,6 +138,13 @@ void AgentMachine::send_state(TimeMs now, std::vector<AgentEffect>* out) {
 }
 
 void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out) {
+  if (std::holds_alternative<HelloPleaseMessage>(m)) {
+    // At most one answer per kHelloPleaseGapMs, however often it is asked.
+    if (last_hello_sent_ >= 0 && now - last_hello_sent_ < kHelloPleaseGapMs) return;
+    send_hello(now, out);
+    send_state(now, out);
+    return;
+  }
   if (const auto* a = std::get_if<AssignMessage>(&m)) {
     if (attempt_) {
       if (is_current(a->job_id, a->attempt)) return;  // a duplicate: already running it

@@ -209,6 +209,19 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
   }
   auto vit = vehicles_.find(vid);
   if (vit == vehicles_.end()) {
+    // Most likely this coordinator restarted: ask for a hello now rather
+    // than wait for the periodic one (at most once per kHelloPleaseGapMs
+    // per vehicle).
+    if (valid_vehicle_id(vid)) {
+      if (hello_asked_.size() >= kHelloAskedMax) {
+        std::erase_if(hello_asked_, [&](const auto& kv) { return now - kv.second >= kHelloPleaseGapMs; });
+      }
+      auto [it, fresh] = hello_asked_.try_emplace(vid, now);
+      if ((fresh || now - it->second >= kHelloPleaseGapMs) && hello_asked_.size() <= kHelloAskedMax) {
+        it->second = now;
+        out->push_back(SendToVehicleEffect{vid, HelloPleaseMessage{}});
+      }
+    }
     return reject("unknown_vehicle", std::string(message_type(msg)) + " from vehicle " + vid + ", which has not said hello",
                   out);
   }
@@ -218,7 +231,8 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
       return reject("vehicle_mismatch", "state for " + s->vehicle_id + " arrived on vehicle " + vid + "'s subject", out);
     }
   }
-  if (std::holds_alternative<AssignMessage>(msg) || std::holds_alternative<CancelMessage>(msg)) {
+  if (std::holds_alternative<AssignMessage>(msg) || std::holds_alternative<CancelMessage>(msg) ||
+      std::holds_alternative<HelloPleaseMessage>(msg)) {
     return reject("unexpected_message", std::string(message_type(msg)) + " sent by vehicle " + vid, out);
   }
   v.last_heard = now;

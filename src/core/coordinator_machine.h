@@ -53,6 +53,9 @@
 
 namespace idlefleet::core {
 
+// The most unknown vehicles remembered as asked for a hello at once.
+inline constexpr size_t kHelloAskedMax = 100'000;
+
 inline constexpr size_t kPlacementCandidatesMax = 16;
 inline constexpr size_t kJobIdBytesMax = kIdBytesMax;
 // An embedding's L2 norm may differ from 1 by this much (float rounding of
@@ -255,6 +258,8 @@ class CoordinatorMachine {
   CoordinatorCoreConfig config_;
   CoordinatorCounters counters_;
   std::map<std::string, VehicleView> vehicles_;
+  // Unknown vehicles asked for a hello, and when (bounded by kHelloAskedMax).
+  std::map<std::string, TimeMs> hello_asked_;
   std::map<std::string, JobEntry> jobs_;
   std::map<QueueKey, std::string> queue_;  // jobs waiting for a vehicle
   std::set<std::string> running_;          // jobs with a live attempt (leases to watch)

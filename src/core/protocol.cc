@@ -297,6 +297,7 @@ struct Encoder {
   json operator()(const EmbeddingMessage& m) const {
     return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"tokens", m.tokens}, {"values", m.values}};
   }
+  json operator()(const HelloPleaseMessage&) const { return json::object(); }
 };
 
 struct TypeName {
@@ -310,6 +311,7 @@ struct TypeName {
   const char* operator()(const PreemptedMessage&) const { return "preempted"; }
   const char* operator()(const FailedMessage&) const { return "failed"; }
   const char* operator()(const EmbeddingMessage&) const { return "embedding"; }
+  const char* operator()(const HelloPleaseMessage&) const { return "hello_please"; }
 };
 
 constexpr uint64_t kAttemptMax = 1u << 20;
@@ -440,6 +442,7 @@ Result<Message> decode_message(std::string_view text) {
     }
     return finish(r, std::move(m));
   }
+  if (type == "hello_please") return finish(r, HelloPleaseMessage{});
   if (type == "cancel" || type == "started") {
     const std::string job_id = r.string("job_id", kIdBytesMax);
     const auto attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));

@@ -208,8 +208,18 @@ struct EmbeddingMessage {
   std::vector<float> values;  // 1..kEmbeddingValuesMax
 };
 
+// Coordinator -> vehicle: "say hello again". A coordinator that hears from
+// a vehicle it does not know (it restarted, or the hello was lost) asks for
+// a hello and a state at once instead of waiting for the periodic hello.
+struct HelloPleaseMessage {
+  bool operator==(const HelloPleaseMessage&) const = default;
+};
+// The least time between two hello_please for one vehicle, and between two
+// hellos a vehicle sends because it was asked.
+inline constexpr int64_t kHelloPleaseGapMs = 1000;
+
 using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
-                             DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage>;
+                             DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage, HelloPleaseMessage>;
 
 // NATS subjects. A vehicle publishes on its own "up" subject and listens on
 // its own "down" subject, so per-vehicle credentials can allow exactly those.

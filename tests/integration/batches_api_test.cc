@@ -343,6 +343,10 @@ TEST_F(Batches, ABatchSurvivesACoordinatorKilledMidway) {
   ASSERT_TRUE(coordinator.has_value());
   coordinator_ = std::make_unique<transport::Process>(std::move(*coordinator));
   ASSERT_TRUE(transport::wait_for_tcp("127.0.0.1", http_port_, 20000)) << log("coordinator2.log");
+  // The restarted coordinator asks the vehicles it hears from for a hello
+  // (hello_please) instead of waiting up to 10 s for their next one.
+  EXPECT_TRUE(eventually([&] { return status().value("/vehicles/known"_json_pointer, 0) == 8; }, 4000))
+      << status().dump();
 
   const json b = wait_final(id, 240000);
   ASSERT_EQ(b.value("status", ""), "completed") << b.dump() << log("coordinator2.log");

@@ -76,6 +76,23 @@ TEST(AgentMachine, IntroducesItselfAndReportsEligibility) {
   EXPECT_EQ(sent<StateMessage>(fx)[0].state, "eligible");
 }
 
+TEST(AgentMachine, SaysHelloAgainWhenAskedAtMostOncePerGap) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  a.handle(ConnectedEvent{}, kT0);
+  // Asked within the gap of the last hello: nothing.
+  auto fx = a.handle(CoordinatorMessageEvent{HelloPleaseMessage{}}, kT0 + kHelloPleaseGapMs - 1);
+  EXPECT_TRUE(sent<HelloMessage>(fx).empty());
+  fx = a.handle(CoordinatorMessageEvent{HelloPleaseMessage{}}, kT0 + kHelloPleaseGapMs);
+  ASSERT_EQ(sent<HelloMessage>(fx).size(), 1u);
+  ASSERT_EQ(sent<StateMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<StateMessage>(fx)[0].state, "eligible");
+  for (int i = 1; i <= 100; ++i) {
+    fx = a.handle(CoordinatorMessageEvent{HelloPleaseMessage{}}, kT0 + kHelloPleaseGapMs + i);
+    EXPECT_TRUE(sent<HelloMessage>(fx).empty());
+  }
+}
+
 TEST(AgentMachine, AcceptsAnAssignmentWhenEligibleAndReportsTokensAndDone) {
   AgentMachine a(config());
   a.handle(SignalsEvent{parked_signals(kT0)}, kT0);

@@ -206,6 +206,31 @@ TEST(CoordinatorMachine, RestartedAgentLosesItsAttemptAtOnce) {
   EXPECT_EQ(a[0].produced_ids, std::vector<int32_t>({3}));
 }
 
+TEST(CoordinatorMachine, AsksAnUnknownVehicleForAHelloAtMostOncePerGap) {
+  CoordinatorMachine c(config());
+  auto asked = [](const auto& fx) {
+    size_t n = 0;
+    for (const auto& s : effects_of<SendToVehicleEffect>(fx)) {
+      n += s.vehicle_id == "v1" && std::holds_alternative<HelloPleaseMessage>(s.message);
+    }
+    return n;
+  };
+  auto fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0)}, kT0);
+  EXPECT_EQ(asked(fx), 1u);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "unknown_vehicle");
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0)}, kT0 + kHelloPleaseGapMs - 1);
+  EXPECT_EQ(asked(fx), 0u);
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0)}, kT0 + kHelloPleaseGapMs);
+  EXPECT_EQ(asked(fx), 1u);
+  // Once it has said hello it is known: no more asking.
+  join(&c, "v1", kT0 + kHelloPleaseGapMs);
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0)}, kT0 + 5 * kHelloPleaseGapMs);
+  EXPECT_EQ(asked(fx), 0u);
+  // A vehicle does not send hello_please.
+  fx = c.handle(VehicleMessageEvent{"v1", HelloPleaseMessage{}}, kT0 + 5 * kHelloPleaseGapMs);
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "unexpected_message");
+}
+
 TEST(CoordinatorMachine, RefusesWhatItCannotTrust) {
   CoordinatorMachine c(config());
   auto fx = c.handle(VehicleMessageEvent{"ghost", state("ghost", true, kT0)}, kT0);

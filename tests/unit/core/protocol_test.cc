@@ -43,7 +43,8 @@ std::vector<Message> samples() {
           DoneMessage{"job-1", 2, 5, "stop"},
           PreemptedMessage{"job-1", 2, 4, "driver door opened"},
           FailedMessage{"job-1", 2, "model not cached and download failed"},
-          EmbeddingMessage{"emb-1-0", 1, 3, {0.6f, -0.8f, 0.0f, 1e-7f}}};
+          EmbeddingMessage{"emb-1-0", 1, 3, {0.6f, -0.8f, 0.0f, 1e-7f}},
+          HelloPleaseMessage{}};
 }
 
 TEST(Protocol, EveryMessageRoundTrips) {

@@ -109,8 +109,14 @@ void run_demo(DemoFlags& f) {
   co.config.vehicle_timeout_ms = 10000;
   auto coordinator = coordinator::CoordinatorServer::start(co);
   if (!coordinator) {
-    throw CommandError{"coordinator: " + coordinator.error().message +
-                       (f.http_port != 0 ? " (is the port taken? try --http-port 0)" : "")};
+    const std::string& why = coordinator.error().message;
+    std::string hint;
+    if (why.find("NATS") != std::string::npos || why.find("nats") != std::string::npos) {
+      hint = " (is a NATS server running at " + f.agent.nats_url + "? leave --nats out to start one)";
+    } else if (f.http_port != 0) {
+      hint = " (is the port taken? try --http-port 0)";
+    }
+    throw CommandError{"coordinator: " + why + hint};
   }
   const std::string base_url = "http://127.0.0.1:" + std::to_string((*coordinator)->http_port());
   f.agent.coordinator_url = base_url;

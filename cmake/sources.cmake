@@ -4,6 +4,7 @@
 file(GLOB IDLEFLEET_COMMON_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/common/*.cc)
 add_library(idlefleet_common STATIC ${IDLEFLEET_COMMON_SOURCES})
 target_include_directories(idlefleet_common PUBLIC ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(idlefleet_common PUBLIC PkgConfig::SODIUM)
 
 # The file format and the weight formats.
 add_library(idlefleet_gguf STATIC

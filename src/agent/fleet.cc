@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/identity.h"
 #include "common/check.h"
 #include "common/log_limiter.h"
 #include "engine/session.h"
@@ -104,6 +106,7 @@ struct Fleet::Vehicle {
   std::shared_ptr<const engine::Model> engine_model;
   std::unique_ptr<engine::ThreadPool> engine_pool;
   std::unique_ptr<engine::Context> engine_ctx;
+  Ed25519Keypair key;          // signs the vehicle's receipts (agent/identity.h)
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -181,8 +184,15 @@ Status Fleet::init() {
     std::snprintf(suffix, sizeof suffix, "%0*d", width, i + 1);
     v->id = options_.id_prefix + "-" + suffix;
 
+    const std::string key_dir =
+        options_.key_dir.empty() ? (std::filesystem::path(options_.cache_dir) / "keys").string() : options_.key_dir;
+    auto key = load_or_create_key((std::filesystem::path(key_dir) / (v->id + ".key")).string());
+    if (!key) return Unexpected(key.error());
+    v->key = *key;
+
     core::AgentConfig c;
     c.vehicle_id = v->id;
+    c.public_key = to_hex(v->key.public_key);
     c.instance = options_.instance + "-" + std::to_string(i);
     c.policy = options_.policy;
     c.utc_offset_minutes = options_.utc_offset_minutes;
@@ -388,6 +398,17 @@ void Fleet::run_effects(size_t index, std::vector<core::AgentEffect> effects) {
         if (s->departure_earliest != 0) s->departure_earliest = to_wall(s->departure_earliest);
         std::lock_guard<std::mutex> lock(mu_);
         v.status.job_id = s->job_id;
+      }
+      if (auto* r = std::get_if<core::ReceiptMessage>(&send->message)) {
+        r->started_at = to_wall(r->started_at);
+        r->ended_at = std::max(to_wall(r->ended_at), r->started_at);
+        {
+          std::lock_guard<std::mutex> lock(catalog_mu_);
+          for (const CatalogEntry& e : catalog_) {
+            if (e.id == r->model_id) r->model_sha256 = e.sha256;
+          }
+        }
+        r->signature = to_hex(ed25519_sign(v.key.secret_key, core::receipt_signing_bytes(*r)));
       }
       if (auto st = v.nats->publish(core::up_subject(v.id), core::encode_message(send->message));
           !st && options_.verbose) {

@@ -64,6 +64,9 @@ struct FleetOptions {
   int utc_offset_minutes = 0;
   core::OwnerPolicy policy;               // every vehicle's owner policy
   std::string cache_dir = "idlefleet-cache";
+  // Each vehicle's Ed25519 key, <key_dir>/<vehicle id>.key, made on first
+  // start (agent/identity.h). "": <cache_dir>/keys.
+  std::string key_dir;
   uint64_t cache_bytes_max = uint64_t{16} << 30;
   int64_t tick_ms = 10;                   // wall
   int64_t heartbeat_ms = 2000;            // wall

@@ -463,6 +463,7 @@ void SimVehicle::refresh_signals() const {
       fixed_text(params_.ambient_c, 1, core::kAmbientTemperatureCMin, core::kAmbientTemperatureCMax));
   set(SignalId::kAcceleratorTemperature,
       fixed_text(temp_c_, 1, core::kAcceleratorTemperatureCMin, core::kAcceleratorTemperatureCMax));
+  set(SignalId::kAcceleratorPower, fixed_text(accelerator_w_ / 1000.0, 4, 0.0, core::kAcceleratorPowerKwMax));
 
   // Through the one parser every feed uses, so signals() is exactly what an
   // agent applying take_updates() holds.

@@ -29,6 +29,7 @@ struct AgentFlags {
   double target_soc_pct = 80.0;
   double temp_limit_c = 85.0;
   std::string cache_dir = "idlefleet-cache";
+  std::string key_dir;  // "": <cache_dir>/keys
   uint64_t cache_mb = 16384;
   int64_t chunk_us = 5000;
   bool verbose = false;

@@ -27,6 +27,7 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   o.id_prefix = f.id_prefix;
   o.seed = f.seed;
   o.cache_dir = f.cache_dir;
+  o.key_dir = f.key_dir;
   o.cache_bytes_max = f.cache_mb * (uint64_t{1} << 20);
   o.utc_offset_minutes = f.utc_offset_minutes;
   o.verbose = f.verbose;
@@ -114,6 +115,9 @@ void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
   cmd->add_option("--temp-limit", f->temp_limit_c, "Stop at this accelerator temperature (C)")
       ->check(CLI::Range(0.0, 150.0))->capture_default_str();
   cmd->add_option("--cache-dir", f->cache_dir, "Model cache directory")->capture_default_str();
+  cmd->add_option("--key-dir", f->key_dir,
+                  "Where each vehicle's signing key lives (<id>.key, mode 0600, made on first start; "
+                  "default <cache-dir>/keys)");
   cmd->add_option("--cache-mb", f->cache_mb, "Model cache size cap (MiB)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
   cmd->add_option("--chunk-us", f->chunk_us,

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/crypto.h"
 #include "common/log_limiter.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/openai.h"
@@ -31,6 +32,7 @@
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
 #include "store/key_store.h"
+#include "store/vehicle_store.h"
 #include "transport/download.h"
 #include "transport/http_server.h"
 #include "transport/metrics.h"
@@ -318,6 +320,10 @@ struct CoordinatorServer::Impl {
   std::vector<std::unique_ptr<ServedModel>> models;
   std::unique_ptr<store::JobStore> store;
   std::unique_ptr<store::KeyStore> key_store;  // loop thread (and start/stop)
+  // Vehicles' pinned keys and accepted receipts (loop thread), and the keys
+  // by vehicle id for checking signatures.
+  std::unique_ptr<store::VehicleStore> vehicle_store;
+  std::map<std::string, Ed25519PublicKey> vehicle_keys;
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
@@ -490,6 +496,12 @@ struct CoordinatorServer::Impl {
     key_store = std::move(*ks);
     gate = std::make_unique<KeyGate>(Prices{config.prompt_micros_per_mtok, config.completion_micros_per_mtok});
     IF_RETURN_IF_ERROR(gate->sync(*key_store));
+    auto vs = store::VehicleStore::open((fs::path(config.data_dir) / "vehicles.sqlite3").string());
+    if (!vs) return Unexpected(vs.error());
+    vehicle_store = std::move(*vs);
+    auto pinned = vehicle_store->vehicles();
+    if (!pinned) return Unexpected(pinned.error());
+    for (const store::VehicleRecord& v : *pinned) vehicle_keys[v.vehicle_id] = *from_hex<32>(v.public_key);
 
     core::CoordinatorCoreConfig core_config;
     core_config.limits.lease_ms = config.lease_ms;
@@ -1717,6 +1729,9 @@ struct CoordinatorServer::Impl {
           }
           clients[id] = std::move(item.client);
         }
+        if (auto* m = std::get_if<core::VehicleMessageEvent>(&item.event); m != nullptr && !trust_vehicle(*m, now)) {
+          continue;
+        }
         apply(machine->handle(item.event, now), now);
       }
       items.clear();
@@ -1766,6 +1781,8 @@ struct CoordinatorServer::Impl {
         } else {
           on_ended(*ended);
         }
+      } else if (auto* receipt = std::get_if<core::ReceiptAcceptedEffect>(&effect)) {
+        on_receipt_accepted(*receipt, now);
       } else if (auto* persist = std::get_if<core::PersistJobEffect>(&effect)) {
         dirty.insert(persist->job_id);
       } else if (auto* l = std::get_if<core::CoordinatorLogEffect>(&effect)) {
@@ -1904,6 +1921,64 @@ struct CoordinatorServer::Impl {
     }
     end_idempotent(c.idem, nullptr);
     clients.erase(it);
+  }
+
+  // ---- Vehicle keys and receipts (loop thread) ----------------------------------------
+
+  // A hello pins the vehicle's public key the first time it shows one; a
+  // hello with another key, and a receipt whose signature does not verify
+  // against the pinned key, are refused before the machine sees them.
+  // Returns false to drop the message.
+  bool trust_vehicle(const core::VehicleMessageEvent& e, core::TimeMs now) {
+    if (const auto* h = std::get_if<core::HelloMessage>(&e.message)) {
+      if (h->public_key.empty() || h->vehicle_id != e.vehicle_id) return true;  // the machine judges the rest
+      auto it = vehicle_keys.find(e.vehicle_id);
+      const std::string known = it == vehicle_keys.end() ? std::string() : to_hex(it->second);
+      if (known == h->public_key) return true;
+      if (!known.empty()) {
+        count_refusal("key_mismatch", "hello from vehicle " + e.vehicle_id +
+                                          " with a key other than the one pinned for it; its receipts stay refused "
+                                          "until the old key is removed");
+        return false;
+      }
+      store::VehicleRecord v{e.vehicle_id, h->public_key, "", wall_ms()};
+      if (auto st = vehicle_store->put_vehicle(v); !st) {
+        log("vehicle store: " + st.error().to_string());
+        return false;
+      }
+      vehicle_keys[e.vehicle_id] = *from_hex<32>(h->public_key);
+      (void)now;
+      return true;
+    }
+    if (const auto* r = std::get_if<core::ReceiptMessage>(&e.message)) {
+      auto it = vehicle_keys.find(e.vehicle_id);
+      if (it == vehicle_keys.end()) {
+        count_refusal("unsigned_receipt", "receipt from vehicle " + e.vehicle_id + ", which has no pinned key");
+        return false;
+      }
+      auto sig = from_hex<64>(r->signature);
+      if (!sig || !ed25519_verify(it->second, core::receipt_signing_bytes(*r), *sig)) {
+        count_refusal(r->signature.empty() ? "unsigned_receipt" : "forged_receipt",
+                      "receipt from vehicle " + e.vehicle_id + " for job " + r->job_id + " attempt " +
+                          std::to_string(r->attempt) + ": the signature does not verify");
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // A receipt the machine found consistent: stored once; a second copy of
+  // it is a replay.
+  void on_receipt_accepted(const core::ReceiptAcceptedEffect& e, core::TimeMs now) {
+    auto stored = vehicle_store->put_receipt(e.receipt, "", now);
+    if (!stored) return log("vehicle store: " + stored.error().to_string());
+    if (!*stored) {
+      count_refusal("replayed_receipt", "a second receipt for job " + e.receipt.job_id + " attempt " +
+                                            std::to_string(e.receipt.attempt) + " from vehicle " +
+                                            e.receipt.vehicle_id);
+      return;
+    }
+    count_event("receipt", "receipt accepted");
   }
 
   // ---- Keys and idempotency (loop thread) -------------------------------------------

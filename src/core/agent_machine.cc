@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <span>
 #include <utility>
 
 #include "common/check.h"
@@ -108,6 +110,7 @@ void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
   h.tokens_per_second = config_.tokens_per_second;
   h.instance = config_.instance;
   h.embeddings = config_.embeddings;
+  h.public_key = config_.public_key;
   out->push_back(SendEffect{std::move(h)});
   last_hello_sent_ = now;
 }
@@ -137,6 +140,46 @@ void AgentMachine::send_state(TimeMs now, std::vector<AgentEffect>* out) {
   last_eligible_reported_ = decision_.eligible;
 }
 
+double AgentMachine::chip_temp_c() const {
+  const double t = signals_.accelerator_temperature_c.value_or(config_.wear.reference_temp_c);
+  return std::clamp(t, kTemperatureCMin, kTemperatureCMax);
+}
+
+void AgentMachine::meter_to(TimeMs now) {
+  if (!attempt_ || now <= attempt_->metered_at) return;
+  const DurationMs dt = now - attempt_->metered_at;
+  const double power_kw = signals_.accelerator_power_kw.value_or(config_.inference_power_kw);
+  const double temp = chip_temp_c();
+  meter_add(&attempt_->meter, config_.wear, std::max(0.0, power_kw) * static_cast<double>(dt) / kHourMs, dt,
+            attempt_->temp_c_at, temp);
+  attempt_->metered_at = now;
+  attempt_->temp_c_at = temp;
+}
+
+void AgentMachine::send_receipt(const std::string& outcome, TimeMs now, std::vector<AgentEffect>* out,
+                                const std::optional<Sha256Digest>& output_sha256) {
+  CHECK(attempt_.has_value());
+  meter_to(now);
+  Current& a = *attempt_;
+  ReceiptMessage r;
+  r.vehicle_id = config_.vehicle_id;
+  r.job_id = a.job_id;
+  r.attempt = a.attempt;
+  r.model_id = a.model_id;
+  r.outcome = outcome;
+  r.input_tokens = a.input_tokens;
+  r.output_tokens = a.output_tokens;
+  const Sha256Digest digest = output_sha256 ? *output_sha256 : a.output.finish();
+  r.output_sha256 = to_hex(digest);
+  r.energy_mwh = static_cast<uint64_t>(std::llround(std::min(a.meter.energy_kwh * 1e6, 1e15)));
+  r.accelerator_ms = static_cast<uint64_t>(std::max<DurationMs>(0, a.meter.busy_ms));
+  r.wear_micro_hours = static_cast<uint64_t>(std::llround(std::min(a.meter.wear_hours * 1e6, 1e15)));
+  r.started_at = a.started_at;
+  r.ended_at = std::max(now, a.started_at);
+  if (a.meter.wear_hours > 0.0) wear_used_hours_ = std::min(wear_used_hours_ + a.meter.wear_hours, kWearUsedHoursMax);
+  out->push_back(SendEffect{std::move(r)});
+}
+
 void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out) {
   if (std::holds_alternative<HelloPleaseMessage>(m)) {
     // At most one answer per kHelloPleaseGapMs, however often it is asked.
@@ -164,6 +207,12 @@ void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEff
     c.job_id = a->job_id;
     c.attempt = a->attempt;
     c.tokens_at_start = a->produced_ids.size();
+    c.model_id = a->model_id;
+    c.started_at = now;
+    c.metered_at = now;
+    c.temp_c_at = chip_temp_c();
+    c.input_tokens = a->prompt_ids.size() + a->produced_ids.size();
+    hash_output_ids(&c.output, a->produced_ids);
     attempt_ = std::move(c);
     ++counters_.attempts_started;
     out->push_back(StartEngineEffect{*a});
@@ -190,6 +239,9 @@ void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEff
 std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs now) {
   std::vector<AgentEffect> out;
   bool force_state = false;
+  // The time since the last event was spent on the attempt at the
+  // temperature and power the signals showed then.
+  meter_to(now);
   if (const auto* e = std::get_if<SignalsEvent>(&event)) {
     signals_ = e->signals;
   } else if (std::holds_alternative<ConnectedEvent>(event)) {
@@ -215,12 +267,15 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
                                                          e->job_id});
         chunk.logprobs.clear();
       }
+      hash_output_ids(&attempt_->output, chunk.ids);
+      attempt_->output_tokens += chunk.ids.size();
       out.push_back(SendEffect{std::move(chunk)});
     }
   } else if (const auto* e = std::get_if<EngineFinishedEvent>(&event)) {
     if (is_current(e->job_id, e->attempt)) {
       // Finished before the stop took effect: the work is complete, report it.
       out.push_back(SendEffect{DoneMessage{e->job_id, e->attempt, e->total_tokens, e->finish_reason}});
+      send_receipt("done", now, &out);
       ++counters_.attempts_finished;
       attempt_.reset();
       force_state = true;
@@ -235,8 +290,10 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
         out.push_back(SendEffect{FailedMessage{e->job_id, e->attempt,
                                                "the engine made an embedding of " + std::to_string(e->values.size()) +
                                                    (finite ? " values" : " values, not all finite")}});
+        send_receipt("failed", now, &out);
       } else {
         out.push_back(SendEffect{EmbeddingMessage{e->job_id, e->attempt, e->tokens, e->values}});
+        send_receipt("embedding", now, &out, embedding_output_sha256(e->values));
         ++counters_.attempts_finished;
       }
       attempt_.reset();
@@ -247,6 +304,7 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
       if (!attempt_->cancelled) {
         out.push_back(SendEffect{PreemptedMessage{e->job_id, e->attempt, e->total_tokens, attempt_->stop_reason}});
       }
+      send_receipt(attempt_->cancelled ? "cancelled" : "preempted", now, &out);
       attempt_.reset();
       force_state = true;
     }
@@ -254,6 +312,7 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
     if (is_current(e->job_id, e->attempt)) {
       out.push_back(SendEffect{FailedMessage{e->job_id, e->attempt,
                                              e->error.size() <= kTextBytesMax ? e->error : e->error.substr(0, kTextBytesMax)}});
+      send_receipt("failed", now, &out);
       attempt_.reset();
       force_state = true;
     }

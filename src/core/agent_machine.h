@@ -23,6 +23,16 @@
 // its engine reports one EngineEmbeddingEvent, sent on as an
 // EmbeddingMessage, instead of tokens and a finish.
 //
+// Metering: while an attempt runs, every event first meters the time since
+// the last one: busy time, energy (the accelerator's draw, from the
+// Vehicle.Idlefleet.Accelerator.Power signal when the vehicle reports one,
+// else AgentConfig::inference_power_kw, times the time) and Arrhenius-weighted
+// wear (core/energy.h) at the chip's temperature. When the attempt ends, a
+// ReceiptMessage with those figures, the token counts and the SHA-256 of the
+// job's output so far is sent (unsigned: the shell signs it, and fills in
+// the model's hash, before it goes out), and the wear counts against the
+// owner's monthly wear budget.
+//
 // No I/O, no clock: `now` is an argument. Thread-safety: one thread at a time.
 #pragma once
 
@@ -33,7 +43,9 @@
 #include <variant>
 #include <vector>
 
+#include "common/crypto.h"
 #include "core/departure.h"
+#include "core/energy.h"
 #include "core/policy.h"
 #include "core/protocol.h"
 #include "core/signals.h"
@@ -54,6 +66,9 @@ struct AgentConfig {
   std::vector<std::string> models_cached;
   // The shell runs kind "embed" assignments (HelloMessage::embeddings).
   bool embeddings = false;
+  // The vehicle's Ed25519 public key, hex (HelloMessage::public_key).
+  std::string public_key;
+  WearParams wear;
   DurationMs heartbeat_ms = 2 * kSecondMs;   // a state report at least this often
   DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us
   DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
@@ -198,6 +213,15 @@ class AgentMachine {
     bool stopping = false;
     bool cancelled = false;
     std::string stop_reason;
+    // Metering (see the file comment).
+    std::string model_id;
+    TimeMs started_at = 0;
+    TimeMs metered_at = 0;
+    double temp_c_at = 0.0;     // the chip's temperature at metered_at
+    Meter meter;
+    uint64_t input_tokens = 0;
+    uint64_t output_tokens = 0;
+    Sha256Hasher output;        // the job's produced ids so far
   };
 
   void evaluate(TimeMs now, std::vector<AgentEffect>* out);
@@ -207,6 +231,12 @@ class AgentMachine {
   void send_state(TimeMs now, std::vector<AgentEffect>* out);
   void send_hello(TimeMs now, std::vector<AgentEffect>* out);
   void reject(const std::string& text, std::vector<AgentEffect>* out);
+  void meter_to(TimeMs now);
+  double chip_temp_c() const;
+  // Ends the current attempt's metering and sends its receipt; the output
+  // digest is the hasher's unless `output_sha256` is given.
+  void send_receipt(const std::string& outcome, TimeMs now, std::vector<AgentEffect>* out,
+                    const std::optional<Sha256Digest>& output_sha256 = std::nullopt);
 
   AgentConfig config_;
   VehicleSignals signals_;

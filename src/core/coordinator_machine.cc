@@ -325,6 +325,8 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     out->push_back(PersistJobEffect{m->job_id});
   } else if (const auto* m = std::get_if<EmbeddingMessage>(&msg)) {
     if (!on_embedding(&v, *m, now, out)) return;
+  } else if (const auto* m = std::get_if<ReceiptMessage>(&msg)) {
+    return on_receipt(vid, *m, out);
   } else if (const auto* m = std::get_if<FailedMessage>(&msg)) {
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "failed", out);
     if (entry == nullptr) return;
@@ -339,6 +341,43 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
   }
   ++counters_.messages_accepted;
   if (!queue_.empty() && !idle_.empty()) place_queued(now, out);
+}
+
+void CoordinatorMachine::on_receipt(const std::string& vid, const ReceiptMessage& m, Effects* out) {
+  auto refuse = [&](const std::string& why) {
+    reject("bad_receipt", "receipt from vehicle " + vid + " for job " + m.job_id + " attempt " +
+                              std::to_string(m.attempt) + ": " + why,
+           out);
+  };
+  if (m.vehicle_id != vid) return refuse("it names vehicle " + m.vehicle_id);
+  auto it = jobs_.find(m.job_id);
+  if (it == jobs_.end()) return refuse("no such job (or it finished long ago)");
+  const JobEntry& entry = it->second;
+  const auto& attempts = entry.job.attempts();
+  if (m.attempt == 0 || m.attempt > attempts.size()) return refuse("no such attempt");
+  const Attempt& a = attempts[m.attempt - 1];
+  if (a.vehicle_id != vid) return refuse("the attempt ran on " + a.vehicle_id);
+  if (a.end == AttemptEnd::kLive) return refuse("the attempt has not ended");
+  if (m.model_id != entry.spec.model_id) return refuse("model " + m.model_id + ", not " + entry.spec.model_id);
+  if (m.input_tokens != entry.spec.prompt_ids.size() + a.tokens_at_start) {
+    return refuse(std::to_string(m.input_tokens) + " input tokens; the attempt resumed from " +
+                  std::to_string(entry.spec.prompt_ids.size() + a.tokens_at_start));
+  }
+  if (m.output_tokens != a.tokens_appended) {
+    return refuse(std::to_string(m.output_tokens) + " output tokens; " + std::to_string(a.tokens_appended) +
+                  " arrived");
+  }
+  if (entry.spec.kind == WorkKind::kGenerate) {
+    // The output as of the attempt's end is the job's first
+    // tokens_at_start + tokens_appended tokens, whatever came after.
+    const auto& produced = entry.job.produced();
+    const size_t n = std::min<size_t>(produced.size(), a.tokens_at_start + a.tokens_appended);
+    Sha256Hasher h;
+    hash_output_ids(&h, std::span<const int32_t>(produced.data(), n));
+    if (to_hex(h.finish()) != m.output_sha256) return refuse("its output hash is not that of the tokens it sent");
+  }
+  ++counters_.messages_accepted;
+  out->push_back(ReceiptAcceptedEffect{m});
 }
 
 bool CoordinatorMachine::on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out) {

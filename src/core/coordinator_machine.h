@@ -174,8 +174,18 @@ struct CoordinatorLogEffect {
   bool refusal = false;  // a message refused (else an event worth a line: a preemption, a lost lease)
 };
 
+// A vehicle's receipt for an attempt of its own that has ended, consistent
+// with what the coordinator saw of the attempt: the token counts, the times,
+// and (for a generation) the SHA-256 of the output as of its end. The shell
+// checked its signature before the event; the receipt store refuses a second
+// receipt for the same attempt.
+struct ReceiptAcceptedEffect {
+  ReceiptMessage receipt;
+};
+
 using CoordinatorEffect = std::variant<SendToVehicleEffect, JobAcceptedEffect, JobTokensEffect, JobEndedEffect,
-                                       PersistJobEffect, CoordinatorLogEffect, JobEmbeddingEffect>;
+                                       PersistJobEffect, CoordinatorLogEffect, JobEmbeddingEffect,
+                                       ReceiptAcceptedEffect>;
 
 // What the coordinator knows of one vehicle.
 struct VehicleView {
@@ -243,6 +253,7 @@ class CoordinatorMachine {
   void on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out);
   // Completes an embed attempt with its vector; false when it was refused.
   bool on_embedding(VehicleView* v, const EmbeddingMessage& m, TimeMs now, Effects* out);
+  void on_receipt(const std::string& vid, const ReceiptMessage& m, Effects* out);
   // Finds the job and checks that `vid` holds its live attempt `attempt`.
   JobEntry* attempt_of(const std::string& vid, const std::string& job_id, uint32_t attempt, const char* what,
                        Effects* out);

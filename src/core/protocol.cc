@@ -1,5 +1,8 @@
 #include "core/protocol.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include <cfloat>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -241,10 +244,30 @@ class Reader {
   Status status_;
 };
 
+// Every field of a receipt but its signature.
+json receipt_fields(const ReceiptMessage& m) {
+  return {{"vehicle_id", m.vehicle_id},
+          {"job_id", m.job_id},
+          {"attempt", m.attempt},
+          {"model_id", m.model_id},
+          {"model_sha256", m.model_sha256},
+          {"outcome", m.outcome},
+          {"input_tokens", m.input_tokens},
+          {"output_tokens", m.output_tokens},
+          {"output_sha256", m.output_sha256},
+          {"energy_mwh", m.energy_mwh},
+          {"accelerator_ms", m.accelerator_ms},
+          {"wear_micro_hours", m.wear_micro_hours},
+          {"started_at", m.started_at},
+          {"ended_at", m.ended_at}};
+}
+
 struct Encoder {
   json operator()(const HelloMessage& m) const {
-    return {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
-            {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}, {"embeddings", m.embeddings}};
+    json j = {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
+              {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}, {"embeddings", m.embeddings}};
+    if (!m.public_key.empty()) j["public_key"] = m.public_key;
+    return j;
   }
   json operator()(const StateMessage& m) const {
     return {{"vehicle_id", m.vehicle_id}, {"state", m.state}, {"eligible", m.eligible}, {"reasons", m.reasons},
@@ -298,6 +321,11 @@ struct Encoder {
     return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"tokens", m.tokens}, {"values", m.values}};
   }
   json operator()(const HelloPleaseMessage&) const { return json::object(); }
+  json operator()(const ReceiptMessage& m) const {
+    json j = receipt_fields(m);
+    j["signature"] = m.signature;
+    return j;
+  }
 };
 
 struct TypeName {
@@ -312,6 +340,7 @@ struct TypeName {
   const char* operator()(const FailedMessage&) const { return "failed"; }
   const char* operator()(const EmbeddingMessage&) const { return "embedding"; }
   const char* operator()(const HelloPleaseMessage&) const { return "hello_please"; }
+  const char* operator()(const ReceiptMessage&) const { return "receipt"; }
 };
 
 constexpr uint64_t kAttemptMax = 1u << 20;
@@ -324,6 +353,31 @@ Result<Message> finish(Reader& r, M m) {
 }
 
 }  // namespace
+
+std::string receipt_signing_bytes(const ReceiptMessage& r) {
+  // nlohmann::json objects keep their keys sorted, and dump() with no indent
+  // writes no spaces: the same receipt always gives the same bytes.
+  return "idlefleet-receipt-v1\n" + receipt_fields(r).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+void hash_output_ids(Sha256Hasher* hasher, std::span<const int32_t> ids) {
+  for (int32_t id : ids) {
+    const auto u = static_cast<uint32_t>(id);
+    const uint8_t le[4] = {static_cast<uint8_t>(u), static_cast<uint8_t>(u >> 8), static_cast<uint8_t>(u >> 16),
+                           static_cast<uint8_t>(u >> 24)};
+    hasher->update(std::span<const uint8_t>(le, 4));
+  }
+}
+
+Sha256Digest embedding_output_sha256(std::span<const float> values) {
+  Sha256Hasher h;
+  for (float v : values) {
+    int32_t bits = 0;
+    std::memcpy(&bits, &v, 4);
+    hash_output_ids(&h, std::span<const int32_t>(&bits, 1));
+  }
+  return h.finish();
+}
 
 std::string up_subject(std::string_view vehicle_id) { return "idlefleet.v1.up." + std::string(vehicle_id); }
 std::string down_subject(std::string_view vehicle_id) { return "idlefleet.v1.down." + std::string(vehicle_id); }
@@ -384,6 +438,11 @@ Result<Message> decode_message(std::string_view text) {
     m.tokens_per_second = r.number("tokens_per_second", 0.0, 1e9, false);
     m.instance = r.string("instance", kIdBytesMax, false);
     m.embeddings = r.boolean("embeddings", false);
+    m.public_key = r.string("public_key", 64, false);
+    if (r.status() && !m.public_key.empty() &&
+        (m.public_key.size() != 64 || m.public_key.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'public_key' must be 64 lower-case hex digits");
+    }
     return finish(r, std::move(m));
   }
   if (type == "state") {
@@ -443,6 +502,48 @@ Result<Message> decode_message(std::string_view text) {
     return finish(r, std::move(m));
   }
   if (type == "hello_please") return finish(r, HelloPleaseMessage{});
+  if (type == "receipt") {
+    ReceiptMessage m;
+    m.vehicle_id = r.string("vehicle_id", kIdBytesMax);
+    m.job_id = r.string("job_id", kIdBytesMax);
+    m.attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));
+    m.model_id = r.string("model_id", kIdBytesMax);
+    m.model_sha256 = r.string("model_sha256", 64, false);
+    m.outcome = r.string("outcome", kOutcomeBytesMax);
+    m.input_tokens = r.uint("input_tokens", kTokenIdsMax);
+    m.output_tokens = r.uint("output_tokens", kTokenIdsMax);
+    m.output_sha256 = r.string("output_sha256", 64);
+    m.energy_mwh = r.uint("energy_mwh", kReceiptEnergyMwhMax);
+    m.accelerator_ms = r.uint("accelerator_ms", kReceiptAcceleratorMsMax);
+    m.wear_micro_hours = r.uint("wear_micro_hours", kReceiptWearMicroHoursMax);
+    m.started_at = r.integer("started_at", 0, kTimeMax);
+    m.ended_at = r.integer("ended_at", 0, kTimeMax);
+    m.signature = r.string("signature", 128, false);
+    if (!r.status()) return Unexpected(r.status().error());
+    auto hex_of = [](const std::string& s, size_t n) {
+      return s.size() == n && std::all_of(s.begin(), s.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+             });
+    };
+    if (!m.model_sha256.empty() && !hex_of(m.model_sha256, 64)) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'receipt': field 'model_sha256' must be 64 lower-case hex digits");
+    }
+    if (!hex_of(m.output_sha256, 64)) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'receipt': field 'output_sha256' must be 64 lower-case hex digits");
+    }
+    if (!m.signature.empty() && !hex_of(m.signature, 128)) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'receipt': field 'signature' must be 128 lower-case hex digits");
+    }
+    if (m.outcome != "done" && m.outcome != "preempted" && m.outcome != "failed" && m.outcome != "cancelled" &&
+        m.outcome != "embedding") {
+      return Unexpected(ErrorCode::kCorrupt,
+                        "message 'receipt': field 'outcome' must be done, preempted, failed, cancelled or embedding");
+    }
+    if (m.ended_at < m.started_at) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'receipt': 'ended_at' is before 'started_at'");
+    }
+    return finish(r, std::move(m));
+  }
   if (type == "cancel" || type == "started") {
     const std::string job_id = r.string("job_id", kIdBytesMax);
     const auto attempt = static_cast<uint32_t>(r.uint("attempt", kAttemptMax));

@@ -39,11 +39,13 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "common/crypto.h"
 #include "common/result.h"
 #include "core/time.h"
 
@@ -120,6 +122,10 @@ struct HelloMessage {
   // Runs kind "embed" assignments (optional: false from agents that predate
   // them, which would generate instead).
   bool embeddings = false;
+  // The vehicle's Ed25519 public key, 64 hex digits, which signs its
+  // receipts (optional: "" from a vehicle without one, whose receipts are
+  // refused).
+  std::string public_key = {};
 };
 
 struct StateMessage {
@@ -208,6 +214,49 @@ struct EmbeddingMessage {
   std::vector<float> values;  // 1..kEmbeddingValuesMax
 };
 
+// Vehicle -> coordinator, after every attempt that ran (done, preempted,
+// failed, cancelled, or an embedding): what the vehicle metered, signed with
+// its enrolled Ed25519 key. The ledger pays an owner only against a verified
+// receipt, and verification compares output_sha256 between vehicles.
+//
+// Signed bytes (receipt_signing_bytes): "idlefleet-receipt-v1\n" then the
+// receipt as JSON without "signature", "type" and "v", keys sorted, no
+// spaces: a fixed text for a fixed receipt.
+struct ReceiptMessage {
+  std::string vehicle_id;
+  std::string job_id;
+  uint32_t attempt = 0;
+  std::string model_id;
+  std::string model_sha256;   // 64 hex digits, or "" when the vehicle does not know it
+  std::string outcome;        // done, preempted, failed, cancelled, embedding
+  uint64_t input_tokens = 0;  // positions prefilled: the prompt and the tokens produced before
+  uint64_t output_tokens = 0; // tokens this attempt produced
+  // SHA-256, hex, of the job's whole output as of the attempt's end: the
+  // produced ids as little-endian int32 (generation), or the vector's floats
+  // as little-endian IEEE-754 binary32 (embedding).
+  std::string output_sha256;
+  uint64_t energy_mwh = 0;      // at the accelerator, milliwatt-hours
+  uint64_t accelerator_ms = 0;  // busy time
+  uint64_t wear_micro_hours = 0;  // weighted accelerator-hours x 1e6 (core/energy.h)
+  int64_t started_at = 0;       // ms since the epoch
+  int64_t ended_at = 0;
+  std::string signature;        // Ed25519, 128 hex digits; "" when unsigned
+
+  bool operator==(const ReceiptMessage&) const = default;
+};
+inline constexpr size_t kOutcomeBytesMax = 16;
+inline constexpr uint64_t kReceiptEnergyMwhMax = uint64_t{1} << 40;
+inline constexpr uint64_t kReceiptAcceleratorMsMax = uint64_t{1} << 40;
+inline constexpr uint64_t kReceiptWearMicroHoursMax = uint64_t{1} << 50;
+
+// The bytes a receipt's signature covers (see ReceiptMessage).
+std::string receipt_signing_bytes(const ReceiptMessage& r);
+
+// ReceiptMessage::output_sha256's input: ids as little-endian int32, and an
+// embedding's values as little-endian binary32.
+void hash_output_ids(Sha256Hasher* hasher, std::span<const int32_t> ids);
+Sha256Digest embedding_output_sha256(std::span<const float> values);
+
 // Coordinator -> vehicle: "say hello again". A coordinator that hears from
 // a vehicle it does not know (it restarted, or the hello was lost) asks for
 // a hello and a state at once instead of waiting for the periodic hello.
@@ -219,7 +268,8 @@ struct HelloPleaseMessage {
 inline constexpr int64_t kHelloPleaseGapMs = 1000;
 
 using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
-                             DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage, HelloPleaseMessage>;
+                             DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage, HelloPleaseMessage,
+                             ReceiptMessage>;
 
 // NATS subjects. A vehicle publishes on its own "up" subject and listens on
 // its own "down" subject, so per-vehicle credentials can allow exactly those.

@@ -25,6 +25,7 @@ constexpr std::array<SignalSpec, kSignalCount> kSpecs = {{
     {SignalId::kAmbientTemperature, "Vehicle.Exterior.AirTemperature", "celsius", "outside temperature", false},
     {SignalId::kAcceleratorTemperature, "Vehicle.Idlefleet.Accelerator.Temperature", "celsius",
      "AI computer temperature", true},
+    {SignalId::kAcceleratorPower, "Vehicle.Idlefleet.Accelerator.Power", "kW", "AI computer power", true},
 }};
 
 // The table is indexed by SignalId; a reordering would misfile every update.
@@ -150,6 +151,7 @@ bool signal_known(const VehicleSignals& s, SignalId id) {
     case SignalId::kDriverDoorOpen: return s.driver_door_open.has_value();
     case SignalId::kAmbientTemperature: return s.ambient_temperature_c.has_value();
     case SignalId::kAcceleratorTemperature: return s.accelerator_temperature_c.has_value();
+    case SignalId::kAcceleratorPower: return s.accelerator_power_kw.has_value();
   }
   return false;
 }
@@ -193,6 +195,8 @@ Status apply_signal(VehicleSignals* s, std::string_view path, std::string_view t
     case SignalId::kAcceleratorTemperature:
       return store(&s->accelerator_temperature_c,
                    parse_number(path, text, kAcceleratorTemperatureCMin, kAcceleratorTemperatureCMax));
+    case SignalId::kAcceleratorPower:
+      return store(&s->accelerator_power_kw, parse_number(path, text, 0.0, kAcceleratorPowerKwMax));
   }
   return Unexpected(ErrorCode::kInternal, "signal table and parser disagree");
 }
@@ -220,6 +224,7 @@ Status validate_signals(const VehicleSignals& s) {
                                  kAmbientTemperatureCMax));
   IF_RETURN_IF_ERROR(check_range(SignalId::kAcceleratorTemperature, s.accelerator_temperature_c,
                                  kAcceleratorTemperatureCMin, kAcceleratorTemperatureCMax));
+  IF_RETURN_IF_ERROR(check_range(SignalId::kAcceleratorPower, s.accelerator_power_kw, 0.0, kAcceleratorPowerKwMax));
   if (s.heard_at && (*s.heard_at < 0 || *s.heard_at > kPlausibleTimeMsMax)) {
     return Unexpected(ErrorCode::kOutOfRange,
                       "signals heard_at " + std::to_string(*s.heard_at) + " ms is outside [0, kPlausibleTimeMsMax]");

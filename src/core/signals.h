@@ -46,6 +46,7 @@ inline constexpr double kChargerPowerKwMin = 0.0;
 inline constexpr double kChargerPowerKwMax = 1000.0;  // megawatt charging for trucks
 inline constexpr double kAmbientTemperatureCMin = -80.0;
 inline constexpr double kAmbientTemperatureCMax = 80.0;
+inline constexpr double kAcceleratorPowerKwMax = 50.0;  // far above any vehicle AI computer
 inline constexpr double kAcceleratorTemperatureCMin = -60.0;
 inline constexpr double kAcceleratorTemperatureCMax = 150.0;
 
@@ -85,6 +86,10 @@ struct VehicleSignals {
   std::optional<double> ambient_temperature_c;
   // Vehicle.Idlefleet.Accelerator.Temperature, °C (idlefleet overlay).
   std::optional<double> accelerator_temperature_c;
+  // Vehicle.Idlefleet.Accelerator.Power, kW (idlefleet overlay): the AI
+  // computer's measured draw, for metering; without it the agent meters its
+  // configured inference power.
+  std::optional<double> accelerator_power_kw;
   // When the feed was last heard from (any update or a source heartbeat).
   // VSS feeds publish on change, so a parked car's gear may not be resent
   // for hours: staleness is a property of the feed, not of each value.
@@ -103,8 +108,9 @@ enum class SignalId : int {
   kDriverDoorOpen,
   kAmbientTemperature,
   kAcceleratorTemperature,
+  kAcceleratorPower,
 };
-inline constexpr int kSignalCount = 10;
+inline constexpr int kSignalCount = 11;
 
 // How a signal is named and measured; the KUKSA feed subscribes to these paths.
 struct SignalSpec {

@@ -48,32 +48,7 @@ ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 constexpr const char* kFinalBatchStatuses = "('failed', 'completed', 'expired', 'cancelled')";
 constexpr std::array<std::string_view, 5> kLineStates = {"pending", "running", "done", "failed", "cancelled"};
 
-// A prepared statement that finalizes itself.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  int prepared() const { return rc_; }
-  sqlite3_stmt* get() const { return s_; }
-  void text(int i, std::string_view v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); }
-  void blob(int i, std::string_view v) {
-    sqlite3_bind_blob64(s_, i, v.empty() ? "" : v.data(), v.size(), SQLITE_TRANSIENT);
-  }
-  void integer(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
-  int step() { return sqlite3_step(s_); }
-  std::string column_text(int i) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_blob(s_, i));
-    const int n = sqlite3_column_bytes(s_, i);
-    return p == nullptr ? std::string() : std::string(p, static_cast<size_t>(n));
-  }
-  int64_t column_int(int i) const { return sqlite3_column_int64(s_, i); }
-
- private:
-  sqlite3_stmt* s_ = nullptr;
-  int rc_ = SQLITE_OK;
-};
+using Stmt = Statement;
 
 Status check_size(std::string_view what, size_t size, size_t max) {
   if (size > max) {

@@ -14,8 +14,10 @@
 
 #include <sqlite3.h>
 
+#include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -37,5 +39,33 @@ Status sqlite_exec(sqlite3* db, const char* sql, const std::string& label, const
 // connection (close with sqlite3_close_v2); on failure *db is null.
 Status open_database(const std::string& path, std::span<const char* const> migrations, const std::string& label,
                      sqlite3** db);
+
+// A prepared statement that finalizes itself. prepared() is sqlite3_prepare_v2's
+// result code; binds copy their values.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
+  ~Statement() { sqlite3_finalize(s_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  int prepared() const { return rc_; }
+  sqlite3_stmt* get() const { return s_; }
+  void text(int i, std::string_view v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); }
+  void blob(int i, std::string_view v) {
+    sqlite3_bind_blob64(s_, i, v.empty() ? "" : v.data(), v.size(), SQLITE_TRANSIENT);
+  }
+  void integer(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  int step() { return sqlite3_step(s_); }
+  std::string column_text(int i) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_blob(s_, i));
+    const int n = sqlite3_column_bytes(s_, i);
+    return p == nullptr ? std::string() : std::string(p, static_cast<size_t>(n));
+  }
+  int64_t column_int(int i) const { return sqlite3_column_int64(s_, i); }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_ = SQLITE_OK;
+};
 
 }  // namespace idlefleet::store

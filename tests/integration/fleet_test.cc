@@ -213,6 +213,17 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
     });
   }
 
+  // A failed ASSERT below returns with the clients still streaming: join
+  // them on the way out, so the failure is reported rather than std::terminate.
+  struct JoinAll {
+    std::vector<std::thread>& threads;
+    ~JoinAll() {
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } join_all{clients};
+
   // Mid-stream: the drivers of two cars that are serving come back to them.
   ASSERT_TRUE(eventually([&] { return tokens_seen.load() > 100; }, 60000)) << status().dump();
   std::vector<std::string> serving;

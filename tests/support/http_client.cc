@@ -76,7 +76,9 @@ HttpResult perform(CURL* curl, const std::string& url, const std::string* body, 
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, kHttpClientTimeoutMs);
+  // A stream may wait in the queue behind many others in the sanitizer
+  // build on a loaded machine: it gets longer than a whole request.
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, on_data != nullptr ? kHttpStreamTimeoutMs : kHttpClientTimeoutMs);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, kHttpClientTimeoutMs);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);

@@ -23,6 +23,7 @@ namespace idlefleet::testing {
 // How long a curl request may take in all: long enough for a streamed
 // completion that survives preemptions in the integration tests.
 inline constexpr long kHttpClientTimeoutMs = 120000;
+inline constexpr long kHttpStreamTimeoutMs = 600000;  // http_post_stream
 
 struct HttpResult {
   long status = 0;   // 0 when no response arrived (see error)

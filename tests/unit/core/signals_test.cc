@@ -47,6 +47,9 @@ TEST(CoreSignals, AppliesEverySignal) {
   ASSERT_TRUE(apply_signal(&s, kDoor, "0"));
   ASSERT_TRUE(apply_signal(&s, kAmbient, "-12.5"));
   ASSERT_TRUE(apply_signal(&s, kAccelerator, "61e0"));
+  ASSERT_TRUE(apply_signal(&s, "Vehicle.Idlefleet.Accelerator.Power", "0.45"));
+  EXPECT_FALSE(apply_signal(&s, "Vehicle.Idlefleet.Accelerator.Power", "-1"));
+  EXPECT_FALSE(apply_signal(&s, "Vehicle.Idlefleet.Accelerator.Power", "51"));
   for (int i = 0; i < kSignalCount; ++i) EXPECT_TRUE(signal_known(s, static_cast<SignalId>(i)));
   EXPECT_EQ(*s.speed_kmh, -3.5);
   EXPECT_EQ(*s.gear, kGearPark);
@@ -58,6 +61,7 @@ TEST(CoreSignals, AppliesEverySignal) {
   EXPECT_FALSE(*s.driver_door_open);
   EXPECT_EQ(*s.ambient_temperature_c, -12.5);
   EXPECT_EQ(*s.accelerator_temperature_c, 61.0);
+  EXPECT_EQ(*s.accelerator_power_kw, 0.45);
   EXPECT_FALSE(s.heard_at.has_value());
   EXPECT_TRUE(validate_signals(s));
 }

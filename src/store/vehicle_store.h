@@ -1,0 +1,91 @@
+// VehicleStore: each vehicle's Ed25519 public key (what its receipts are
+// checked against) and the receipts the coordinator accepted, in SQLite
+// (`<data_dir>/vehicles.sqlite3`).
+//
+// A key is pinned the first time a vehicle presents one (put_vehicle) and
+// never silently replaced: a vehicle that comes back with another key is
+// refused until an operator removes the old one. Receipts are keyed by
+// (job, attempt), so a replayed receipt is refused by the store itself
+// (put_receipt returns false), across restarts too. The settlement of a job
+// reads its receipts back (receipts_for_job).
+//
+// Durability: WAL, synchronous=FULL: receipts are what owners are paid by.
+//
+// Schema (migrations as in sqlite_db.h):
+//   vehicles: vehicle_id TEXT PK | public_key TEXT (64 hex) | owner_id TEXT
+//     ("" until enrolled to an owner) | pinned_at INTEGER (TimeMs)
+//   receipts: job_id TEXT | attempt INTEGER | vehicle_id TEXT | owner_id TEXT |
+//     receipt_json TEXT (the message as received, signature included) |
+//     accepted_at INTEGER; PRIMARY KEY (job_id, attempt)
+// Every row read is validated (kCorrupt naming the row, never a crash).
+//
+// Thread-safety: none: one thread at a time (the coordinator's loop thread).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "core/protocol.h"
+#include "core/time.h"
+
+struct sqlite3;
+
+namespace idlefleet::store {
+
+inline constexpr size_t kVehiclesMax = 10'000'000;
+inline constexpr size_t kReceiptsPerJobMax = 1024;  // attempts_total_max is 256
+
+struct VehicleRecord {
+  std::string vehicle_id;
+  std::string public_key;  // 64 lower-case hex digits
+  std::string owner_id;    // "" until enrolled
+  core::TimeMs pinned_at = 0;
+
+  bool operator==(const VehicleRecord&) const = default;
+};
+
+struct StoredReceipt {
+  core::ReceiptMessage receipt;
+  std::string owner_id;
+  core::TimeMs accepted_at = 0;
+};
+
+class VehicleStore {
+ public:
+  // Opens (creating if absent) the database at `path`; ":memory:" for tests.
+  static Result<std::unique_ptr<VehicleStore>> open(const std::string& path);
+
+  ~VehicleStore();
+  VehicleStore(const VehicleStore&) = delete;
+  VehicleStore& operator=(const VehicleStore&) = delete;
+
+  // Every vehicle, by id.
+  Result<std::vector<VehicleRecord>> vehicles();
+  Result<std::optional<VehicleRecord>> vehicle(const std::string& vehicle_id);
+
+  // Pins a vehicle's key. Ok if it is already pinned to the same key;
+  // kInvalidArgument if it is pinned to another, or for a bad id
+  // or key.
+  Status put_vehicle(const VehicleRecord& v);
+
+  // Stores an accepted receipt; false (and nothing written) if one for the
+  // same (job, attempt) is already stored: a replay.
+  Result<bool> put_receipt(const core::ReceiptMessage& r, const std::string& owner_id, core::TimeMs accepted_at);
+
+  // The receipts of one job, by attempt.
+  Result<std::vector<StoredReceipt>> receipts_for_job(const std::string& job_id);
+
+  const std::string& path() const { return path_; }
+
+ private:
+  VehicleStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(db) {}
+  Unexpected error(int rc, const std::string& what) const;
+
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace idlefleet::store

@@ -22,7 +22,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "coordinator/config.h"
+#include "cli/data_location.h"
+#include "common/money.h"
 #include "store/key_store.h"
 
 namespace idlefleet::cli {
@@ -31,24 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Location {
-  std::string data_dir;
-  std::string config_path;
-};
-
-std::string keys_path(const Location& where) {
-  std::string dir = where.data_dir;
-  if (dir.empty()) {
-    coordinator::CoordinatorConfig c;
-    if (!where.config_path.empty()) {
-      auto loaded = coordinator::load_coordinator_config(where.config_path);
-      if (!loaded) throw CommandError{loaded.error().message};
-      c = *loaded;
-    }
-    dir = c.data_dir;
-  }
-  return (fs::path(dir) / "keys.db").string();
-}
+std::string keys_path(const DataLocation& where) { return data_file(where, "keys.db"); }
 
 core::TimeMs wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -67,32 +51,6 @@ std::unique_ptr<store::KeyStore> open_store(const std::string& path, bool create
   return std::move(*store);
 }
 
-// "12.5" -> 12'500'000 micro-units; at most 6 decimals; nullopt if malformed.
-std::optional<uint64_t> parse_money_micros(const std::string& text) {
-  const size_t dot = text.find('.');
-  const std::string whole = text.substr(0, dot);
-  const std::string frac = dot == std::string::npos ? "" : text.substr(dot + 1);
-  if (whole.empty() || whole.size() > 10 || frac.size() > 6 || (dot != std::string::npos && frac.empty())) {
-    return std::nullopt;
-  }
-  for (char c : whole + frac) {
-    if (c < '0' || c > '9') return std::nullopt;
-  }
-  uint64_t micros = std::stoull(whole) * 1'000'000;
-  if (!frac.empty()) micros += std::stoull(frac + std::string(6 - frac.size(), '0'));
-  if (micros > store::kSpendLimitMicrosMax) return std::nullopt;
-  return micros;
-}
-
-std::string money(uint64_t micros) {
-  std::string frac = std::to_string(micros % 1'000'000);
-  frac = std::string(6 - frac.size(), '0').append(frac);
-  while (!frac.empty() && frac.back() == '0') frac.pop_back();
-  std::string out = std::to_string(micros / 1'000'000);
-  if (!frac.empty()) out.append(".").append(frac);
-  return out;
-}
-
 std::string iso_time(core::TimeMs ms) {
   if (ms == 0) return "-";
   const std::time_t t = static_cast<std::time_t>(ms / 1000);
@@ -106,7 +64,7 @@ std::string iso_time(core::TimeMs ms) {
 std::string limit_text(uint64_t v) { return v == 0 ? "-" : std::to_string(v); }
 
 struct CreateFlags {
-  Location where;
+  DataLocation where;
   std::string name;
   uint64_t rpm = 0;
   uint64_t tpm = 0;
@@ -120,7 +78,9 @@ void create_key(const CreateFlags& f) {
   k.name = f.name;
   k.limits = {f.rpm, f.tpm};
   k.scopes = *store::normalize_scopes(f.scopes);  // checked by the validator
-  if (!f.spend_limit.empty()) k.spend_limit_micros = *parse_money_micros(f.spend_limit);  // checked by the validator
+  if (!f.spend_limit.empty()) {
+    k.spend_limit_micros = *parse_money_micros(f.spend_limit, store::kSpendLimitMicrosMax);  // checked by the validator
+  }
   auto created = store->create(k, wall_ms());
   if (!created) throw CommandError{created.error().message};
   std::printf("id: %s\nsecret: %s\nscopes: %s\n", created->key.id.c_str(), created->secret.c_str(),
@@ -129,7 +89,7 @@ void create_key(const CreateFlags& f) {
   std::fprintf(stderr, "Store the secret now: only its hash is kept, so it cannot be shown again.\n");
 }
 
-void list_keys(const Location& where, bool as_json) {
+void list_keys(const DataLocation& where, bool as_json) {
   const std::string path = keys_path(where);
   std::vector<store::ApiKey> keys;
   if (fs::exists(path)) {
@@ -164,15 +124,15 @@ void list_keys(const Location& where, bool as_json) {
     std::printf("%-28s %-20s %-20s %-20s %8s %10s %10s %10llu %12llu %12llu %12s  %s\n", k.id.c_str(), k.name.c_str(),
                 iso_time(k.created_at).c_str(), iso_time(k.revoked_at).c_str(),
                 limit_text(k.limits.requests_per_minute).c_str(), limit_text(k.limits.tokens_per_minute).c_str(),
-                k.spend_limit_micros == 0 ? "-" : money(k.spend_limit_micros).c_str(),
+                k.spend_limit_micros == 0 ? "-" : format_money(k.spend_limit_micros).c_str(),
                 static_cast<unsigned long long>(k.usage.requests),
                 static_cast<unsigned long long>(k.usage.prompt_tokens),
-                static_cast<unsigned long long>(k.usage.completion_tokens), money(k.usage.spend_micros).c_str(),
+                static_cast<unsigned long long>(k.usage.completion_tokens), format_money(k.usage.spend_micros).c_str(),
                 k.scopes.c_str());
   }
 }
 
-void revoke_key(const Location& where, const std::string& id) {
+void revoke_key(const DataLocation& where, const std::string& id) {
   auto store = open_store(keys_path(where), false);
   auto before = store->get(id);
   if (!before) throw CommandError{before.error().message};
@@ -186,12 +146,6 @@ void revoke_key(const Location& where, const std::string& id) {
   }
 }
 
-void add_location(CLI::App& cmd, Location& where) {
-  CLI::Option* dir = cmd.add_option("--data-dir", where.data_dir, "The coordinator's data directory (default idlefleet-data)");
-  CLI::Option* config = cmd.add_option("-c,--config", where.config_path, "Take the data directory from this coordinator config");
-  dir->excludes(config);
-}
-
 }  // namespace
 
 void add_admin(CLI::App& app) {
@@ -202,7 +156,7 @@ void add_admin(CLI::App& app) {
 
   auto c = std::make_shared<CreateFlags>();
   CLI::App* create = keys->add_subcommand("create", "Make a key and print its secret (once)");
-  add_location(*create, c->where);
+  add_data_location(*create, c->where);
   create->add_option("--name", c->name, "What the key is for (1-128 bytes)")
       ->required()
       ->check(CLI::Validator(
@@ -222,8 +176,9 @@ void add_admin(CLI::App& app) {
   create->add_option("--spend-limit", c->spend_limit, "Most the key may spend, in units of money (e.g. 12.50)")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
-            return parse_money_micros(v) ? "" : "the spend limit must be an amount like 12 or 12.50 (at most 6 "
-                                                "decimals, at most 9007199254)";
+            return parse_money_micros(v, store::kSpendLimitMicrosMax)
+                       ? ""
+                       : "the spend limit must be an amount like 12 or 12.50 (at most 6 decimals, at most 9007199254)";
           },
           "AMOUNT"));
   create->add_option("--scopes", c->scopes,
@@ -237,17 +192,17 @@ void add_admin(CLI::App& app) {
           "SCOPES"));
   create->callback([c] { create_key(*c); });
 
-  auto l = std::make_shared<Location>();
+  auto l = std::make_shared<DataLocation>();
   auto as_json = std::make_shared<bool>(false);
   CLI::App* list = keys->add_subcommand("list", "Every key with its limits and usage (never its secret)");
-  add_location(*list, *l);
+  add_data_location(*list, *l);
   list->add_flag("--json", *as_json, "Print JSON instead of a table");
   list->callback([l, as_json] { list_keys(*l, *as_json); });
 
-  auto r = std::make_shared<Location>();
+  auto r = std::make_shared<DataLocation>();
   auto id = std::make_shared<std::string>();
   CLI::App* revoke = keys->add_subcommand("revoke", "Revoke a key: requests with it get 401 within a second");
-  add_location(*revoke, *r);
+  add_data_location(*revoke, *r);
   revoke->add_option("ID", *id, "The key's id (key_...)")
       ->required()
       ->check(CLI::Validator(

@@ -34,6 +34,8 @@ void add_demo(CLI::App& app);
 
 // `idlefleet admin keys create|list|revoke`: client API keys
 void add_admin(CLI::App& app);
+// `idlefleet ledger verify|balances|statement|payouts|deposit|credit-limit`
+void add_ledger(CLI::App& app);
 
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   idlefleet::cli::add_agent(app);
   idlefleet::cli::add_demo(app);
   idlefleet::cli::add_admin(app);
+  idlefleet::cli::add_ledger(app);
 
   try {
     app.parse(argc, argv);

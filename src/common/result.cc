@@ -11,6 +11,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kOutOfRange: return "out of range";
     case ErrorCode::kInternal: return "internal error";
+    case ErrorCode::kAlreadyExists: return "already exists";
   }
   return "unknown error";
 }

@@ -24,6 +24,7 @@ enum class ErrorCode : int {
   kUnsupported = 5,      // well-formed but not something we implement
   kOutOfRange = 6,       // a value exceeds a named limit
   kInternal = 7,         // a bug of ours, reported instead of crashing
+  kAlreadyExists = 8,    // an id already names something else (a ledger transaction)
 };
 
 const char* error_code_name(ErrorCode code);

@@ -93,6 +93,11 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
   IF_RETURN_IF_ERROR(check_int("pricing.prompt_micros_per_mtok", at, c.prompt_micros_per_mtok, kPriceMicrosPerMtokRange));
   IF_RETURN_IF_ERROR(
       check_int("pricing.completion_micros_per_mtok", at, c.completion_micros_per_mtok, kPriceMicrosPerMtokRange));
+  IF_RETURN_IF_ERROR(check_int("ledger.owner_share_ppm", at, c.owner_share_ppm, kOwnerSharePpmRange));
+  IF_RETURN_IF_ERROR(check_int("ledger.energy_tariff_micros_per_kwh", at, c.energy_tariff_micros_per_kwh,
+                               kTariffMicrosPerKwhRange));
+  IF_RETURN_IF_ERROR(check_int("ledger.wear_micros_per_accelerator_hour", at, c.wear_micros_per_accelerator_hour,
+                               kWearMicrosPerHourRange));
   return {};
 }
 
@@ -126,7 +131,7 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "ledger", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -174,6 +179,17 @@ class Reader {
           integer(*pricing, "pricing", "prompt_micros_per_mtok", kPriceMicrosPerMtokRange, c.prompt_micros_per_mtok));
       IF_RETURN_IF_ERROR(integer(*pricing, "pricing", "completion_micros_per_mtok", kPriceMicrosPerMtokRange,
                                  c.completion_micros_per_mtok));
+    }
+    const toml::table* ledger = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "ledger", ledger));
+    if (ledger != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(
+          *ledger, "ledger", {"owner_share_ppm", "energy_tariff_micros_per_kwh", "wear_micros_per_accelerator_hour"}));
+      IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "owner_share_ppm", kOwnerSharePpmRange, c.owner_share_ppm));
+      IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "energy_tariff_micros_per_kwh", kTariffMicrosPerKwhRange,
+                                 c.energy_tariff_micros_per_kwh));
+      IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "wear_micros_per_accelerator_hour", kWearMicrosPerHourRange,
+                                 c.wear_micros_per_accelerator_hour));
     }
     return models(root, c.models);
   }

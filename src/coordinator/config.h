@@ -23,6 +23,10 @@
 //   [pricing]                            # what clients are charged, for spend limits
 //   prompt_micros_per_mtok = 0           # micro-units of money per million prompt tokens
 //   completion_micros_per_mtok = 0       # and per million completion tokens
+//   [ledger]                             # what owners are paid (core/ledger.h)
+//   owner_share_ppm = 600000             # owners' share of the price, parts per million
+//   energy_tariff_micros_per_kwh = 250000  # energy refunded per kWh metered
+//   wear_micros_per_accelerator_hour = 50000  # per weighted accelerator-hour
 //   [[models]]                           # one entry per GGUF file served
 //   id = "stories15M"
 //   path = "models/stories15M.gguf"
@@ -86,6 +90,9 @@ inline constexpr IntRange kRequestBytesMaxRange{1024, 4 << 20};
 inline constexpr IntRange kFileBytesMaxRange{1024, int64_t{512} << 20};
 inline constexpr IntRange kBatchJobsInFlightRange{1, 10'000};
 inline constexpr IntRange kPriceMicrosPerMtokRange{0, 10'000'000'000};  // up to 10,000 units of money per Mtok
+inline constexpr IntRange kOwnerSharePpmRange{0, 1'000'000};
+inline constexpr IntRange kTariffMicrosPerKwhRange{0, 100'000'000};  // up to 100 units of money per kWh
+inline constexpr IntRange kWearMicrosPerHourRange{0, 1'000'000'000};
 
 // A GGUF file served by the catalog, under the id clients name it by.
 struct ModelEntry {
@@ -116,6 +123,9 @@ struct CoordinatorConfig {
   bool auth_required = false;  // [auth] required
   uint64_t prompt_micros_per_mtok = 0;      // [pricing]
   uint64_t completion_micros_per_mtok = 0;  // [pricing]
+  uint64_t owner_share_ppm = 600'000;              // [ledger]
+  uint64_t energy_tariff_micros_per_kwh = 250'000;  // [ledger]: one flat tariff until owners set theirs
+  uint64_t wear_micros_per_accelerator_hour = 50'000;  // [ledger]
 
   // Every field in its range and the fields consistent with each other
   // (tick_ms < lease_ms, max_tokens_default <= max_tokens_limit, model ids

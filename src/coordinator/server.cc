@@ -18,6 +18,7 @@
 
 #include "common/check.h"
 #include "common/crypto.h"
+#include "core/ledger.h"
 #include "common/log_limiter.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/openai.h"
@@ -32,6 +33,7 @@
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
 #include "store/key_store.h"
+#include "store/ledger_store.h"
 #include "store/vehicle_store.h"
 #include "transport/download.h"
 #include "transport/http_server.h"
@@ -324,6 +326,20 @@ struct CoordinatorServer::Impl {
   // by vehicle id for checking signatures.
   std::unique_ptr<store::VehicleStore> vehicle_store;
   std::map<std::string, Ed25519PublicKey> vehicle_keys;
+  // The ledger (loop thread), and the jobs that finished done waiting for
+  // the receipts of their attempts before they settle.
+  std::unique_ptr<store::LedgerStore> ledger;
+  struct PendingSettlement {
+    std::string client_account;
+    std::string model_id;
+    bool embed = false;
+    uint64_t prompt_tokens = 0;
+    uint64_t completion_tokens = 0;
+    size_t receipts_expected = 0;  // attempts that ended without being lost
+    core::TimeMs ended_at = 0;
+  };
+  std::map<std::string, PendingSettlement> to_settle;
+  std::map<std::string, size_t> receipts_accepted;  // by job, for those in to_settle
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
@@ -502,6 +518,9 @@ struct CoordinatorServer::Impl {
     auto pinned = vehicle_store->vehicles();
     if (!pinned) return Unexpected(pinned.error());
     for (const store::VehicleRecord& v : *pinned) vehicle_keys[v.vehicle_id] = *from_hex<32>(v.public_key);
+    auto ls = store::LedgerStore::open((fs::path(config.data_dir) / store::kLedgerFileName).string());
+    if (!ls) return Unexpected(ls.error());
+    ledger = std::move(*ls);
 
     core::CoordinatorCoreConfig core_config;
     core_config.limits.lease_ms = config.lease_ms;
@@ -571,6 +590,11 @@ struct CoordinatorServer::Impl {
     if (files_thread.joinable()) files_thread.join();  // after the loop: it writes what the loop handed it
     nats.reset();
     flush_dirty(wall_ms());
+    // Jobs still waiting for receipts settle now with those that came.
+    if (ledger && vehicle_store) {
+      for (const auto& [job, p] : to_settle) settle(job, p, wall_ms());
+      to_settle.clear();
+    }
     if (gate && key_store) {
       if (auto st = gate->sync(*key_store); !st) log("key store: " + st.error().to_string());
     }
@@ -1748,6 +1772,7 @@ struct CoordinatorServer::Impl {
         drop_gone_embedding_clients();
         apply(machine->handle(core::CoordinatorTick{}, now), now);
         flush_dirty(now);
+        settle_due(now);
         sync_keys(now);
         publish_status(now);
         next_tick = now + tick_ms;
@@ -1776,6 +1801,7 @@ struct CoordinatorServer::Impl {
       } else if (auto* tokens = std::get_if<core::JobTokensEffect>(&effect)) {
         on_tokens(*tokens);
       } else if (auto* ended = std::get_if<core::JobEndedEffect>(&effect)) {
+        if (ended->state == core::JobState::kDone) await_settlement(ended->job_id, now);
         if (embedding_jobs.count(ended->job_id) != 0) {
           on_embedding_ended(*ended);
         } else {
@@ -1979,6 +2005,125 @@ struct CoordinatorServer::Impl {
       return;
     }
     count_event("receipt", "receipt accepted");
+    if (to_settle.count(e.receipt.job_id) != 0) ++receipts_accepted[e.receipt.job_id];
+  }
+
+  // ---- Settlement (loop thread) ---------------------------------------------------
+  //
+  // A job that finished done settles once every attempt that ended without
+  // being lost has sent its receipt (each comes right after the attempt's
+  // last message), or kSettleGraceMs after it finished, with the receipts
+  // that came: an attempt without a verified receipt earns its owner
+  // nothing. The transaction's id is settle:<job>, so a second posting of
+  // the same settlement is a no-op (store/ledger_store.h).
+
+  // The client account a job's spend goes to: its API key, or anonymous.
+  std::string client_account_of(const std::string& job_id) const {
+    std::string key;
+    if (auto c = clients.find(job_id); c != clients.end()) key = c->second->key_id;
+    if (auto b = batch_jobs.find(job_id); b != batch_jobs.end()) {
+      if (auto r = batch_runs.find(b->second.first); r != batch_runs.end()) key = r->second.owner;
+    }
+    if (auto e = embedding_jobs.find(job_id); e != embedding_jobs.end()) key = e->second.first->key_id;
+    auto account = core::client_account(key.empty() ? core::kAnonymousClientId : std::string_view(key));
+    return account ? *account : std::string("client:") + std::string(core::kAnonymousClientId);
+  }
+
+  void await_settlement(const std::string& job_id, core::TimeMs now) {
+    const core::JobEntry* e = machine->job(job_id);
+    if (e == nullptr) return;
+    PendingSettlement p;
+    p.client_account = client_account_of(job_id);
+    p.model_id = e->spec.model_id;
+    p.embed = e->spec.kind == core::WorkKind::kEmbed;
+    p.prompt_tokens = e->spec.prompt_ids.size();
+    p.completion_tokens = e->job.produced().size();
+    for (const core::Attempt& a : e->job.attempts()) p.receipts_expected += a.end != core::AttemptEnd::kLost;
+    p.ended_at = now;
+    to_settle[job_id] = std::move(p);
+  }
+
+  void settle_due(core::TimeMs now) {
+    std::vector<std::string> ready;
+    for (const auto& [job, p] : to_settle) {
+      auto r = receipts_accepted.find(job);
+      const size_t got = r == receipts_accepted.end() ? 0 : r->second;
+      if (got >= p.receipts_expected || now - p.ended_at >= kSettleGraceMs) ready.push_back(job);
+    }
+    for (const std::string& job : ready) {
+      settle(job, to_settle[job], now);
+      to_settle.erase(job);
+      receipts_accepted.erase(job);
+    }
+  }
+
+  void settle(const std::string& job_id, const PendingSettlement& p, core::TimeMs now) {
+    auto receipts = vehicle_store->receipts_for_job(job_id);
+    if (!receipts) return log("settlement of " + job_id + ": " + receipts.error().to_string());
+    core::SettlementInput in;
+    in.job_id = job_id;
+    in.client_account = p.client_account;
+    in.model_id = p.model_id;
+    in.prompt_tokens = p.prompt_tokens;
+    in.completion_tokens = p.completion_tokens;
+    in.input_price_micros_per_million_tokens = config.prompt_micros_per_mtok;
+    in.output_price_micros_per_million_tokens = config.completion_micros_per_mtok;
+    in.owner_share_ppm = config.owner_share_ppm;
+    in.wear_micros_per_accelerator_hour = config.wear_micros_per_accelerator_hour;
+    in.split_by = p.embed ? core::ShareSplit::kAcceleratorMs : core::ShareSplit::kOutputTokens;
+    in.settled_at_ms = p.ended_at;
+    for (const store::StoredReceipt& sr : *receipts) {
+      const core::ReceiptMessage& r = sr.receipt;
+      core::SettlementAttempt a;
+      a.receipt_id = receipt_id(r);
+      // Until vehicles are enrolled to owners, a vehicle is its own owner.
+      a.owner_id = sr.owner_id.empty() ? r.vehicle_id : sr.owner_id;
+      a.vehicle_id = r.vehicle_id;
+      a.output_tokens = r.output_tokens;
+      a.energy_mwh = r.energy_mwh;
+      // Wear is paid by weighted accelerator time (1 weighted micro-hour
+      // is 3.6 ms): a hot chip ages faster, so its hours count more.
+      a.accelerator_ms = r.wear_micro_hours * 36 / 10;
+      a.tariff_micros_per_kwh = static_cast<int64_t>(config.energy_tariff_micros_per_kwh);
+      in.attempts.push_back(std::move(a));
+    }
+    // Work too short to meter on a free job owes nobody anything.
+    const bool metered = std::any_of(in.attempts.begin(), in.attempts.end(), [](const core::SettlementAttempt& a) {
+      return a.energy_mwh > 0 || a.accelerator_ms > 0;
+    });
+    Result<core::Transaction> tx = in.attempts.empty() || !metered ? charge_only(in) : core::settle_job(in);
+    if (!tx) {
+      // Nothing to post: a free job with no verified work.
+      if (tx.error().code == ErrorCode::kNotFound) return;
+      return log("settlement of " + job_id + ": " + tx.error().to_string());
+    }
+    auto posted = ledger->post(*tx);
+    if (!posted) return log("settlement of " + job_id + ": " + posted.error().to_string());
+    count_event("settled", "job " + job_id + " settled");
+    (void)now;
+  }
+
+  static std::string receipt_id(const core::ReceiptMessage& r) {
+    return "rcpt." + r.job_id + "." + std::to_string(r.attempt);
+  }
+
+  // A settlement without owner postings (no attempt has a verified
+  // receipt): the client pays the platform. kNotFound when the price is 0.
+  static Result<core::Transaction> charge_only(const core::SettlementInput& in) {
+    auto price = core::job_price_micros(in.prompt_tokens, in.completion_tokens,
+                                        in.input_price_micros_per_million_tokens,
+                                        in.output_price_micros_per_million_tokens);
+    if (!price) return Unexpected(price.error());
+    if (*price == 0) return Unexpected(ErrorCode::kNotFound, "nothing to settle");
+    core::Transaction tx;
+    tx.id = "settle:" + in.job_id;
+    tx.kind = std::string(core::kTransactionSettlement);
+    tx.job_id = in.job_id;
+    tx.created_at_ms = in.settled_at_ms;
+    tx.postings.push_back({in.client_account, -*price, std::string(core::kPostingCharge), ""});
+    tx.postings.push_back({std::string(core::kPlatformRevenueAccount), *price, std::string(core::kPostingCharge), ""});
+    IF_RETURN_IF_ERROR(core::validate(tx));
+    return tx;
   }
 
   // ---- Keys and idempotency (loop thread) -------------------------------------------

@@ -61,6 +61,9 @@ namespace idlefleet::coordinator {
 inline constexpr size_t kInboxEventsMax = 1u << 18;
 inline constexpr size_t kVehiclesListedMax = 10000;  // GET /v1/vehicles
 inline constexpr int64_t kIdempotencyWindowMs = 24 * 3600 * 1000;  // a stored response is replayed this long
+// A finished job settles when all its receipts are in, or this long after it
+// finished with the receipts that came (an attempt without one earns nothing).
+inline constexpr int64_t kSettleGraceMs = 10 * 1000;
 inline constexpr uint64_t kCatalogFileBytesMax = uint64_t{2} << 30;  // served whole from memory
 
 struct ServerOptions {

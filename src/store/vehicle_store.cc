@@ -99,7 +99,7 @@ Status VehicleStore::put_vehicle(const VehicleRecord& v) {
   if (!existing) return Unexpected(existing.error());
   if (*existing) {
     if ((*existing)->public_key == v.public_key) return {};
-    return Unexpected(ErrorCode::kInvalidArgument, "vehicle " + v.vehicle_id + " is pinned to another key");
+    return Unexpected(ErrorCode::kAlreadyExists, "vehicle " + v.vehicle_id + " is pinned to another key");
   }
   Statement st(db_, "INSERT INTO vehicles (vehicle_id, public_key, owner_id, pinned_at) VALUES (?1, ?2, ?3, ?4)");
   if (st.prepared() != SQLITE_OK) return error(st.prepared(), "pinning a vehicle");

@@ -67,7 +67,7 @@ class VehicleStore {
   Result<std::optional<VehicleRecord>> vehicle(const std::string& vehicle_id);
 
   // Pins a vehicle's key. Ok if it is already pinned to the same key;
-  // kInvalidArgument if it is pinned to another, or for a bad id
+  // kAlreadyExists if it is pinned to another; kInvalidArgument for a bad id
   // or key.
   Status put_vehicle(const VehicleRecord& v);
 

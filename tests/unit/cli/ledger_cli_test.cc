@@ -189,7 +189,9 @@ TEST_F(LedgerCli, StatementsPayoutsBalancesAndCreditLimits) {
       EXPECT_EQ(b["balance"], "-4.000000");
       EXPECT_EQ(b["credit_limit_micros"], 10'000'000);
     }
-    if (b["account"] == "owner:alice") EXPECT_EQ(b["balance_micros"], 0);
+    if (b["account"] == "owner:alice") {
+      EXPECT_EQ(b["balance_micros"], 0);
+    }
   }
   EXPECT_EQ(total, 0);
   r = run("ledger balances " + data_);

@@ -93,9 +93,13 @@ Ed25519Keypair Ed25519Keypair::generate() {
 
 Ed25519Keypair Ed25519Keypair::from_secret(const Ed25519SecretKey& secret) {
   sodium_ready();
+  // The public key is derived from the seed (the first half), not copied
+  // from the second half, so that a damaged key shows as halves that differ.
   Ed25519Keypair k;
-  k.secret_key = secret;
-  crypto_sign_ed25519_sk_to_pk(k.public_key.data(), secret.data());
+  unsigned char seed[crypto_sign_SEEDBYTES];
+  crypto_sign_ed25519_sk_to_seed(seed, secret.data());
+  crypto_sign_seed_keypair(k.public_key.data(), k.secret_key.data(), seed);
+  sodium_memzero(seed, sizeof seed);
   return k;
 }
 

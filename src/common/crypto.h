@@ -53,7 +53,9 @@ struct Ed25519Keypair {
 
   // A new key from the system's entropy.
   static Ed25519Keypair generate();
-  // The keypair a 64-byte secret key holds (its second half is the public key).
+  // The keypair whose seed is the first half of a 64-byte secret key; its
+  // public key is derived from the seed (for a sound key file, equal to the
+  // file's second half).
   static Ed25519Keypair from_secret(const Ed25519SecretKey& secret);
 };
 

@@ -757,6 +757,15 @@ TEST_F(BadInput, WithoutAuthKeysAreIgnoredAndIdempotencyIsPerClient) {
                                             "Idempotency-Key: bad-input-1"};
   auto first = testing::http_post(url, body, headers);
   ASSERT_EQ(first.status, 200) << first.body;
+  // /v1/status is published every tick: read it once it shows the first job done.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json st = status();
+        return st.value("/jobs/submitted"_json_pointer, uint64_t{0}) >= 1 &&
+               st.value("/jobs/live"_json_pointer, uint64_t{1}) == 0;
+      },
+      10000))
+      << status().dump();
   const uint64_t submitted = status().value("/jobs/submitted"_json_pointer, uint64_t{0});
   auto again = testing::http_post(url, body, headers);
   ASSERT_EQ(again.status, 200) << again.body;

@@ -114,6 +114,51 @@ TEST(AgentMachine, AcceptsAnAssignmentWhenEligibleAndReportsTokensAndDone) {
   EXPECT_EQ(a.counters().attempts_finished, 1u);
 }
 
+TEST(AgentMachine, EveryAttemptEndsWithAMeteredReceipt) {
+  AgentConfig cfg = config();
+  cfg.inference_power_kw = 0.36;  // 0.1 Wh per second
+  AgentMachine a(cfg);
+  VehicleSignals sig = parked_signals(kT0);
+  sig.accelerator_temperature_c = cfg.wear.reference_temp_c;  // one weighted hour per hour
+  a.handle(SignalsEvent{sig}, kT0);
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0 + 1000);
+  a.handle(EngineTokensEvent{"j1", 1, 1, {8, 9}}, kT0 + 1000 + 2 * kSecondMs);
+  // The car now reports its measured draw: 0.72 kW for the last two seconds.
+  sig.accelerator_power_kw = 0.72;
+  sig.heard_at = kT0 + 1000 + 2 * kSecondMs;
+  a.handle(SignalsEvent{sig}, kT0 + 1000 + 2 * kSecondMs);
+  auto fx = a.handle(EngineFinishedEvent{"j1", 1, 3, "stop"}, kT0 + 1000 + 4 * kSecondMs);
+  ASSERT_EQ(sent<ReceiptMessage>(fx).size(), 1u);
+  const ReceiptMessage r = sent<ReceiptMessage>(fx)[0];
+  EXPECT_EQ(r.vehicle_id, "car-1");
+  EXPECT_EQ(r.job_id, "j1");
+  EXPECT_EQ(r.attempt, 1u);
+  EXPECT_EQ(r.outcome, "done");
+  EXPECT_EQ(r.model_id, "stories260K");
+  EXPECT_EQ(r.input_tokens, 4u);   // prompt 3 + 1 resumed
+  EXPECT_EQ(r.output_tokens, 2u);
+  Sha256Hasher h;
+  hash_output_ids(&h, std::vector<int32_t>{7, 8, 9});
+  EXPECT_EQ(r.output_sha256, to_hex(h.finish()));
+  EXPECT_EQ(r.accelerator_ms, 4000u);
+  EXPECT_EQ(r.energy_mwh, 200u + 400u);  // 2 s at 0.36 kW, then 2 s at 0.72 kW
+  EXPECT_EQ(r.wear_micro_hours, 1111u);  // 4 s at the reference temperature
+  EXPECT_EQ(r.started_at, kT0 + 1000);
+  EXPECT_EQ(r.ended_at, kT0 + 1000 + 4 * kSecondMs);
+  EXPECT_TRUE(r.signature.empty());  // the shell signs
+
+  // A preempted attempt and a cancelled one get receipts too.
+  a.handle(CoordinatorMessageEvent{assign("j2", 1)}, kT0 + 10 * kSecondMs);
+  sig.driver_door_open = true;
+  sig.heard_at = kT0 + 11 * kSecondMs;
+  fx = a.handle(SignalsEvent{sig}, kT0 + 11 * kSecondMs);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  fx = a.handle(EngineStoppedEvent{"j2", 1, 1}, kT0 + 11 * kSecondMs + 5);
+  ASSERT_EQ(sent<ReceiptMessage>(fx).size(), 1u);
+  EXPECT_EQ(sent<ReceiptMessage>(fx)[0].outcome, "preempted");
+  EXPECT_EQ(sent<ReceiptMessage>(fx)[0].output_tokens, 0u);
+}
+
 TEST(AgentMachine, TokensCarryTheirLogprobsInTheChunk) {
   AgentMachine a(config());
   a.handle(SignalsEvent{parked_signals(kT0)}, kT0);

@@ -114,6 +114,67 @@ TEST(CoordinatorMachine, PlacesRunsAndFinishesAJob) {
   EXPECT_EQ(c.counters().jobs_done, 1u);
 }
 
+ReceiptMessage receipt_for(const std::string& vid, const std::string& job, uint32_t attempt, uint64_t input,
+                           std::vector<int32_t> output_so_far, uint64_t output_tokens) {
+  ReceiptMessage r;
+  r.vehicle_id = vid;
+  r.job_id = job;
+  r.attempt = attempt;
+  r.model_id = "m";
+  r.outcome = "done";
+  r.input_tokens = input;
+  r.output_tokens = output_tokens;
+  Sha256Hasher h;
+  hash_output_ids(&h, output_so_far);
+  r.output_sha256 = to_hex(h.finish());
+  r.energy_mwh = 5;
+  r.accelerator_ms = 100;
+  return r;
+}
+
+TEST(CoordinatorMachine, AcceptsAReceiptOnlyWhenItMatchesTheAttempt) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  join(&c, "v2", kT0);
+  c.handle(SubmitJobEvent{"j1", spec(3)}, kT0);
+  const std::string vid = c.job("j1")->job.attempts()[0].vehicle_id;
+  const std::string other = vid == "v1" ? "v2" : "v1";
+  c.handle(VehicleMessageEvent{vid, StartedMessage{"j1", 1}}, kT0 + 1);
+  c.handle(VehicleMessageEvent{vid, ChunkMessage{"j1", 1, 0, {10, 11, 12}}}, kT0 + 2);
+  const ReceiptMessage good = receipt_for(vid, "j1", 1, 3, {10, 11, 12}, 3);
+  // Before the attempt has ended: refused.
+  auto fx = c.handle(VehicleMessageEvent{vid, good}, kT0 + 3);
+  ASSERT_FALSE(effects_of<CoordinatorLogEffect>(fx).empty());
+  EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "bad_receipt");
+  c.handle(VehicleMessageEvent{vid, DoneMessage{"j1", 1, 3, "length"}}, kT0 + 4);
+  struct Case {
+    std::string what, from;
+    ReceiptMessage r;
+  };
+  ReceiptMessage wrong_tokens = good, wrong_input = good, wrong_hash = good, wrong_model = good, wrong_attempt = good,
+                 named_other = good;
+  wrong_tokens.output_tokens = 4;
+  wrong_input.input_tokens = 2;
+  wrong_hash = receipt_for(vid, "j1", 1, 3, {10, 11, 13}, 3);
+  wrong_model.model_id = "m2";
+  wrong_attempt.attempt = 2;
+  named_other.vehicle_id = other;
+  for (const Case& k : std::vector<Case>{{"more tokens than arrived", vid, wrong_tokens},
+                                         {"another prefill", vid, wrong_input},
+                                         {"another output", vid, wrong_hash},
+                                         {"another model", vid, wrong_model},
+                                         {"no such attempt", vid, wrong_attempt},
+                                         {"another vehicle's attempt", other, named_other},
+                                         {"another vehicle's name", vid, named_other}}) {
+    fx = c.handle(VehicleMessageEvent{k.from, k.r}, kT0 + 5);
+    EXPECT_TRUE(effects_of<ReceiptAcceptedEffect>(fx).empty()) << k.what;
+    ASSERT_FALSE(effects_of<CoordinatorLogEffect>(fx).empty()) << k.what;
+  }
+  fx = c.handle(VehicleMessageEvent{vid, good}, kT0 + 6);
+  ASSERT_EQ(effects_of<ReceiptAcceptedEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<ReceiptAcceptedEffect>(fx)[0].receipt, good);
+}
+
 TEST(CoordinatorMachine, StopJobEndsItAsDoneAndStopsTheVehicle) {
   CoordinatorMachine c(config());
   join(&c, "v1", kT0);

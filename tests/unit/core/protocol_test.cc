@@ -1,5 +1,7 @@
 #include "core/protocol.h"
 
+#include <nlohmann/json.hpp>
+
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -12,6 +14,26 @@
 
 namespace idlefleet::core {
 namespace {
+
+ReceiptMessage sample_receipt() {
+  ReceiptMessage r;
+  r.vehicle_id = "car-1";
+  r.job_id = "job-1";
+  r.attempt = 2;
+  r.model_id = "stories260K";
+  r.model_sha256 = std::string(64, 'a');
+  r.outcome = "preempted";
+  r.input_tokens = 12;
+  r.output_tokens = 40;
+  r.output_sha256 = std::string(64, '0');
+  r.energy_mwh = 311;
+  r.accelerator_ms = 2800;
+  r.wear_micro_hours = 1555;
+  r.started_at = 1795773600000;
+  r.ended_at = 1795773602800;
+  r.signature = std::string(128, 'f');
+  return r;
+}
 
 std::vector<Message> samples() {
   AssignMessage a;
@@ -44,7 +66,8 @@ std::vector<Message> samples() {
           PreemptedMessage{"job-1", 2, 4, "driver door opened"},
           FailedMessage{"job-1", 2, "model not cached and download failed"},
           EmbeddingMessage{"emb-1-0", 1, 3, {0.6f, -0.8f, 0.0f, 1e-7f}},
-          HelloPleaseMessage{}};
+          HelloPleaseMessage{},
+          sample_receipt()};
 }
 
 TEST(Protocol, EveryMessageRoundTrips) {
@@ -322,6 +345,42 @@ TEST(Protocol, RandomMutationsNeverCrash) {
     }
     (void)decode_message(text);  // any result but a crash
   }
+}
+
+TEST(Protocol, ReceiptsAreCheckedAndTheirSignedBytesAreFixed) {
+  const ReceiptMessage r = sample_receipt();
+  // The signed bytes leave out the signature, and do not depend on it.
+  ReceiptMessage unsigned_copy = r;
+  unsigned_copy.signature.clear();
+  EXPECT_EQ(receipt_signing_bytes(r), receipt_signing_bytes(unsigned_copy));
+  EXPECT_EQ(receipt_signing_bytes(r).rfind("idlefleet-receipt-v1\n{\"accelerator_ms\":2800,", 0), 0u)
+      << receipt_signing_bytes(r);
+  EXPECT_EQ(receipt_signing_bytes(r).find("signature"), std::string::npos);
+  ReceiptMessage other = r;
+  other.energy_mwh += 1;
+  EXPECT_NE(receipt_signing_bytes(r), receipt_signing_bytes(other));
+  // Bad fields are refused with a message naming them.
+  auto with = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json j = nlohmann::json::parse(encode_message(r));
+    j[key] = value;
+    return j.dump();
+  };
+  expect_refused(with("output_sha256", "xyz"), "output_sha256");
+  expect_refused(with("model_sha256", std::string(64, 'G')), "model_sha256");
+  expect_refused(with("signature", "00"), "signature");
+  expect_refused(with("outcome", "stolen"), "outcome");
+  expect_refused(with("ended_at", 5), "ended_at");
+  expect_refused(with("energy_mwh", -1), "energy_mwh");
+  // Output digests: ids as little-endian int32.
+  Sha256Hasher h;
+  const int32_t ids[] = {1, 258};
+  hash_output_ids(&h, ids);
+  const uint8_t bytes[] = {1, 0, 0, 0, 2, 1, 0, 0};
+  EXPECT_EQ(h.finish(), sha256_of(std::string_view(reinterpret_cast<const char*>(bytes), 8)));
+  const float one = 1.0f;
+  const uint8_t one_bytes[] = {0, 0, 0x80, 0x3f};
+  EXPECT_EQ(embedding_output_sha256(std::span<const float>(&one, 1)),
+            sha256_of(std::string_view(reinterpret_cast<const char*>(one_bytes), 4)));
 }
 
 }  // namespace

@@ -1,0 +1,115 @@
+// VehicleStore: a key is pinned once and never replaced, a receipt is stored
+// once per (job, attempt) (a replay is refused, across reopening too), and
+// damaged rows are reported, not trusted.
+#include "store/vehicle_store.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace idlefleet::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+class VehicleStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("idlefleet-vehicle-store-" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path() const { return (dir_ / "vehicles.sqlite3").string(); }
+  std::unique_ptr<VehicleStore> open_ok() {
+    auto s = VehicleStore::open(path());
+    EXPECT_TRUE(s) << s.error().to_string();
+    return s ? std::move(*s) : nullptr;
+  }
+  fs::path dir_;
+};
+
+core::ReceiptMessage receipt(const std::string& job, uint32_t attempt) {
+  core::ReceiptMessage r;
+  r.vehicle_id = "car-01";
+  r.job_id = job;
+  r.attempt = attempt;
+  r.model_id = "m";
+  r.outcome = "done";
+  r.output_sha256 = std::string(64, '1');
+  r.energy_mwh = 7;
+  r.signature = std::string(128, 'a');
+  return r;
+}
+
+TEST_F(VehicleStoreTest, AKeyIsPinnedOnceAndNeverReplaced) {
+  auto s = open_ok();
+  const VehicleRecord v{"car-01", std::string(64, 'a'), "", 5};
+  ASSERT_TRUE(s->put_vehicle(v));
+  ASSERT_TRUE(s->put_vehicle(v));  // the same key again: fine
+  VehicleRecord other = v;
+  other.public_key = std::string(64, 'b');
+  auto st = s->put_vehicle(other);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code, ErrorCode::kAlreadyExists);
+  for (const VehicleRecord& bad : {VehicleRecord{"car 01", std::string(64, 'a'), "", 0},
+                                   VehicleRecord{"car-02", "short", "", 0},
+                                   VehicleRecord{"car-02", std::string(64, 'A'), "", 0}}) {
+    EXPECT_EQ(s->put_vehicle(bad).error().code, ErrorCode::kInvalidArgument) << bad.vehicle_id << " " << bad.public_key;
+  }
+  s.reset();
+  s = open_ok();
+  auto all = s->vehicles();
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ(all->front(), v);
+  EXPECT_FALSE(*s->vehicle("car-02"));
+}
+
+TEST_F(VehicleStoreTest, AReceiptIsStoredOnceAndAReplayIsRefused) {
+  auto s = open_ok();
+  auto first = s->put_receipt(receipt("j1", 1), "alice", 10);
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(*first);
+  core::ReceiptMessage forged = receipt("j1", 1);
+  forged.energy_mwh = 9999;
+  EXPECT_FALSE(*s->put_receipt(forged, "alice", 11));
+  ASSERT_TRUE(*s->put_receipt(receipt("j1", 2), "bob", 12));
+  s.reset();
+  s = open_ok();
+  EXPECT_FALSE(*s->put_receipt(receipt("j1", 2), "bob", 13));
+  auto got = s->receipts_for_job("j1");
+  ASSERT_TRUE(got) << got.error().to_string();
+  ASSERT_EQ(got->size(), 2u);
+  EXPECT_EQ((*got)[0].receipt, receipt("j1", 1));
+  EXPECT_EQ((*got)[0].owner_id, "alice");
+  EXPECT_EQ((*got)[1].accepted_at, 12);
+  EXPECT_TRUE(s->receipts_for_job("j2")->empty());
+}
+
+TEST_F(VehicleStoreTest, DamagedRowsAreReported) {
+  {
+    auto s = open_ok();
+    ASSERT_TRUE(s->put_vehicle({"car-01", std::string(64, 'a'), "", 5}));
+    ASSERT_TRUE(*s->put_receipt(receipt("j1", 1), "", 10));
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "UPDATE vehicles SET public_key = 'zz'; UPDATE receipts SET receipt_json = '{\"type\":1}'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto s = open_ok();
+  auto v = s->vehicles();
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().code, ErrorCode::kCorrupt);
+  auto r = s->receipts_for_job("j1");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+}
+
+}  // namespace
+}  // namespace idlefleet::store

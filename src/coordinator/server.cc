@@ -536,6 +536,7 @@ struct CoordinatorServer::Impl {
     if (!fstore) return Unexpected(fstore.error());
     files = std::move(*fstore);
     IF_RETURN_IF_ERROR(restore_batches(wall_ms()));
+    settle_sweep();
     publish_status(wall_ms());
 
     transport::NatsOptions n;
@@ -1322,7 +1323,8 @@ struct CoordinatorServer::Impl {
     spec.batch = true;
     const std::string job_id = (chat ? "chatcmpl-" : "cmpl-") + transport::random_hex(12);
     request_json[job_id] = json{{"chat", chat},          {"model", model->id}, {"stream", false},
-                                {"batch", run.obj.id},   {"line", line.line}, {"stop", req.stop}}
+                                {"batch", run.obj.id},   {"line", line.line}, {"stop", req.stop},
+                                {"key", run.owner}}
                                .dump();
     line.state = "running";
     line.job_id = job_id;
@@ -1643,7 +1645,8 @@ struct CoordinatorServer::Impl {
       const std::string job_id = std::string(c->id).append("-").append(std::to_string(i));
       c->job_ids.push_back(job_id);
       embedding_jobs[job_id] = {c, i};
-      request_json[job_id] = json{{"embedding", true}, {"model", c->model}, {"index", i}}.dump();
+      request_json[job_id] =
+          json{{"embedding", true}, {"model", c->model}, {"index", i}, {"key", c->key_id}}.dump();
       apply(machine->handle(core::SubmitJobEvent{job_id, std::move(specs[i])}, now), now);
     }
     forget_embedding_client_if_settled(*c);
@@ -1744,7 +1747,8 @@ struct CoordinatorServer::Impl {
           const std::string id = std::get<core::SubmitJobEvent>(item.event).job_id;
           request_json[id] = json{{"chat", item.client->request.chat},
                                   {"model", item.client->request.model},
-                                  {"stream", item.client->request.stream}}
+                                  {"stream", item.client->request.stream},
+                                  {"key", item.client->key_id}}
                                  .dump();
           if (!item.client->idem.key.empty() &&
               !begin_idempotent(item.client->idem, item.client->exchange, now)) {
@@ -2025,6 +2029,18 @@ struct CoordinatorServer::Impl {
       if (auto r = batch_runs.find(b->second.first); r != batch_runs.end()) key = r->second.owner;
     }
     if (auto e = embedding_jobs.find(job_id); e != embedding_jobs.end()) key = e->second.first->key_id;
+    if (key.empty()) {
+      if (auto r = request_json.find(job_id); r != request_json.end()) key = key_of_request(r->second);
+    }
+    return client_account_for(key);
+  }
+
+  static std::string key_of_request(const std::string& request) {
+    const json j = json::parse(request, nullptr, false);
+    return j.is_object() && j.contains("key") && j["key"].is_string() ? j["key"].get<std::string>() : std::string();
+  }
+
+  static std::string client_account_for(const std::string& key) {
     auto account = core::client_account(key.empty() ? core::kAnonymousClientId : std::string_view(key));
     return account ? *account : std::string("client:") + std::string(core::kAnonymousClientId);
   }
@@ -2043,6 +2059,30 @@ struct CoordinatorServer::Impl {
     to_settle[job_id] = std::move(p);
   }
 
+  // start(): jobs that finished done in the last kSettleSweepWindowMs but
+  // have no settlement (the coordinator stopped between a job's end and its
+  // settlement) settle now, from the receipts that were stored.
+  void settle_sweep() {
+    const core::TimeMs now = wall_ms();
+    auto done = store->done_since(now - kSettleSweepWindowMs, store::kListRecentJobsMax);
+    if (!done) return log("settlement sweep: " + done.error().to_string());
+    size_t settled = 0;
+    for (const store::StoredJob& j : *done) {
+      auto existing = ledger->transactions_for_job(j.id);
+      if (!existing) return log("settlement sweep: " + existing.error().to_string());
+      if (!existing->empty()) continue;
+      PendingSettlement p;
+      p.client_account = client_account_for(key_of_request(j.request_json));
+      p.model_id = j.model_id;
+      p.embed = j.kind == "embedding";
+      p.prompt_tokens = j.prompt_ids.size();
+      p.completion_tokens = j.produced.size();
+      p.ended_at = j.updated_at;
+      settled += settle(j.id, p, now);
+    }
+    if (settled > 0) log("settlement sweep: " + std::to_string(settled) + " finished jobs had no settlement; settled now");
+  }
+
   void settle_due(core::TimeMs now) {
     std::vector<std::string> ready;
     for (const auto& [job, p] : to_settle) {
@@ -2057,9 +2097,13 @@ struct CoordinatorServer::Impl {
     }
   }
 
-  void settle(const std::string& job_id, const PendingSettlement& p, core::TimeMs now) {
+  // Returns true if a settlement was posted now.
+  bool settle(const std::string& job_id, const PendingSettlement& p, core::TimeMs now) {
     auto receipts = vehicle_store->receipts_for_job(job_id);
-    if (!receipts) return log("settlement of " + job_id + ": " + receipts.error().to_string());
+    if (!receipts) {
+      log("settlement of " + job_id + ": " + receipts.error().to_string());
+      return false;
+    }
     core::SettlementInput in;
     in.job_id = job_id;
     in.client_account = p.client_account;
@@ -2094,13 +2138,17 @@ struct CoordinatorServer::Impl {
     Result<core::Transaction> tx = in.attempts.empty() || !metered ? charge_only(in) : core::settle_job(in);
     if (!tx) {
       // Nothing to post: a free job with no verified work.
-      if (tx.error().code == ErrorCode::kNotFound) return;
-      return log("settlement of " + job_id + ": " + tx.error().to_string());
+      if (tx.error().code != ErrorCode::kNotFound) log("settlement of " + job_id + ": " + tx.error().to_string());
+      return false;
     }
     auto posted = ledger->post(*tx);
-    if (!posted) return log("settlement of " + job_id + ": " + posted.error().to_string());
+    if (!posted) {
+      log("settlement of " + job_id + ": " + posted.error().to_string());
+      return false;
+    }
     count_event("settled", "job " + job_id + " settled");
     (void)now;
+    return *posted;
   }
 
   static std::string receipt_id(const core::ReceiptMessage& r) {

@@ -64,6 +64,9 @@ inline constexpr int64_t kIdempotencyWindowMs = 24 * 3600 * 1000;  // a stored r
 // A finished job settles when all its receipts are in, or this long after it
 // finished with the receipts that came (an attempt without one earns nothing).
 inline constexpr int64_t kSettleGraceMs = 10 * 1000;
+// At start, jobs that finished done this recently without a settlement are
+// settled (a stop between a job's end and its settlement).
+inline constexpr int64_t kSettleSweepWindowMs = 48 * 3600 * 1000;
 inline constexpr uint64_t kCatalogFileBytesMax = uint64_t{2} << 30;  // served whole from memory
 
 struct ServerOptions {

@@ -49,6 +49,10 @@ CREATE INDEX jobs_by_created ON jobs(created_at, id);
 CREATE INDEX jobs_unfinished ON jobs(created_at, id) WHERE state NOT IN ('done', 'failed', 'cancelled');
 CREATE INDEX jobs_by_state ON jobs(state);
 )sql",
+    // 2: done_since() (the settlement sweep) without scanning every done job.
+    R"sql(
+CREATE INDEX jobs_done_by_updated ON jobs(updated_at, id) WHERE state = 'done';
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
@@ -164,7 +168,7 @@ Status validate(const StoredJob& job) {
 JobStore::JobStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(db) {}
 
 JobStore::~JobStore() {
-  for (sqlite3_stmt* s : {upsert_, get_, unfinished_, recent_, count_}) sqlite3_finalize(s);
+  for (sqlite3_stmt* s : {upsert_, get_, unfinished_, recent_, done_since_, count_}) sqlite3_finalize(s);
   // Closing checkpoints the WAL into the main file when this is the last connection.
   sqlite3_close_v2(db_);
 }
@@ -201,6 +205,8 @@ Status JobStore::prepare_statements() {
       {&unfinished_, "SELECT " + cols + " FROM jobs WHERE " + kUnfinishedWhere + " ORDER BY created_at, id"},
       {&recent_, "SELECT " + cols + " FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1"},
       {&count_, "SELECT state, COUNT(*) FROM jobs GROUP BY state"},
+      {&done_since_, "SELECT " + cols + " FROM jobs WHERE state = 'done' AND updated_at >= ?1 "
+                     "ORDER BY updated_at, id LIMIT ?2"},
   };
   for (const auto& [slot, sql] : statements) {
     const int rc = sqlite3_prepare_v3(db_, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, slot, nullptr);
@@ -365,6 +371,18 @@ Result<std::vector<StoredJob>> JobStore::list_recent(size_t limit) {
   const int rc = sqlite3_bind_int64(recent_, 1, static_cast<int64_t>(limit));
   if (rc != SQLITE_OK) return sqlite_error(rc, "binding limit");
   return read_all(recent_);
+}
+
+Result<std::vector<StoredJob>> JobStore::done_since(core::TimeMs since, size_t limit) {
+  if (limit > kListRecentJobsMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "job store '" + path_ + "': done_since limit " + std::to_string(limit) +
+                                                  " is more than " + std::to_string(kListRecentJobsMax));
+  }
+  StmtScope scope(done_since_);
+  int rc = sqlite3_bind_int64(done_since_, 1, since);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(done_since_, 2, static_cast<int64_t>(limit));
+  if (rc != SQLITE_OK) return sqlite_error(rc, "binding done_since");
+  return read_all(done_since_);
 }
 
 Result<std::map<std::string, uint64_t>> JobStore::count_by_state() {

@@ -69,7 +69,7 @@ inline constexpr size_t kPutJobsMax = 1u << 17;
 // Rows one list_recent() may return.
 inline constexpr size_t kListRecentJobsMax = 10000;
 // The schema this build writes; open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 // One job as stored. Plain data: the coordinator converts to and from core::Job.
 struct StoredJob {
@@ -119,6 +119,11 @@ class JobStore {
   // REQUIRES: limit <= kListRecentJobsMax (else kOutOfRange).
   Result<std::vector<StoredJob>> list_recent(size_t limit);
 
+  // Jobs that finished done with updated_at >= since, oldest first, at most
+  // `limit` (for the settlement sweep after a restart).
+  // REQUIRES: limit <= kListRecentJobsMax (else kOutOfRange).
+  Result<std::vector<StoredJob>> done_since(core::TimeMs since, size_t limit);
+
   // Jobs per state. Every state name is present, zero included, so that a
   // gauge per state reads 0 rather than vanishing.
   Result<std::map<std::string, uint64_t>> count_by_state();
@@ -141,6 +146,7 @@ class JobStore {
   sqlite3_stmt* get_ = nullptr;
   sqlite3_stmt* unfinished_ = nullptr;
   sqlite3_stmt* recent_ = nullptr;
+  sqlite3_stmt* done_since_ = nullptr;
   sqlite3_stmt* count_ = nullptr;
 };
 

@@ -24,6 +24,7 @@
 #include "engine/tokenizer.h"
 #include "support/http_client.h"
 #include "support/process_util.h"
+#include "support/settlement_checks.h"
 #include "transport/nats_client.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -367,6 +368,12 @@ TEST_F(Batches, ABatchSurvivesACoordinatorKilledMidway) {
     EXPECT_EQ(o["response"]["body"]["choices"][0].value("text", ""), local_text(**model, l)) << cid;
   }
   EXPECT_NE(log("coordinator2.log").find("unfinished batches"), std::string::npos) << log("coordinator2.log");
+  // No settlement was lost or doubled by the crash: jobs that ended before
+  // it and had not settled are settled by the restarted coordinator's sweep.
+  coordinator_->stop();
+  std::vector<std::string> jobs;
+  for (const json& o : out) jobs.push_back(o["response"].value("request_id", ""));
+  testing::expect_settled_once(dir_ / "data", jobs);
 }
 
 TEST_F(Batches, EmbeddingBatchesEqualDirectRequestsAndCancelCleanly) {

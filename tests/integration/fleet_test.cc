@@ -22,12 +22,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/ledger.h"
 #include "core/protocol.h"
-#include "store/ledger_store.h"
-#include "store/vehicle_store.h"
 #include "support/http_client.h"
 #include "support/process_util.h"
+#include "support/settlement_checks.h"
 #include "transport/nats_client.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -332,51 +330,11 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
   // signed receipts of the attempts that produced it, and the books balance.
   // The coordinator stops first, so that every settlement is written.
   coordinator_->stop();
-  auto vehicles = store::VehicleStore::open((dir_ / "data" / "vehicles.sqlite3").string());
-  ASSERT_TRUE(vehicles.has_value()) << vehicles.error().to_string();
-  auto ledger = store::LedgerStore::open((dir_ / "data" / store::kLedgerFileName).string());
-  ASSERT_TRUE(ledger.has_value()) << ledger.error().to_string();
-  size_t resumed = 0;
-  std::set<std::string> owners_paid;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const std::string& job = outcomes[i].id;
-    ASSERT_FALSE(job.empty()) << "request " << i;
-    auto receipts = (*vehicles)->receipts_for_job(job);
-    ASSERT_TRUE(receipts.has_value()) << receipts.error().to_string();
-    ASSERT_FALSE(receipts->empty()) << "no receipt for " << job;
-    uint64_t tokens = 0;
-    for (const store::StoredReceipt& r : *receipts) tokens += r.receipt.output_tokens;
-    // The receipts account for every token but those of attempts that were
-    // lost with the killed agent.
-    EXPECT_LE(tokens, static_cast<uint64_t>(outcomes[i].completion_tokens)) << job;
-    auto txs = (*ledger)->transactions_for_job(job);
-    ASSERT_TRUE(txs.has_value()) << txs.error().to_string();
-    size_t metered = 0;  // an attempt stopped before any time passed has nothing to be paid for
-    for (const store::StoredReceipt& r : *receipts) metered += r.receipt.energy_mwh > 0 || r.receipt.wear_micro_hours > 0;
-    if (metered == 0) {
-      EXPECT_TRUE(txs->empty()) << job << ": a free job with nothing metered owes nothing";
-      continue;
-    }
-    ASSERT_EQ(txs->size(), 1u) << job << " settled " << txs->size() << " times";
-    const core::Transaction& tx = txs->front();
-    // Each receipt's owner is paid (energy and wear, at least) against it.
-    std::set<std::string> paid_receipts;
-    for (const core::Posting& p : tx.postings) {
-      if (p.account.rfind("owner:", 0) == 0) {
-        EXPECT_GT(p.amount_micros, 0) << job;
-        EXPECT_FALSE(p.receipt_id.empty()) << job;
-        paid_receipts.insert(p.receipt_id);
-        owners_paid.insert(p.account);
-      }
-    }
-    EXPECT_EQ(paid_receipts.size(), metered) << job;
-    resumed += receipts->size() >= 2;
-  }
-  EXPECT_GE(resumed, 2u) << "no job was paid to more than one vehicle";
-  EXPECT_GE(owners_paid.size(), 4u);
-  const std::string verify = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +
-                                         shell_quote((dir_ / "data").string()) + " 2>&1; echo rc=$?");
-  EXPECT_NE(verify.find("rc=0"), std::string::npos) << verify;
+  std::vector<std::string> jobs;
+  for (const Outcome& o : outcomes) jobs.push_back(o.id);
+  const testing::SettlementSummary money = testing::expect_settled_once(dir_ / "data", jobs);
+  EXPECT_GE(money.jobs_with_several_receipts, 2u) << "no job was signed for by more than one vehicle";
+  EXPECT_GE(money.owners_paid.size(), 4u);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -32,7 +33,9 @@
 #include "cli/data_location.h"
 #include "common/money.h"
 #include "core/ledger.h"
+#include "store/job_store.h"
 #include "store/ledger_store.h"
+#include "store/vehicle_store.h"
 
 namespace idlefleet::cli {
 
@@ -141,12 +144,49 @@ void emit(const std::string& text, const std::string& path) {
 
 void verify(const DataLocation& where) {
   auto ledger = open_ledger(where, false);
-  auto summary = ledger->verify();
+  // With the coordinator's job and vehicle stores beside the ledger: every
+  // job that finished done and has a metered receipt (or a settlement) is
+  // settled exactly once, no other job is, and every owner posting names a
+  // stored receipt (stored only once its signature verified).
+  store::VerifyOptions options;
+  const std::string jobs_path = data_file(where, "jobs.sqlite3");
+  const std::string vehicles_path = data_file(where, "vehicles.sqlite3");
+  std::string checked = "";
+  if (fs::exists(jobs_path) && fs::exists(vehicles_path)) {
+    auto jobs = store::JobStore::open(jobs_path);
+    if (!jobs) throw CommandError{jobs.error().message};
+    auto vehicles = store::VehicleStore::open(vehicles_path);
+    if (!vehicles) throw CommandError{vehicles.error().message};
+    auto done = (*jobs)->done_job_ids();
+    if (!done) throw CommandError{done.error().message};
+    auto receipts = (*vehicles)->receipt_keys();
+    if (!receipts) throw CommandError{receipts.error().message};
+    std::unordered_set<std::string> metered_jobs, receipt_ids;
+    for (const auto& k : *receipts) {
+      receipt_ids.insert(core::receipt_id(k.job_id, k.attempt));
+      if (k.metered) metered_jobs.insert(k.job_id);
+    }
+    std::vector<std::string> finished;
+    for (const std::string& id : *done) {
+      bool settled = false;
+      if (metered_jobs.count(id) == 0) {
+        auto txs = ledger->transactions_for_job(id);
+        if (!txs) throw CommandError{txs.error().message};
+        settled = !txs->empty();
+      }
+      if (metered_jobs.count(id) != 0 || settled) finished.push_back(id);
+    }
+    checked = ", " + std::to_string(finished.size()) + " finished jobs and " + std::to_string(receipt_ids.size()) +
+              " receipts checked";
+    options.finished_job_ids = std::move(finished);
+    options.verified_receipt_ids = std::move(receipt_ids);
+  }
+  auto summary = ledger->verify(options);
   if (!summary) throw CommandError{"ledger broken: " + summary.error().message};
-  std::printf("ledger ok: %llu transactions, %llu postings, %llu accounts, total %s (%s)\n",
+  std::printf("ledger ok: %llu transactions, %llu postings, %llu accounts, total %s%s (%s)\n",
               static_cast<unsigned long long>(summary->transactions),
               static_cast<unsigned long long>(summary->postings), static_cast<unsigned long long>(summary->accounts),
-              format_money_fixed(summary->total_micros).c_str(), ledger->path().c_str());
+              format_money_fixed(summary->total_micros).c_str(), checked.c_str(), ledger->path().c_str());
 }
 
 void balances(const DataLocation& where, bool as_json) {

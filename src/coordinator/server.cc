@@ -2119,7 +2119,7 @@ struct CoordinatorServer::Impl {
     for (const store::StoredReceipt& sr : *receipts) {
       const core::ReceiptMessage& r = sr.receipt;
       core::SettlementAttempt a;
-      a.receipt_id = receipt_id(r);
+      a.receipt_id = core::receipt_id(r.job_id, r.attempt);
       // Until vehicles are enrolled to owners, a vehicle is its own owner.
       a.owner_id = sr.owner_id.empty() ? r.vehicle_id : sr.owner_id;
       a.vehicle_id = r.vehicle_id;
@@ -2149,10 +2149,6 @@ struct CoordinatorServer::Impl {
     count_event("settled", "job " + job_id + " settled");
     (void)now;
     return *posted;
-  }
-
-  static std::string receipt_id(const core::ReceiptMessage& r) {
-    return "rcpt." + r.job_id + "." + std::to_string(r.attempt);
   }
 
   // A settlement without owner postings (no attempt has a verified

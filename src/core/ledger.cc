@@ -128,6 +128,10 @@ TimeMs next_price_change(const Tariff& tariff, TimeMs t, int utc_offset_minutes)
 
 // --- Accounts -------------------------------------------------------------------
 
+std::string receipt_id(std::string_view job_id, uint32_t attempt) {
+  return std::string("rcpt.").append(job_id).append(".").append(std::to_string(attempt));
+}
+
 bool valid_ledger_id(std::string_view id) {
   if (id.empty() || id.size() > kLedgerIdBytesMax || !alnum(id.front())) return false;
   for (char c : id) {

@@ -106,6 +106,10 @@ struct Account {
   bool operator==(const Account&) const = default;
 };
 
+// The ledger's id for a vehicle's receipt of one attempt of a job (what the
+// coordinator puts on owner postings): "rcpt.<job>.<attempt>".
+std::string receipt_id(std::string_view job_id, uint32_t attempt);
+
 // True if `id` is 1..kLedgerIdBytesMax bytes of [A-Za-z0-9_.-], first alnum.
 bool valid_ledger_id(std::string_view id);
 

@@ -385,6 +385,27 @@ Result<std::vector<StoredJob>> JobStore::done_since(core::TimeMs since, size_t l
   return read_all(done_since_);
 }
 
+Result<std::vector<std::string>> JobStore::done_job_ids() {
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db_, "SELECT id FROM jobs WHERE state = 'done' ORDER BY id", -1, &st, nullptr);
+  if (rc != SQLITE_OK) return sqlite_error(rc, "listing done jobs");
+  std::vector<std::string> out;
+  for (;;) {
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) break;
+    if (out.size() >= kDoneIdsMax) {
+      sqlite3_finalize(st);
+      return Unexpected(ErrorCode::kOutOfRange, "job store '" + path_ + "': more than " +
+                                                    std::to_string(kDoneIdsMax) + " done jobs");
+    }
+    const auto* p = sqlite3_column_text(st, 0);
+    out.emplace_back(p != nullptr ? reinterpret_cast<const char*>(p) : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return sqlite_error(rc, "listing done jobs");
+  return out;
+}
+
 Result<std::map<std::string, uint64_t>> JobStore::count_by_state() {
   std::map<std::string, uint64_t> counts;
   for (core::JobState s : kAllStates) counts[core::job_state_name(s)] = 0;

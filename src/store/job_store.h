@@ -68,6 +68,8 @@ inline constexpr uint64_t kMaxTokensMax = kTokensMax;      // the max_tokens fie
 inline constexpr size_t kPutJobsMax = 1u << 17;
 // Rows one list_recent() may return.
 inline constexpr size_t kListRecentJobsMax = 10000;
+// Ids one done_job_ids() may return.
+inline constexpr size_t kDoneIdsMax = 50'000'000;
 // The schema this build writes; open() migrates older files up to it.
 inline constexpr int kSchemaVersion = 2;
 
@@ -123,6 +125,10 @@ class JobStore {
   // `limit` (for the settlement sweep after a restart).
   // REQUIRES: limit <= kListRecentJobsMax (else kOutOfRange).
   Result<std::vector<StoredJob>> done_since(core::TimeMs since, size_t limit);
+
+  // The ids of every job that finished done (for `idlefleet ledger verify`).
+  // kOutOfRange beyond kDoneIdsMax.
+  Result<std::vector<std::string>> done_job_ids();
 
   // Jobs per state. Every state name is present, zero included, so that a
   // gauge per state reads 0 rather than vanishing.

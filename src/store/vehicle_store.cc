@@ -151,4 +151,23 @@ Result<std::vector<StoredReceipt>> VehicleStore::receipts_for_job(const std::str
   return out;
 }
 
+Result<std::vector<VehicleStore::ReceiptKey>> VehicleStore::receipt_keys() {
+  Statement st(db_,
+               "SELECT job_id, attempt, "
+               "json_extract(receipt_json, '$.energy_mwh') > 0 OR json_extract(receipt_json, '$.wear_micro_hours') > 0 "
+               "FROM receipts ORDER BY job_id, attempt");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "listing receipts");
+  std::vector<ReceiptKey> out;
+  for (;;) {
+    const int rc = st.step();
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return error(rc, "listing receipts");
+    if (out.size() >= kReceiptKeysMax) return Unexpected(ErrorCode::kOutOfRange, "more than kReceiptKeysMax receipts");
+    const int64_t attempt = st.column_int(1);
+    if (attempt < 1 || attempt > UINT32_MAX) return Unexpected(ErrorCode::kCorrupt, "a receipt row's attempt is damaged");
+    out.push_back({st.column_text(0), static_cast<uint32_t>(attempt), st.column_int(2) != 0});
+  }
+  return out;
+}
+
 }  // namespace idlefleet::store

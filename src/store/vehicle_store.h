@@ -37,6 +37,7 @@ namespace idlefleet::store {
 
 inline constexpr size_t kVehiclesMax = 10'000'000;
 inline constexpr size_t kReceiptsPerJobMax = 1024;  // attempts_total_max is 256
+inline constexpr size_t kReceiptKeysMax = 100'000'000;
 
 struct VehicleRecord {
   std::string vehicle_id;
@@ -77,6 +78,15 @@ class VehicleStore {
 
   // The receipts of one job, by attempt.
   Result<std::vector<StoredReceipt>> receipts_for_job(const std::string& job_id);
+
+  // Every stored receipt's job, attempt and whether it metered anything
+  // (energy or wear), by job (for `idlefleet ledger verify`).
+  struct ReceiptKey {
+    std::string job_id;
+    uint32_t attempt = 0;
+    bool metered = false;
+  };
+  Result<std::vector<ReceiptKey>> receipt_keys();
 
   const std::string& path() const { return path_; }
 

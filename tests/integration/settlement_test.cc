@@ -3,6 +3,7 @@
 // between the two), is settled by the next coordinator at start, once; a
 // third start posts nothing more, and the ledger verifies.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -148,6 +149,18 @@ TEST_F(Settlement, AJobThatEndedBeforeACrashIsSettledOnceAtTheNextStart) {
   const std::string verify = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +
                                          shell_quote((dir_ / "data").string()) + " 2>&1; echo rc=$?");
   EXPECT_NE(verify.find("rc=0"), std::string::npos) << verify;
+  EXPECT_NE(verify.find("1 finished jobs and 2 receipts checked"), std::string::npos) << verify;
+
+  // A settlement lost from the ledger is what verify is for.
+  ledger->reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "data" / store::kLedgerFileName).c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_exec(db, "DELETE FROM postings; DELETE FROM transactions;", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  const std::string broken = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +
+                                         shell_quote((dir_ / "data").string()) + " 2>&1; echo rc=$?");
+  EXPECT_NE(broken.find("rc=1"), std::string::npos) << broken;
+  EXPECT_NE(broken.find("cmpl-crashed"), std::string::npos) << broken;
 }
 
 }  // namespace

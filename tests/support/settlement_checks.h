@@ -63,6 +63,7 @@ inline SettlementSummary expect_settled_once(const std::filesystem::path& data_d
   const std::string verify = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +
                                          shell_quote(data_dir.string()) + " 2>&1; echo rc=$?");
   EXPECT_NE(verify.find("rc=0"), std::string::npos) << verify;
+  EXPECT_NE(verify.find("finished jobs and"), std::string::npos) << verify;  // the job store was checked too
   return out;
 }
 

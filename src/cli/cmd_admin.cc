@@ -25,6 +25,7 @@
 #include "cli/data_location.h"
 #include "common/money.h"
 #include "store/key_store.h"
+#include "store/vehicle_store.h"
 
 namespace idlefleet::cli {
 
@@ -146,11 +147,58 @@ void revoke_key(const DataLocation& where, const std::string& id) {
   }
 }
 
+std::unique_ptr<store::VehicleStore> open_vehicle_store(const DataLocation& where) {
+  const std::string path = data_file(where, "vehicles.sqlite3");
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
+  auto store = store::VehicleStore::open(path);
+  if (!store) throw CommandError{store.error().message};
+  return std::move(*store);
+}
+
+void create_owner(const DataLocation& where, const std::string& name) {
+  auto store = open_vehicle_store(where);
+  auto made = store->create_owner(name, wall_ms());
+  if (!made) throw CommandError{made.error().message};
+  std::printf("id: %s\ntoken: %s\n", made->first.id.c_str(), made->second.c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "Store the token now: only its hash is kept. The owner asks for enrolment codes with it:\n"
+               "  curl -X POST URL/v1/owner/enrolment_codes -H 'Authorization: Bearer %s'\n",
+               made->second.c_str());
+}
+
+void list_owners(const DataLocation& where) {
+  auto store = open_vehicle_store(where);
+  auto owners = store->owners();
+  if (!owners) throw CommandError{owners.error().message};
+  std::printf("%-22s %-24s %-20s %s\n", "ID", "NAME", "CREATED", "VEHICLES");
+  for (const store::Owner& o : *owners) {
+    auto vehicles = store->vehicles_of(o.id);
+    if (!vehicles) throw CommandError{vehicles.error().message};
+    std::printf("%-22s %-24s %-20s %zu\n", o.id.c_str(), o.name.c_str(), iso_time(o.created_at).c_str(),
+                vehicles->size());
+  }
+}
+
 }  // namespace
 
 void add_admin(CLI::App& app) {
-  CLI::App* admin = app.add_subcommand("admin", "Administration: client API keys");
+  CLI::App* admin = app.add_subcommand("admin", "Administration: client API keys and owners");
   admin->require_subcommand(1);
+  CLI::App* owners = admin->add_subcommand("owners", "Owner accounts: create, list");
+  owners->require_subcommand(1);
+  auto ow = std::make_shared<DataLocation>();
+  auto owner_name = std::make_shared<std::string>();
+  CLI::App* owner_create = owners->add_subcommand("create", "Make an owner account and print its token (once)");
+  add_data_location(*owner_create, *ow);
+  owner_create->add_option("--name", *owner_name, "The owner's name (1-128 bytes)")->required();
+  owner_create->callback([ow, owner_name] { create_owner(*ow, *owner_name); });
+  auto ol = std::make_shared<DataLocation>();
+  CLI::App* owner_list = owners->add_subcommand("list", "Every owner with the number of vehicles enrolled");
+  add_data_location(*owner_list, *ol);
+  owner_list->callback([ol] { list_owners(*ol); });
+
   CLI::App* keys = admin->add_subcommand("keys", "Client API keys: create, list, revoke");
   keys->require_subcommand(1);
 

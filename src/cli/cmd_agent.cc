@@ -1,11 +1,19 @@
 // `idlefleet agent`: one vehicle, or many simulated ones, serving the fleet.
+#include <curl/curl.h>
+
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 
+#include <nlohmann/json.hpp>
+
 #include "agent/fleet.h"
+#include "agent/identity.h"
 #include "cli/agent_flags.h"
 #include "cli/commands.h"
+#include "common/crypto.h"
+#include "core/protocol.h"
 #include "cli/shutdown.h"
 
 namespace idlefleet::cli {
@@ -127,13 +135,90 @@ void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
   cmd->add_flag("-v,--verbose", f->verbose, "Log every refusal and preemption");
 }
 
+namespace {
+
+struct EnrolFlags {
+  std::string coordinator_url = "http://127.0.0.1:8080";
+  std::string code;
+  std::string vehicle_id;
+  std::string cache_dir = "idlefleet-cache";
+  std::string key_dir;
+};
+
+size_t collect(char* p, size_t size, size_t n, void* out) {
+  auto* body = static_cast<std::string*>(out);
+  if (body->size() + size * n > (1u << 20)) return 0;  // a coordinator's answer is small
+  body->append(p, size * n);
+  return size * n;
+}
+
+// `idlefleet agent enroll`: makes (or reads) the vehicle's key, sends its
+// public half with the owner's one-time code, and prints the owner it now
+// belongs to. The secret half never leaves the vehicle.
+void enrol(const EnrolFlags& f) {
+  const std::string key_dir =
+      f.key_dir.empty() ? (std::filesystem::path(f.cache_dir) / "keys").string() : f.key_dir;
+  const std::string key_path = (std::filesystem::path(key_dir) / (f.vehicle_id + ".key")).string();
+  auto key = agent::load_or_create_key(key_path);
+  if (!key) throw CommandError{key.error().message};
+  const std::string body = nlohmann::json{{"code", f.code}, {"vehicle_id", f.vehicle_id},
+                                          {"public_key", to_hex(key->public_key)}}
+                               .dump();
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) throw CommandError{"cannot start libcurl"};
+  std::string answer;
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  const std::string url = f.coordinator_url + "/v1/vehicles/enroll";
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 30000L);
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
+  const CURLcode rc = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK) throw CommandError{"cannot reach " + url + ": " + curl_easy_strerror(rc)};
+  const nlohmann::json j = nlohmann::json::parse(answer, nullptr, false);
+  if (status != 200) {
+    std::string why = answer.substr(0, 512);
+    if (j.is_object() && j.contains("error") && j["error"].is_object()) why = j["error"].value("message", why);
+    throw CommandError{"enrolment refused (HTTP " + std::to_string(status) + "): " + why};
+  }
+  std::printf("enrolled %s to owner %s (key %s)\n", f.vehicle_id.c_str(),
+              j.is_object() ? j.value("owner_id", "?").c_str() : "?", key_path.c_str());
+}
+
+}  // namespace
+
 void add_agent(CLI::App& app) {
   auto f = std::make_shared<AgentFlags>();
   CLI::App* cmd = app.add_subcommand("agent", "Run a vehicle agent (or many simulated vehicles)");
   add_agent_flags(cmd, f.get());
   cmd->add_option("--status-every", f->status_every_s, "Print the vehicles' states every N seconds (0: never)")
       ->check(CLI::Range(0, 3600))->capture_default_str();
-  cmd->callback([f] { run_agent(*f); });
+
+  auto e = std::make_shared<EnrolFlags>();
+  CLI::App* enroll = cmd->add_subcommand("enroll", "Enrol this vehicle with an owner's one-time code");
+  enroll->add_option("--coordinator", e->coordinator_url, "Coordinator base URL")->capture_default_str();
+  enroll->add_option("--code", e->code, "The owner's one-time enrolment code (enr-...)")->required();
+  enroll->add_option("--vehicle-id", e->vehicle_id, "This vehicle's id")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            return core::valid_vehicle_id(v) ? "" : "a vehicle id is 1-128 of A-Z a-z 0-9 _ -";
+          },
+          "ID"));
+  enroll->add_option("--cache-dir", e->cache_dir, "The agent's cache directory")->capture_default_str();
+  enroll->add_option("--key-dir", e->key_dir, "Where the key lives (default <cache-dir>/keys, as for the agent)");
+  enroll->callback([e] { enrol(*e); });
+  cmd->callback([f, enroll] {
+    if (enroll->parsed()) return;  // `agent enroll` ran instead
+    run_agent(*f);
+  });
 }
 
 }  // namespace idlefleet::cli

@@ -103,6 +103,15 @@ Ed25519Keypair Ed25519Keypair::from_secret(const Ed25519SecretKey& secret) {
   return k;
 }
 
+std::string random_hex(size_t bytes) {
+  sodium_ready();
+  std::string raw(bytes, '\0');
+  randombytes_buf(raw.data(), raw.size());
+  std::string out = to_hex(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()));
+  sodium_memzero(raw.data(), raw.size());
+  return out;
+}
+
 Ed25519Signature ed25519_sign(const Ed25519SecretKey& secret, std::string_view message) {
   sodium_ready();
   Ed25519Signature sig{};

@@ -59,6 +59,9 @@ struct Ed25519Keypair {
   static Ed25519Keypair from_secret(const Ed25519SecretKey& secret);
 };
 
+// `bytes` random bytes from the system's entropy, as hex (secrets, codes).
+std::string random_hex(size_t bytes);
+
 // Signs `message` (detached signature).
 Ed25519Signature ed25519_sign(const Ed25519SecretKey& secret, std::string_view message);
 // True if `signature` is `public_key`'s signature of `message`. Never throws

@@ -131,7 +131,7 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "ledger", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "vehicles", "ledger", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -179,6 +179,18 @@ class Reader {
           integer(*pricing, "pricing", "prompt_micros_per_mtok", kPriceMicrosPerMtokRange, c.prompt_micros_per_mtok));
       IF_RETURN_IF_ERROR(integer(*pricing, "pricing", "completion_micros_per_mtok", kPriceMicrosPerMtokRange,
                                  c.completion_micros_per_mtok));
+    }
+    const toml::table* vehicles = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "vehicles", vehicles));
+    if (vehicles != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(*vehicles, "vehicles", {"enrolment"}));
+      if (const toml::node* n = vehicles->get("enrolment")) {
+        const auto v = n->value<std::string>();
+        if (!v || (*v != "open" && *v != "required")) {
+          return error(ErrorCode::kInvalidArgument, "vehicles.enrolment must be \"open\" or \"required\"");
+        }
+        c.enrolment_required = *v == "required";
+      }
     }
     const toml::table* ledger = nullptr;
     IF_RETURN_IF_ERROR(table(root, "ledger", ledger));

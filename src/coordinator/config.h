@@ -23,6 +23,8 @@
 //   [pricing]                            # what clients are charged, for spend limits
 //   prompt_micros_per_mtok = 0           # micro-units of money per million prompt tokens
 //   completion_micros_per_mtok = 0       # and per million completion tokens
+//   [vehicles]
+//   enrolment = "open"                   # "required": only vehicles enrolled with an owner's code
 //   [ledger]                             # what owners are paid (core/ledger.h)
 //   owner_share_ppm = 600000             # owners' share of the price, parts per million
 //   energy_tariff_micros_per_kwh = 250000  # energy refunded per kWh metered
@@ -123,6 +125,10 @@ struct CoordinatorConfig {
   bool auth_required = false;  // [auth] required
   uint64_t prompt_micros_per_mtok = 0;      // [pricing]
   uint64_t completion_micros_per_mtok = 0;  // [pricing]
+  // [vehicles] enrolment: "open" pins a vehicle's key at its first hello
+  // (trust on first use; the vehicle is its own owner until enrolled);
+  // "required" refuses vehicles not enrolled with an owner's one-time code.
+  bool enrolment_required = false;
   uint64_t owner_share_ppm = 600'000;              // [ledger]
   uint64_t energy_tariff_micros_per_kwh = 250'000;  // [ledger]: one flat tariff until owners set theirs
   uint64_t wear_micros_per_accelerator_hour = 50'000;  // [ledger]

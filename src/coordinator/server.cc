@@ -326,6 +326,7 @@ struct CoordinatorServer::Impl {
   // by vehicle id for checking signatures.
   std::unique_ptr<store::VehicleStore> vehicle_store;
   std::map<std::string, Ed25519PublicKey> vehicle_keys;
+  std::map<std::string, std::string> vehicle_owners;  // "" until enrolled
   // The ledger (loop thread), and the jobs that finished done waiting for
   // the receipts of their attempts before they settle.
   std::unique_ptr<store::LedgerStore> ledger;
@@ -517,7 +518,10 @@ struct CoordinatorServer::Impl {
     vehicle_store = std::move(*vs);
     auto pinned = vehicle_store->vehicles();
     if (!pinned) return Unexpected(pinned.error());
-    for (const store::VehicleRecord& v : *pinned) vehicle_keys[v.vehicle_id] = *from_hex<32>(v.public_key);
+    for (const store::VehicleRecord& v : *pinned) {
+      vehicle_keys[v.vehicle_id] = *from_hex<32>(v.public_key);
+      vehicle_owners[v.vehicle_id] = v.owner_id;
+    }
     auto ls = store::LedgerStore::open((fs::path(config.data_dir) / store::kLedgerFileName).string());
     if (!ls) return Unexpected(ls.error());
     ledger = std::move(*ls);
@@ -676,6 +680,8 @@ struct CoordinatorServer::Impl {
       std::lock_guard<std::mutex> lock(snapshot_mu);
       return x->respond(json_response(200, vehicles_doc));
     }
+    if (p == "/v1/vehicles/enroll") return enrol_route(r, x);
+    if (p.rfind("/v1/owner/", 0) == 0) return owner_route(r, x);
     std::string key_id;
     if (const std::string_view scope = client_api_scope(p); config.auth_required && !scope.empty()) {
       auto who = gate->authenticate(r.header("authorization"));
@@ -1953,6 +1959,124 @@ struct CoordinatorServer::Impl {
     clients.erase(it);
   }
 
+  // A vehicle as /v1/vehicles and the owner API show it.
+  static json vehicle_json(const core::VehicleView& v) {
+    json reasons = json::array();
+    if (v.state) {
+      for (const std::string& r : v.state->reasons) reasons.push_back(r);
+    }
+    return {{"id", v.id},
+            {"online", v.online},
+            {"state", v.online && v.state ? v.state->state : "offline"},
+            {"eligible", v.online && v.state && v.state->eligible},
+            {"reasons", reasons},
+            {"soc_pct", v.state ? v.state->soc_pct : 0.0},
+            {"accelerator_temp_c", v.state ? v.state->accelerator_temp_c : 0.0},
+            {"job_id", v.job_id},
+            {"attempts_completed", v.attempts_completed},
+            {"attempts_lost", v.attempts_lost},
+            {"models_cached", v.hello.models_cached}};
+  }
+
+  // ---- Owners and enrolment ---------------------------------------------------------
+  //
+  // POST /v1/vehicles/enroll {code, vehicle_id, public_key} (the one-time code
+  // is the credential); /v1/owner/... with `Authorization: Bearer ow-idf-...`.
+  // The vehicle store belongs to the loop thread: these run there.
+
+  static HttpResponse enrol_error(const Error& e) {
+    switch (e.code) {
+      case ErrorCode::kNotFound: return error_response(api_error(404, "invalid_request_error", e.message, "code_unknown"));
+      case ErrorCode::kAlreadyExists: return error_response(api_error(409, "invalid_request_error", e.message, "conflict"));
+      case ErrorCode::kOutOfRange: return error_response(api_error(400, "invalid_request_error", e.message, "code_expired"));
+      case ErrorCode::kInvalidArgument: return error_response(api_error(400, "invalid_request_error", e.message));
+      default: return error_response(api_error(500, "server_error", "the vehicle store failed: " + e.message));
+    }
+  }
+
+  void enrol_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    if (r.method != "POST") return method_not_allowed(r, x);
+    const json j = json::parse(r.body, nullptr, false);
+    auto field = [&](const char* k) {
+      return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
+    };
+    const std::string code = field("code"), vid = field("vehicle_id"), key = field("public_key");
+    if (code.empty() || code.size() > 128 || vid.empty() || key.empty()) {
+      return x->respond(error_response(api_error(
+          400, "invalid_request_error", "the body must be {\"code\", \"vehicle_id\", \"public_key\"}, all strings")));
+    }
+    Item item;
+    item.task = [this, x, code, vid, key](core::TimeMs now) {
+      auto v = vehicle_store->enrol(code, vid, key, wall_ms());
+      if (!v) return x->respond(enrol_error(v.error()));
+      vehicle_keys[v->vehicle_id] = *from_hex<32>(v->public_key);
+      vehicle_owners[v->vehicle_id] = v->owner_id;
+      count_event("enrolled", "vehicle " + v->vehicle_id + " enrolled to " + v->owner_id);
+      (void)now;
+      x->respond(json_response(200, json{{"vehicle_id", v->vehicle_id}, {"owner_id", v->owner_id},
+                                         {"pinned_at", v->pinned_at}}
+                                        .dump()));
+    };
+    if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
+  }
+
+  void owner_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {
+    const std::string* auth = r.header("authorization");
+    std::string token;
+    if (auth != nullptr && auth->size() > 7 && (auth->rfind("Bearer ", 0) == 0 || auth->rfind("bearer ", 0) == 0)) {
+      token = auth->substr(7);
+    }
+    if (token.rfind("sk-idf-", 0) == 0) {
+      return x->respond(error_response(api_error(
+          403, "invalid_request_error",
+          "this is a client API key; owner routes need an owner token (idlefleet admin owners create)",
+          "insufficient_permissions")));
+    }
+    if (token.rfind(store::kOwnerTokenPrefix, 0) != 0) {
+      HttpResponse resp = error_response(api_error(401, "invalid_request_error",
+                                                   "owner routes need `Authorization: Bearer ow-idf-...`",
+                                                   "invalid_api_key"));
+      resp.headers.push_back({"WWW-Authenticate", "Bearer"});
+      return x->respond(std::move(resp));
+    }
+    Item item;
+    item.task = [this, x, token, method = r.method, path = r.path](core::TimeMs now) {
+      auto owner = vehicle_store->owner_by_token(token);
+      if (!owner) return x->respond(enrol_error(owner.error()));
+      if (!*owner) {
+        return x->respond(error_response(api_error(401, "invalid_request_error", "unknown owner token",
+                                                   "invalid_api_key")));
+      }
+      const store::Owner& o = **owner;
+      if (method == "POST" && path == "/v1/owner/enrolment_codes") {
+        auto code = vehicle_store->create_code(o.id, wall_ms());
+        if (!code) return x->respond(enrol_error(code.error()));
+        return x->respond(json_response(200, json{{"code", *code},
+                                                  {"owner_id", o.id},
+                                                  {"expires_at", (wall_ms() + store::kEnrolmentCodeTtlMs) / 1000}}
+                                                 .dump()));
+      }
+      if (method == "GET" && path == "/v1/owner/vehicles") {
+        auto mine = vehicle_store->vehicles_of(o.id);
+        if (!mine) return x->respond(enrol_error(mine.error()));
+        json list = json::array();
+        for (const store::VehicleRecord& v : *mine) {
+          auto it = machine->vehicles().find(v.vehicle_id);
+          json entry = it == machine->vehicles().end()
+                           ? json{{"id", v.vehicle_id}, {"online", false}, {"state", "offline"}}
+                           : vehicle_json(it->second);
+          entry["enrolled_at"] = v.pinned_at;
+          list.push_back(std::move(entry));
+        }
+        return x->respond(json_response(200, json{{"object", "list"}, {"owner_id", o.id}, {"data", list}}.dump(
+                                                     -1, ' ', false, json::error_handler_t::replace)));
+      }
+      (void)now;
+      x->respond(error_response(api_error(404, "invalid_request_error", "no route for " + method + " " + path)));
+    };
+    if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
+  }
+
   // ---- Vehicle keys and receipts (loop thread) ----------------------------------------
 
   // A hello pins the vehicle's public key the first time it shows one; a
@@ -1961,14 +2085,30 @@ struct CoordinatorServer::Impl {
   // Returns false to drop the message.
   bool trust_vehicle(const core::VehicleMessageEvent& e, core::TimeMs now) {
     if (const auto* h = std::get_if<core::HelloMessage>(&e.message)) {
+      if (config.enrolment_required && h->public_key.empty()) {
+        count_refusal("not_enrolled", "hello without a key from vehicle " + e.vehicle_id);
+        return false;
+      }
       if (h->public_key.empty() || h->vehicle_id != e.vehicle_id) return true;  // the machine judges the rest
       auto it = vehicle_keys.find(e.vehicle_id);
       const std::string known = it == vehicle_keys.end() ? std::string() : to_hex(it->second);
-      if (known == h->public_key) return true;
+      if (known == h->public_key) {
+        if (config.enrolment_required && vehicle_owners[e.vehicle_id].empty()) {
+          count_refusal("not_enrolled", "hello from vehicle " + e.vehicle_id +
+                                            ", whose key is pinned but which is not enrolled to an owner");
+          return false;
+        }
+        return true;
+      }
       if (!known.empty()) {
         count_refusal("key_mismatch", "hello from vehicle " + e.vehicle_id +
                                           " with a key other than the one pinned for it; its receipts stay refused "
                                           "until the old key is removed");
+        return false;
+      }
+      if (config.enrolment_required) {
+        count_refusal("not_enrolled", "hello from vehicle " + e.vehicle_id +
+                                          ", which is not enrolled (idlefleet agent enroll with an owner's code)");
         return false;
       }
       store::VehicleRecord v{e.vehicle_id, h->public_key, "", wall_ms()};
@@ -2000,7 +2140,8 @@ struct CoordinatorServer::Impl {
   // A receipt the machine found consistent: stored once; a second copy of
   // it is a replay.
   void on_receipt_accepted(const core::ReceiptAcceptedEffect& e, core::TimeMs now) {
-    auto stored = vehicle_store->put_receipt(e.receipt, "", now);
+    auto owner = vehicle_owners.find(e.receipt.vehicle_id);
+    auto stored = vehicle_store->put_receipt(e.receipt, owner == vehicle_owners.end() ? "" : owner->second, now);
     if (!stored) return log("vehicle store: " + stored.error().to_string());
     if (!*stored) {
       count_refusal("replayed_receipt", "a second receipt for job " + e.receipt.job_id + " attempt " +
@@ -2351,21 +2492,7 @@ struct CoordinatorServer::Impl {
       json list = json::array();
       for (const auto& [id, v] : machine->vehicles()) {
         if (list.size() >= kVehiclesListedMax) break;
-        json reasons = json::array();
-        if (v.state) {
-          for (const std::string& r : v.state->reasons) reasons.push_back(r);
-        }
-        list.push_back({{"id", id},
-                        {"online", v.online},
-                        {"state", v.online && v.state ? v.state->state : "offline"},
-                        {"eligible", v.online && v.state && v.state->eligible},
-                        {"reasons", reasons},
-                        {"soc_pct", v.state ? v.state->soc_pct : 0.0},
-                        {"accelerator_temp_c", v.state ? v.state->accelerator_temp_c : 0.0},
-                        {"job_id", v.job_id},
-                        {"attempts_completed", v.attempts_completed},
-                        {"attempts_lost", v.attempts_lost},
-                        {"models_cached", v.hello.models_cached}});
+        list.push_back(vehicle_json(v));
       }
       vdoc = json{{"object", "list"}, {"data", list}}.dump(-1, ' ', false, json::error_handler_t::replace);
       vehicles_doc_at = now;

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include "common/crypto.h"
 #include "store/sqlite_db.h"
 
 namespace idlefleet::store {
@@ -26,7 +27,29 @@ CREATE TABLE receipts (
 ) STRICT;
 CREATE INDEX receipts_by_vehicle ON receipts(vehicle_id, accepted_at);
 )sql",
+    R"sql(
+CREATE TABLE owners (
+  id TEXT PRIMARY KEY NOT NULL,
+  name TEXT NOT NULL,
+  token_sha256 BLOB NOT NULL UNIQUE,
+  created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE enrolment_codes (
+  code_sha256 BLOB PRIMARY KEY NOT NULL,
+  owner_id TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  used_by TEXT NOT NULL,
+  used_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX vehicles_by_owner ON vehicles(owner_id, vehicle_id);
+)sql",
 };
+
+std::string digest(std::string_view secret) {
+  const Sha256Digest d = sha256_of(secret);
+  return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+}
 
 bool hex64(const std::string& s) {
   return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
@@ -166,6 +189,160 @@ Result<std::vector<VehicleStore::ReceiptKey>> VehicleStore::receipt_keys() {
     const int64_t attempt = st.column_int(1);
     if (attempt < 1 || attempt > UINT32_MAX) return Unexpected(ErrorCode::kCorrupt, "a receipt row's attempt is damaged");
     out.push_back({st.column_text(0), static_cast<uint32_t>(attempt), st.column_int(2) != 0});
+  }
+  return out;
+}
+
+Result<std::pair<Owner, std::string>> VehicleStore::create_owner(const std::string& name, core::TimeMs now) {
+  if (name.empty() || name.size() > kOwnerNameBytesMax) {
+    return Unexpected(ErrorCode::kInvalidArgument, "an owner's name is 1 to 128 bytes");
+  }
+  for (char c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Unexpected(ErrorCode::kInvalidArgument, "an owner's name must not contain control characters");
+    }
+  }
+  Statement count(db_, "SELECT COUNT(*) FROM owners");
+  if (count.prepared() != SQLITE_OK || count.step() != SQLITE_ROW) return error(SQLITE_ERROR, "counting owners");
+  if (static_cast<size_t>(count.column_int(0)) >= kOwnersMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "there are already kOwnersMax owners");
+  }
+  Owner o{"own_" + random_hex(8), name, now};
+  const std::string token = std::string(kOwnerTokenPrefix) + random_hex(32);
+  Statement st(db_, "INSERT INTO owners (id, name, token_sha256, created_at) VALUES (?1, ?2, ?3, ?4)");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "creating an owner");
+  st.text(1, o.id);
+  st.text(2, o.name);
+  st.blob(3, digest(token));
+  st.integer(4, now);
+  const int rc = st.step();
+  if (rc != SQLITE_DONE) return error(rc, "creating an owner");
+  return std::make_pair(o, token);
+}
+
+Result<std::vector<Owner>> VehicleStore::owners() {
+  Statement st(db_, "SELECT id, name, created_at FROM owners ORDER BY created_at, id");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "listing owners");
+  std::vector<Owner> out;
+  for (;;) {
+    const int rc = st.step();
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return error(rc, "listing owners");
+    if (out.size() >= kOwnersMax) return Unexpected(ErrorCode::kCorrupt, "more than kOwnersMax owners");
+    out.push_back({st.column_text(0), st.column_text(1), st.column_int(2)});
+  }
+  return out;
+}
+
+Result<std::optional<Owner>> VehicleStore::owner_by_token(std::string_view token) {
+  if (token.size() != kOwnerTokenPrefix.size() + 64 || token.substr(0, kOwnerTokenPrefix.size()) != kOwnerTokenPrefix) {
+    return std::optional<Owner>();
+  }
+  Statement st(db_, "SELECT id, name, created_at FROM owners WHERE token_sha256 = ?1");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "finding an owner");
+  st.blob(1, digest(token));
+  const int rc = st.step();
+  if (rc == SQLITE_DONE) return std::optional<Owner>();
+  if (rc != SQLITE_ROW) return error(rc, "finding an owner");
+  return std::optional<Owner>(Owner{st.column_text(0), st.column_text(1), st.column_int(2)});
+}
+
+Result<std::string> VehicleStore::create_code(const std::string& owner_id, core::TimeMs now) {
+  Statement open_codes(db_, "SELECT COUNT(*) FROM enrolment_codes WHERE owner_id = ?1 AND used_by = '' AND expires_at > ?2");
+  if (open_codes.prepared() != SQLITE_OK) return error(open_codes.prepared(), "counting codes");
+  open_codes.text(1, owner_id);
+  open_codes.integer(2, now);
+  if (open_codes.step() != SQLITE_ROW) return error(SQLITE_ERROR, "counting codes");
+  if (static_cast<size_t>(open_codes.column_int(0)) >= kOpenCodesPerOwnerMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "owner " + owner_id + " already has " +
+                                                  std::to_string(kOpenCodesPerOwnerMax) + " unused enrolment codes");
+  }
+  const std::string code = std::string(kEnrolmentCodePrefix) + random_hex(16);
+  Statement st(db_,
+               "INSERT INTO enrolment_codes (code_sha256, owner_id, created_at, expires_at, used_by, used_at) "
+               "VALUES (?1, ?2, ?3, ?4, '', 0)");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "creating a code");
+  st.blob(1, digest(code));
+  st.text(2, owner_id);
+  st.integer(3, now);
+  st.integer(4, now + kEnrolmentCodeTtlMs);
+  const int rc = st.step();
+  if (rc != SQLITE_DONE) return error(rc, "creating a code");
+  return code;
+}
+
+Result<VehicleRecord> VehicleStore::enrol(std::string_view code, const std::string& vehicle_id,
+                                          const std::string& public_key, core::TimeMs now) {
+  if (!core::valid_vehicle_id(vehicle_id)) return Unexpected(ErrorCode::kInvalidArgument, "bad vehicle id");
+  if (!hex64(public_key)) return Unexpected(ErrorCode::kInvalidArgument, "a public key is 64 lower-case hex digits");
+  const std::string label = "vehicle store '" + path_ + "'";
+  IF_RETURN_IF_ERROR(sqlite_exec(db_, "BEGIN IMMEDIATE", label, "starting an enrolment"));
+  auto body = [&]() -> Result<VehicleRecord> {
+    Statement find(db_, "SELECT owner_id, expires_at, used_by FROM enrolment_codes WHERE code_sha256 = ?1");
+    if (find.prepared() != SQLITE_OK) return error(find.prepared(), "finding a code");
+    find.blob(1, digest(code));
+    int rc = find.step();
+    if (rc == SQLITE_DONE) return Unexpected(ErrorCode::kNotFound, "no such enrolment code");
+    if (rc != SQLITE_ROW) return error(rc, "finding a code");
+    const std::string owner = find.column_text(0);
+    const int64_t expires_at = find.column_int(1);
+    const std::string used_by = find.column_text(2);
+    if (!used_by.empty()) {
+      return Unexpected(ErrorCode::kAlreadyExists, "the enrolment code was already used (by " + used_by + ")");
+    }
+    if (now >= expires_at) return Unexpected(ErrorCode::kOutOfRange, "the enrolment code expired; ask for a new one");
+    auto existing = vehicle(vehicle_id);
+    if (!existing) return Unexpected(existing.error());
+    VehicleRecord v{vehicle_id, public_key, owner, now};
+    if (*existing) {
+      if ((*existing)->public_key != public_key) {
+        return Unexpected(ErrorCode::kAlreadyExists, "vehicle " + vehicle_id + " is pinned to another key");
+      }
+      if (!(*existing)->owner_id.empty() && (*existing)->owner_id != owner) {
+        return Unexpected(ErrorCode::kAlreadyExists, "vehicle " + vehicle_id + " is enrolled to another owner");
+      }
+      v.pinned_at = (*existing)->pinned_at;
+    }
+    Statement put(db_,
+                  "INSERT INTO vehicles (vehicle_id, public_key, owner_id, pinned_at) VALUES (?1, ?2, ?3, ?4) "
+                  "ON CONFLICT (vehicle_id) DO UPDATE SET owner_id = excluded.owner_id");
+    if (put.prepared() != SQLITE_OK) return error(put.prepared(), "enrolling a vehicle");
+    put.text(1, v.vehicle_id);
+    put.text(2, v.public_key);
+    put.text(3, v.owner_id);
+    put.integer(4, v.pinned_at);
+    if ((rc = put.step()) != SQLITE_DONE) return error(rc, "enrolling a vehicle");
+    Statement use(db_, "UPDATE enrolment_codes SET used_by = ?1, used_at = ?2 WHERE code_sha256 = ?3");
+    if (use.prepared() != SQLITE_OK) return error(use.prepared(), "using a code");
+    use.text(1, vehicle_id);
+    use.integer(2, now);
+    use.blob(3, digest(code));
+    if ((rc = use.step()) != SQLITE_DONE) return error(rc, "using a code");
+    return v;
+  };
+  auto result = body();
+  if (!result) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return result;
+  }
+  IF_RETURN_IF_ERROR(sqlite_exec(db_, "COMMIT", label, "committing an enrolment"));
+  return result;
+}
+
+Result<std::vector<VehicleRecord>> VehicleStore::vehicles_of(const std::string& owner_id) {
+  Statement st(db_,
+               "SELECT vehicle_id, public_key, owner_id, pinned_at FROM vehicles WHERE owner_id = ?1 ORDER BY vehicle_id");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "listing an owner's vehicles");
+  st.text(1, owner_id);
+  std::vector<VehicleRecord> out;
+  for (;;) {
+    const int rc = st.step();
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return error(rc, "listing an owner's vehicles");
+    if (out.size() >= kVehiclesMax) return Unexpected(ErrorCode::kCorrupt, "more than kVehiclesMax vehicles");
+    auto v = read_vehicle(st);
+    if (!v) return Unexpected(v.error());
+    out.push_back(std::move(*v));
   }
   return out;
 }

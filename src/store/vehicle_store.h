@@ -17,6 +17,10 @@
 //   receipts: job_id TEXT | attempt INTEGER | vehicle_id TEXT | owner_id TEXT |
 //     receipt_json TEXT (the message as received, signature included) |
 //     accepted_at INTEGER; PRIMARY KEY (job_id, attempt)
+//   owners (migration 2): id TEXT PK | name TEXT | token_sha256 BLOB UNIQUE |
+//     created_at INTEGER
+//   enrolment_codes (migration 2): code_sha256 BLOB PK | owner_id TEXT |
+//     created_at, expires_at INTEGER | used_by TEXT ("" unused) | used_at INTEGER
 // Every row read is validated (kCorrupt naming the row, never a crash).
 //
 // Thread-safety: none: one thread at a time (the coordinator's loop thread).
@@ -47,6 +51,20 @@ struct VehicleRecord {
 
   bool operator==(const VehicleRecord&) const = default;
 };
+
+// An owner account: vehicles are enrolled to it and its statements are paid
+// to it. The token (shown once) is kept as its SHA-256.
+struct Owner {
+  std::string id;    // "own_" + 16 hex digits: a ledger id (owner:<id>)
+  std::string name;
+  core::TimeMs created_at = 0;
+};
+inline constexpr std::string_view kOwnerTokenPrefix = "ow-idf-";
+inline constexpr size_t kOwnerNameBytesMax = 128;
+inline constexpr size_t kOwnersMax = 1'000'000;
+inline constexpr std::string_view kEnrolmentCodePrefix = "enr-";
+inline constexpr core::DurationMs kEnrolmentCodeTtlMs = 24 * core::kHourMs;
+inline constexpr size_t kOpenCodesPerOwnerMax = 1000;
 
 struct StoredReceipt {
   core::ReceiptMessage receipt;
@@ -87,6 +105,27 @@ class VehicleStore {
     bool metered = false;
   };
   Result<std::vector<ReceiptKey>> receipt_keys();
+
+  // Owners. create_owner returns the owner and its token (shown once).
+  Result<std::pair<Owner, std::string>> create_owner(const std::string& name, core::TimeMs now);
+  Result<std::vector<Owner>> owners();
+  // The owner a token belongs to, or nullopt (a token of the wrong shape too).
+  Result<std::optional<Owner>> owner_by_token(std::string_view token);
+
+  // A one-time enrolment code for the owner, valid kEnrolmentCodeTtlMs.
+  // kOutOfRange when the owner already has kOpenCodesPerOwnerMax unused ones.
+  Result<std::string> create_code(const std::string& owner_id, core::TimeMs now);
+
+  // Enrols a vehicle with a code: pins its key to the code's owner and uses
+  // the code up, in one transaction. kNotFound: no such code; kAlreadyExists:
+  // the code was used, or the vehicle is pinned to another key or enrolled
+  // to another owner; kOutOfRange: the code expired; kInvalidArgument: a bad
+  // id or key. Enrolling again with the same key to the same owner is fine.
+  Result<VehicleRecord> enrol(std::string_view code, const std::string& vehicle_id, const std::string& public_key,
+                              core::TimeMs now);
+
+  // The vehicles enrolled to an owner, by id.
+  Result<std::vector<VehicleRecord>> vehicles_of(const std::string& owner_id);
 
   const std::string& path() const { return path_; }
 

@@ -133,6 +133,16 @@ TEST_F(Owners, EnrolledVehiclesWorkForTheirOwnersAndNobodyElse) {
   out = enrol("car-01", new_code(bob_token));
   EXPECT_NE(out.find("another owner"), std::string::npos) << out;
 
+  // Garbage at the enrolment route is a 400, never a crash.
+  for (const std::string& body : {std::string(""), std::string("[]"), std::string("{\"code\":5}"),
+                                  std::string("{\"code\":\"x\",\"vehicle_id\":\"car 9\",\"public_key\":\"ab\"}"),
+                                  std::string(R"({"code":")") + std::string(300, 'c') + R"(","vehicle_id":"a","public_key":"b"})",
+                                  std::string("\xff\xfe{")}) {
+    auto r = testing::http_post(base_url_ + "/v1/vehicles/enroll", body, {"Content-Type: application/json"});
+    EXPECT_TRUE(r.status == 400 || r.status == 404) << r.status << " for " << body.substr(0, 40) << ": " << r.body;
+  }
+  EXPECT_EQ(testing::http_get(base_url_ + "/v1/vehicles/enroll").status, 405);
+
   // Two cars start; only the enrolled one is let in.
   transport::ProcessOptions a;
   a.program = IDLEFLEET_BINARY;

@@ -173,6 +173,26 @@ TEST(CoordinatorConfig, Batches) {
   expect_error("[batches]\nwindow = \"24h\"\n", ErrorCode::kInvalidArgument, {"unknown key 'batches.window'"});
 }
 
+TEST(CoordinatorConfig, VehiclesAndLedger) {
+  const CoordinatorConfig defaults;
+  EXPECT_FALSE(defaults.enrolment_required);  // the demo runs without enrolment
+  auto r = parse_coordinator_config(
+      "[vehicles]\nenrolment = \"required\"\n[ledger]\nowner_share_ppm = 700000\n"
+      "energy_tariff_micros_per_kwh = 310000\nwear_micros_per_accelerator_hour = 20000\n",
+      "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_TRUE(r->enrolment_required);
+  EXPECT_EQ(r->owner_share_ppm, 700000u);
+  EXPECT_EQ(r->energy_tariff_micros_per_kwh, 310000u);
+  EXPECT_EQ(r->wear_micros_per_accelerator_hour, 20000u);
+  expect_error("[vehicles]\nenrolment = \"maybe\"\n", ErrorCode::kInvalidArgument, {"vehicles.enrolment"});
+  expect_error("[vehicles]\nenrolment = 1\n", ErrorCode::kInvalidArgument, {"vehicles.enrolment"});
+  expect_error("[vehicles]\nenrol = \"open\"\n", ErrorCode::kInvalidArgument, {"unknown key 'vehicles.enrol'"});
+  expect_error("[ledger]\nowner_share_ppm = 1000001\n", ErrorCode::kOutOfRange, {"ledger.owner_share_ppm at line 2"});
+  expect_error("[ledger]\nenergy_tariff_micros_per_kwh = -5\n", ErrorCode::kOutOfRange,
+               {"ledger.energy_tariff_micros_per_kwh at line 2"});
+}
+
 TEST(CoordinatorConfig, FieldsAgainstEachOther) {
   expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
                {"jobs.tick_ms", "jobs.lease_ms"});

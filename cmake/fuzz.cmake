@@ -3,6 +3,8 @@
 # Run one: build/fuzz/fuzz_gguf tests/fuzz/gguf/corpus -max_total_time=60
 set(FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -g -O1)
 find_package(nlohmann_json 3 REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)  # common/crypto.cc (receipts)
 
 # idlefleet_fuzz(NAME SOURCE...): build/fuzz/fuzz_NAME from
 # tests/fuzz/NAME/fuzz_NAME.cc, the sources given (under src/) and result.cc.
@@ -24,7 +26,8 @@ set(FUZZ_API_SOURCES coordinator/openai.cc engine/stop_strings.cc engine/chat_te
   engine/gguf.cc engine/quant.cc)
 
 idlefleet_fuzz(gguf engine/gguf.cc)
-idlefleet_fuzz(protocol core/protocol.cc)
+idlefleet_fuzz(protocol core/protocol.cc common/crypto.cc)
+target_link_libraries(fuzz_protocol PRIVATE PkgConfig::SODIUM)
 idlefleet_fuzz(replay agent/replay.cc core/signals.cc)
 idlefleet_fuzz(api_request ${FUZZ_API_SOURCES})
 idlefleet_fuzz(chat_template engine/chat_template.cc)

@@ -463,12 +463,14 @@ void SimVehicle::refresh_signals() const {
       fixed_text(params_.ambient_c, 1, core::kAmbientTemperatureCMin, core::kAmbientTemperatureCMax));
   set(SignalId::kAcceleratorTemperature,
       fixed_text(temp_c_, 1, core::kAcceleratorTemperatureCMin, core::kAcceleratorTemperatureCMax));
-  set(SignalId::kAcceleratorPower, fixed_text(accelerator_w_ / 1000.0, 4, 0.0, core::kAcceleratorPowerKwMax));
 
   // Through the one parser every feed uses, so signals() is exactly what an
   // agent applying take_updates() holds.
   signals_ = core::VehicleSignals{};
   for (const core::SignalSpec& spec : core::signal_specs()) {
+    // A simulated car has no power meter: its agent meters its power model
+    // (the rule for simulated vehicles; real ones report a reading).
+    if (spec.id == SignalId::kAcceleratorPower) continue;
     const Status applied =
         core::apply_signal(&signals_, spec.vss_path, texts_[static_cast<int>(spec.id)], now_);
     CHECK(applied.has_value());

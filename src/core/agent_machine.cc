@@ -148,7 +148,12 @@ double AgentMachine::chip_temp_c() const {
 void AgentMachine::meter_to(TimeMs now) {
   if (!attempt_ || now <= attempt_->metered_at) return;
   const DurationMs dt = now - attempt_->metered_at;
-  const double power_kw = signals_.accelerator_power_kw.value_or(config_.inference_power_kw);
+  // A power reading counts once the vehicle has reported since the attempt
+  // began: one from before describes the chip at rest, and would meter the
+  // first moments of every attempt (all of a short one) as free.
+  const bool fresh_reading = signals_.accelerator_power_kw.has_value() && signals_.heard_at.has_value() &&
+                             *signals_.heard_at > attempt_->started_at;
+  const double power_kw = fresh_reading ? *signals_.accelerator_power_kw : config_.inference_power_kw;
   const double temp = chip_temp_c();
   meter_add(&attempt_->meter, config_.wear, std::max(0.0, power_kw) * static_cast<double>(dt) / kHourMs, dt,
             attempt_->temp_c_at, temp);
@@ -171,9 +176,11 @@ void AgentMachine::send_receipt(const std::string& outcome, TimeMs now, std::vec
   r.output_tokens = a.output_tokens;
   const Sha256Digest digest = output_sha256 ? *output_sha256 : a.output.finish();
   r.output_sha256 = to_hex(digest);
-  r.energy_mwh = static_cast<uint64_t>(std::llround(std::min(a.meter.energy_kwh * 1e6, 1e15)));
+  // Rounded up, as meters bill: work that took any time costs at least one
+  // unit of each (a 20 ms attempt on a 60 W chip is a third of a mWh).
+  r.energy_mwh = static_cast<uint64_t>(std::ceil(std::min(a.meter.energy_kwh * 1e6, 1e15) - 1e-9));
   r.accelerator_ms = static_cast<uint64_t>(std::max<DurationMs>(0, a.meter.busy_ms));
-  r.wear_micro_hours = static_cast<uint64_t>(std::llround(std::min(a.meter.wear_hours * 1e6, 1e15)));
+  r.wear_micro_hours = static_cast<uint64_t>(std::ceil(std::min(a.meter.wear_hours * 1e6, 1e15) - 1e-9));
   r.started_at = a.started_at;
   r.ended_at = std::max(now, a.started_at);
   if (a.meter.wear_hours > 0.0) wear_used_hours_ = std::min(wear_used_hours_ + a.meter.wear_hours, kWearUsedHoursMax);

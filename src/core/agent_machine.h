@@ -25,8 +25,9 @@
 //
 // Metering: while an attempt runs, every event first meters the time since
 // the last one: busy time, energy (the accelerator's draw, from the
-// Vehicle.Idlefleet.Accelerator.Power signal when the vehicle reports one,
-// else AgentConfig::inference_power_kw, times the time) and Arrhenius-weighted
+// Vehicle.Idlefleet.Accelerator.Power signal when the vehicle has reported
+// one since the attempt began, else AgentConfig::inference_power_kw, times
+// the time) and Arrhenius-weighted
 // wear (core/energy.h) at the chip's temperature. When the attempt ends, a
 // ReceiptMessage with those figures, the token counts and the SHA-256 of the
 // job's output so far is sent (unsigned: the shell signs it, and fills in

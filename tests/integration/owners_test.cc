@@ -178,6 +178,14 @@ TEST_F(Owners, EnrolledVehiclesWorkForTheirOwnersAndNobodyElse) {
                               {"Content-Type: application/json"});
   ASSERT_EQ(r.status, 200) << r.body;
   const std::string job = json::parse(r.body).value("id", "");
+  // The car's receipt follows its last message; the job settles once it is in.
+  ASSERT_TRUE(eventually(
+      [&] {
+        return testing::http_get(base_url_ + "/metrics").body.find("idlefleet_events_total{event=\"settled\"} 1") !=
+               std::string::npos;
+      },
+      20000))
+      << testing::http_get(base_url_ + "/metrics").body;
   coordinator_->stop();
   auto ledger = store::LedgerStore::open((dir_ / "data" / store::kLedgerFileName).string());
   ASSERT_TRUE(ledger.has_value());
@@ -186,7 +194,9 @@ TEST_F(Owners, EnrolledVehiclesWorkForTheirOwnersAndNobodyElse) {
   ASSERT_EQ(txs->size(), 1u);
   bool alice_paid = false;
   for (const auto& p : txs->front().postings) alice_paid |= p.account == "owner:" + alice && p.amount_micros > 0;
-  EXPECT_TRUE(alice_paid) << "no posting to owner:" << alice;
+  std::string postings;
+  for (const auto& p : txs->front().postings) postings += p.account + " " + std::to_string(p.amount_micros) + " " + p.kind + "; ";
+  EXPECT_TRUE(alice_paid) << "no posting to owner:" << alice << ": " << postings;
 }
 
 }  // namespace

@@ -142,7 +142,7 @@ TEST(AgentMachine, EveryAttemptEndsWithAMeteredReceipt) {
   EXPECT_EQ(r.output_sha256, to_hex(h.finish()));
   EXPECT_EQ(r.accelerator_ms, 4000u);
   EXPECT_EQ(r.energy_mwh, 200u + 400u);  // 2 s at 0.36 kW, then 2 s at 0.72 kW
-  EXPECT_EQ(r.wear_micro_hours, 1111u);  // 4 s at the reference temperature
+  EXPECT_EQ(r.wear_micro_hours, 1112u);  // 4 s at the reference temperature (1111.1), rounded up
   EXPECT_EQ(r.started_at, kT0 + 1000);
   EXPECT_EQ(r.ended_at, kT0 + 1000 + 4 * kSecondMs);
   EXPECT_TRUE(r.signature.empty());  // the shell signs

@@ -239,6 +239,16 @@ Status Fleet::init() {
       item.event = core::ConnectedEvent{};
       post(std::move(item));
     });
+    {
+      // Queued before anything the coordinator may send once we subscribe:
+      // a new instance says hello before it acts on any message (an
+      // assignment meant for the instance before it, say). The loop starts,
+      // and the hello goes out, only once every subscription is in place.
+      InboxItem item;
+      item.index = index;
+      item.event = core::ConnectedEvent{};
+      post(std::move(item));
+    }
     auto sub = v->nats->subscribe(core::down_subject(v->id), [this, index](std::string_view, std::string_view data) {
       auto m = core::decode_message(data);
       if (!m) return refuse("malformed_message", m.error().to_string());
@@ -262,12 +272,6 @@ Status Fleet::init() {
   }
   for (auto& v : vehicles_) {
     if (auto st = v->nats->flush(); !st) return Unexpected(st.error());
-  }
-  for (size_t i = 0; i < vehicles_.size(); ++i) {
-    InboxItem item;
-    item.index = i;
-    item.event = core::ConnectedEvent{};
-    post(std::move(item));
   }
   loop_thread_ = std::thread([this] { loop(); });
   return {};

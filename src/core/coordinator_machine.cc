@@ -34,7 +34,12 @@ void CoordinatorMachine::reject(const char* what, std::string text, Effects* out
 }
 
 void CoordinatorMachine::update_idle(const VehicleView& v) {
-  if (v.online && v.state && v.state->eligible && v.job_id.empty()) {
+  // Idle only when both sides agree: we hold no attempt on it, and its own
+  // last report names none. A vehicle still running something (an attempt
+  // we counted as lost, or one a coordinator before us gave it) answers
+  // every assignment "busy"; handing it work again at once would use up a
+  // job's attempts in a few round trips.
+  if (v.online && v.state && v.state->eligible && v.state->job_id.empty() && v.job_id.empty() && !v.state_due) {
     idle_.insert(v.id);
   } else {
     idle_.erase(v.id);
@@ -44,6 +49,9 @@ void CoordinatorMachine::update_idle(const VehicleView& v) {
 void CoordinatorMachine::release_vehicle(const std::string& vid, const std::string& job_id) {
   auto it = vehicles_.find(vid);
   if (it == vehicles_.end() || it->second.job_id != job_id) return;
+  // The vehicle has just said it let go of the job (done, preempted,
+  // failed): its last report naming the job is out of date.
+  if (it->second.state && it->second.state->job_id == job_id) it->second.state->job_id.clear();
   it->second.job_id.clear();
   it->second.attempt = 0;
   update_idle(it->second);
@@ -154,6 +162,12 @@ void CoordinatorMachine::on_hello(const std::string& vid, const HelloMessage& m,
     v.job_id.clear();
     v.attempt = 0;
   }
+  // What an earlier instance reported says nothing of this one: it is not
+  // idle until it reports its own state (it does, right after its hello).
+  if (v.instance != m.instance) {
+    v.state.reset();
+    v.state_due = false;
+  }
   v.instance = m.instance;
   v.hello = m;
   v.last_heard = now;
@@ -163,6 +177,7 @@ void CoordinatorMachine::on_hello(const std::string& vid, const HelloMessage& m,
 
 void CoordinatorMachine::on_state(VehicleView* v, const StateMessage& m, TimeMs now, Effects* out) {
   v->state = m;
+  v->state_due = false;
   if (!v->job_id.empty()) {
     auto jt = jobs_.find(v->job_id);
     const Attempt* live = jt == jobs_.end() ? nullptr : jt->second.job.current();
@@ -332,6 +347,7 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     if (entry == nullptr) return;
     CHECK(entry->job.attempt_failed(m->attempt, m->error, now).has_value());
     ++v.attempts_lost;
+    v.state_due = true;
     out->push_back(CoordinatorLogEffect{"attempt_failed", "job " + m->job_id + " attempt " +
                                                               std::to_string(m->attempt) + " on " + vid + ": " +
                                                               m->error});

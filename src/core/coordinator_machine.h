@@ -197,6 +197,9 @@ struct VehicleView {
   bool online = false;
   std::string job_id;     // the attempt it holds, if any
   uint32_t attempt = 0;
+  // It failed an attempt (perhaps refused it as busy with something we do
+  // not know of): given no work until its next state report, which follows.
+  bool state_due = false;
   uint32_t attempts_completed = 0;
   uint32_t attempts_lost = 0;  // lost, failed or forked
 };

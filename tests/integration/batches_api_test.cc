@@ -258,11 +258,13 @@ TEST_F(Batches, AThousandRequestsWhileVehiclesComeAndGoThenACancel) {
 
   const json b = wait_final(id, 240000);
   ASSERT_EQ(b.value("status", ""), "completed") << b.dump();
-  EXPECT_EQ(b["request_counts"]["total"], 1002);
-  EXPECT_EQ(b["request_counts"]["completed"], 1000);
-  EXPECT_EQ(b["request_counts"]["failed"], 2);
   const std::vector<json> out = file_lines(b["output_file_id"]);
   const std::vector<json> errors = file_lines(b["error_file_id"]);
+  std::string error_lines;
+  for (const json& e : errors) error_lines += e.dump() + "\n";
+  EXPECT_EQ(b["request_counts"]["total"], 1002);
+  EXPECT_EQ(b["request_counts"]["completed"], 1000) << error_lines << log("coordinator.log");
+  EXPECT_EQ(b["request_counts"]["failed"], 2);
   ASSERT_EQ(out.size(), 1000u);
   ASSERT_EQ(errors.size(), 2u);
   EXPECT_TRUE(errors[0]["custom_id"].is_null());

@@ -260,11 +260,52 @@ TEST(CoordinatorMachine, RestartedAgentLosesItsAttemptAtOnce) {
   c.handle(VehicleMessageEvent{"v1", ChunkMessage{"j1", 1, 0, {3}}}, kT0);
   auto fx = c.handle(VehicleMessageEvent{"v1", hello("v1", "b")}, kT0 + 10);
   EXPECT_EQ(effects_of<CoordinatorLogEffect>(fx)[0].what, "vehicle_restarted");
-  // Placed again at once, here on the same (restarted, still eligible) car.
+  // The old instance's report says nothing of the new one: nothing is placed
+  // on it until it reports its own state, and then at once.
+  EXPECT_TRUE(assigns(fx).empty());
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 11)}, kT0 + 11);
   auto a = assigns(fx);
   ASSERT_EQ(a.size(), 1u);
   EXPECT_EQ(a[0].attempt, 2u);
   EXPECT_EQ(a[0].produced_ids, std::vector<int32_t>({3}));
+}
+
+// A restarted agent may already run something this coordinator counted as
+// lost (an assignment that reached the new instance before its hello). It
+// answers "busy"; the coordinator waits for its report to stop naming that
+// job instead of asking again at once, which would use up the next job's
+// attempts in a few round trips.
+TEST(CoordinatorMachine, AVehicleThatSaysBusyIsNotAskedAgainUntilItIsFree) {
+  CoordinatorMachine c(config());
+  join(&c, "v1", kT0);
+  c.handle(SubmitJobEvent{"j1", spec()}, kT0);
+  c.handle(SubmitJobEvent{"j2", spec()}, kT0);
+  c.handle(VehicleMessageEvent{"v1", StartedMessage{"j1", 1}}, kT0);
+  // A new instance: j1's attempt is lost, though the new agent runs it.
+  auto fx = c.handle(VehicleMessageEvent{"v1", hello("v1", "b")}, kT0 + 1);
+  EXPECT_TRUE(assigns(fx).empty());
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 2, "j1", 1)}, kT0 + 2);
+  EXPECT_TRUE(assigns(fx).empty()) << "it reports j1 running";
+  // Its report says idle, but a stale one: the car is given j1 again and says busy.
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 3)}, kT0 + 3);
+  auto a = assigns(fx);
+  ASSERT_EQ(a.size(), 1u);
+  fx = c.handle(VehicleMessageEvent{"v1", FailedMessage{a[0].job_id, a[0].attempt, "vehicle v1 is busy with job j1"}},
+                kT0 + 4);
+  EXPECT_TRUE(assigns(fx).empty()) << "asked again at once";
+  // The report the agent sends with its refusal names what it runs.
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 4, "j1", 1)}, kT0 + 4);
+  EXPECT_TRUE(assigns(fx).empty());
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 50, "j1", 1)}, kT0 + 50);
+  EXPECT_TRUE(assigns(fx).empty());
+  // Free: asked again, and the refusal cost the job one attempt of eight.
+  fx = c.handle(VehicleMessageEvent{"v1", state("v1", true, kT0 + 60)}, kT0 + 60);
+  a = assigns(fx);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0].job_id, "j1");
+  EXPECT_EQ(c.job("j1")->job.state(), JobState::kAssigned);
+  EXPECT_EQ(c.job("j1")->job.attempts().size(), 3u);
+  EXPECT_EQ(c.job("j2")->job.state(), JobState::kQueued);
 }
 
 TEST(CoordinatorMachine, AsksAnUnknownVehicleForAHelloAtMostOncePerGap) {

@@ -74,6 +74,11 @@ idlefleet_layer(idlefleet_agent IDLEFLEET_AGENT_SOURCES)
 target_link_libraries(idlefleet_agent ${idlefleet_agent_scope} idlefleet_core idlefleet_engine idlefleet_transport
   PkgConfig::SODIUM CURL::libcurl)
 
+# Offline simulations with the real policy and money code (sim/vehicle_month.h).
+file(GLOB IDLEFLEET_SIM_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/sim/*.cc)
+idlefleet_layer(idlefleet_sim IDLEFLEET_SIM_SOURCES)
+target_link_libraries(idlefleet_sim ${idlefleet_sim_scope} idlefleet_core idlefleet_agent)
+
 file(GLOB IDLEFLEET_COORDINATOR_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/coordinator/*.cc)
 idlefleet_layer(idlefleet_coordinator IDLEFLEET_COORDINATOR_SOURCES)
 target_link_libraries(idlefleet_coordinator ${idlefleet_coordinator_scope} idlefleet_core idlefleet_store idlefleet_transport

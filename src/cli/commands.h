@@ -37,6 +37,9 @@ void add_admin(CLI::App& app);
 // `idlefleet ledger verify|balances|statement|payouts|deposit|credit-limit`
 void add_ledger(CLI::App& app);
 
+// `idlefleet sim month`: one simulated vehicle's month, hours to earnings
+void add_sim(CLI::App& app);
+
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.
 struct CommandError {

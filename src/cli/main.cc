@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   idlefleet::cli::add_demo(app);
   idlefleet::cli::add_admin(app);
   idlefleet::cli::add_ledger(app);
+  idlefleet::cli::add_sim(app);
 
   try {
     app.parse(argc, argv);

@@ -75,6 +75,7 @@ void AgentMachine::track_stay(TimeMs now) {
 
 void AgentMachine::evaluate(TimeMs now, std::vector<AgentEffect>* out) {
   track_stay(now);
+  roll_wear_month(now);
   EligibilityInputs in;
   in.signals = signals_;
   in.policy = config_.policy;
@@ -183,8 +184,15 @@ void AgentMachine::send_receipt(const std::string& outcome, TimeMs now, std::vec
   r.wear_micro_hours = static_cast<uint64_t>(std::ceil(std::min(a.meter.wear_hours * 1e6, 1e15) - 1e-9));
   r.started_at = a.started_at;
   r.ended_at = std::max(now, a.started_at);
+  roll_wear_month(now);
   if (a.meter.wear_hours > 0.0) wear_used_hours_ = std::min(wear_used_hours_ + a.meter.wear_hours, kWearUsedHoursMax);
   out->push_back(SendEffect{std::move(r)});
+}
+
+void AgentMachine::roll_wear_month(TimeMs now) {
+  const int64_t month = local_month_index(now, config_.utc_offset_minutes);
+  if (wear_month_ && *wear_month_ != month) wear_used_hours_ = 0.0;
+  wear_month_ = month;
 }
 
 void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out) {
@@ -331,6 +339,7 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
     config_.models_cached = e->models;
     last_hello_sent_ = -1;  // tell the coordinator now
   } else if (const auto* e = std::get_if<WearEvent>(&event)) {
+    roll_wear_month(now);
     if (e->wear_hours > 0.0 && e->wear_hours < kWearUsedHoursMax) {
       wear_used_hours_ = std::min(wear_used_hours_ + e->wear_hours, kWearUsedHoursMax);
     }

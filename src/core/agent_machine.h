@@ -32,7 +32,7 @@
 // ReceiptMessage with those figures, the token counts and the SHA-256 of the
 // job's output so far is sent (unsigned: the shell signs it, and fills in
 // the model's hash, before it goes out), and the wear counts against the
-// owner's monthly wear budget.
+// owner's wear budget for the local calendar month (from zero each month).
 //
 // No I/O, no clock: `now` is an argument. Thread-safety: one thread at a time.
 #pragma once
@@ -241,7 +241,11 @@ class AgentMachine {
 
   AgentConfig config_;
   VehicleSignals signals_;
+  // Wear counted against the owner's budget in the local calendar month
+  // wear_month_ (local_month_index); a new month starts from zero.
   double wear_used_hours_ = 0.0;
+  std::optional<int64_t> wear_month_;
+  void roll_wear_month(TimeMs now);
   DeparturePredictor predictor_;
   std::optional<TimeMs> parked_since_;
   std::optional<double> soc_at_leaving_;    // SoC when the current drive began

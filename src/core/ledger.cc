@@ -74,35 +74,6 @@ bool posting_kind_allowed(std::string_view txn_kind, std::string_view posting_ki
   return false;
 }
 
-// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-// days_from_civil), and back.
-int64_t days_from_civil(int64_t y, int m, int d) {
-  y -= m <= 2 ? 1 : 0;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-struct Civil {
-  int64_t year;
-  int month;
-  int day;
-};
-
-Civil civil_from_days(int64_t z) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  const int d = static_cast<int>(doy - (153 * mp + 2) / 5 + 1);
-  const int m = static_cast<int>(mp < 10 ? mp + 3 : mp - 9);
-  return {yoe + era * 400 + (m <= 2 ? 1 : 0), m, d};
-}
-
 std::string two_digits(int64_t v) { return (v < 10 ? "0" : "") + std::to_string(v); }
 
 // The instant after `t` at which the tariff's price may next change: the
@@ -583,7 +554,7 @@ std::string iso8601_utc(TimeMs t) {
   DCHECK(t >= 0);
   const int64_t days = t / kDayMs;
   const int64_t ms_of_day = t % kDayMs;
-  const Civil c = civil_from_days(days);
+  const CivilDate c = civil_from_days(days);
   const int64_t s = ms_of_day / 1000;
   return std::to_string(c.year) + "-" + two_digits(c.month) + "-" + two_digits(c.day) + "T" + two_digits(s / 3600) +
          ":" + two_digits(s / 60 % 60) + ":" + two_digits(s % 60) + "Z";

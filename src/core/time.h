@@ -41,6 +41,20 @@ struct LocalTime {
 // REQUIRES: utc_offset_minutes within [kUtcOffsetMinutesMin, kUtcOffsetMinutesMax].
 LocalTime to_local(TimeMs t, int utc_offset_minutes);
 
+// The proleptic Gregorian calendar: days since 1970-01-01 of a date, and back
+// (H. Hinnant's algorithms). month 1..12, day 1..31.
+struct CivilDate {
+  int64_t year = 1970;
+  int month = 1;
+  int day = 1;
+};
+int64_t days_from_civil(int64_t year, int month, int day);
+CivilDate civil_from_days(int64_t days);
+
+// The local calendar month of `t`, as year * 12 + (month - 1): what a monthly
+// budget counts within. REQUIRES: the offset within range.
+int64_t local_month_index(TimeMs t, int utc_offset_minutes);
+
 // The first instant at or after `t` whose local minute of week is
 // `minute_of_week` (0 .. kMinutesPerWeek - 1).
 TimeMs next_local_minute_of_week(TimeMs t, int utc_offset_minutes, int minute_of_week);

@@ -318,4 +318,40 @@ TEST_F(Cli, AdminKeysRefuseGarbage) {
   EXPECT_NE(r.output.find("no key 'key_000000000000000000000000'"), std::string::npos) << r.output;
 }
 
+// `idlefleet sim month`: a month of one simulated vehicle, as text, JSON and
+// CSV that agree; garbage flags are usage errors naming the flag.
+TEST_F(Cli, SimMonthReportsTheSameMonthInEveryFormat) {
+  const Ran text = run("sim month --days 3");
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("net for the owner"), std::string::npos) << text.output;
+  const Ran js = run("sim month --days 3 --format json");
+  ASSERT_EQ(js.exit_code, 0) << js.output;
+  const nlohmann::json j = nlohmann::json::parse(js.output, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << js.output;
+  EXPECT_EQ(j["days"], 3);
+  EXPECT_EQ(j["by_day"].size(), 3u);
+  const std::string net = j["total"]["net_after_electricity"].get<std::string>();
+  const Ran csv = run("sim month --days 3 --format csv");
+  ASSERT_EQ(csv.exit_code, 0) << csv.output;
+  EXPECT_NE(csv.output.find("\ntotal,"), std::string::npos) << csv.output;
+  EXPECT_EQ(csv.output.substr(csv.output.rfind(',') + 1), net + "\n") << csv.output;
+  EXPECT_EQ(std::count(csv.output.begin(), csv.output.end(), '\n'), 5);  // header, 3 days, total
+  // The whole month by default, and a time-of-use tariff.
+  const Ran month = run("sim month --month 2027-02 --tariff 00:00=0.10,07:00=0.35,23:00=0.10 --format json");
+  ASSERT_EQ(month.exit_code, 0) << month.output;
+  EXPECT_EQ(nlohmann::json::parse(month.output)["days"], 28);
+
+  for (const std::string args :
+       {"sim month --days 0", "sim month --days 367", "sim month --days x", "sim month --month 2026-13",
+        "sim month --month junk", "sim month --tariff -1", "sim month --tariff 25:00=0.1", "sim month --tariff 00:00=x",
+        "sim month --tariff 07:00=0.1", "sim month --price-in abc", "sim month --price-out 1e9",
+        "sim month --owner-share 101", "sim month --tokens-per-second 0", "sim month --accelerator gpu",
+        "sim month --format xml", "sim month --soc-floor -5", "sim month --utc-offset 99999", "sim month --frob",
+        "sim"}) {
+    const Ran r = run(args);
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("net for the owner"), std::string::npos) << args;
+  }
+}
+
 }  // namespace

@@ -76,6 +76,34 @@ TEST(AgentMachine, IntroducesItselfAndReportsEligibility) {
   EXPECT_EQ(sent<StateMessage>(fx)[0].state, "eligible");
 }
 
+// The wear budget is the owner's for each local calendar month: used up, the
+// car stops serving until the month turns, and then starts from zero.
+TEST(AgentMachine, TheWearBudgetStartsAgainEachCalendarMonth) {
+  AgentConfig c = config();
+  c.policy.wear_budget_hours_per_month = 2.0;
+  c.utc_offset_minutes = 60;
+  const TimeMs jan31 = days_from_civil(2027, 1, 31) * kDayMs + 12 * kHourMs;  // local 13:00
+  AgentMachine a(c);
+  a.handle(SignalsEvent{parked_signals(jan31)}, jan31);
+  EXPECT_TRUE(a.decision().eligible);
+  a.handle(WearEvent{2.5}, jan31 + 1);
+  EXPECT_FALSE(a.decision().eligible);
+  ASSERT_FALSE(a.decision().reasons.empty());
+  // 23:59 local, still January.
+  const TimeMs late = days_from_civil(2027, 1, 31) * kDayMs + 22 * kHourMs + 59 * kMinuteMs;
+  a.handle(SignalsEvent{parked_signals(late)}, late);
+  EXPECT_FALSE(a.decision().eligible);
+  // 00:00 local on 1 February (23:00 UTC on 31 January): a new month.
+  const TimeMs feb1 = days_from_civil(2027, 1, 31) * kDayMs + 23 * kHourMs;
+  EXPECT_EQ(local_month_index(feb1, 60), 2027 * 12 + 1);
+  a.handle(SignalsEvent{parked_signals(feb1)}, feb1);
+  EXPECT_TRUE(a.decision().eligible);
+  a.handle(WearEvent{1.0}, feb1 + 1);
+  EXPECT_TRUE(a.decision().eligible) << "1 h of a 2 h budget";
+  a.handle(WearEvent{1.0}, feb1 + 2);
+  EXPECT_FALSE(a.decision().eligible);
+}
+
 TEST(AgentMachine, SaysHelloAgainWhenAskedAtMostOncePerGap) {
   AgentMachine a(config());
   a.handle(SignalsEvent{parked_signals(kT0)}, kT0);

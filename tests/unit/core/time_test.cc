@@ -41,4 +41,27 @@ TEST(CoreTime, NextLocalMinuteOfWeek) {
 }
 
 }  // namespace
+TEST(Calendar, DaysAndDatesRoundTripAcrossLeapYearsAndBeforeTheEpoch) {
+  EXPECT_EQ(days_from_civil(1970, 1, 1), 0);
+  EXPECT_EQ(days_from_civil(2000, 3, 1), 11017);
+  EXPECT_EQ(days_from_civil(1969, 12, 31), -1);
+  for (int64_t d = -800000; d <= 800000; d += 37) {
+    const CivilDate c = civil_from_days(d);
+    ASSERT_GE(c.month, 1);
+    ASSERT_LE(c.month, 12);
+    ASSERT_GE(c.day, 1);
+    ASSERT_LE(c.day, 31);
+    ASSERT_EQ(days_from_civil(c.year, c.month, c.day), d);
+  }
+  const CivilDate leap = civil_from_days(days_from_civil(2028, 2, 29));
+  EXPECT_EQ(leap.year, 2028);
+  EXPECT_EQ(leap.month, 2);
+  EXPECT_EQ(leap.day, 29);
+  // The local month: 23:30 UTC on 30 April is May in UTC+01:00.
+  const TimeMs t = days_from_civil(2026, 4, 30) * kDayMs + 23 * kHourMs + 30 * kMinuteMs;
+  EXPECT_EQ(local_month_index(t, 0), 2026 * 12 + 3);
+  EXPECT_EQ(local_month_index(t, 60), 2026 * 12 + 4);
+  EXPECT_EQ(local_month_index(days_from_civil(2026, 1, 1) * kDayMs, -60), 2025 * 12 + 11);
+}
+
 }  // namespace idlefleet::core

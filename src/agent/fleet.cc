@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/identity.h"
+#include "common/identity.h"
 #include "common/check.h"
 #include "common/log_limiter.h"
 #include "engine/session.h"
@@ -106,7 +106,7 @@ struct Fleet::Vehicle {
   std::shared_ptr<const engine::Model> engine_model;
   std::unique_ptr<engine::ThreadPool> engine_pool;
   std::unique_ptr<engine::Context> engine_ctx;
-  Ed25519Keypair key;          // signs the vehicle's receipts (agent/identity.h)
+  Ed25519Keypair key;          // signs the vehicle's receipts (common/identity.h)
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -229,6 +229,10 @@ Status Fleet::init() {
     transport::NatsOptions n;
     n.url = options_.nats_url;
     n.name = "idlefleet-agent " + v->id;
+    // The vehicle's identity is also its NATS user (common/nkey.h): a server
+    // with per-vehicle permissions knows it by this key; one without
+    // authorisation ignores it.
+    n.nkey_identity = v->key;
     auto client = transport::NatsClient::connect(n);
     if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
     v->nats = std::move(*client);

@@ -397,7 +397,18 @@ void NatsClient::unsubscribe(uint64_t id) {
 Status NatsClient::flush(int64_t timeout_ms) {
   natsStatus status = natsConnection_FlushTimeout(connection_, timeout_ms);
   if (status == NATS_OK) return {};
-  return nats_error(ErrorCode::kIo, "NATS flush", status);
+  Unexpected error = nats_error(ErrorCode::kIo, "NATS flush", status);
+  // A connection the server closed says why only here: "Authorization
+  // Violation" for a key it does not know.
+  const char* why = nullptr;
+  if (natsConnection_GetLastError(connection_, &why) != NATS_OK && why != nullptr && *why != '\0' &&
+      error.error.message.find(why) == std::string::npos) {
+    error.error.message += "; the server said: " + std::string(why);
+  }
+  if (const std::string last = last_async_error(); !last.empty() && error.error.message.find(last) == std::string::npos) {
+    error.error.message += "; before that: " + last;
+  }
+  return error;
 }
 
 bool NatsClient::connected() const { return natsConnection_Status(connection_) == NATS_CONN_STATUS_CONNECTED; }

@@ -14,7 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/identity.h"
+#include "common/identity.h"
+#include "common/nkey.h"
 #include "common/check.h"
 #include "common/log_limiter.h"
 #include "engine/session.h"
@@ -64,6 +65,17 @@ core::TokenLogprobs to_wire(const engine::TokenLogprobs& t) {
   return w;
 }
 
+// A connection that fails while the agent sets it up: libnats reports the
+// closed connection, not the server's reason, and the usual reason is a
+// server with per-vehicle permissions that has no user for this key.
+template <class V>
+Unexpected nats_setup_error(const V& v, const Error& e) {
+  return Unexpected(e.code, "vehicle " + v.id + " (NATS user " + nkey_user_public(v.key.public_key) + "): " +
+                                e.message +
+                                ". If the server has per-vehicle permissions, it has no user for this key: enrol the "
+                                "vehicle (idlefleet agent enroll) and reload nats-server's authorisation");
+}
+
 }  // namespace
 
 Status FleetOptions::validate() const {
@@ -106,7 +118,7 @@ struct Fleet::Vehicle {
   std::shared_ptr<const engine::Model> engine_model;
   std::unique_ptr<engine::ThreadPool> engine_pool;
   std::unique_ptr<engine::Context> engine_ctx;
-  Ed25519Keypair key;          // signs the vehicle's receipts (agent/identity.h)
+  Ed25519Keypair key;          // signs the vehicle's receipts (common/identity.h)
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -229,6 +241,10 @@ Status Fleet::init() {
     transport::NatsOptions n;
     n.url = options_.nats_url;
     n.name = "idlefleet-agent " + v->id;
+    // The vehicle's identity is also its NATS user (common/nkey.h): a server
+    // with per-vehicle permissions knows it by this key; one without
+    // authorisation ignores it.
+    n.nkey_identity = v->key;
     auto client = transport::NatsClient::connect(n);
     if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
     v->nats = std::move(*client);
@@ -257,21 +273,21 @@ Status Fleet::init() {
       item.event = core::CoordinatorMessageEvent{std::move(*m)};
       post(std::move(item));
     });
-    if (!sub) return Unexpected(sub.error());
+    if (!sub) return nats_setup_error(*v, sub.error());
     if (options_.source == SignalSourceKind::kNats) {
       auto s = v->nats->subscribe(core::vss_subject(v->id),
                                   [this, index](std::string_view, std::string_view data) { on_vss(index, data); });
-      if (!s) return Unexpected(s.error());
+      if (!s) return nats_setup_error(*v, s.error());
     }
     if (options_.sim_control && v->sim) {
       auto s = v->nats->subscribe(core::sim_subject(v->id),
                                   [this, index](std::string_view, std::string_view data) { on_sim(index, data); });
-      if (!s) return Unexpected(s.error());
+      if (!s) return nats_setup_error(*v, s.error());
     }
     vehicles_.push_back(std::move(v));
   }
   for (auto& v : vehicles_) {
-    if (auto st = v->nats->flush(); !st) return Unexpected(st.error());
+    if (auto st = v->nats->flush(); !st) return nats_setup_error(*v, st.error());
   }
   loop_thread_ = std::thread([this] { loop(); });
   return {};

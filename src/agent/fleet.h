@@ -65,7 +65,8 @@ struct FleetOptions {
   core::OwnerPolicy policy;               // every vehicle's owner policy
   std::string cache_dir = "idlefleet-cache";
   // Each vehicle's Ed25519 key, <key_dir>/<vehicle id>.key, made on first
-  // start (agent/identity.h). "": <cache_dir>/keys.
+  // start (common/identity.h). "": <cache_dir>/keys. It signs receipts and
+  // is the vehicle's NATS user (an NKey) on a server with permissions.
   std::string key_dir;
   uint64_t cache_bytes_max = uint64_t{16} << 30;
   int64_t tick_ms = 10;                   // wall

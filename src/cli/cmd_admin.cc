@@ -1,7 +1,9 @@
 // `idlefleet admin keys create|list|revoke`: client API keys in
 // <data_dir>/keys.db (store/key_store.h), the file a running coordinator
 // rereads within a second (coordinator/api_keys.h), so a key made or revoked
-// here takes effect without a restart.
+// here takes effect without a restart. `idlefleet admin owners` makes owner
+// accounts; `idlefleet admin nats-config` writes nats-server's per-vehicle
+// authorisation (coordinator/nats_auth.h).
 //
 // The data directory is --data-dir, or the data_dir of --config FILE, or the
 // coordinator's default (idlefleet-data). A secret is printed once, by
@@ -23,7 +25,10 @@
 
 #include "cli/commands.h"
 #include "cli/data_location.h"
+#include "common/identity.h"
 #include "common/money.h"
+#include "coordinator/config.h"
+#include "coordinator/nats_auth.h"
 #include "store/key_store.h"
 #include "store/vehicle_store.h"
 
@@ -181,10 +186,30 @@ void list_owners(const DataLocation& where) {
   }
 }
 
+struct NatsConfigFlags {
+  DataLocation where;
+  std::string output;
+};
+
+// `idlefleet admin nats-config -o FILE`: the nats-server authorisation for
+// the coordinator and every enrolled vehicle (coordinator/nats_auth.h). Makes
+// the coordinator's key in its data directory if the coordinator has not run
+// yet, so that nats-server can know it before the coordinator first connects.
+void write_nats_config(const NatsConfigFlags& f) {
+  auto store = open_vehicle_store(f.where);
+  const std::string data_dir = fs::path(data_file(f.where, "vehicles.sqlite3")).parent_path().string();
+  auto key = load_or_create_key(coordinator::coordinator_key_path(data_dir));
+  if (!key) throw CommandError{key.error().message};
+  auto written = coordinator::write_nats_authorization(f.output, key->public_key, *store);
+  if (!written) throw CommandError{written.error().message};
+  std::printf("wrote %s: the coordinator and %zu enrolled vehicle%s\n", f.output.c_str(), *written,
+              *written == 1 ? "" : "s");
+}
+
 }  // namespace
 
 void add_admin(CLI::App& app) {
-  CLI::App* admin = app.add_subcommand("admin", "Administration: client API keys and owners");
+  CLI::App* admin = app.add_subcommand("admin", "Administration: client API keys, owners, NATS authorisation");
   admin->require_subcommand(1);
   CLI::App* owners = admin->add_subcommand("owners", "Owner accounts: create, list");
   owners->require_subcommand(1);
@@ -198,6 +223,25 @@ void add_admin(CLI::App& app) {
   CLI::App* owner_list = owners->add_subcommand("list", "Every owner with the number of vehicles enrolled");
   add_data_location(*owner_list, *ol);
   owner_list->callback([ol] { list_owners(*ol); });
+
+  auto nc = std::make_shared<NatsConfigFlags>();
+  CLI::App* nats_config = admin->add_subcommand(
+      "nats-config", "Write nats-server's authorisation: the coordinator and each enrolled vehicle as NKey users");
+  add_data_location(*nats_config, nc->where);
+  nats_config->add_option("-o,--output", nc->output, "The file to write (mode 0600, replaced atomically)")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v.empty() || v.size() > coordinator::kPathBytesMax) return "the file name must be 1 to 4096 bytes";
+            for (char ch : v) {
+              const auto u = static_cast<unsigned char>(ch);
+              if (u < 0x20 || u == 0x7f) return "the file name must not contain control characters";
+            }
+            if (fs::is_directory(v)) return "'" + v + "' is a directory";
+            return "";
+          },
+          "FILE"));
+  nats_config->callback([nc] { write_nats_config(*nc); });
 
   CLI::App* keys = admin->add_subcommand("keys", "Client API keys: create, list, revoke");
   keys->require_subcommand(1);

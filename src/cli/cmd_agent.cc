@@ -9,7 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/fleet.h"
-#include "agent/identity.h"
+#include "common/identity.h"
+#include "common/nkey.h"
 #include "cli/agent_flags.h"
 #include "cli/commands.h"
 #include "common/crypto.h"
@@ -159,7 +160,7 @@ void enrol(const EnrolFlags& f) {
   const std::string key_dir =
       f.key_dir.empty() ? (std::filesystem::path(f.cache_dir) / "keys").string() : f.key_dir;
   const std::string key_path = (std::filesystem::path(key_dir) / (f.vehicle_id + ".key")).string();
-  auto key = agent::load_or_create_key(key_path);
+  auto key = load_or_create_key(key_path);
   if (!key) throw CommandError{key.error().message};
   const std::string body = nlohmann::json{{"code", f.code}, {"vehicle_id", f.vehicle_id},
                                           {"public_key", to_hex(key->public_key)}}
@@ -190,6 +191,9 @@ void enrol(const EnrolFlags& f) {
   }
   std::printf("enrolled %s to owner %s (key %s)\n", f.vehicle_id.c_str(),
               j.is_object() ? j.value("owner_id", "?").c_str() : "?", key_path.c_str());
+  // The key is the vehicle's NATS user too: `idlefleet agent` presents it
+  // with the same --key-dir (or --cache-dir).
+  std::printf("NATS user %s\n", nkey_user_public(key->public_key).c_str());
 }
 
 }  // namespace

@@ -131,7 +131,7 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "vehicles", "ledger", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "vehicles", "ledger", "nats", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -202,6 +202,17 @@ class Reader {
                                  c.energy_tariff_micros_per_kwh));
       IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "wear_micros_per_accelerator_hour", kWearMicrosPerHourRange,
                                  c.wear_micros_per_accelerator_hour));
+    }
+    const toml::table* nats = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "nats", nats));
+    if (nats != nullptr) {
+      IF_RETURN_IF_ERROR(only_keys(*nats, "nats", {"authorization_file", "server_pid_file"}));
+      IF_RETURN_IF_ERROR(text(*nats, "nats", "authorization_file", kPathBytesMax, c.nats_authorization_file));
+      IF_RETURN_IF_ERROR(text(*nats, "nats", "server_pid_file", kPathBytesMax, c.nats_server_pid_file));
+      if (!c.nats_server_pid_file.empty() && c.nats_authorization_file.empty()) {
+        return error(ErrorCode::kInvalidArgument,
+                     "nats.server_pid_file is set without nats.authorization_file: there is nothing to reload");
+      }
     }
     return models(root, c.models);
   }
@@ -319,6 +330,16 @@ class Reader {
 
 Status CoordinatorConfig::validate() const {
   IF_RETURN_IF_ERROR(check_fields(*this, ""));
+  if (!nats_authorization_file.empty()) {
+    IF_RETURN_IF_ERROR(check_text("nats.authorization_file", "", nats_authorization_file, kPathBytesMax));
+  }
+  if (!nats_server_pid_file.empty()) {
+    if (nats_authorization_file.empty()) {
+      return Unexpected(ErrorCode::kInvalidArgument,
+                        "nats.server_pid_file is set without nats.authorization_file: there is nothing to reload");
+    }
+    IF_RETURN_IF_ERROR(check_text("nats.server_pid_file", "", nats_server_pid_file, kPathBytesMax));
+  }
   // A lease must span ticks, or leases would expire between two looks at them.
   if (tick_ms >= lease_ms) {
     return Unexpected(ErrorCode::kInvalidArgument, "jobs.tick_ms (" + std::to_string(tick_ms) +

@@ -29,6 +29,9 @@
 //   owner_share_ppm = 600000             # owners' share of the price, parts per million
 //   energy_tariff_micros_per_kwh = 250000  # energy refunded per kWh metered
 //   wear_micros_per_accelerator_hour = 50000  # per weighted accelerator-hour
+//   [nats]                               # per-vehicle NATS credentials (coordinator/nats_auth.h)
+//   authorization_file = ""              # rewritten at start and after each enrolment
+//   server_pid_file = ""                 # nats-server's pid_file: SIGHUP it after each rewrite
 //   [[models]]                           # one entry per GGUF file served
 //   id = "stories15M"
 //   path = "models/stories15M.gguf"
@@ -132,6 +135,14 @@ struct CoordinatorConfig {
   uint64_t owner_share_ppm = 600'000;              // [ledger]
   uint64_t energy_tariff_micros_per_kwh = 250'000;  // [ledger]: one flat tariff until owners set theirs
   uint64_t wear_micros_per_accelerator_hour = 50'000;  // [ledger]
+  // [nats] authorization_file: "" (the default) leaves nats-server's
+  // authorisation to the operator; a path makes the coordinator write the
+  // fleet's users there (coordinator/nats_auth.h) at start and after every
+  // enrolment. server_pid_file: nats-server's pid file, signalled (SIGHUP)
+  // after each write so that a vehicle just enrolled can connect at once;
+  // only with authorization_file.
+  std::string nats_authorization_file;
+  std::string nats_server_pid_file;
 
   // Every field in its range and the fields consistent with each other
   // (tick_ms < lease_ms, max_tokens_default <= max_tokens_limit, model ids

@@ -18,6 +18,8 @@
 
 #include "common/check.h"
 #include "common/crypto.h"
+#include "common/identity.h"
+#include "common/nkey.h"
 #include "core/ledger.h"
 #include "common/log_limiter.h"
 #include "coordinator/api_keys.h"
@@ -29,6 +31,7 @@
 #include "engine/stop_strings.h"
 #include "coordinator/batch.h"
 #include "coordinator/multipart.h"
+#include "coordinator/nats_auth.h"
 #include "store/file_store.h"
 #include "engine/tokenizer.h"
 #include "store/job_store.h"
@@ -327,6 +330,9 @@ struct CoordinatorServer::Impl {
   std::unique_ptr<store::VehicleStore> vehicle_store;
   std::map<std::string, Ed25519PublicKey> vehicle_keys;
   std::map<std::string, std::string> vehicle_owners;  // "" until enrolled
+  // The coordinator's own Ed25519 key (<data_dir>/keys/coordinator.key): its
+  // NATS user on a server with per-vehicle permissions.
+  Ed25519Keypair identity;
   // The ledger (loop thread), and the jobs that finished done waiting for
   // the receipts of their attempts before they settle.
   std::unique_ptr<store::LedgerStore> ledger;
@@ -543,9 +549,25 @@ struct CoordinatorServer::Impl {
     settle_sweep();
     publish_status(wall_ms());
 
+    auto key = load_or_create_key(coordinator_key_path(config.data_dir));
+    if (!key) return Unexpected(key.error());
+    identity = *key;
+    if (!config.nats_authorization_file.empty()) {
+      // A file that cannot be written stops the start: the operator asked
+      // for it, and vehicles enrolled since the last run could not connect.
+      auto written = write_nats_authorization(config.nats_authorization_file, identity.public_key, *vehicle_store);
+      if (!written) {
+        return Unexpected(written.error().code, "nats.authorization_file: " + written.error().message);
+      }
+      log("wrote the NATS authorisation for " + std::to_string(*written) + " vehicles to " +
+          config.nats_authorization_file);
+      reload_nats();
+    }
+
     transport::NatsOptions n;
     n.url = config.nats_url;
     n.name = "idlefleet-coordinator";
+    n.nkey_identity = identity;
     auto client = transport::NatsClient::connect(n);
     if (!client) return Unexpected(client.error().code, "NATS at " + config.nats_url + ": " + client.error().message);
     nats = std::move(*client);
@@ -2013,11 +2035,40 @@ struct CoordinatorServer::Impl {
       vehicle_owners[v->vehicle_id] = v->owner_id;
       count_event("enrolled", "vehicle " + v->vehicle_id + " enrolled to " + v->owner_id);
       (void)now;
-      x->respond(json_response(200, json{{"vehicle_id", v->vehicle_id}, {"owner_id", v->owner_id},
-                                         {"pinned_at", v->pinned_at}}
+      const Ed25519PublicKey vehicle_key = *from_hex<32>(v->public_key);
+      update_nats_authorization();
+      x->respond(json_response(200, json{{"vehicle_id", v->vehicle_id},
+                                         {"owner_id", v->owner_id},
+                                         {"pinned_at", v->pinned_at},
+                                         {"nats_user", nkey_user_public(vehicle_key)}}
                                         .dump()));
     };
     if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
+  }
+
+  // Rewrites [nats] authorization_file with every enrolled vehicle and has
+  // nats-server reload it (loop thread). A failure is logged and counted,
+  // not returned: the enrolment itself stands, and the next one (or a
+  // restart) writes the file again.
+  void update_nats_authorization() {
+    if (config.nats_authorization_file.empty()) return;
+    auto written = write_nats_authorization(config.nats_authorization_file, identity.public_key, *vehicle_store);
+    if (!written) {
+      metrics.counter("idlefleet_nats_authorization_failures_total",
+                      "Failed rewrites of nats.authorization_file or reloads of nats-server").inc();
+      log("cannot write nats.authorization_file: " + written.error().message);
+      return;
+    }
+    reload_nats();
+  }
+
+  void reload_nats() {
+    if (config.nats_server_pid_file.empty()) return;
+    if (auto st = signal_nats_reload(config.nats_server_pid_file); !st) {
+      metrics.counter("idlefleet_nats_authorization_failures_total",
+                      "Failed rewrites of nats.authorization_file or reloads of nats-server").inc();
+      log("cannot make nats-server reload its authorisation: " + st.error().message);
+    }
   }
 
   void owner_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x) {

@@ -8,9 +8,13 @@
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <utility>
 #include <vector>
+
+#include "common/nkey.h"
 
 namespace idlefleet::transport {
 namespace detail {
@@ -38,6 +42,11 @@ struct NatsConnectionEvents {
   std::function<void()> on_disconnected;
   std::function<void()> on_reconnected;
   bool closed = false;  // the closed callback ran: libnats will not touch us again
+  uint64_t async_errors = 0;
+  std::string last_async_error;
+  // Set before connecting and never changed: the signature callback reads it
+  // without the lock.
+  std::optional<Ed25519Keypair> nkey_identity;
 };
 
 }  // namespace detail
@@ -144,6 +153,41 @@ void on_reconnected(natsConnection*, void* closure) {
   run_event(static_cast<Events*>(closure), &Events::on_reconnected);
 }
 
+// The server reported an error and kept the connection (libnats' shared
+// callback thread).
+void on_async_error(natsConnection* connection, natsSubscription*, natsStatus status, void* closure) {
+  auto* events = static_cast<Events*>(closure);
+  // libnats hands this error's own text to the callback's thread; the
+  // connection's last error may already be a later one.
+  const char* text = nats_GetLastError(nullptr);
+  if (text == nullptr || *text == '\0') (void)natsConnection_GetLastError(connection, &text);
+  std::string what = text != nullptr && *text != '\0' ? text : natsStatus_GetText(status);
+  // A refused publish or subscription is a misconfiguration (or a vehicle
+  // trying what it may not): say so, as libnats' own handler would have.
+  if (status == NATS_NOT_PERMITTED) std::fprintf(stderr, "idlefleet: NATS: %s\n", what.c_str());
+  std::lock_guard lock(events->mutex);
+  ++events->async_errors;
+  events->last_async_error = std::move(what);
+}
+
+// Signs the server's nonce with the connection's key, on the connection's own
+// thread. libnats frees the signature.
+natsStatus sign_nonce(char** /*custom_error*/, unsigned char** signature, int* signature_length, const char* nonce,
+                      void* closure) {
+  const auto* events = static_cast<const Events*>(closure);
+  if (!events->nkey_identity) return NATS_ERR;
+  // libnats asks even when the server sent no nonce (a server without
+  // authorisation); it then ignores what we send, so sign nothing.
+  const Ed25519Signature sig =
+      ed25519_sign(events->nkey_identity->secret_key, nonce != nullptr ? std::string_view(nonce) : std::string_view());
+  auto* out = static_cast<unsigned char*>(std::malloc(sig.size()));
+  if (out == nullptr) return NATS_NO_MEMORY;
+  std::memcpy(out, sig.data(), sig.size());
+  *signature = out;
+  *signature_length = static_cast<int>(sig.size());
+  return NATS_OK;
+}
+
 void on_closed(natsConnection*, void* closure) {
   auto* events = static_cast<Events*>(closure);
   // Notify under the lock: the destructor frees `events` as soon as it can
@@ -221,6 +265,12 @@ Result<std::unique_ptr<NatsClient>> NatsClient::connect(NatsOptions options) {
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetDisconnectedCB(o, on_disconnected, events), "NATS: callbacks"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetReconnectedCB(o, on_reconnected, events), "NATS: callbacks"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetClosedCB(o, on_closed, events), "NATS: callbacks"));
+  IF_RETURN_IF_ERROR(check_nats(natsOptions_SetErrorHandler(o, on_async_error, events), "NATS: callbacks"));
+  if (options.nkey_identity) {
+    events->nkey_identity = options.nkey_identity;
+    const std::string user = nkey_user_public(options.nkey_identity->public_key);
+    IF_RETURN_IF_ERROR(check_nats(natsOptions_SetNKey(o, user.c_str(), sign_nonce, events), "NATS: nkey"));
+  }
   // With a connected callback, a failed first connect is retried in the
   // background instead of blocking here for max_reconnect attempts.
   IF_RETURN_IF_ERROR(check_nats(
@@ -347,7 +397,18 @@ void NatsClient::unsubscribe(uint64_t id) {
 Status NatsClient::flush(int64_t timeout_ms) {
   natsStatus status = natsConnection_FlushTimeout(connection_, timeout_ms);
   if (status == NATS_OK) return {};
-  return nats_error(ErrorCode::kIo, "NATS flush", status);
+  Unexpected error = nats_error(ErrorCode::kIo, "NATS flush", status);
+  // A connection the server closed says why only here: "Authorization
+  // Violation" for a key it does not know.
+  const char* why = nullptr;
+  if (natsConnection_GetLastError(connection_, &why) != NATS_OK && why != nullptr && *why != '\0' &&
+      error.error.message.find(why) == std::string::npos) {
+    error.error.message += "; the server said: " + std::string(why);
+  }
+  if (const std::string last = last_async_error(); !last.empty() && error.error.message.find(last) == std::string::npos) {
+    error.error.message += "; before that: " + last;
+  }
+  return error;
 }
 
 bool NatsClient::connected() const { return natsConnection_Status(connection_) == NATS_CONN_STATUS_CONNECTED; }
@@ -362,6 +423,16 @@ uint64_t NatsClient::dropped_messages() const {
     }
   }
   return total;
+}
+
+uint64_t NatsClient::async_errors() const {
+  std::lock_guard lock(events_->mutex);
+  return events_->async_errors;
+}
+
+std::string NatsClient::last_async_error() const {
+  std::lock_guard lock(events_->mutex);
+  return events_->last_async_error;
 }
 
 void NatsClient::set_connection_callbacks(std::function<void()> on_disconnected,

@@ -31,10 +31,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 
+#include "common/crypto.h"
 #include "common/result.h"
 
 struct __natsConnection;  // libnats' natsConnection, kept out of our headers
@@ -74,6 +76,12 @@ struct NatsOptions {
   // Per subscription: messages waiting for the handler before new ones drop.
   int pending_messages_max = 65536;
   int64_t pending_bytes_max = 64 << 20;
+  // Who connects: with a key, the connection presents it as a NATS NKey
+  // user (common/nkey.h) and signs the nonce the server sends with it, on
+  // every connect and reconnect; the secret never leaves the process. A
+  // server without authorisation sends no nonce and lets the client in all
+  // the same. Empty: connect anonymously.
+  std::optional<Ed25519Keypair> nkey_identity{};
 };
 
 // Receives a message. subject and data are valid only during the call.
@@ -127,6 +135,12 @@ class NatsClient {
   // Messages dropped because a handler fell behind (slow consumer), summed
   // over this client's subscriptions, including ones since unsubscribed.
   uint64_t dropped_messages() const;
+
+  // Errors the server reported on this connection without closing it (a
+  // publish or subscription that the user's permissions refuse, a slow
+  // consumer), how many there were, and the text of the latest.
+  uint64_t async_errors() const;
+  std::string last_async_error() const;
 
   // Sets the functions called when the connection goes down and when it comes
   // back (on_reconnected also runs when a client created before its server

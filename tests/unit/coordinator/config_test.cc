@@ -193,6 +193,39 @@ TEST(CoordinatorConfig, VehiclesAndLedger) {
                {"ledger.energy_tariff_micros_per_kwh at line 2"});
 }
 
+TEST(CoordinatorConfig, NatsAuthorization) {
+  const CoordinatorConfig defaults;
+  EXPECT_TRUE(defaults.nats_authorization_file.empty());  // nothing written unless asked
+  auto r = parse_coordinator_config(
+      "[nats]\nauthorization_file = \"/etc/nats/idlefleet-auth.conf\"\nserver_pid_file = \"/run/nats.pid\"\n", "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->nats_authorization_file, "/etc/nats/idlefleet-auth.conf");
+  EXPECT_EQ(r->nats_server_pid_file, "/run/nats.pid");
+  EXPECT_TRUE(r->validate());
+  r = parse_coordinator_config("[nats]\nauthorization_file = \"auth.conf\"\n", "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_TRUE(r->nats_server_pid_file.empty());
+  expect_error("[nats]\nauthorization_file = 5\n", ErrorCode::kInvalidArgument, {"nats.authorization_file", "line 2"});
+  expect_error("[nats]\nauthorization_file = \"\"\n", ErrorCode::kInvalidArgument, {"nats.authorization_file", "empty"});
+  expect_error("[nats]\nauthorization_file = \"a\\nb\"\n", ErrorCode::kInvalidArgument,
+               {"nats.authorization_file", "control character"});
+  expect_error("[nats]\nauthorization_file = \"" + std::string(5000, 'x') + "\"\n", ErrorCode::kOutOfRange,
+               {"nats.authorization_file"});
+  expect_error("[nats]\nserver_pid_file = \"/run/nats.pid\"\n", ErrorCode::kInvalidArgument,
+               {"nats.server_pid_file", "nats.authorization_file"});
+  expect_error("[nats]\nserver_pid_file = []\nauthorization_file = \"a\"\n", ErrorCode::kInvalidArgument,
+               {"nats.server_pid_file"});
+  expect_error("[nats]\nurl = \"nats://x\"\n", ErrorCode::kInvalidArgument, {"unknown key 'nats.url'"});
+  expect_error("nats = 5\n", ErrorCode::kInvalidArgument, {"nats"});
+  CoordinatorConfig c;
+  c.nats_server_pid_file = "/run/nats.pid";
+  auto st = c.validate();
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("nats.server_pid_file"), std::string::npos) << st.error().message;
+  c.nats_authorization_file = std::string("a\x01b");
+  EXPECT_FALSE(c.validate());
+}
+
 TEST(CoordinatorConfig, FieldsAgainstEachOther) {
   expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
                {"jobs.tick_ms", "jobs.lease_ms"});

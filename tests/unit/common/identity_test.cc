@@ -1,6 +1,6 @@
 // A vehicle's key file: made once with mode 0600, read back the same, and
 // refused when others may read it or it is not a key.
-#include "agent/identity.h"
+#include "common/identity.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
-namespace idlefleet::agent {
+namespace idlefleet {
 namespace {
 
 namespace fs = std::filesystem;
@@ -60,4 +60,4 @@ TEST_F(IdentityTest, AFileOthersMayReadOrThatIsNotAKeyIsRefused) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet

@@ -1,4 +1,4 @@
-#include "agent/identity.h"
+#include "common/identity.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <string_view>
 
-namespace idlefleet::agent {
+namespace idlefleet {
 
 namespace {
 
@@ -86,4 +86,4 @@ Result<Ed25519Keypair> load_or_create_key(const std::string& path) {
   return k;
 }
 
-}  // namespace idlefleet::agent
+}  // namespace idlefleet

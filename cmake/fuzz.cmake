@@ -26,7 +26,7 @@ set(FUZZ_API_SOURCES coordinator/openai.cc engine/stop_strings.cc engine/chat_te
   engine/gguf.cc engine/quant.cc)
 
 idlefleet_fuzz(gguf engine/gguf.cc)
-idlefleet_fuzz(protocol core/protocol.cc common/crypto.cc)
+idlefleet_fuzz(protocol core/protocol.cc core/policy.cc core/signals.cc core/time.cc common/crypto.cc)
 target_link_libraries(fuzz_protocol PRIVATE PkgConfig::SODIUM)
 idlefleet_fuzz(replay agent/replay.cc core/signals.cc)
 idlefleet_fuzz(api_request ${FUZZ_API_SOURCES})

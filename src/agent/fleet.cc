@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/policy_file.h"
 #include "common/identity.h"
 #include "common/nkey.h"
 #include "common/check.h"
@@ -119,6 +120,8 @@ struct Fleet::Vehicle {
   std::unique_ptr<engine::ThreadPool> engine_pool;
   std::unique_ptr<engine::Context> engine_ctx;
   Ed25519Keypair key;          // signs the vehicle's receipts (common/identity.h)
+  std::string policy_path;     // the owner's policy from the coordinator (agent/policy_file.h)
+  std::string policy_saved;    // what that file holds (encode_policy), "" if none: loop thread
   VehicleStatus status;        // guarded by Fleet::mu_
 };
 
@@ -206,7 +209,13 @@ Status Fleet::init() {
     c.vehicle_id = v->id;
     c.public_key = to_hex(v->key.public_key);
     c.instance = options_.instance + "-" + std::to_string(i);
-    c.policy = options_.policy;
+    // The owner's policy, as the coordinator last sent it, wins over the
+    // flags: it is what the owner set last (docs/operations.md).
+    v->policy_path = policy_file_path(key_dir, v->id);
+    auto stored = load_policy_file(v->policy_path);
+    if (!stored) return Unexpected(stored.error().code, "vehicle " + v->id + ": " + stored.error().message);
+    c.policy = stored->value_or(options_.policy);
+    if (*stored) v->policy_saved = core::encode_policy(**stored);
     c.utc_offset_minutes = options_.utc_offset_minutes;
     c.models_cached = cached;
     c.embeddings = true;  // engine_main runs kind "embed"
@@ -398,6 +407,28 @@ std::vector<double> Fleet::preemption_latencies_ms() const {
 
 void Fleet::handle(size_t index, const core::AgentEvent& event) {
   Vehicle& v = *vehicles_[index];
+  const auto* from_coordinator = std::get_if<core::CoordinatorMessageEvent>(&event);
+  const auto* policy = from_coordinator ? std::get_if<core::PolicyMessage>(&from_coordinator->message) : nullptr;
+  if (policy != nullptr && policy->vehicle_id == v.id && policy->policy.validate()) {
+    // Kept before it is in force, so that a restart finds it; a policy the
+    // file already holds (every hello brings it again) is not written again.
+    // The machine decides on it as a PolicyEvent.
+    const std::string text = core::encode_policy(policy->policy);
+    if (text != v.policy_saved) {
+      if (auto st = save_policy_file(v.policy_path, policy->policy); !st) {
+        std::fprintf(stderr, "agent: vehicle %s: %s (the policy is in force until the agent restarts)\n",
+                     v.id.c_str(), st.error().to_string().c_str());
+      } else {
+        v.policy_saved = text;
+      }
+    }
+    core::PolicyEvent e{policy->policy};
+    // A simulated car's owner declares the simulated schedule, as at start.
+    if (e.policy.departures_minute_of_week.empty() && v.sim) {
+      e.policy.departures_minute_of_week = v.sim->declared_departures_minute_of_week();
+    }
+    return handle(index, e);
+  }
   run_effects(index, v.machine->handle(event, sim_now()));
   const core::AgentMachine& m = *v.machine;
   std::lock_guard<std::mutex> lock(mu_);

@@ -7,7 +7,9 @@
 //     that may run faster than real time), a JSONL replay file, or VSS
 //     updates published on NATS by a vehicle gateway (idlefleet.v1.vss.<id>,
 //     JSON {"path": "...", "value": ...} or {"updates": [...]});
-//   - messages from the coordinator on idlefleet.v1.down.<id>;
+//   - messages from the coordinator on idlefleet.v1.down.<id>; a `policy`
+//     message is written to the vehicle's policy file before the machine
+//     gets it as a PolicyEvent;
 //   - the engine: an attempt runs on its own thread, which checks a stop flag
 //     before every token, so a preemption takes at most one token's time
 //     after the machine decides;
@@ -62,7 +64,10 @@ struct FleetOptions {
   double time_scale = 1.0;                // simulated seconds per wall second (1 .. 100000)
   core::TimeMs sim_start = 0;             // 0: the wall clock at start
   int utc_offset_minutes = 0;
-  core::OwnerPolicy policy;               // every vehicle's owner policy
+  // Every vehicle's owner policy until its owner sets one through the
+  // coordinator: that one (kept in <key_dir>/<id>.policy.json,
+  // agent/policy_file.h) wins, at start too.
+  core::OwnerPolicy policy;
   std::string cache_dir = "idlefleet-cache";
   // Each vehicle's Ed25519 key, <key_dir>/<vehicle id>.key, made on first
   // start (common/identity.h). "": <cache_dir>/keys. It signs receipts and

@@ -126,7 +126,8 @@ void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
   cmd->add_option("--cache-dir", f->cache_dir, "Model cache directory")->capture_default_str();
   cmd->add_option("--key-dir", f->key_dir,
                   "Where each vehicle's signing key lives (<id>.key, mode 0600, made on first start; "
-                  "default <cache-dir>/keys)");
+                  "default <cache-dir>/keys), and the owner's policy from the coordinator (<id>.policy.json), "
+                  "which replaces the policy flags once received");
   cmd->add_option("--cache-mb", f->cache_mb, "Model cache size cap (MiB)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
   cmd->add_option("--chunk-us", f->chunk_us,

@@ -1785,10 +1785,14 @@ struct CoordinatorServer::Impl {
           }
           clients[id] = std::move(item.client);
         }
-        if (auto* m = std::get_if<core::VehicleMessageEvent>(&item.event); m != nullptr && !trust_vehicle(*m, now)) {
-          continue;
-        }
+        const auto* from_vehicle = std::get_if<core::VehicleMessageEvent>(&item.event);
+        if (from_vehicle != nullptr && !trust_vehicle(*from_vehicle, now)) continue;
         apply(machine->handle(item.event, now), now);
+        if (from_vehicle != nullptr) {
+          // Every hello gets the owner's policy, so an agent that restarted has it at once.
+          const auto* hello = std::get_if<core::HelloMessage>(&from_vehicle->message);
+          if (hello != nullptr && hello->vehicle_id == from_vehicle->vehicle_id) send_policy(hello->vehicle_id);
+        }
       }
       items.clear();
       const core::TimeMs now = wall_ms();
@@ -2091,7 +2095,8 @@ struct CoordinatorServer::Impl {
       return x->respond(std::move(resp));
     }
     Item item;
-    item.task = [this, x, token, method = r.method, path = r.path](core::TimeMs now) {
+    item.task = [this, x, token, method = r.method, path = r.path, query = r.query, body = r.body](core::TimeMs now) {
+      (void)now;  // owner routes use the wall clock (wall_ms) as the store does
       auto owner = vehicle_store->owner_by_token(token);
       if (!owner) return x->respond(enrol_error(owner.error()));
       if (!*owner) {
@@ -2122,10 +2127,150 @@ struct CoordinatorServer::Impl {
         return x->respond(json_response(200, json{{"object", "list"}, {"owner_id", o.id}, {"data", list}}.dump(
                                                      -1, ' ', false, json::error_handler_t::replace)));
       }
-      (void)now;
+      if (path == "/v1/owner/statements") {
+        if (method != "GET") return x->respond(owner_method_not_allowed(method, path));
+        return owner_statement(o, query, x);
+      }
+      constexpr std::string_view kVehicles = "/v1/owner/vehicles/";
+      if (path.rfind(kVehicles, 0) == 0) {
+        std::string id = path.substr(kVehicles.size());
+        const bool policy_route = id.ends_with("/policy");
+        if (policy_route) id.resize(id.size() - 7);
+        // Another owner's vehicle is as absent as one that never was.
+        auto record = core::valid_vehicle_id(id) ? vehicle_store->vehicle(id)
+                                                 : Result<std::optional<store::VehicleRecord>>(std::optional<store::VehicleRecord>());
+        if (!record) return x->respond(enrol_error(record.error()));
+        if (!*record || (*record)->owner_id != o.id) {
+          return x->respond(error_response(api_error(
+              404, "invalid_request_error", "you have no vehicle '" + id.substr(0, 128) + "'", "vehicle_not_found")));
+        }
+        if (!policy_route) {
+          if (method != "GET") return x->respond(owner_method_not_allowed(method, path));
+          return owner_vehicle(**record, x);
+        }
+        if (method == "GET") return owner_policy(id, x);
+        if (method == "PUT") return put_owner_policy(id, body, x);
+        return x->respond(owner_method_not_allowed(method, path));
+      }
       x->respond(error_response(api_error(404, "invalid_request_error", "no route for " + method + " " + path)));
     };
     if (!post(std::move(item))) x->respond(error_response(api_error(503, "server_error", "overloaded"), 1));
+  }
+
+  static HttpResponse owner_method_not_allowed(const std::string& method, const std::string& path) {
+    return error_response(api_error(405, "invalid_request_error",
+                                    "method " + method.substr(0, 16) + " not allowed on " + path.substr(0, 200)));
+  }
+
+  // The owner's policy of a vehicle as JSON, or null when the owner has set none.
+  json stored_policy_json(const std::string& vehicle_id, json* updated_at) {
+    auto p = vehicle_store->policy(vehicle_id);
+    if (!p) {
+      log("vehicle store: " + p.error().to_string());
+      return nullptr;
+    }
+    if (!*p) return nullptr;
+    *updated_at = (*p)->updated_at;
+    return json::parse(core::encode_policy((*p)->policy));
+  }
+
+  // GET /v1/owner/vehicles/{id}: live state, eligibility reasons, policy.
+  void owner_vehicle(const store::VehicleRecord& v, const std::shared_ptr<HttpExchange>& x) {
+    auto it = machine->vehicles().find(v.vehicle_id);
+    json entry = it == machine->vehicles().end()
+                     ? json{{"id", v.vehicle_id}, {"online", false}, {"state", "offline"}, {"eligible", false},
+                            {"reasons", json::array()}}
+                     : vehicle_json(it->second);
+    entry["enrolled_at"] = v.pinned_at;
+    json updated_at = nullptr;
+    entry["policy"] = stored_policy_json(v.vehicle_id, &updated_at);
+    entry["policy_updated_at"] = updated_at;
+    x->respond(json_response(200, entry.dump(-1, ' ', false, json::error_handler_t::replace)));
+  }
+
+  // GET /v1/owner/vehicles/{id}/policy
+  void owner_policy(const std::string& vehicle_id, const std::shared_ptr<HttpExchange>& x) {
+    json updated_at = nullptr;
+    json policy = stored_policy_json(vehicle_id, &updated_at);
+    x->respond(json_response(
+        200, json{{"vehicle_id", vehicle_id}, {"policy", policy}, {"updated_at", updated_at}}.dump()));
+  }
+
+  // PUT /v1/owner/vehicles/{id}/policy: the whole policy (absent fields take
+  // their defaults). Stored, then sent to the vehicle at once; every hello
+  // brings it again.
+  void put_owner_policy(const std::string& vehicle_id, const std::string& body, const std::shared_ptr<HttpExchange>& x) {
+    auto policy = core::decode_policy(body);
+    if (!policy) {
+      ApiError e = api_error(400, "invalid_request_error", policy.error().message, "invalid_policy");
+      e.param = policy_param(policy.error().message);
+      return x->respond(error_response(e));
+    }
+    if (auto st = vehicle_store->put_policy(vehicle_id, *policy, wall_ms()); !st) {
+      return x->respond(enrol_error(st.error()));
+    }
+    count_event("policy_set", "the owner set the policy of vehicle " + vehicle_id);
+    send_policy(vehicle_id);
+    owner_policy(vehicle_id, x);
+  }
+
+  // The field a policy error names: "policy field 'tariff.kind' ..." or
+  // "policy: soc_floor_pct 150 is outside ..."; "" when it names none.
+  static std::string policy_param(const std::string& message) {
+    constexpr std::string_view kField = "policy field '";
+    if (message.rfind(kField, 0) == 0) {
+      const size_t end = message.find('\'', kField.size());
+      if (end != std::string::npos) return message.substr(kField.size(), end - kField.size());
+    }
+    constexpr std::string_view kPolicy = "policy: ";
+    if (message.rfind(kPolicy, 0) == 0) {
+      const size_t end = message.find(' ', kPolicy.size());
+      return message.substr(kPolicy.size(), end == std::string::npos ? std::string::npos : end - kPolicy.size());
+    }
+    return {};
+  }
+
+  // The owner's policy of a vehicle to the vehicle, if the owner set one.
+  void send_policy(const std::string& vehicle_id) {
+    auto p = vehicle_store->policy(vehicle_id);
+    if (!p) return log("vehicle store: " + p.error().to_string());
+    if (!*p) return;
+    auto st = nats->publish(core::down_subject(vehicle_id),
+                            core::encode_message(core::PolicyMessage{vehicle_id, (*p)->policy}));
+    if (!st) log("publish to " + vehicle_id + " failed: " + st.error().to_string());
+  }
+
+  // GET /v1/owner/statements?month=YYYY-MM&format=json|csv: the ledger's
+  // statement of the caller's month, as `idlefleet ledger statement` prints it.
+  void owner_statement(const store::Owner& o, const std::string& query, const std::shared_ptr<HttpExchange>& x) {
+    auto bad = [&](const std::string& param, const std::string& message) {
+      ApiError e = api_error(400, "invalid_request_error", message);
+      e.param = param;
+      x->respond(error_response(e));
+    };
+    std::string month_text, format = "json";
+    bool have_month = false;
+    for (const auto& [k, v] : query_pairs(query)) {
+      if (k == "month") {
+        month_text = v;
+        have_month = true;
+      } else if (k == "format") {
+        format = v;
+      } else {
+        return bad(k.substr(0, 64), "unknown parameter '" + k.substr(0, 64) + "' (month, format)");
+      }
+    }
+    if (!have_month) return bad("month", "'month' is required (YYYY-MM, UTC)");
+    auto month = core::parse_month(month_text);
+    if (!month) return bad("month", month.error().message);
+    if (format != "json" && format != "csv") return bad("format", "'format' must be json or csv");
+    auto s = ledger->statement(o.id, month->year, month->month);
+    if (!s) {
+      return x->respond(error_response(api_error(500, "server_error", "the ledger failed: " + s.error().message)));
+    }
+    HttpResponse resp = json_response(200, format == "csv" ? store::statement_csv(*s) : store::statement_json(*s));
+    if (format == "csv") resp.content_type = "text/csv; charset=utf-8";
+    x->respond(std::move(resp));
   }
 
   // ---- Vehicle keys and receipts (loop thread) ----------------------------------------

@@ -248,7 +248,25 @@ void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEff
     }
     return;
   }
+  if (const auto* p = std::get_if<PolicyMessage>(&m)) {
+    if (p->vehicle_id != config_.vehicle_id) {
+      reject("policy for vehicle " + p->vehicle_id + ", not this one", out);
+      return;
+    }
+    apply_policy(p->policy, now, out);
+    return;
+  }
   reject(std::string("unexpected message '") + message_type(m) + "' from the coordinator", out);
+}
+
+void AgentMachine::apply_policy(const OwnerPolicy& policy, TimeMs now, std::vector<AgentEffect>* out) {
+  if (auto st = policy.validate(); !st) {
+    out->push_back(AgentLogEffect{"rejected_policy", st.error().message});
+    return;
+  }
+  config_.policy = policy;
+  // Enforced at once: an attempt the new policy forbids stops in this call.
+  evaluate(now, out);
 }
 
 std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs now) {
@@ -267,7 +285,8 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
   } else if (const auto* e = std::get_if<CoordinatorMessageEvent>(&event)) {
     evaluate(now, &out);  // decide on the freshest view of the car
     on_message(e->message, now, &out);
-    force_state = std::holds_alternative<AssignMessage>(e->message);
+    // A new policy may change the decision: the coordinator hears of it at once.
+    force_state = std::holds_alternative<AssignMessage>(e->message) || std::holds_alternative<PolicyMessage>(e->message);
   } else if (const auto* e = std::get_if<EngineTokensEvent>(&event)) {
     if (!is_current(e->job_id, e->attempt)) {
       reject("engine tokens for job " + e->job_id + " attempt " + std::to_string(e->attempt) + ", not current", &out);
@@ -332,8 +351,7 @@ std::vector<AgentEffect> AgentMachine::handle(const AgentEvent& event, TimeMs no
       force_state = true;
     }
   } else if (const auto* e = std::get_if<PolicyEvent>(&event)) {
-    if (e->policy.validate()) config_.policy = e->policy;
-    else out.push_back(AgentLogEffect{"rejected_policy", e->policy.validate().error().message});
+    apply_policy(e->policy, now, &out);
     force_state = true;
   } else if (const auto* e = std::get_if<CachedModelsEvent>(&event)) {
     config_.models_cached = e->models;

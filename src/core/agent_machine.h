@@ -96,7 +96,8 @@ struct SignalsEvent {
 struct AgentTick {};
 // Connected (or reconnected) to the fabric: introduce ourselves.
 struct ConnectedEvent {};
-// A message from the coordinator (assign or cancel; others are refused).
+// A message from the coordinator (assign, cancel, hello_please, policy;
+// others are refused).
 struct CoordinatorMessageEvent {
   Message message;
 };
@@ -137,7 +138,9 @@ struct EngineFailedEvent {
   uint32_t attempt = 0;
   std::string error;
 };
-// The owner changed the policy (takes effect at once, even mid-job).
+// The owner changed the policy (takes effect at once, even mid-job). The
+// coordinator's PolicyMessage has the same effect: the policy last received,
+// from either, is the one in force.
 struct PolicyEvent {
   OwnerPolicy policy;
 };
@@ -228,6 +231,9 @@ class AgentMachine {
   void evaluate(TimeMs now, std::vector<AgentEffect>* out);
   void track_stay(TimeMs now);
   void on_message(const Message& m, TimeMs now, std::vector<AgentEffect>* out);
+  // A PolicyEvent or a coordinator's PolicyMessage: validated, then in force
+  // (an invalid one is logged and the policy in force kept).
+  void apply_policy(const OwnerPolicy& policy, TimeMs now, std::vector<AgentEffect>* out);
   bool is_current(const std::string& job_id, uint32_t attempt) const;
   void send_state(TimeMs now, std::vector<AgentEffect>* out);
   void send_hello(TimeMs now, std::vector<AgentEffect>* out);

@@ -247,7 +247,7 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     }
   }
   if (std::holds_alternative<AssignMessage>(msg) || std::holds_alternative<CancelMessage>(msg) ||
-      std::holds_alternative<HelloPleaseMessage>(msg)) {
+      std::holds_alternative<HelloPleaseMessage>(msg) || std::holds_alternative<PolicyMessage>(msg)) {
     return reject("unexpected_message", std::string(message_type(msg)) + " sent by vehicle " + vid, out);
   }
   v.last_heard = now;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
+#include <string_view>
 
 #include <cfloat>
 #include <cmath>
@@ -244,6 +246,212 @@ class Reader {
   Status status_;
 };
 
+// ---- The owner's policy as JSON (protocol.h) ----
+//
+// Strict where messages are lenient: an unknown key is refused, because an
+// agent that skipped a limit it did not know would not enforce it.
+
+const char* tariff_kind_name(Tariff::Kind k) { return k == Tariff::Kind::kTimeOfUse ? "time_of_use" : "flat"; }
+
+json tariff_entries_json(const std::vector<TariffEntry>& entries) {
+  json list = json::array();
+  for (const TariffEntry& e : entries) {
+    list.push_back({{"start_minute_of_day", e.start_minute_of_day}, {"price_micros_per_kwh", e.price_micros_per_kwh}});
+  }
+  return list;
+}
+
+json policy_json(const OwnerPolicy& p) {
+  json windows = json::array();
+  for (const WeeklyWindow& w : p.allowed_windows) {
+    windows.push_back({{"start_minute_of_week", w.start_minute_of_week}, {"end_minute_of_week", w.end_minute_of_week}});
+  }
+  json tariff = {{"kind", tariff_kind_name(p.tariff.kind)}};
+  if (p.tariff.kind == Tariff::Kind::kFlat) {
+    tariff["flat_micros_per_kwh"] = p.tariff.flat_micros_per_kwh;
+  } else {
+    tariff["weekday"] = tariff_entries_json(p.tariff.weekday);
+    tariff["weekend"] = tariff_entries_json(p.tariff.weekend);
+  }
+  return {{"opted_in", p.opted_in},
+          {"soc_floor_pct", p.soc_floor_pct},
+          {"target_soc_pct", p.target_soc_pct},
+          {"departures_minute_of_week", p.departures_minute_of_week},
+          {"departure_margin_ms", p.departure_margin_ms},
+          {"accelerator_temp_limit_c", p.accelerator_temp_limit_c},
+          {"allowed_windows", std::move(windows)},
+          {"price_cap_micros_per_kwh",
+           p.price_cap_micros_per_kwh ? json(*p.price_cap_micros_per_kwh) : json(nullptr)},
+          {"tariff", std::move(tariff)},
+          {"wear_budget_hours_per_month", p.wear_budget_hours_per_month}};
+}
+
+Unexpected policy_error(ErrorCode code, const std::string& field, const std::string& what) {
+  return Unexpected(code, "policy field '" + field + "' " + what);
+}
+
+// Every key of `obj` is one of `known`.
+Status known_keys(const json& obj, std::initializer_list<std::string_view> known, const std::string& prefix) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (std::find(known.begin(), known.end(), it.key()) == known.end()) {
+      return policy_error(ErrorCode::kInvalidArgument, prefix + it.key().substr(0, 64), "is unknown");
+    }
+  }
+  return {};
+}
+
+Result<double> policy_number(const json& v, const std::string& field) {
+  if (!v.is_number()) return policy_error(ErrorCode::kInvalidArgument, field, "must be a number");
+  const double d = v.get<double>();
+  if (!std::isfinite(d)) return policy_error(ErrorCode::kInvalidArgument, field, "must be a finite number");
+  return d;
+}
+
+Result<int64_t> policy_integer(const json& v, const std::string& field, int64_t min, int64_t max) {
+  if (!v.is_number_integer()) return policy_error(ErrorCode::kInvalidArgument, field, "must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) {
+    return policy_error(ErrorCode::kOutOfRange, field,
+                        "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+  }
+  const int64_t x = v.get<int64_t>();
+  if (x < min || x > max) {
+    return policy_error(ErrorCode::kOutOfRange, field,
+                        "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+  }
+  return x;
+}
+
+Status policy_array(const json& v, const std::string& field, size_t max_count) {
+  if (!v.is_array()) return policy_error(ErrorCode::kInvalidArgument, field, "must be an array");
+  if (v.size() > max_count) {
+    return policy_error(ErrorCode::kOutOfRange, field, "holds more than " + std::to_string(max_count) + " entries");
+  }
+  return {};
+}
+
+Result<std::vector<TariffEntry>> tariff_entries(const json& v, const std::string& field) {
+  IF_RETURN_IF_ERROR(policy_array(v, field, kTariffEntriesPerDayMax));
+  std::vector<TariffEntry> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const std::string at = field + "[" + std::to_string(i) + "]";
+    const json& e = v[i];
+    if (!e.is_object()) return policy_error(ErrorCode::kInvalidArgument, at, "must be an object");
+    IF_RETURN_IF_ERROR(known_keys(e, {"start_minute_of_day", "price_micros_per_kwh"}, at + "."));
+    if (!e.contains("start_minute_of_day") || !e.contains("price_micros_per_kwh")) {
+      return policy_error(ErrorCode::kInvalidArgument, at, "needs start_minute_of_day and price_micros_per_kwh");
+    }
+    auto start = policy_integer(e["start_minute_of_day"], at + ".start_minute_of_day", 0, kMinutesPerDay - 1);
+    if (!start) return Unexpected(start.error());
+    auto price = policy_integer(e["price_micros_per_kwh"], at + ".price_micros_per_kwh", -kPriceMicrosPerKwhAbsMax,
+                                kPriceMicrosPerKwhAbsMax);
+    if (!price) return Unexpected(price.error());
+    out.push_back({static_cast<int>(*start), *price});
+  }
+  return out;
+}
+
+Result<Tariff> tariff_of(const json& v) {
+  if (!v.is_object()) return policy_error(ErrorCode::kInvalidArgument, "tariff", "must be an object");
+  IF_RETURN_IF_ERROR(known_keys(v, {"kind", "flat_micros_per_kwh", "weekday", "weekend"}, "tariff."));
+  auto kind = v.find("kind");
+  if (kind == v.end() || !kind->is_string() ||
+      (kind->get_ref<const std::string&>() != "flat" && kind->get_ref<const std::string&>() != "time_of_use")) {
+    return policy_error(ErrorCode::kInvalidArgument, "tariff.kind", "must be \"flat\" or \"time_of_use\"");
+  }
+  Tariff t;
+  if (kind->get_ref<const std::string&>() == "flat") {
+    if (v.contains("weekday") || v.contains("weekend")) {
+      return policy_error(ErrorCode::kInvalidArgument, "tariff", "of kind flat has no weekday or weekend");
+    }
+    if (auto f = v.find("flat_micros_per_kwh"); f != v.end()) {
+      auto price = policy_integer(*f, "tariff.flat_micros_per_kwh", -kPriceMicrosPerKwhAbsMax, kPriceMicrosPerKwhAbsMax);
+      if (!price) return Unexpected(price.error());
+      t = Tariff::flat(*price);
+    }
+    return t;
+  }
+  if (v.contains("flat_micros_per_kwh")) {
+    return policy_error(ErrorCode::kInvalidArgument, "tariff", "of kind time_of_use has no flat_micros_per_kwh");
+  }
+  if (!v.contains("weekday") || !v.contains("weekend")) {
+    return policy_error(ErrorCode::kInvalidArgument, "tariff", "of kind time_of_use needs weekday and weekend");
+  }
+  auto weekday = tariff_entries(v["weekday"], "tariff.weekday");
+  if (!weekday) return Unexpected(weekday.error());
+  auto weekend = tariff_entries(v["weekend"], "tariff.weekend");
+  if (!weekend) return Unexpected(weekend.error());
+  return Tariff::time_of_use(std::move(*weekday), std::move(*weekend));
+}
+
+Result<OwnerPolicy> policy_of(const json& j) {
+  if (!j.is_object()) return Unexpected(ErrorCode::kCorrupt, "the policy must be a JSON object");
+  IF_RETURN_IF_ERROR(known_keys(j,
+                                {"opted_in", "soc_floor_pct", "target_soc_pct", "departures_minute_of_week",
+                                 "departure_margin_ms", "accelerator_temp_limit_c", "allowed_windows",
+                                 "price_cap_micros_per_kwh", "tariff", "wear_budget_hours_per_month"},
+                                ""));
+  OwnerPolicy p;
+  auto number = [&](const char* key, double* out) -> Status {
+    auto it = j.find(key);
+    if (it == j.end()) return {};
+    auto d = policy_number(*it, key);
+    if (!d) return Unexpected(d.error());
+    *out = *d;
+    return {};
+  };
+  if (auto it = j.find("opted_in"); it != j.end()) {
+    if (!it->is_boolean()) return policy_error(ErrorCode::kInvalidArgument, "opted_in", "must be true or false");
+    p.opted_in = it->get<bool>();
+  }
+  IF_RETURN_IF_ERROR(number("soc_floor_pct", &p.soc_floor_pct));
+  IF_RETURN_IF_ERROR(number("target_soc_pct", &p.target_soc_pct));
+  IF_RETURN_IF_ERROR(number("accelerator_temp_limit_c", &p.accelerator_temp_limit_c));
+  IF_RETURN_IF_ERROR(number("wear_budget_hours_per_month", &p.wear_budget_hours_per_month));
+  if (auto it = j.find("departures_minute_of_week"); it != j.end()) {
+    IF_RETURN_IF_ERROR(policy_array(*it, "departures_minute_of_week", kDeparturesMax));
+    for (size_t i = 0; i < it->size(); ++i) {
+      auto m = policy_integer((*it)[i], "departures_minute_of_week[" + std::to_string(i) + "]", 0, kMinutesPerWeek - 1);
+      if (!m) return Unexpected(m.error());
+      p.departures_minute_of_week.push_back(static_cast<int>(*m));
+    }
+  }
+  if (auto it = j.find("departure_margin_ms"); it != j.end()) {
+    auto ms = policy_integer(*it, "departure_margin_ms", 0, kDepartureMarginMsMax);
+    if (!ms) return Unexpected(ms.error());
+    p.departure_margin_ms = *ms;
+  }
+  if (auto it = j.find("allowed_windows"); it != j.end()) {
+    IF_RETURN_IF_ERROR(policy_array(*it, "allowed_windows", kAllowedWindowsMax));
+    p.allowed_windows.clear();
+    for (size_t i = 0; i < it->size(); ++i) {
+      const std::string at = "allowed_windows[" + std::to_string(i) + "]";
+      const json& w = (*it)[i];
+      if (!w.is_object()) return policy_error(ErrorCode::kInvalidArgument, at, "must be an object");
+      IF_RETURN_IF_ERROR(known_keys(w, {"start_minute_of_week", "end_minute_of_week"}, at + "."));
+      if (!w.contains("start_minute_of_week") || !w.contains("end_minute_of_week")) {
+        return policy_error(ErrorCode::kInvalidArgument, at, "needs start_minute_of_week and end_minute_of_week");
+      }
+      auto start = policy_integer(w["start_minute_of_week"], at + ".start_minute_of_week", 0, kMinutesPerWeek);
+      if (!start) return Unexpected(start.error());
+      auto end = policy_integer(w["end_minute_of_week"], at + ".end_minute_of_week", 0, kMinutesPerWeek);
+      if (!end) return Unexpected(end.error());
+      p.allowed_windows.push_back({static_cast<int>(*start), static_cast<int>(*end)});
+    }
+  }
+  if (auto it = j.find("price_cap_micros_per_kwh"); it != j.end() && !it->is_null()) {
+    auto cap = policy_integer(*it, "price_cap_micros_per_kwh", -kPriceMicrosPerKwhAbsMax, kPriceMicrosPerKwhAbsMax);
+    if (!cap) return Unexpected(cap.error());
+    p.price_cap_micros_per_kwh = *cap;
+  }
+  if (auto it = j.find("tariff"); it != j.end()) {
+    auto t = tariff_of(*it);
+    if (!t) return Unexpected(t.error());
+    p.tariff = std::move(*t);
+  }
+  if (auto st = p.validate(); !st) return Unexpected(st.error().code, "policy: " + st.error().message);
+  return p;
+}
+
 // Every field of a receipt but its signature.
 json receipt_fields(const ReceiptMessage& m) {
   return {{"vehicle_id", m.vehicle_id},
@@ -321,6 +529,7 @@ struct Encoder {
     return {{"job_id", m.job_id}, {"attempt", m.attempt}, {"tokens", m.tokens}, {"values", m.values}};
   }
   json operator()(const HelloPleaseMessage&) const { return json::object(); }
+  json operator()(const PolicyMessage& m) const { return {{"vehicle_id", m.vehicle_id}, {"policy", policy_json(m.policy)}}; }
   json operator()(const ReceiptMessage& m) const {
     json j = receipt_fields(m);
     j["signature"] = m.signature;
@@ -341,6 +550,7 @@ struct TypeName {
   const char* operator()(const EmbeddingMessage&) const { return "embedding"; }
   const char* operator()(const HelloPleaseMessage&) const { return "hello_please"; }
   const char* operator()(const ReceiptMessage&) const { return "receipt"; }
+  const char* operator()(const PolicyMessage&) const { return "policy"; }
 };
 
 constexpr uint64_t kAttemptMax = 1u << 20;
@@ -377,6 +587,18 @@ Sha256Digest embedding_output_sha256(std::span<const float> values) {
     hash_output_ids(&h, std::span<const int32_t>(&bits, 1));
   }
   return h.finish();
+}
+
+std::string encode_policy(const OwnerPolicy& policy) { return policy_json(policy).dump(); }
+
+Result<OwnerPolicy> decode_policy(std::string_view text) {
+  if (text.size() > kPolicyBytesMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "a policy of " + std::to_string(text.size()) + " bytes exceeds " +
+                                                  std::to_string(kPolicyBytesMax));
+  }
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Unexpected(ErrorCode::kCorrupt, "the policy is not valid JSON");
+  return policy_of(j);
 }
 
 std::string up_subject(std::string_view vehicle_id) { return "idlefleet.v1.up." + std::string(vehicle_id); }
@@ -502,6 +724,17 @@ Result<Message> decode_message(std::string_view text) {
     return finish(r, std::move(m));
   }
   if (type == "hello_please") return finish(r, HelloPleaseMessage{});
+  if (type == "policy") {
+    PolicyMessage m;
+    m.vehicle_id = r.string("vehicle_id", kIdBytesMax);
+    const json* p = r.object("policy");
+    if (!r.status()) return Unexpected(r.status().error());
+    if (p == nullptr) return Unexpected(ErrorCode::kCorrupt, "message 'policy': field 'policy' is missing");
+    auto policy = policy_of(*p);
+    if (!policy) return Unexpected(policy.error().code, "message 'policy': " + policy.error().message);
+    m.policy = std::move(*policy);
+    return finish(r, std::move(m));
+  }
   if (type == "receipt") {
     ReceiptMessage m;
     m.vehicle_id = r.string("vehicle_id", kIdBytesMax);

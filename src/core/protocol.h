@@ -10,8 +10,8 @@
 //   vehicle -> coordinator            coordinator -> vehicle
 //   hello      (who, what it can run)  assign    (a job attempt to run)
 //   state      (state, eligibility)    cancel    (stop an attempt)
-//   started    (attempt accepted)
-//   chunk      (produced token ids)
+//   started    (attempt accepted)      hello_please (say hello again)
+//   chunk      (produced token ids)    policy    (the owner's policy)
 //   done       (attempt finished)
 //   embedding  (an embed attempt's vector: finished)
 //   preempted  (attempt stopped: driver back, policy)
@@ -47,6 +47,7 @@
 
 #include "common/crypto.h"
 #include "common/result.h"
+#include "core/policy.h"
 #include "core/time.h"
 
 namespace idlefleet::core {
@@ -267,9 +268,41 @@ struct HelloPleaseMessage {
 // hellos a vehicle sends because it was asked.
 inline constexpr int64_t kHelloPleaseGapMs = 1000;
 
+// Coordinator -> vehicle: the policy the vehicle's owner set through the
+// owner API. Sent on every hello of the vehicle (so a restarted agent has it
+// at once) and whenever the owner changes it. The agent enforces it from then
+// on in place of the policy it was started with, and keeps it on disk
+// (agent/fleet.h). Unlike other messages, the policy object refuses unknown
+// fields: an agent that ignored a limit it does not know would not enforce
+// what the owner set (see decode_policy).
+struct PolicyMessage {
+  std::string vehicle_id;
+  OwnerPolicy policy;
+};
+
+// The policy as a JSON object, the one form the protocol, the owner API and
+// the agent's file share:
+//   {"opted_in": bool, "soc_floor_pct": number, "target_soc_pct": number,
+//    "departures_minute_of_week": [int...], "departure_margin_ms": int,
+//    "accelerator_temp_limit_c": number,
+//    "allowed_windows": [{"start_minute_of_week": int, "end_minute_of_week": int}...],
+//    "price_cap_micros_per_kwh": int or null,
+//    "tariff": {"kind": "flat", "flat_micros_per_kwh": int} or
+//              {"kind": "time_of_use", "weekday": [{"start_minute_of_day": int,
+//               "price_micros_per_kwh": int}...], "weekend": [...]},
+//    "wear_budget_hours_per_month": number}
+// Units are in the names (core/policy.h has each field's meaning and range).
+inline constexpr size_t kPolicyBytesMax = 64u << 10;  // the largest valid policy is ~10 KB
+std::string encode_policy(const OwnerPolicy& policy);
+// Parses and validates (OwnerPolicy::validate) a policy object. A field that
+// is absent takes OwnerPolicy's default; an unknown field, a wrong type, or
+// a value out of range is an error naming the field (kCorrupt, kOutOfRange,
+// kInvalidArgument).
+Result<OwnerPolicy> decode_policy(std::string_view text);
+
 using Message = std::variant<HelloMessage, StateMessage, AssignMessage, CancelMessage, StartedMessage, ChunkMessage,
                              DoneMessage, PreemptedMessage, FailedMessage, EmbeddingMessage, HelloPleaseMessage,
-                             ReceiptMessage>;
+                             ReceiptMessage, PolicyMessage>;
 
 // NATS subjects. A vehicle publishes on its own "up" subject and listens on
 // its own "down" subject, so per-vehicle credentials can allow exactly those.

@@ -44,6 +44,13 @@ CREATE TABLE enrolment_codes (
 ) STRICT;
 CREATE INDEX vehicles_by_owner ON vehicles(owner_id, vehicle_id);
 )sql",
+    R"sql(
+CREATE TABLE vehicle_policies (
+  vehicle_id TEXT PRIMARY KEY NOT NULL,
+  policy_json TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+)sql",
 };
 
 std::string digest(std::string_view secret) {
@@ -132,6 +139,37 @@ Status VehicleStore::put_vehicle(const VehicleRecord& v) {
   st.integer(4, v.pinned_at);
   const int rc = st.step();
   if (rc != SQLITE_DONE) return error(rc, "pinning a vehicle");
+  return {};
+}
+
+Result<std::optional<StoredPolicy>> VehicleStore::policy(const std::string& vehicle_id) {
+  Statement st(db_, "SELECT policy_json, updated_at FROM vehicle_policies WHERE vehicle_id = ?1");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "reading a policy");
+  st.text(1, vehicle_id);
+  const int rc = st.step();
+  if (rc == SQLITE_DONE) return std::optional<StoredPolicy>();
+  if (rc != SQLITE_ROW) return error(rc, "reading a policy");
+  auto p = core::decode_policy(st.column_text(0));
+  if (!p) {
+    return Unexpected(ErrorCode::kCorrupt,
+                      "the policy row of vehicle '" + vehicle_id.substr(0, 64) + "' is damaged: " + p.error().message);
+  }
+  return std::optional<StoredPolicy>(StoredPolicy{std::move(*p), st.column_int(1)});
+}
+
+Status VehicleStore::put_policy(const std::string& vehicle_id, const core::OwnerPolicy& policy, core::TimeMs now) {
+  if (!core::valid_vehicle_id(vehicle_id)) return Unexpected(ErrorCode::kInvalidArgument, "bad vehicle id");
+  if (auto st = policy.validate(); !st) return Unexpected(st.error());
+  Statement st(db_,
+               "INSERT INTO vehicle_policies (vehicle_id, policy_json, updated_at) VALUES (?1, ?2, ?3) "
+               "ON CONFLICT (vehicle_id) DO UPDATE SET policy_json = excluded.policy_json, "
+               "updated_at = excluded.updated_at");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "storing a policy");
+  st.text(1, vehicle_id);
+  st.text(2, core::encode_policy(policy));
+  st.integer(3, now);
+  const int rc = st.step();
+  if (rc != SQLITE_DONE) return error(rc, "storing a policy");
   return {};
 }
 

@@ -21,6 +21,9 @@
 //     created_at INTEGER
 //   enrolment_codes (migration 2): code_sha256 BLOB PK | owner_id TEXT |
 //     created_at, expires_at INTEGER | used_by TEXT ("" unused) | used_at INTEGER
+//   vehicle_policies (migration 3): vehicle_id TEXT PK | policy_json TEXT
+//     (core::encode_policy) | updated_at INTEGER: the policy the vehicle's
+//     owner set (owner API), sent to the vehicle on its every hello
 // Every row read is validated (kCorrupt naming the row, never a crash).
 //
 // Thread-safety: none: one thread at a time (the coordinator's loop thread).
@@ -66,6 +69,12 @@ inline constexpr std::string_view kEnrolmentCodePrefix = "enr-";
 inline constexpr core::DurationMs kEnrolmentCodeTtlMs = 24 * core::kHourMs;
 inline constexpr size_t kOpenCodesPerOwnerMax = 1000;
 
+// The policy an owner set for a vehicle, and when.
+struct StoredPolicy {
+  core::OwnerPolicy policy;
+  core::TimeMs updated_at = 0;
+};
+
 struct StoredReceipt {
   core::ReceiptMessage receipt;
   std::string owner_id;
@@ -89,6 +98,14 @@ class VehicleStore {
   // kAlreadyExists if it is pinned to another; kInvalidArgument for a bad id
   // or key.
   Status put_vehicle(const VehicleRecord& v);
+
+  // The policy the owner set for a vehicle, or nullopt if none was set (the
+  // agent then enforces the policy it was started with). A row that does not
+  // decode is kCorrupt.
+  Result<std::optional<StoredPolicy>> policy(const std::string& vehicle_id);
+  // Sets (replaces) a vehicle's policy. kInvalidArgument for a bad id or an
+  // invalid policy.
+  Status put_policy(const std::string& vehicle_id, const core::OwnerPolicy& policy, core::TimeMs now);
 
   // Stores an accepted receipt; false (and nothing written) if one for the
   // same (job, attempt) is already stored: a replay.

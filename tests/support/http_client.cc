@@ -67,7 +67,7 @@ HttpResult init_failed() {
 
 // One request on handle (reset first). body == nullptr: GET.
 HttpResult perform(CURL* curl, const std::string& url, const std::string* body, const std::vector<std::string>& headers,
-                   const std::function<void(std::string_view)>* on_data, bool* reused) {
+                   const std::function<void(std::string_view)>* on_data, bool* reused, const char* method = nullptr) {
   HttpResult result;
   Transfer transfer{&result, on_data};
   curl_easy_reset(curl);
@@ -90,6 +90,7 @@ HttpResult perform(CURL* curl, const std::string& url, const std::string* body, 
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->data());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size()));
   }
+  if (method != nullptr) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
   const CURLcode code = curl_easy_perform(curl);
   if (code != CURLE_OK) result.error = curl_easy_strerror(code);
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
@@ -103,11 +104,11 @@ HttpResult perform(CURL* curl, const std::string& url, const std::string* body, 
 }
 
 HttpResult perform_once(const std::string& url, const std::string* body, const std::vector<std::string>& headers,
-                        const std::function<void(std::string_view)>* on_data) {
+                        const std::function<void(std::string_view)>* on_data, const char* method = nullptr) {
   init_curl();
   CURL* curl = curl_easy_init();
   if (curl == nullptr) return init_failed();
-  HttpResult result = perform(curl, url, body, headers, on_data, nullptr);
+  HttpResult result = perform(curl, url, body, headers, on_data, nullptr, method);
   curl_easy_cleanup(curl);
   return result;
 }
@@ -183,6 +184,11 @@ HttpResult http_get(const std::string& url, const std::vector<std::string>& head
 
 HttpResult http_post(const std::string& url, const std::string& body, const std::vector<std::string>& headers) {
   return perform_once(url, &body, headers, nullptr);
+}
+
+HttpResult http_request(const std::string& method, const std::string& url, const std::string& body,
+                        const std::vector<std::string>& headers) {
+  return perform_once(url, &body, headers, nullptr, method.c_str());
 }
 
 HttpResult http_post_stream(const std::string& url, const std::string& body,

@@ -38,6 +38,9 @@ struct HttpResult {
 // headers: lines like "Content-Type: application/json".
 HttpResult http_get(const std::string& url, const std::vector<std::string>& headers = {});
 HttpResult http_post(const std::string& url, const std::string& body, const std::vector<std::string>& headers = {});
+// Any other method with a body ("PUT", "PATCH", "DELETE").
+HttpResult http_request(const std::string& method, const std::string& url, const std::string& body,
+                        const std::vector<std::string>& headers = {});
 
 // Streams: calls on_data with each received piece of the body, on the calling
 // thread; returns when the response ends (or fails: see error).

@@ -312,6 +312,59 @@ TEST(AgentMachine, PolicyChangeAppliesMidJob) {
   EXPECT_FALSE(a.config().policy.opted_in);
 }
 
+// The owner's policy from the coordinator: in force at once (a running
+// attempt stops in the same call, the coordinator hears the new state), and
+// setting it back makes the car work again.
+TEST(AgentMachine, CoordinatorPolicyIsEnforcedAtOnce) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);  // SoC 70%
+  a.handle(CoordinatorMessageEvent{assign("j1", 1)}, kT0);
+  ASSERT_TRUE(a.serving());
+  OwnerPolicy p = config().policy;
+  p.soc_floor_pct = 75.0;
+  auto fx = a.handle(CoordinatorMessageEvent{PolicyMessage{"car-1", p}}, kT0 + 1);
+  ASSERT_EQ(effects_of<StopEngineEffect>(fx).size(), 1u);
+  EXPECT_NE(effects_of<StopEngineEffect>(fx)[0].reason.find("floor"), std::string::npos);
+  EXPECT_TRUE(a.decision().has(ReasonCode::kSocAtOrBelowFloor));
+  EXPECT_EQ(a.config().policy.soc_floor_pct, 75.0);
+  ASSERT_EQ(sent<StateMessage>(fx).size(), 1u);
+  EXPECT_FALSE(sent<StateMessage>(fx)[0].eligible);
+  // The attempt ends; a new assignment is refused while the floor is above the SoC.
+  a.handle(EngineStoppedEvent{"j1", 1, 1}, kT0 + 2);
+  fx = a.handle(CoordinatorMessageEvent{assign("j2", 1)}, kT0 + 3);
+  EXPECT_FALSE(a.serving());
+  ASSERT_EQ(sent<PreemptedMessage>(fx).size(), 1u);
+  EXPECT_NE(sent<PreemptedMessage>(fx)[0].reason.find("floor"), std::string::npos);
+  // Back to a floor below the SoC: eligible, and it takes work again.
+  p.soc_floor_pct = 30.0;
+  fx = a.handle(CoordinatorMessageEvent{PolicyMessage{"car-1", p}}, kT0 + 4);
+  EXPECT_TRUE(a.decision().eligible);
+  ASSERT_EQ(sent<StateMessage>(fx).size(), 1u);
+  EXPECT_TRUE(sent<StateMessage>(fx)[0].eligible);
+  a.handle(CoordinatorMessageEvent{assign("j3", 1)}, kT0 + 5);
+  EXPECT_TRUE(a.serving());
+}
+
+TEST(AgentMachine, PolicyForAnotherVehicleIsRejected) {
+  AgentMachine a(config());
+  a.handle(SignalsEvent{parked_signals(kT0)}, kT0);
+  OwnerPolicy p = config().policy;
+  p.opted_in = false;
+  auto fx = a.handle(CoordinatorMessageEvent{PolicyMessage{"car-2", p}}, kT0 + 1);
+  EXPECT_EQ(a.counters().messages_rejected, 1u);
+  ASSERT_EQ(effects_of<AgentLogEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<AgentLogEffect>(fx)[0].what, "rejected_message");
+  EXPECT_TRUE(a.config().policy.opted_in);
+  EXPECT_TRUE(a.decision().eligible);
+  // An invalid one (a shell's bug: decoding validates) is refused too.
+  OwnerPolicy bad = config().policy;
+  bad.target_soc_pct = 10.0;  // below the floor
+  fx = a.handle(CoordinatorMessageEvent{PolicyMessage{"car-1", bad}}, kT0 + 2);
+  ASSERT_EQ(effects_of<AgentLogEffect>(fx).size(), 1u);
+  EXPECT_EQ(effects_of<AgentLogEffect>(fx)[0].what, "rejected_policy");
+  EXPECT_EQ(a.config().policy.target_soc_pct, 80.0);
+}
+
 // The trip reserve kept on battery covers a day of the car's own driving:
 // the most its drives used together within any 24 hours.
 TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {

@@ -35,6 +35,22 @@ ReceiptMessage sample_receipt() {
   return r;
 }
 
+// Every field away from its default, a time-of-use tariff and a price cap.
+OwnerPolicy sample_policy() {
+  OwnerPolicy p;
+  p.opted_in = true;
+  p.soc_floor_pct = 42.5;
+  p.target_soc_pct = 77.25;
+  p.departures_minute_of_week = {450, 1890, 10079};
+  p.departure_margin_ms = 45 * kMinuteMs;
+  p.accelerator_temp_limit_c = 70.125;
+  p.allowed_windows = {{0, 360}, {1320, 1800}, {9000, 10080}};
+  p.price_cap_micros_per_kwh = 350'000;
+  p.tariff = Tariff::time_of_use({{0, 120'000}, {420, -5'000}, {1380, 90'000}}, {{0, 150'000}});
+  p.wear_budget_hours_per_month = 123.5;
+  return p;
+}
+
 std::vector<Message> samples() {
   AssignMessage a;
   a.job_id = "job-1";
@@ -67,7 +83,8 @@ std::vector<Message> samples() {
           FailedMessage{"job-1", 2, "model not cached and download failed"},
           EmbeddingMessage{"emb-1-0", 1, 3, {0.6f, -0.8f, 0.0f, 1e-7f}},
           HelloPleaseMessage{},
-          sample_receipt()};
+          sample_receipt(),
+          PolicyMessage{"car-1", sample_policy()}};
 }
 
 TEST(Protocol, EveryMessageRoundTrips) {
@@ -203,6 +220,105 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
   auto huge = decode_message(std::string(kMessageBytesMax + 1, ' '));
   ASSERT_FALSE(huge);
   EXPECT_EQ(huge.error().code, ErrorCode::kOutOfRange);
+}
+
+TEST(Protocol, PolicyRoundTripsExactly) {
+  const OwnerPolicy p = sample_policy();
+  auto m = decode_message(encode_message(PolicyMessage{"car-1", p}));
+  ASSERT_TRUE(m) << m.error().to_string();
+  const auto& back = std::get<PolicyMessage>(*m);
+  EXPECT_EQ(back.vehicle_id, "car-1");
+  const OwnerPolicy& q = back.policy;
+  EXPECT_EQ(q.opted_in, p.opted_in);
+  EXPECT_EQ(q.soc_floor_pct, p.soc_floor_pct);
+  EXPECT_EQ(q.target_soc_pct, p.target_soc_pct);
+  EXPECT_EQ(q.departures_minute_of_week, p.departures_minute_of_week);
+  EXPECT_EQ(q.departure_margin_ms, p.departure_margin_ms);
+  EXPECT_EQ(q.accelerator_temp_limit_c, p.accelerator_temp_limit_c);
+  ASSERT_EQ(q.allowed_windows.size(), 3u);
+  EXPECT_EQ(q.allowed_windows[1].start_minute_of_week, 1320);
+  EXPECT_EQ(q.allowed_windows[1].end_minute_of_week, 1800);
+  EXPECT_EQ(q.price_cap_micros_per_kwh, p.price_cap_micros_per_kwh);
+  EXPECT_EQ(q.tariff.kind, Tariff::Kind::kTimeOfUse);
+  ASSERT_EQ(q.tariff.weekday.size(), 3u);
+  EXPECT_EQ(q.tariff.weekday[1].price_micros_per_kwh, -5'000);
+  EXPECT_EQ(q.tariff.weekend[0].price_micros_per_kwh, 150'000);
+  EXPECT_EQ(q.wear_budget_hours_per_month, p.wear_budget_hours_per_month);
+  EXPECT_EQ(encode_policy(q), encode_policy(p));
+
+  // Absent fields take the defaults; an empty object is the default policy.
+  auto d = decode_policy("{}");
+  ASSERT_TRUE(d) << d.error().to_string();
+  EXPECT_EQ(encode_policy(*d), encode_policy(OwnerPolicy{}));
+  auto flat = decode_policy(R"({"opted_in":true,"price_cap_micros_per_kwh":null,"tariff":{"kind":"flat","flat_micros_per_kwh":-7}})");
+  ASSERT_TRUE(flat) << flat.error().to_string();
+  EXPECT_TRUE(flat->opted_in);
+  EXPECT_FALSE(flat->price_cap_micros_per_kwh.has_value());
+  EXPECT_EQ(flat->tariff.flat_micros_per_kwh, -7);
+}
+
+void expect_policy_refused(const std::string& policy, const std::string& needle) {
+  auto r = decode_policy(policy);
+  ASSERT_FALSE(r) << policy;
+  EXPECT_NE(r.error().message.find(needle), std::string::npos) << policy << " -> " << r.error().message;
+  // The same object inside a policy message is refused the same way.
+  expect_refused(R"({"v":1,"type":"policy","vehicle_id":"car-1","policy":)" + policy + "}", needle);
+}
+
+TEST(Protocol, BadPoliciesAreRefusedWithTheFieldNamed) {
+  expect_policy_refused("[]", "object");
+  expect_policy_refused("7", "object");
+  expect_policy_refused(R"({"soc_floor":40})", "'soc_floor' is unknown");
+  expect_policy_refused(R"({"opted_in":"yes"})", "opted_in");
+  expect_policy_refused(R"({"opted_in":null})", "opted_in");
+  expect_policy_refused(R"({"soc_floor_pct":"40"})", "soc_floor_pct");
+  expect_policy_refused(R"({"soc_floor_pct":150})", "soc_floor_pct");
+  expect_policy_refused(R"({"soc_floor_pct":-1})", "soc_floor_pct");
+  expect_policy_refused(R"({"soc_floor_pct":90,"target_soc_pct":80})", "above target_soc_pct");
+  expect_policy_refused(R"({"target_soc_pct":true})", "target_soc_pct");
+  expect_policy_refused(R"({"accelerator_temp_limit_c":500})", "accelerator_temp_limit_c");
+  expect_policy_refused(R"({"wear_budget_hours_per_month":-3})", "wear_budget_hours_per_month");
+  expect_policy_refused(R"({"departures_minute_of_week":450})", "departures_minute_of_week");
+  expect_policy_refused(R"({"departures_minute_of_week":[10080]})", "departures_minute_of_week[0]");
+  expect_policy_refused(R"({"departures_minute_of_week":[5,1.5]})", "departures_minute_of_week[1]");
+  expect_policy_refused(R"({"departures_minute_of_week":[500,400]})", "departures_minute_of_week[1]");
+  std::string many = R"({"departures_minute_of_week":[)";
+  for (size_t i = 0; i <= kDeparturesMax; ++i) {
+    if (i > 0) many += ',';
+    many += std::to_string(i);
+  }
+  expect_policy_refused(many + "]}", "more than");
+  expect_policy_refused(R"({"departure_margin_ms":-1})", "departure_margin_ms");
+  expect_policy_refused(R"({"departure_margin_ms":18446744073709551615})", "departure_margin_ms");
+  expect_policy_refused(R"({"allowed_windows":[{"start_minute_of_week":0}]})", "allowed_windows[0]");
+  expect_policy_refused(R"({"allowed_windows":[{"start_minute_of_week":0,"end_minute_of_week":60,"x":1}]})",
+                        "allowed_windows[0].x");
+  expect_policy_refused(R"({"allowed_windows":[{"start_minute_of_week":60,"end_minute_of_week":0}]})",
+                        "allowed_windows[0]");
+  expect_policy_refused(R"({"allowed_windows":[[0,60]]})", "allowed_windows[0]");
+  expect_policy_refused(R"({"price_cap_micros_per_kwh":0.5})", "price_cap_micros_per_kwh");
+  expect_policy_refused(R"({"price_cap_micros_per_kwh":1000000000000})", "price_cap_micros_per_kwh");
+  expect_policy_refused(R"({"tariff":"cheap"})", "tariff");
+  expect_policy_refused(R"({"tariff":{"kind":"spot"}})", "tariff.kind");
+  expect_policy_refused(R"({"tariff":{"kind":"flat","weekday":[]}})", "tariff");
+  expect_policy_refused(R"({"tariff":{"kind":"time_of_use","weekday":[{"start_minute_of_day":0,"price_micros_per_kwh":1}]}})",
+                        "weekend");
+  expect_policy_refused(
+      R"({"tariff":{"kind":"time_of_use","weekday":[{"start_minute_of_day":60,"price_micros_per_kwh":1}],"weekend":[{"start_minute_of_day":0,"price_micros_per_kwh":1}]}})",
+      "tariff.weekday");
+  expect_policy_refused(
+      R"({"tariff":{"kind":"time_of_use","weekday":[{"start_minute_of_day":1440,"price_micros_per_kwh":1}],"weekend":[]}})",
+      "tariff.weekday[0].start_minute_of_day");
+  expect_policy_refused(R"({"tariff":{"kind":"flat","flat_micros_per_kwh":"1"}})", "tariff.flat_micros_per_kwh");
+  // Not JSON, or too large, before any field is read.
+  ASSERT_FALSE(decode_policy("{"));
+  auto huge = decode_policy(std::string(kPolicyBytesMax + 1, ' '));
+  ASSERT_FALSE(huge);
+  EXPECT_EQ(huge.error().code, ErrorCode::kOutOfRange);
+  // The message itself: a vehicle and a policy object are required.
+  expect_refused(R"({"v":1,"type":"policy","policy":{}})", "vehicle_id");
+  expect_refused(R"({"v":1,"type":"policy","vehicle_id":"car-1"})", "'policy' is missing");
+  expect_refused(R"({"v":1,"type":"policy","vehicle_id":"car-1","policy":"{}"})", "policy");
 }
 
 TEST(Protocol, LogprobsAreOptionalAndAbsentWhenOff) {

@@ -111,5 +111,48 @@ TEST_F(VehicleStoreTest, DamagedRowsAreReported) {
   EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
 }
 
+// An owner's policy: none until set, replaced by the next, kept across
+// reopening, and a damaged row is reported.
+TEST_F(VehicleStoreTest, APolicyIsStoredReplacedAndCheckedWhenRead) {
+  {
+    auto s = open_ok();
+    auto none = s->policy("car-01");
+    ASSERT_TRUE(none) << none.error().to_string();
+    EXPECT_FALSE(none->has_value());
+    core::OwnerPolicy p;
+    p.opted_in = true;
+    p.soc_floor_pct = 55.0;
+    ASSERT_TRUE(s->put_policy("car-01", p, 100));
+    p.soc_floor_pct = 45.0;
+    p.price_cap_micros_per_kwh = 300'000;
+    ASSERT_TRUE(s->put_policy("car-01", p, 200));
+    core::OwnerPolicy bad;
+    bad.soc_floor_pct = 101.0;
+    auto refused = s->put_policy("car-01", bad, 300);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message.find("soc_floor_pct"), std::string::npos);
+    EXPECT_FALSE(s->put_policy("car 01", p, 300));
+  }
+  {
+    auto s = open_ok();
+    auto got = s->policy("car-01");
+    ASSERT_TRUE(got && got->has_value());
+    EXPECT_EQ((*got)->updated_at, 200);
+    EXPECT_EQ((*got)->policy.soc_floor_pct, 45.0);
+    EXPECT_EQ((*got)->policy.price_cap_micros_per_kwh, 300'000);
+    EXPECT_TRUE((*got)->policy.opted_in);
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE vehicle_policies SET policy_json = '{\"soc_floor_pct\":\"low\"}'", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto s = open_ok();
+  auto damaged = s->policy("car-01");
+  ASSERT_FALSE(damaged);
+  EXPECT_EQ(damaged.error().code, ErrorCode::kCorrupt);
+}
+
 }  // namespace
 }  // namespace idlefleet::store

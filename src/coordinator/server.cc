@@ -532,6 +532,7 @@ struct CoordinatorServer::Impl {
     core_config.limits.tokens_max = config.max_tokens_limit;
     core_config.vehicle_timeout_ms = config.vehicle_timeout_ms;
     core_config.queue_jobs_max = config.queue_jobs_max;
+    core_config.verification = config.verification;
     for (const auto& m : models) core_config.models.push_back({m->id, m->bytes, m->embedding_dim});
     machine = std::make_unique<core::CoordinatorMachine>(core_config);
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");

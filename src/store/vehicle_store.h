@@ -21,6 +21,10 @@
 //     created_at INTEGER
 //   enrolment_codes (migration 2): code_sha256 BLOB PK | owner_id TEXT |
 //     created_at, expires_at INTEGER | used_by TEXT ("" unused) | used_at INTEGER
+//   standings (migration 3): vehicle_id TEXT PK | standing INTEGER (0..1000) |
+//     checks_agreed, checks_faulted, agreed_since_fault INTEGER |
+//     quarantined INTEGER (0/1) | quarantine_reason TEXT | quarantined_at
+//     INTEGER | updated_at INTEGER: verification (core/verification.h)
 // Every row read is validated (kCorrupt naming the row, never a crash).
 //
 // Thread-safety: none: one thread at a time (the coordinator's loop thread).
@@ -34,6 +38,7 @@
 #include "common/result.h"
 #include "core/protocol.h"
 #include "core/time.h"
+#include "core/verification.h"
 
 struct sqlite3;
 
@@ -124,6 +129,10 @@ class VehicleStore {
   Result<VehicleRecord> enrol(std::string_view code, const std::string& vehicle_id, const std::string& public_key,
                               core::TimeMs now);
 
+  // A vehicle's verification standing, written whenever it changes.
+  Status put_standing(const std::string& vehicle_id, const core::VehicleStanding& s, core::TimeMs now);
+  // Every stored standing, by vehicle id (read back at start).
+  Result<std::vector<std::pair<std::string, core::VehicleStanding>>> standings();
   // The vehicles enrolled to an owner, by id.
   Result<std::vector<VehicleRecord>> vehicles_of(const std::string& owner_id);
 

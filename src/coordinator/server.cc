@@ -346,8 +346,10 @@ struct CoordinatorServer::Impl {
   std::map<std::string, PendingSettlement> to_settle;
   std::map<std::string, size_t> receipts_accepted;  // by job, for those in to_settle or verifying
   // Jobs done but under verification: they settle (and a batch line is
-  // written) on their JobVerifiedEffect. Bounded by the machine's checks_live_max.
-  std::set<std::string> verifying;
+  // written) on their JobVerifiedEffect, with the client account they had
+  // when they ended (an interactive client's entry is gone by then).
+  // Bounded by the machine's checks_live_max.
+  std::map<std::string, std::string> verifying;
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
@@ -1828,7 +1830,7 @@ struct CoordinatorServer::Impl {
         on_tokens(*tokens);
       } else if (auto* ended = std::get_if<core::JobEndedEffect>(&effect)) {
         if (ended->verifying) {
-          verifying.insert(ended->job_id);
+          verifying[ended->job_id] = client_account_of(ended->job_id);
         } else if (ended->state == core::JobState::kDone) {
           await_settlement(ended->job_id, now);
         }
@@ -2253,7 +2255,10 @@ struct CoordinatorServer::Impl {
   // attempts earned). A job whose verification began before a restart
   // settles unverified (settle_sweep).
   void on_verified(const core::JobVerifiedEffect& v, core::TimeMs now) {
-    if (verifying.erase(v.job_id) == 0) return;
+    auto vit = verifying.find(v.job_id);
+    if (vit == verifying.end()) return;
+    const std::string client_account = vit->second;
+    verifying.erase(vit);
     const bool batch = batch_jobs.count(v.job_id) != 0;
     const bool unresolved = v.outcome == core::VerificationOutcome::kUnresolved;
     const bool disputed = unresolved || v.outcome == core::VerificationOutcome::kCorrected;
@@ -2271,6 +2276,7 @@ struct CoordinatorServer::Impl {
     auto it = to_settle.find(v.job_id);
     if (it == to_settle.end()) return;
     PendingSettlement& p = it->second;
+    p.client_account = client_account;
     p.attempts_unpaid.insert(v.attempts_at_fault.begin(), v.attempts_at_fault.end());
     if (unresolved) {
       if (const core::JobEntry* e = machine->job(v.job_id)) {
@@ -2574,6 +2580,9 @@ struct CoordinatorServer::Impl {
         {"jobs", {{"queued", machine->queue_depth()}, {"running", running}, {"live", machine->jobs_live()},
                   {"submitted", k.jobs_submitted}, {"done", k.jobs_done}, {"failed", k.jobs_failed},
                   {"cancelled", k.jobs_cancelled}, {"refused", k.jobs_refused}}},
+        {"verification", {{"verifying", machine->jobs_verifying()}, {"checks_started", k.checks_started},
+                          {"agreed", k.checks_agreed}, {"disputed", k.checks_disputed},
+                          {"unverified", k.checks_unverified}, {"quarantines", k.quarantines}}},
         {"tokens", {{"relayed", k.tokens_relayed}, {"per_second", tokens_per_second}}},
         {"kw_in_use", kw},
         {"preemptions", k.preemptions},

@@ -755,14 +755,16 @@ bool CoordinatorMachine::maybe_check(JobEntry* entry, TimeMs now, Effects* out) 
 
 bool CoordinatorMachine::start_check(const JobEntry& original, uint32_t round, std::set<std::string> excluded,
                                      TimeMs now) {
-  const std::string id = check_job_id(config_.verification.seed, original.job.id(), round);
+  // `original` is the checked job itself (round 1) or its first check run (round 2).
+  const std::string& root = original.check_of.empty() ? original.job.id() : original.check_of;
+  const std::string id = check_job_id(config_.verification.seed, root, round);
   if (jobs_.count(id) != 0) return false;  // a 64-bit hash collision: the job goes unchecked
   JobSpec spec = original.spec;
   spec.batch = true;   // after every client's interactive job
   spec.logprobs = -1;  // only the tokens are compared
   const uint64_t seq = next_sequence_++;
   JobEntry e{Job(id, now, spec.max_tokens, config_.limits), std::move(spec), seq, now};
-  e.check_of = original.job.id();
+  e.check_of = root;
   e.check_round = round;
   e.excluded_vehicles = std::move(excluded);
   // The build of the vehicle that made the original's first token (the
@@ -776,7 +778,7 @@ bool CoordinatorMachine::start_check(const JobEntry& original, uint32_t round, s
   queue_[{true, seq}] = id;
   ++live_jobs_;
   ++counters_.checks_started;
-  verifying_[original.check_of.empty() ? original.job.id() : original.check_of].check_ids.push_back(id);
+  verifying_[root].check_ids.push_back(id);
   return true;
 }
 
@@ -892,7 +894,6 @@ void CoordinatorMachine::on_check_ended(const JobEntry& check, TimeMs now, Effec
 void CoordinatorMachine::drop_check_effects(Effects* out) const {
   auto is_check = [](const std::string& id) { return id.starts_with(kCheckJobIdPrefix); };
   std::erase_if(*out, [&](const CoordinatorEffect& e) {
-    if (const auto* x = std::get_if<JobAcceptedEffect>(&e)) return is_check(x->job_id);
     if (const auto* x = std::get_if<JobTokensEffect>(&e)) return is_check(x->job_id);
     if (const auto* x = std::get_if<JobEndedEffect>(&e)) return is_check(x->job_id);
     if (const auto* x = std::get_if<PersistJobEffect>(&e)) return is_check(x->job_id);

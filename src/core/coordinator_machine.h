@@ -358,7 +358,9 @@ class CoordinatorMachine {
   VehicleStanding& standing_of(const std::string& vehicle_id);
   void agree(const std::string& vehicle_id, Effects* out);
   void fault(const std::string& vehicle_id, const std::string& why, TimeMs now, Effects* out);
-  // Drops effects about check jobs that only clients' jobs have.
+  // Drops the effects meant for clients and the store (tokens, ended,
+  // persist, embedding) of check jobs, which have neither. (A client's
+  // refused submission with a check id keeps its JobAcceptedEffect.)
   void drop_check_effects(Effects* out) const;
   void update_idle(const VehicleView& v);
   void reject(const char* what, std::string text, Effects* out);

@@ -251,6 +251,9 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
     const json& ver = v["verification"];
     ASSERT_TRUE(ver.is_object()) << v.dump();
     if (id == "cheat-01") {
+      std::printf("tamperer: %d jobs, %d checks agreed, %d faulted, quarantined: %s\n",
+                  v.value("attempts_completed", 0) + v.value("attempts_lost", 0), ver.value("checks_agreed", 0),
+                  ver.value("checks_faulted", 0), ver.value("quarantine_reason", "").c_str());
       EXPECT_TRUE(ver.value("quarantined", false)) << v.dump();
       EXPECT_NE(ver.value("quarantine_reason", "").find("differed at token"), std::string::npos) << v.dump();
       EXPECT_LE(v.value("attempts_completed", 0) + v.value("attempts_lost", 0), 50) << v.dump();
@@ -300,6 +303,8 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
       EXPECT_FALSE(refunded) << answers[i].job_id;
     }
   }
+  std::printf("verification: %s; %zu of %zu interactive answers were the tamperer's, each refunded\n",
+              st["verification"].dump().c_str(), wrong, interactive.size());
   EXPECT_GE(wrong, 1u) << "the tamperer served no interactive request: the refund path went untested";
   ledger->reset();
   const std::string verify = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +

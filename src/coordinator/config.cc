@@ -134,7 +134,8 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "vehicles", "ledger", "verification", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing",
+                                            "vehicles", "ledger", "verification", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;

@@ -772,7 +772,8 @@ bool CoordinatorMachine::start_check(const JobEntry& original, uint32_t round, s
   if (!original.check_of.empty()) {
     e.engine_build = original.engine_build;
   } else if (const Attempt* first = attempt_at(original.job.attempts(), 0)) {
-    if (auto vit = vehicles_.find(first->vehicle_id); vit != vehicles_.end()) e.engine_build = vit->second.hello.engine_build;
+    auto vit = vehicles_.find(first->vehicle_id);
+    if (vit != vehicles_.end()) e.engine_build = vit->second.hello.engine_build;
   }
   jobs_.emplace(id, std::move(e));
   queue_[{true, seq}] = id;

@@ -445,8 +445,8 @@ Result<Message> decode_message(std::string_view text) {
       return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'public_key' must be 64 lower-case hex digits");
     }
     m.engine_build = r.string("engine_build", kEngineBuildBytesMax, false);
-    if (r.status() && m.engine_build.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-") !=
-                          std::string::npos) {
+    constexpr std::string_view kBuildChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-";
+    if (r.status() && m.engine_build.find_first_not_of(kBuildChars) != std::string::npos) {
       return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'engine_build' must be of [A-Za-z0-9._+-]");
     }
     return finish(r, std::move(m));

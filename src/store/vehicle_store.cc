@@ -368,9 +368,11 @@ Status VehicleStore::put_standing(const std::string& vehicle_id, const core::Veh
   }
   Statement st(db_,
                "INSERT INTO standings (vehicle_id, standing, checks_agreed, checks_faulted, agreed_since_fault, "
-               "quarantined, quarantine_reason, quarantined_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+               "quarantined, quarantine_reason, quarantined_at, updated_at) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
                "ON CONFLICT (vehicle_id) DO UPDATE SET standing = ?2, checks_agreed = ?3, checks_faulted = ?4, "
-               "agreed_since_fault = ?5, quarantined = ?6, quarantine_reason = ?7, quarantined_at = ?8, updated_at = ?9");
+               "agreed_since_fault = ?5, quarantined = ?6, quarantine_reason = ?7, quarantined_at = ?8, "
+               "updated_at = ?9");
   if (st.prepared() != SQLITE_OK) return error(st.prepared(), "writing a standing");
   st.text(1, vehicle_id);
   st.integer(2, s.standing);

@@ -381,6 +381,46 @@ TEST(VerificationMachine, ADisagreementWaitsForAThirdVehicle) {
   EXPECT_EQ(f.machine->standing("honest-9")->checks_agreed, 1u);
 }
 
+TEST(VerificationMachine, AnAttemptResumedFromAWrongPrefixIsNotAtFault) {
+  Fleet f(enabled(), 3, {"cheat"});
+  f.hold_assigns = true;
+  f.submit("j0", 0, false);
+  ASSERT_EQ(f.held.size(), 1u);
+  const auto [first_vid, first] = f.held.back();
+  f.held.clear();
+  ASSERT_EQ(first_vid, "cheat");  // equal standings: the smallest id
+  // The cheat makes three tokens, the first one wrong, then its driver comes back.
+  f.step(VehicleMessageEvent{"cheat", StartedMessage{"j0", first.attempt}});
+  f.step(VehicleMessageEvent{
+      "cheat", ChunkMessage{"j0", first.attempt, 0,
+                            {honest_token(first, 0) + 1, honest_token(first, 1), honest_token(first, 2)}}});
+  StateMessage driving = f.idle_state("cheat");
+  driving.state = "driving";
+  driving.eligible = false;
+  f.step(VehicleMessageEvent{"cheat", driving});
+  f.step(VehicleMessageEvent{"cheat", PreemptedMessage{"j0", first.attempt, 3, "driver back"}});
+  // An honest vehicle resumes from the wrong prefix and finishes the job.
+  ASSERT_EQ(f.held.size(), 1u);
+  const auto [second_vid, second] = f.held.back();
+  f.held.clear();
+  EXPECT_NE(second_vid, "cheat");
+  EXPECT_EQ(second.produced_ids.size(), 3u);
+  f.hold_assigns = false;
+  f.answer(second_vid, second);
+  f.drain();
+  // The two other honest vehicles re-run it from scratch and agree with each other.
+  ASSERT_EQ(f.verified.count("j0"), 1u);
+  const JobVerifiedEffect& v = f.verified["j0"];
+  EXPECT_EQ(v.outcome, VerificationOutcome::kCorrected);
+  EXPECT_EQ(v.agreed_ids, honest_output(0));
+  EXPECT_EQ(v.attempts_at_fault, std::vector<uint32_t>{1});
+  EXPECT_EQ(v.vehicles_at_fault, std::vector<std::string>{"cheat"});
+  EXPECT_EQ(f.machine->standing("cheat")->checks_faulted, 1u);
+  EXPECT_EQ(f.machine->standing(second_vid)->checks_faulted, 0u);
+  EXPECT_EQ(f.machine->standing(second_vid)->standing, enabled().standing_initial);  // neither gains nor loses
+  for (const auto& [id, n] : f.check_runs) EXPECT_NE(id, second_vid);
+}
+
 TEST(VerificationMachine, AQuarantineSurvivesARestartAndAnOperatorCanLiftIt) {
   Fleet f(enabled(), 0, {});
   VehicleStanding q = initial_standing(enabled());

@@ -1,11 +1,12 @@
 // Verification on a live fleet (issue 5, point 6 and acceptance D): four
 // honest simulated vehicles and one whose agent runs with the test-only
 // --test-tamper-outputs switch (it reports altered tokens and signs receipts
-// for them, so only re-execution can catch it). Interactive requests and a
-// batch run through them; the tamperer is quarantined within 50 of its jobs,
-// no honest vehicle is quarantined or loses standing, every batch output
-// line equals a single-node run, every interactive request the tamperer
-// answered wrongly is refunded, and `idlefleet ledger verify` passes.
+// for them, so only re-execution can catch it) serve interactive requests;
+// then a second tamperer joins and a batch runs. Each tamperer is
+// quarantined within 50 of its jobs, no honest vehicle is quarantined or
+// loses standing, every batch output line equals a single-node run (the
+// agreed output where the line was disputed), every interactive request the
+// tamperer answered wrongly is refunded, and `idlefleet ledger verify` passes.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -124,6 +125,7 @@ class Tamper : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (rogue_) rogue_->stop();
     if (cheat_) cheat_->stop();
     if (honest_) honest_->stop();
     if (coordinator_) coordinator_->stop();
@@ -189,7 +191,7 @@ class Tamper : public ::testing::Test {
   fs::path dir_;
   std::string model_;
   std::unique_ptr<transport::NatsServer> nats_;
-  std::unique_ptr<transport::Process> coordinator_, honest_, cheat_;
+  std::unique_ptr<transport::Process> coordinator_, honest_, cheat_, rogue_;
   uint16_t http_port_ = 0;
   std::string base_url_;
 };
@@ -201,17 +203,18 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
   EXPECT_NE(refused.find("needs IDLEFLEET_TESTING=1"), std::string::npos) << refused;
   EXPECT_EQ(refused.find("rc=0"), std::string::npos) << refused;
 
-  // Interactive requests first, five at a time, so that the tamperer serves some.
+  // Interactive requests first, eight at a time (more than the honest
+  // vehicles), so that the tamperer serves some.
   std::vector<Request> interactive;
-  for (int i = 0; i < 20; ++i) interactive.push_back({kPrompts[i % 8], 12 + (i % 3) * 4, 100u + i});
+  for (int i = 0; i < 24; ++i) interactive.push_back({kPrompts[i % 8], 12 + (i % 3) * 4, 100u + i});
   struct Answer {
     std::string job_id, text;
   };
   std::vector<Answer> answers(interactive.size());
   std::vector<std::thread> clients;
-  for (int t = 0; t < 5; ++t) {
+  for (int t = 0; t < 8; ++t) {
     clients.emplace_back([&, t] {
-      for (size_t i = t; i < interactive.size(); i += 5) {
+      for (size_t i = t; i < interactive.size(); i += 8) {
         auto r = testing::http_post(base_url_ + "/v1/completions", body_of(interactive[i]).dump(),
                                     {"Content-Type: application/json"});
         const json j = json::parse(r.body, nullptr, false);
@@ -222,7 +225,15 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
     });
   }
   for (auto& c : clients) c.join();
+  ASSERT_TRUE(eventually([&] { return status().value("/verification/quarantines"_json_pointer, 0) == 1; }, 60000))
+      << status().dump();
+  const int64_t disputed_interactive = status().value("/verification/disputed"_json_pointer, 0);
 
+  // A second tamperer, new (so in good standing), joins for the batch: its
+  // lines are disputed and must come out as the agreed output.
+  rogue_ = start_agent("rogue", 1, true);
+  ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 5; }, 30000))
+      << status().dump() << log("rogue.log");
   std::vector<Request> lines;
   for (int i = 0; i < 150; ++i) lines.push_back({kPrompts[i % 8], 8 + (i % 4) * 4, 5000u + i});
   const std::string batch = create_batch(lines);
@@ -239,21 +250,23 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
   ASSERT_TRUE(eventually([&] { return status().value("/verification/verifying"_json_pointer, -1) == 0; }, 60000))
       << status().dump();
   const json st = status();
-  EXPECT_GE(st.value("/verification/disputed"_json_pointer, 0), 2) << st.dump();
-  EXPECT_EQ(st.value("/verification/quarantines"_json_pointer, 0), 1) << st.dump();
+  EXPECT_GE(disputed_interactive, 2) << st.dump();
+  EXPECT_GE(st.value("/verification/disputed"_json_pointer, 0), disputed_interactive + 2) << st.dump();
+  EXPECT_EQ(st.value("/verification/quarantines"_json_pointer, 0), 2) << st.dump();
 
-  // The tamperer is quarantined, within 50 of its jobs; nobody else is, and
-  // no honest vehicle lost standing.
+  // The tamperers are quarantined, each within 50 of its jobs; nobody else
+  // is, and no honest vehicle lost standing.
   const json vehicles = get_json("/v1/vehicles");
-  ASSERT_EQ(vehicles["data"].size(), 5u) << vehicles.dump();
+  ASSERT_EQ(vehicles["data"].size(), 6u) << vehicles.dump();
   for (const json& v : vehicles["data"]) {
     const std::string id = v.value("id", "");
     const json& ver = v["verification"];
     ASSERT_TRUE(ver.is_object()) << v.dump();
-    if (id == "cheat-01") {
-      std::printf("tamperer: %d jobs, %d checks agreed, %d faulted, quarantined: %s\n",
-                  v.value("attempts_completed", 0) + v.value("attempts_lost", 0), ver.value("checks_agreed", 0),
-                  ver.value("checks_faulted", 0), ver.value("quarantine_reason", "").c_str());
+    if (id == "cheat-01" || id == "rogue-01") {
+      std::printf("tamperer %s: %d jobs, %d checks agreed, %d faulted, quarantined: %s\n",
+                  id.c_str(), v.value("attempts_completed", 0) + v.value("attempts_lost", 0),
+                  ver.value("checks_agreed", 0), ver.value("checks_faulted", 0),
+                  ver.value("quarantine_reason", "").c_str());
       EXPECT_TRUE(ver.value("quarantined", false)) << v.dump();
       EXPECT_NE(ver.value("quarantine_reason", "").find("differed at token"), std::string::npos) << v.dump();
       EXPECT_LE(v.value("attempts_completed", 0) + v.value("attempts_lost", 0), 50) << v.dump();

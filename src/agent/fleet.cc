@@ -19,6 +19,7 @@
 #include "common/nkey.h"
 #include "common/check.h"
 #include "common/log_limiter.h"
+#include "engine/kernels.h"
 #include "engine/session.h"
 #include "engine/thread_pool.h"
 #include "transport/random_id.h"
@@ -26,6 +27,10 @@
 namespace idlefleet::agent {
 
 namespace {
+
+// The engine's version in HelloMessage::engine_build: raise it with any
+// change that can change a token (kernels, sampler, tokenizer, model code).
+constexpr const char* kEngineVersion = "idlefleet-0.1.0";
 
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -208,6 +213,9 @@ Status Fleet::init() {
     core::AgentConfig c;
     c.vehicle_id = v->id;
     c.public_key = to_hex(v->key.public_key);
+    // What makes outputs bit-for-bit comparable: the engine's version and
+    // the kernel set this CPU runs (verification re-runs only on the same).
+    c.engine_build = std::string(kEngineVersion) + "+" + engine::best_kernels().name;
     c.instance = options_.instance + "-" + std::to_string(i);
     // The owner's policy, as the coordinator last sent it, wins over the
     // flags: it is what the owner set last (docs/operations.md).
@@ -580,7 +588,11 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
       post_event(core::EngineFinishedEvent{a.job_id, a.attempt, total, reason});
       return;
     }
-    held.ids.push_back(*token);
+    // TEST ONLY (FleetOptions::test_tamper_outputs): report the attempt's
+    // first new token altered, still a valid id; the engine itself goes on
+    // from the true one, as a cheat that saves nothing but lies would.
+    const bool tamper = options_.test_tamper_outputs && total == a.produced_ids.size() + 1;
+    held.ids.push_back(tamper ? (*token >= 4 ? *token - 1 : *token + 1) : *token);
     if (logprobs) {
       const engine::TokenLogprobs* lp = gen.last_logprobs();
       CHECK(lp != nullptr && lp->chosen.id == *token);

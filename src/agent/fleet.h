@@ -84,6 +84,12 @@ struct FleetOptions {
   int64_t chunk_us = 5000;
   bool sim_control = true;                // accept idlefleet.v1.sim.<id> commands (simulated cars only)
   std::string instance;                   // "" = random per start
+  // TEST ONLY: every vehicle reports the first token of each generation
+  // attempt altered (and signs receipts for what it reported), as a cheat
+  // would, so that only re-execution can catch it. For the verification
+  // tests (docs/operations.md); `idlefleet agent` refuses it unless
+  // IDLEFLEET_TESTING=1.
+  bool test_tamper_outputs = false;
   bool verbose = false;                   // log every refusal and preemption to stderr
 
   Status validate() const;

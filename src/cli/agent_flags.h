@@ -34,6 +34,7 @@ struct AgentFlags {
   int64_t chunk_us = 5000;
   bool verbose = false;
   int status_every_s = 10;
+  bool test_tamper_outputs = false;  // TEST ONLY (`idlefleet agent`): needs IDLEFLEET_TESTING=1
 };
 
 void add_agent_flags(CLI::App* cmd, AgentFlags* flags);

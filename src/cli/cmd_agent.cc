@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string_view>
 #include <filesystem>
 #include <map>
 
@@ -41,6 +43,14 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   o.utc_offset_minutes = f.utc_offset_minutes;
   o.verbose = f.verbose;
   o.chunk_us = f.chunk_us;
+  if (f.test_tamper_outputs) {
+    // A switch that makes a vehicle lie must never be turned on by mistake.
+    const char* testing = std::getenv("IDLEFLEET_TESTING");
+    if (testing == nullptr || std::string_view(testing) != "1") {
+      throw CommandError{"--test-tamper-outputs is for tests only: it needs IDLEFLEET_TESTING=1 in the environment"};
+    }
+    o.test_tamper_outputs = true;
+  }
   if (!f.replay.empty() && f.vss_nats) throw CommandError{"--replay and --vss-nats are two signal sources: pick one"};
   if (!f.replay.empty()) {
     o.source = agent::SignalSourceKind::kReplay;
@@ -205,6 +215,8 @@ void add_agent(CLI::App& app) {
   add_agent_flags(cmd, f.get());
   cmd->add_option("--status-every", f->status_every_s, "Print the vehicles' states every N seconds (0: never)")
       ->check(CLI::Range(0, 3600))->capture_default_str();
+  cmd->add_flag("--test-tamper-outputs", f->test_tamper_outputs,
+                "TEST ONLY (needs IDLEFLEET_TESTING=1): report altered tokens, to test verification");
 
   auto e = std::make_shared<EnrolFlags>();
   CLI::App* enroll = cmd->add_subcommand("enroll", "Enrol this vehicle with an owner's one-time code");

@@ -98,6 +98,9 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
                                kTariffMicrosPerKwhRange));
   IF_RETURN_IF_ERROR(check_int("ledger.wear_micros_per_accelerator_hour", at, c.wear_micros_per_accelerator_hour,
                                kWearMicrosPerHourRange));
+  if (Status st = core::validate_verification(c.verification); !st) {
+    return Unexpected(ErrorCode::kInvalidArgument, "verification." + st.error().message + std::string(at));
+  }
   return {};
 }
 
@@ -131,7 +134,8 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing", "vehicles", "ledger", "nats", "models"}));
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing",
+                                            "vehicles", "ledger", "nats", "verification", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
     const toml::table* http = nullptr;
@@ -213,6 +217,29 @@ class Reader {
         return error(ErrorCode::kInvalidArgument,
                      "nats.server_pid_file is set without nats.authorization_file: there is nothing to reload");
       }
+    }
+    const toml::table* verification = nullptr;
+    IF_RETURN_IF_ERROR(table(root, "verification", verification));
+    if (verification != nullptr) {
+      core::VerificationConfig& v = c.verification;
+      IF_RETURN_IF_ERROR(only_keys(*verification, "verification",
+                                   {"enabled", "seed", "sample_floor_ppm", "warmup_checks", "standing_initial",
+                                    "standing_agree", "standing_fault", "quarantine_below", "check_wait_ms"}));
+      IF_RETURN_IF_ERROR(boolean(*verification, "verification", "enabled", v.enabled));
+      IF_RETURN_IF_ERROR(integer(*verification, "verification", "seed", kVerificationSeedRange, v.seed));
+      int64_t floor_ppm = static_cast<int64_t>(v.sample_floor * 1e6 + 0.5);
+      IF_RETURN_IF_ERROR(integer(*verification, "verification", "sample_floor_ppm", kSampleFloorPpmRange, floor_ppm));
+      v.sample_floor = static_cast<double>(floor_ppm) / 1e6;
+      IF_RETURN_IF_ERROR(integer(*verification, "verification", "warmup_checks", kWarmupChecksRange, v.warmup_checks));
+      IF_RETURN_IF_ERROR(
+          integer(*verification, "verification", "standing_initial", kStandingRange, v.standing_initial));
+      IF_RETURN_IF_ERROR(integer(*verification, "verification", "standing_agree", kStandingRange, v.standing_agree));
+      IF_RETURN_IF_ERROR(
+          integer(*verification, "verification", "standing_fault", kStandingFaultRange, v.standing_fault));
+      IF_RETURN_IF_ERROR(
+          integer(*verification, "verification", "quarantine_below", kStandingRange, v.quarantine_below));
+      IF_RETURN_IF_ERROR(
+          integer(*verification, "verification", "check_wait_ms", kCheckWaitMsRange, v.check_wait_ms_max));
     }
     return models(root, c.models);
   }

@@ -32,6 +32,16 @@
 //   [nats]                               # per-vehicle NATS credentials (coordinator/nats_auth.h)
 //   authorization_file = ""              # rewritten at start and after each enrolment
 //   server_pid_file = ""                 # nats-server's pid_file: SIGHUP it after each rewrite
+//   [verification]                       # re-running jobs on other vehicles (core/verification.h)
+//   enabled = false                      # true: sample finished jobs and check them
+//   seed = 0                             # mixed with each job id for the draw
+//   sample_floor_ppm = 50000             # the least share of a trusted vehicle's jobs checked
+//   warmup_checks = 5                    # agreements in a row before sampling falls below all
+//   standing_initial = 500               # a new vehicle's standing (0..1000)
+//   standing_agree = 10                  # gained per agreement
+//   standing_fault = 200                 # lost per fault
+//   quarantine_below = 300               # standing below this: no more work
+//   check_wait_ms = 1800000              # a check not done by then: the job stands unverified
 //   [[models]]                           # one entry per GGUF file served
 //   id = "stories15M"
 //   path = "models/stories15M.gguf"
@@ -67,6 +77,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "core/verification.h"
 
 namespace idlefleet::coordinator {
 
@@ -98,6 +109,12 @@ inline constexpr IntRange kPriceMicrosPerMtokRange{0, 10'000'000'000};  // up to
 inline constexpr IntRange kOwnerSharePpmRange{0, 1'000'000};
 inline constexpr IntRange kTariffMicrosPerKwhRange{0, 100'000'000};  // up to 100 units of money per kWh
 inline constexpr IntRange kWearMicrosPerHourRange{0, 1'000'000'000};
+inline constexpr IntRange kVerificationSeedRange{0, INT64_MAX};
+inline constexpr IntRange kSampleFloorPpmRange{0, 1'000'000};
+inline constexpr IntRange kWarmupChecksRange{0, 1000};
+inline constexpr IntRange kStandingRange{0, 1000};
+inline constexpr IntRange kStandingFaultRange{1, 1000};
+inline constexpr IntRange kCheckWaitMsRange{1000, 7 * 86'400'000LL};
 
 // A GGUF file served by the catalog, under the id clients name it by.
 struct ModelEntry {
@@ -143,6 +160,9 @@ struct CoordinatorConfig {
   // only with authorization_file.
   std::string nats_authorization_file;
   std::string nats_server_pid_file;
+  // [verification]: off by default, as a fleet of one cannot check itself
+  // (a check waits for a second vehicle of the same engine build).
+  core::VerificationConfig verification;
 
   // Every field in its range and the fields consistent with each other
   // (tick_ms < lease_ms, max_tokens_default <= max_tokens_limit, model ids

@@ -344,9 +344,18 @@ struct CoordinatorServer::Impl {
     uint64_t completion_tokens = 0;
     size_t receipts_expected = 0;  // attempts that ended without being lost
     core::TimeMs ended_at = 0;
+    // Verification (core/verification.h): attempts whose vehicle produced a
+    // wrong token earn nothing, and a disputed interactive job is refunded.
+    std::set<uint32_t> attempts_unpaid;
+    bool refund = false;
   };
   std::map<std::string, PendingSettlement> to_settle;
-  std::map<std::string, size_t> receipts_accepted;  // by job, for those in to_settle
+  std::map<std::string, size_t> receipts_accepted;  // by job, for those in to_settle or verifying
+  // Jobs done but under verification: they settle (and a batch line is
+  // written) on their JobVerifiedEffect, with the client account they had
+  // when they ended (an interactive client's entry is gone by then).
+  // Bounded by the machine's checks_live_max.
+  std::map<std::string, std::string> verifying;
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
@@ -538,8 +547,15 @@ struct CoordinatorServer::Impl {
     core_config.limits.tokens_max = config.max_tokens_limit;
     core_config.vehicle_timeout_ms = config.vehicle_timeout_ms;
     core_config.queue_jobs_max = config.queue_jobs_max;
+    core_config.verification = config.verification;
     for (const auto& m : models) core_config.models.push_back({m->id, m->bytes, m->embedding_dim});
     machine = std::make_unique<core::CoordinatorMachine>(core_config);
+    {
+      // Standings and quarantines outlive restarts.
+      auto standings = vehicle_store->standings();
+      if (!standings) return Unexpected(standings.error());
+      for (auto& [id, s] : *standings) (void)machine->handle(core::RestoreStandingEvent{id, std::move(s)}, wall_ms());
+    }
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");
     IF_RETURN_IF_ERROR(restore_jobs(wall_ms()));
     auto fstore = store::FileStore::open((fs::path(config.data_dir) / "files.sqlite3").string());
@@ -1447,8 +1463,9 @@ struct CoordinatorServer::Impl {
   }
 
   // Loop thread: a batch job was refused or ended.
+  // `output`: the tokens to write when done (verification's agreed output); null: the job's own.
   void on_batch_job(const std::string& job_id, std::optional<core::JobState> state, const std::string& why,
-                    core::TimeMs now) {
+                    core::TimeMs now, const std::vector<int32_t>* output = nullptr) {
     auto it = batch_jobs.find(job_id);
     if (it == batch_jobs.end()) return;
     const auto [batch_id, index] = it->second;
@@ -1464,14 +1481,15 @@ struct CoordinatorServer::Impl {
     if (state == core::JobState::kDone) {
       const core::JobEntry* e = machine->job(job_id);
       CHECK(e != nullptr);
-      const std::string body = batch_result_body(job_id, request, e->spec.model_id, e->spec.prompt_ids,
-                                                 e->job.produced(), e->job.finish_reason(), now);
+      const std::vector<int32_t>& tokens = output != nullptr ? *output : e->job.produced();
+      const std::string body = batch_result_body(job_id, request, e->spec.model_id, e->spec.prompt_ids, tokens,
+                                                 e->job.finish_reason(), now);
       line.state = "done";
       line.result = batch_output_line("batch_req_" + transport::random_hex(12), line.custom_id, job_id, body);
       line.body.clear();
       ++run.obj.completed;
       if (!run.owner.empty() && gate) {
-        gate->record_usage(run.owner, e->spec.prompt_ids.size(), e->job.produced().size(), wall_ms());
+        gate->record_usage(run.owner, e->spec.prompt_ids.size(), tokens.size(), wall_ms());
       }
     } else if (state == core::JobState::kCancelled && run.ending == "cancelled") {
       line.state = "cancelled";
@@ -1837,7 +1855,11 @@ struct CoordinatorServer::Impl {
       } else if (auto* tokens = std::get_if<core::JobTokensEffect>(&effect)) {
         on_tokens(*tokens);
       } else if (auto* ended = std::get_if<core::JobEndedEffect>(&effect)) {
-        if (ended->state == core::JobState::kDone) await_settlement(ended->job_id, now);
+        if (ended->verifying) {
+          verifying[ended->job_id] = client_account_of(ended->job_id);
+        } else if (ended->state == core::JobState::kDone) {
+          await_settlement(ended->job_id, now);
+        }
         if (embedding_jobs.count(ended->job_id) != 0) {
           on_embedding_ended(*ended);
         } else {
@@ -1845,6 +1867,12 @@ struct CoordinatorServer::Impl {
         }
       } else if (auto* receipt = std::get_if<core::ReceiptAcceptedEffect>(&effect)) {
         on_receipt_accepted(*receipt, now);
+      } else if (auto* verified = std::get_if<core::JobVerifiedEffect>(&effect)) {
+        on_verified(*verified, now);
+      } else if (auto* standing = std::get_if<core::VehicleStandingEffect>(&effect)) {
+        if (auto st = vehicle_store->put_standing(standing->vehicle_id, standing->standing, now); !st) {
+          log("vehicle store: " + st.error().to_string());
+        }
       } else if (auto* persist = std::get_if<core::PersistJobEffect>(&effect)) {
         dirty.insert(persist->job_id);
       } else if (auto* l = std::get_if<core::CoordinatorLogEffect>(&effect)) {
@@ -1943,7 +1971,8 @@ struct CoordinatorServer::Impl {
   void on_ended(const core::JobEndedEffect& e) {
     auto it = clients.find(e.job_id);
     if (it == clients.end()) {
-      on_batch_job(e.job_id, e.state, e.finish_reason, wall_ms());
+      // A batch line whose job is checked waits for the agreed output (on_verified).
+      if (!e.verifying) on_batch_job(e.job_id, e.state, e.finish_reason, wall_ms());
       return;
     }
     ClientStream& c = *it->second;
@@ -1985,23 +2014,37 @@ struct CoordinatorServer::Impl {
     clients.erase(it);
   }
 
+  // A vehicle's verification standing (core/verification.h), as the owner API shows it.
+  void add_verification(json* entry, const std::string& vehicle_id) const {
+    const core::VehicleStanding* s = machine->standing(vehicle_id);
+    if (s == nullptr) return;
+    (*entry)["verification"] = {{"standing", s->standing},
+                                {"checks_agreed", s->checks_agreed},
+                                {"checks_faulted", s->checks_faulted},
+                                {"quarantined", s->quarantined},
+                                {"quarantine_reason", s->quarantine_reason},
+                                {"quarantined_at", s->quarantined_at}};
+  }
+
   // A vehicle as /v1/vehicles and the owner API show it.
-  static json vehicle_json(const core::VehicleView& v) {
+  json vehicle_json(const core::VehicleView& v) const {
     json reasons = json::array();
     if (v.state) {
       for (const std::string& r : v.state->reasons) reasons.push_back(r);
     }
-    return {{"id", v.id},
-            {"online", v.online},
-            {"state", v.online && v.state ? v.state->state : "offline"},
-            {"eligible", v.online && v.state && v.state->eligible},
-            {"reasons", reasons},
-            {"soc_pct", v.state ? v.state->soc_pct : 0.0},
-            {"accelerator_temp_c", v.state ? v.state->accelerator_temp_c : 0.0},
-            {"job_id", v.job_id},
-            {"attempts_completed", v.attempts_completed},
-            {"attempts_lost", v.attempts_lost},
-            {"models_cached", v.hello.models_cached}};
+    json j = {{"id", v.id},
+              {"online", v.online},
+              {"state", v.online && v.state ? v.state->state : "offline"},
+              {"eligible", v.online && v.state && v.state->eligible},
+              {"reasons", reasons},
+              {"soc_pct", v.state ? v.state->soc_pct : 0.0},
+              {"accelerator_temp_c", v.state ? v.state->accelerator_temp_c : 0.0},
+              {"job_id", v.job_id},
+              {"attempts_completed", v.attempts_completed},
+              {"attempts_lost", v.attempts_lost},
+              {"models_cached", v.hello.models_cached}};
+    add_verification(&j, v.id);
+    return j;
   }
 
   // ---- Owners and enrolment ---------------------------------------------------------
@@ -2121,6 +2164,7 @@ struct CoordinatorServer::Impl {
           json entry = it == machine->vehicles().end()
                            ? json{{"id", v.vehicle_id}, {"online", false}, {"state", "offline"}}
                            : vehicle_json(it->second);
+          if (it == machine->vehicles().end()) add_verification(&entry, v.vehicle_id);
           entry["enrolled_at"] = v.pinned_at;
           list.push_back(std::move(entry));
         }
@@ -2346,7 +2390,9 @@ struct CoordinatorServer::Impl {
       return;
     }
     count_event("receipt", "receipt accepted");
-    if (to_settle.count(e.receipt.job_id) != 0) ++receipts_accepted[e.receipt.job_id];
+    if (to_settle.count(e.receipt.job_id) != 0 || verifying.count(e.receipt.job_id) != 0) {
+      ++receipts_accepted[e.receipt.job_id];
+    }
   }
 
   // ---- Settlement (loop thread) ---------------------------------------------------
@@ -2394,6 +2440,48 @@ struct CoordinatorServer::Impl {
     for (const core::Attempt& a : e->job.attempts()) p.receipts_expected += a.end != core::AttemptEnd::kLost;
     p.ended_at = now;
     to_settle[job_id] = std::move(p);
+  }
+
+  // Loop thread: a job's verification ended (core/verification.h). Its batch
+  // line is written now, with the agreed output (or as failed when the runs
+  // found none). It settles with the attempts at fault unpaid (all of them
+  // when no output was agreed); a disputed interactive job, whose client
+  // already has the wrong text, and a batch line with no agreed output are
+  // refunded in full (the platform bears it: owners keep what honest
+  // attempts earned). A job whose verification began before a restart
+  // settles unverified (settle_sweep).
+  void on_verified(const core::JobVerifiedEffect& v, core::TimeMs now) {
+    auto vit = verifying.find(v.job_id);
+    if (vit == verifying.end()) return;
+    const std::string client_account = vit->second;
+    verifying.erase(vit);
+    const bool batch = batch_jobs.count(v.job_id) != 0;
+    const bool unresolved = v.outcome == core::VerificationOutcome::kUnresolved;
+    const bool disputed = unresolved || v.outcome == core::VerificationOutcome::kCorrected;
+    count_event(disputed ? "job_disputed" : "job_verified", "job " + v.job_id + " " +
+                                                                core::verification_outcome_name(v.outcome) + ": " +
+                                                                v.detail);
+    if (batch) {
+      if (unresolved) {
+        on_batch_job(v.job_id, core::JobState::kFailed, "verification: " + v.detail, now);
+      } else {
+        on_batch_job(v.job_id, core::JobState::kDone, "", now, &v.agreed_ids);
+      }
+    }
+    await_settlement(v.job_id, now);
+    auto it = to_settle.find(v.job_id);
+    if (it == to_settle.end()) return;
+    PendingSettlement& p = it->second;
+    p.client_account = client_account;
+    p.attempts_unpaid.insert(v.attempts_at_fault.begin(), v.attempts_at_fault.end());
+    if (unresolved) {
+      if (const core::JobEntry* e = machine->job(v.job_id)) {
+        for (const core::Attempt& a : e->job.attempts()) p.attempts_unpaid.insert(a.number);
+      }
+    } else {
+      p.completion_tokens = v.agreed_ids.size();
+    }
+    p.refund = unresolved || (disputed && !batch);
   }
 
   // start(): jobs that finished done in the last kSettleSweepWindowMs but
@@ -2455,6 +2543,7 @@ struct CoordinatorServer::Impl {
     in.settled_at_ms = p.ended_at;
     for (const store::StoredReceipt& sr : *receipts) {
       const core::ReceiptMessage& r = sr.receipt;
+      if (p.attempts_unpaid.count(r.attempt) != 0) continue;  // its vehicle's output was wrong
       core::SettlementAttempt a;
       a.receipt_id = core::receipt_id(r.job_id, r.attempt);
       // Until vehicles are enrolled to owners, a vehicle is its own owner.
@@ -2484,6 +2573,17 @@ struct CoordinatorServer::Impl {
       return false;
     }
     count_event("settled", "job " + job_id + " settled");
+    if (p.refund && *posted) {
+      // The whole price back to the client; owners keep what they earned.
+      auto refund = core::build_refund(*tx, p.ended_at);
+      if (!refund) {
+        log("refund of " + job_id + ": " + refund.error().to_string());
+      } else if (auto done = ledger->post(*refund); !done) {
+        log("refund of " + job_id + ": " + done.error().to_string());
+      } else {
+        count_event("refunded", "job " + job_id + " refunded after verification");
+      }
+    }
     (void)now;
     return *posted;
   }
@@ -2676,6 +2776,9 @@ struct CoordinatorServer::Impl {
         {"jobs", {{"queued", machine->queue_depth()}, {"running", running}, {"live", machine->jobs_live()},
                   {"submitted", k.jobs_submitted}, {"done", k.jobs_done}, {"failed", k.jobs_failed},
                   {"cancelled", k.jobs_cancelled}, {"refused", k.jobs_refused}}},
+        {"verification", {{"verifying", machine->jobs_verifying()}, {"checks_started", k.checks_started},
+                          {"agreed", k.checks_agreed}, {"disputed", k.checks_disputed},
+                          {"unverified", k.checks_unverified}, {"quarantines", k.quarantines}}},
         {"tokens", {{"relayed", k.tokens_relayed}, {"per_second", tokens_per_second}}},
         {"kw_in_use", kw},
         {"preemptions", k.preemptions},

@@ -112,6 +112,7 @@ void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
   h.instance = config_.instance;
   h.embeddings = config_.embeddings;
   h.public_key = config_.public_key;
+  h.engine_build = config_.engine_build;
   out->push_back(SendEffect{std::move(h)});
   last_hello_sent_ = now;
 }

@@ -69,6 +69,8 @@ struct AgentConfig {
   bool embeddings = false;
   // The vehicle's Ed25519 public key, hex (HelloMessage::public_key).
   std::string public_key;
+  // The engine's version and kernel set (HelloMessage::engine_build).
+  std::string engine_build;
   WearParams wear;
   DurationMs heartbeat_ms = 2 * kSecondMs;   // a state report at least this often
   DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us

@@ -39,7 +39,11 @@ void CoordinatorMachine::update_idle(const VehicleView& v) {
   // we counted as lost, or one a coordinator before us gave it) answers
   // every assignment "busy"; handing it work again at once would use up a
   // job's attempts in a few round trips.
-  if (v.online && v.state && v.state->eligible && v.state->job_id.empty() && v.job_id.empty() && !v.state_due) {
+  // A quarantined vehicle gets no work at all.
+  auto st = standings_.find(v.id);
+  const bool quarantined = st != standings_.end() && st->second.quarantined;
+  if (v.online && v.state && v.state->eligible && v.state->job_id.empty() && v.job_id.empty() && !v.state_due &&
+      !quarantined) {
     idle_.insert(v.id);
   } else {
     idle_.erase(v.id);
@@ -63,7 +67,7 @@ void CoordinatorMachine::requeue(JobEntry* entry, TimeMs now) {
   queue_[{entry->spec.batch, entry->sequence}] = entry->job.id();
 }
 
-void CoordinatorMachine::finish(JobEntry* entry, Effects* out) {
+void CoordinatorMachine::finish(JobEntry* entry, Effects* out, bool verifying) {
   CHECK(job_state_final(entry->job.state()));
   const std::string& id = entry->job.id();
   running_.erase(id);
@@ -71,12 +75,17 @@ void CoordinatorMachine::finish(JobEntry* entry, Effects* out) {
   CHECK(live_jobs_ > 0);
   --live_jobs_;
   finished_.push_back(id);
-  switch (entry->job.state()) {
-    case JobState::kDone: ++counters_.jobs_done; break;
-    case JobState::kFailed: ++counters_.jobs_failed; break;
-    default: ++counters_.jobs_cancelled; break;
+  // Check runs are the coordinator's own work, not clients' jobs: counted apart.
+  if (!entry->check_of.empty()) {
+    checks_ended_.push_back(id);
+  } else if (entry->job.state() == JobState::kDone) {
+    ++counters_.jobs_done;
+  } else if (entry->job.state() == JobState::kFailed) {
+    ++counters_.jobs_failed;
+  } else {
+    ++counters_.jobs_cancelled;
   }
-  out->push_back(JobEndedEffect{id, entry->job.state(), entry->job.finish_reason()});
+  out->push_back(JobEndedEffect{id, entry->job.state(), entry->job.finish_reason(), verifying});
   out->push_back(PersistJobEffect{id});
 }
 
@@ -92,6 +101,10 @@ void CoordinatorMachine::submit(const SubmitJobEvent& e, TimeMs now, Effects* ou
     return refuse(ErrorCode::kInvalidArgument, "job id must be 1 to " + std::to_string(kJobIdBytesMax) + " bytes");
   }
   if (jobs_.count(e.job_id) != 0) return refuse(ErrorCode::kInvalidArgument, "job " + e.job_id + " already exists");
+  if (e.job_id.starts_with(kCheckJobIdPrefix)) {
+    return refuse(ErrorCode::kInvalidArgument, "job ids starting with '" + std::string(kCheckJobIdPrefix) +
+                                                   "' are the coordinator's own");
+  }
   if (model(s.model_id) == nullptr) return refuse(ErrorCode::kNotFound, "model '" + s.model_id + "' is not served");
   if (s.prompt_ids.empty()) return refuse(ErrorCode::kInvalidArgument, "the prompt is empty");
   if (s.kind == WorkKind::kEmbed) {
@@ -170,6 +183,7 @@ void CoordinatorMachine::on_hello(const std::string& vid, const HelloMessage& m,
   }
   v.instance = m.instance;
   v.hello = m;
+  (void)standing_of(vid);
   v.last_heard = now;
   v.online = true;
   update_idle(v);
@@ -325,7 +339,8 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
     if (!st) return reject("bad_done", st.error().message, out);
     ++v.attempts_completed;
     release_vehicle(vid, m->job_id);
-    finish(entry, out);
+    const bool verifying = maybe_check(entry, now, out);
+    finish(entry, out, verifying);
   } else if (const auto* m = std::get_if<PreemptedMessage>(&msg)) {
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "preempted", out);
     if (entry == nullptr) return;
@@ -472,7 +487,11 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     for (size_t n = 0; n < idle_.size() && candidates.size() < kPlacementCandidatesMax; ++n) {
       if (vit == idle_.end()) vit = idle_.begin();
       const VehicleView& v = vehicles_.at(*vit);
-      if (embed && !v.hello.embeddings) {  // it would generate instead
+      // A check runs on a vehicle of the original's engine build that made
+      // none of the tokens it checks.
+      if ((embed && !v.hello.embeddings) ||  // it would generate instead
+          (!entry.check_of.empty() &&
+           (v.hello.engine_build != entry.engine_build || entry.excluded_vehicles.count(v.id) != 0))) {
         last = *vit;
         ++vit;
         continue;
@@ -487,6 +506,9 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
       c.accelerator_temp_c = v.state->accelerator_temp_c;
       c.attempts_completed = v.attempts_completed;
       c.attempts_lost = v.attempts_lost;
+      if (auto st = standings_.find(v.id); st != standings_.end()) {
+        c.standing = static_cast<double>(st->second.standing) / kStandingMax;
+      }
       candidates.push_back(std::move(c));
       last = *vit;
       ++vit;
@@ -528,9 +550,17 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
 }
 
 void CoordinatorMachine::tick(TimeMs now, Effects* out) {
-  while (finished_.size() > config_.finished_jobs_kept_max) {
-    jobs_.erase(finished_.front());
+  // Jobs under verification, and their check runs, stay until it ends
+  // (bounded by checks_live_max and check_wait_ms_max): they go to the back.
+  for (size_t visits = finished_.size(); finished_.size() > config_.finished_jobs_kept_max && visits > 0; --visits) {
+    const std::string id = finished_.front();
     finished_.pop_front();
+    const JobEntry& e = jobs_.at(id);
+    if (verifying_.count(id) != 0 || (!e.check_of.empty() && verifying_.count(e.check_of) != 0)) {
+      finished_.push_back(id);
+    } else {
+      jobs_.erase(id);
+    }
   }
   // The offline sweep visits a slice of the vehicles per tick, sized so that
   // each is visited at least every half timeout: a silent vehicle goes
@@ -586,7 +616,9 @@ void CoordinatorMachine::tick(TimeMs now, Effects* out) {
   for (auto qit = queue_.begin(); qit != queue_.end();) {
     JobEntry& entry = jobs_.at(qit->second);
     ++qit;  // finish() erases the entry's queue key
-    const DurationMs limit = entry.spec.batch ? config_.queued_batch_ms_max : config_.queued_ms_max;
+    const DurationMs limit = !entry.check_of.empty() ? config_.verification.check_wait_ms_max
+                             : entry.spec.batch      ? config_.queued_batch_ms_max
+                                                     : config_.queued_ms_max;
     if (now - entry.job.created_at() > limit) {
       CHECK(entry.job.fail("no vehicle finished it within " + std::to_string(limit / kSecondMs) + " s", now)
                 .has_value());
@@ -608,6 +640,27 @@ std::vector<CoordinatorEffect> CoordinatorMachine::handle(const CoordinatorEvent
     on_vehicle(*e, now, &out);
   } else if (std::holds_alternative<CoordinatorTick>(event)) {
     tick(now, &out);
+  } else if (const auto* e = std::get_if<RestoreStandingEvent>(&event)) {
+    if (standings_.count(e->vehicle_id) == 0 && standings_.size() >= config_.vehicles_max) {
+      reject("too_many_vehicles", "standing of vehicle " + e->vehicle_id + " not restored", &out);
+    } else {
+      VehicleStanding s = e->standing;
+      s.standing = std::clamp(s.standing, 0, kStandingMax);
+      standings_[e->vehicle_id] = std::move(s);
+      if (auto vit = vehicles_.find(e->vehicle_id); vit != vehicles_.end()) update_idle(vit->second);
+    }
+  } else if (const auto* e = std::get_if<LiftQuarantineEvent>(&event)) {
+    auto st = standings_.find(e->vehicle_id);
+    if (st != standings_.end() && st->second.quarantined) {
+      VehicleStanding lifted = initial_standing(config_.verification);
+      lifted.checks_agreed = st->second.checks_agreed;
+      lifted.checks_faulted = st->second.checks_faulted;
+      st->second = std::move(lifted);
+      out.push_back(VehicleStandingEffect{e->vehicle_id, st->second});
+      out.push_back(CoordinatorLogEffect{"quarantine_lifted", "vehicle " + e->vehicle_id + ": quarantine lifted"});
+      if (auto vit = vehicles_.find(e->vehicle_id); vit != vehicles_.end()) update_idle(vit->second);
+      place_queued(now, &out);
+    }
   } else if (const auto* e = std::get_if<RestoreJobEvent>(&event)) {
     const std::string id = e->job.id();
     if (jobs_.count(id) != 0) {
@@ -624,7 +677,230 @@ std::vector<CoordinatorEffect> CoordinatorMachine::handle(const CoordinatorEvent
       out.push_back(PersistJobEffect{id});
     }
   }
+  // Check runs that ended in this event: compare and decide (which may
+  // queue a third run, so placement runs once more).
+  bool placed_check = false;
+  while (!checks_ended_.empty()) {
+    const std::string id = std::move(checks_ended_.front());
+    checks_ended_.pop_front();
+    on_check_ended(jobs_.at(id), now, &out);
+    placed_check = true;
+  }
+  if (placed_check && !queue_.empty() && !idle_.empty()) place_queued(now, &out);
+  drop_check_effects(&out);
   return out;
+}
+
+// ---- Verification -----------------------------------------------------------
+
+const char* verification_outcome_name(VerificationOutcome o) {
+  switch (o) {
+    case VerificationOutcome::kAgreed: return "agreed";
+    case VerificationOutcome::kCorrected: return "corrected";
+    case VerificationOutcome::kUnresolved: return "unresolved";
+    case VerificationOutcome::kUnverified: return "unverified";
+  }
+  return "?";
+}
+
+const VehicleStanding* CoordinatorMachine::standing(const std::string& vehicle_id) const {
+  auto it = standings_.find(vehicle_id);
+  return it == standings_.end() ? nullptr : &it->second;
+}
+
+VehicleStanding& CoordinatorMachine::standing_of(const std::string& vehicle_id) {
+  auto it = standings_.find(vehicle_id);
+  if (it == standings_.end()) it = standings_.emplace(vehicle_id, initial_standing(config_.verification)).first;
+  return it->second;
+}
+
+void CoordinatorMachine::agree(const std::string& vehicle_id, Effects* out) {
+  VehicleStanding& s = standing_of(vehicle_id);
+  record_agreement(&s, config_.verification);
+  out->push_back(VehicleStandingEffect{vehicle_id, s});
+}
+
+void CoordinatorMachine::fault(const std::string& vehicle_id, const std::string& why, TimeMs now, Effects* out) {
+  VehicleStanding& s = standing_of(vehicle_id);
+  const bool quarantined = record_fault(&s, config_.verification, why, now);
+  out->push_back(VehicleStandingEffect{vehicle_id, s});
+  out->push_back(CoordinatorLogEffect{"check_fault", "vehicle " + vehicle_id + " at fault (standing " +
+                                                         std::to_string(s.standing) + "): " + why});
+  if (quarantined) {
+    ++counters_.quarantines;
+    out->push_back(CoordinatorLogEffect{"vehicle_quarantined", "vehicle " + vehicle_id + " quarantined: " + why});
+    if (auto vit = vehicles_.find(vehicle_id); vit != vehicles_.end()) update_idle(vit->second);
+  }
+}
+
+bool CoordinatorMachine::maybe_check(JobEntry* entry, TimeMs now, Effects* out) {
+  const VerificationConfig& vc = config_.verification;
+  if (!vc.enabled || entry->spec.kind != WorkKind::kGenerate || !entry->check_of.empty()) return false;
+  const std::vector<std::string> made = producers(entry->job.attempts());
+  if (made.empty()) return false;
+  double p = 0.0;
+  for (const std::string& vid : made) p = std::max(p, check_probability(standing_of(vid), vc));
+  if (!draw_check(vc.seed, entry->job.id(), p)) return false;
+  if (verifying_.size() >= vc.checks_live_max) {
+    out->push_back(CoordinatorLogEffect{"check_skipped", "job " + entry->job.id() + " not checked: " +
+                                                             std::to_string(vc.checks_live_max) +
+                                                             " verifications already running"});
+    return false;
+  }
+  verifying_[entry->job.id()] = Verification{};
+  if (start_check(*entry, 1, std::set<std::string>(made.begin(), made.end()), now)) return true;
+  verifying_.erase(entry->job.id());
+  return false;
+}
+
+bool CoordinatorMachine::start_check(const JobEntry& original, uint32_t round, std::set<std::string> excluded,
+                                     TimeMs now) {
+  // `original` is the checked job itself (round 1) or its first check run (round 2).
+  const std::string& root = original.check_of.empty() ? original.job.id() : original.check_of;
+  const std::string id = check_job_id(config_.verification.seed, root, round);
+  if (jobs_.count(id) != 0) return false;  // a 64-bit hash collision: the job goes unchecked
+  JobSpec spec = original.spec;
+  spec.batch = true;   // after every client's interactive job
+  spec.logprobs = -1;  // only the tokens are compared
+  const uint64_t seq = next_sequence_++;
+  JobEntry e{Job(id, now, spec.max_tokens, config_.limits), std::move(spec), seq, now};
+  e.check_of = root;
+  e.check_round = round;
+  e.excluded_vehicles = std::move(excluded);
+  // The build of the vehicle that made the original's first token (the
+  // original's own, for a first run; the same, carried on, for a third).
+  if (!original.check_of.empty()) {
+    e.engine_build = original.engine_build;
+  } else if (const Attempt* first = attempt_at(original.job.attempts(), 0)) {
+    auto vit = vehicles_.find(first->vehicle_id);
+    if (vit != vehicles_.end()) e.engine_build = vit->second.hello.engine_build;
+  }
+  jobs_.emplace(id, std::move(e));
+  queue_[{true, seq}] = id;
+  ++live_jobs_;
+  ++counters_.checks_started;
+  verifying_[root].check_ids.push_back(id);
+  return true;
+}
+
+void CoordinatorMachine::end_verification(const std::string& job_id, JobVerifiedEffect verdict, Effects* out) {
+  verifying_.erase(job_id);
+  switch (verdict.outcome) {
+    case VerificationOutcome::kAgreed:
+      (verdict.vehicles_at_fault.empty() ? counters_.checks_agreed : counters_.checks_disputed) += 1;
+      break;
+    case VerificationOutcome::kCorrected: ++counters_.checks_disputed; break;
+    case VerificationOutcome::kUnresolved:
+    case VerificationOutcome::kUnverified: ++counters_.checks_unverified; break;
+  }
+  out->push_back(CoordinatorLogEffect{"job_verified", "job " + job_id + ": " +
+                                                          verification_outcome_name(verdict.outcome) + ": " +
+                                                          verdict.detail});
+  out->push_back(std::move(verdict));
+}
+
+void CoordinatorMachine::on_check_ended(const JobEntry& check, TimeMs now, Effects* out) {
+  const std::string original_id = check.check_of;
+  auto vit = verifying_.find(original_id);
+  auto oit = jobs_.find(original_id);
+  if (vit == verifying_.end() || oit == jobs_.end()) return;
+  const JobEntry& original = oit->second;
+  const std::vector<int32_t>& mine = original.job.produced();
+  JobVerifiedEffect verdict;
+  verdict.job_id = original_id;
+  if (check.job.state() != JobState::kDone) {
+    if (check.check_round == 1) {
+      verdict.outcome = VerificationOutcome::kUnverified;
+      verdict.agreed_ids = mine;
+      verdict.detail = "the check run " + std::string(job_state_name(check.job.state())) + ": " +
+                       check.job.finish_reason();
+    } else {
+      verdict.outcome = VerificationOutcome::kUnresolved;
+      verdict.detail = "the first check disagreed and the deciding run " +
+                       std::string(job_state_name(check.job.state())) + ": " + check.job.finish_reason();
+    }
+    return end_verification(original_id, std::move(verdict), out);
+  }
+  const std::vector<int32_t>& theirs = check.job.produced();
+  std::set<std::string> honest;
+  auto add_producers = [&](const JobEntry& e) {
+    for (const std::string& v : producers(e.job.attempts())) honest.insert(v);
+  };
+  if (check.check_round == 1) {
+    if (!first_difference(mine, theirs)) {
+      add_producers(original);
+      add_producers(check);
+      for (const std::string& v : honest) agree(v, out);
+      verdict.outcome = VerificationOutcome::kAgreed;
+      verdict.agreed_ids = mine;
+      verdict.detail = "a re-run on another vehicle agreed";
+      return end_verification(original_id, std::move(verdict), out);
+    }
+    // Disagreement: a third run, on none of the vehicles so far, decides.
+    vit->second.first_check_ids = theirs;
+    std::set<std::string> excluded = check.excluded_vehicles;
+    for (const std::string& v : producers(check.job.attempts())) excluded.insert(v);
+    out->push_back(CoordinatorLogEffect{"check_disagreed", "job " + original_id + ": the re-run differs at token " +
+                                                               std::to_string(*first_difference(mine, theirs)) +
+                                                               "; a third run decides"});
+    if (start_check(check, 2, std::move(excluded), now)) return;
+    verdict.outcome = VerificationOutcome::kUnresolved;
+    verdict.detail = "the re-run disagreed and the deciding run could not be queued";
+    return end_verification(original_id, std::move(verdict), out);
+  }
+  // The deciding run.
+  CHECK(!vit->second.check_ids.empty());
+  const JobEntry& first_check = jobs_.at(vit->second.check_ids.front());
+  const std::vector<int32_t>& first = vit->second.first_check_ids;
+  auto blame = [&](const JobEntry& wrong, const std::vector<int32_t>& agreed, const char* role) -> const Attempt* {
+    const uint64_t at = first_difference(wrong.job.produced(), agreed).value_or(0);
+    const Attempt* a = attempt_at(wrong.job.attempts(), at);
+    if (a == nullptr) return nullptr;
+    fault(a->vehicle_id,
+          std::string("its output for job ") + original_id + " (" + role + ") differed at token " +
+              std::to_string(at) + " from the output two other vehicles agreed on",
+          now, out);
+    verdict.vehicles_at_fault.push_back(a->vehicle_id);
+    // Earlier attempts of the wrong run made agreed tokens: honest too.
+    for (const Attempt& b : wrong.job.attempts()) {
+      if (b.tokens_appended > 0 && b.tokens_at_start + b.tokens_appended <= at && b.vehicle_id != a->vehicle_id) {
+        honest.insert(b.vehicle_id);
+      }
+    }
+    return a;
+  };
+  if (!first_difference(mine, theirs)) {
+    add_producers(original);
+    add_producers(check);
+    blame(first_check, mine, "a check run");
+    verdict.outcome = VerificationOutcome::kAgreed;
+    verdict.agreed_ids = mine;
+    verdict.detail = "the first re-run was wrong; a third run agreed with the original";
+  } else if (!first_difference(first, theirs)) {
+    add_producers(first_check);
+    add_producers(check);
+    if (const Attempt* a = blame(original, first, "the original run")) verdict.attempts_at_fault.push_back(a->number);
+    verdict.outcome = VerificationOutcome::kCorrected;
+    verdict.agreed_ids = first;
+    verdict.detail = "two re-runs agreed on an output that differs from the original's";
+  } else {
+    verdict.outcome = VerificationOutcome::kUnresolved;
+    verdict.detail = "three runs gave three different outputs";
+  }
+  for (const std::string& v : verdict.vehicles_at_fault) honest.erase(v);
+  for (const std::string& v : honest) agree(v, out);
+  end_verification(original_id, std::move(verdict), out);
+}
+
+void CoordinatorMachine::drop_check_effects(Effects* out) const {
+  auto is_check = [](const std::string& id) { return id.starts_with(kCheckJobIdPrefix); };
+  std::erase_if(*out, [&](const CoordinatorEffect& e) {
+    if (const auto* x = std::get_if<JobTokensEffect>(&e)) return is_check(x->job_id);
+    if (const auto* x = std::get_if<JobEndedEffect>(&e)) return is_check(x->job_id);
+    if (const auto* x = std::get_if<PersistJobEffect>(&e)) return is_check(x->job_id);
+    if (const auto* x = std::get_if<JobEmbeddingEffect>(&e)) return is_check(x->job_id);
+    return false;
+  });
 }
 
 }  // namespace idlefleet::core

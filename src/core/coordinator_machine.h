@@ -32,6 +32,25 @@
 // as failed and the job is placed again. An embed attempt that is
 // preempted, lost or failed leaves nothing behind: the next one starts over.
 //
+// Verification (config.verification, core/verification.h): when a
+// generation job ends done by its vehicle's own word, a draw seeded by the
+// config and the job id (with a probability that adapts to the standing of
+// the vehicles that produced it) decides whether to check it. A check is an
+// internal job (id kCheckJobIdPrefix...) with the same spec, run from
+// scratch, batch priority, on a vehicle of the same engine build that
+// produced none of the original's tokens. Equal tokens: every vehicle
+// involved gains standing. Different: a third run on yet another vehicle
+// decides by majority; the vehicle whose attempt produced the first token
+// that differs from the agreed output loses standing (attempts resumed
+// after it inherited a wrong prefix and are not at fault), and below the
+// threshold it is quarantined: placement skips it and the reason is kept.
+// The original's JobEndedEffect says `verifying`; a JobVerifiedEffect
+// follows with the agreed output. Check jobs emit no client effects
+// (accepted, tokens, ended, persist): they are not stored, and a restart
+// forgets them (their originals then settle unverified). Only jobs their
+// vehicle completed are checked: one the coordinator stopped early (a stop
+// string) has no whole output to compare.
+//
 // No I/O, no clock: `now` is an argument. Iteration is over ordered maps, so
 // the same events give the same effects. Thread-safety: one thread at a time.
 #pragma once
@@ -50,6 +69,7 @@
 #include "core/protocol.h"
 #include "core/scheduler.h"
 #include "core/time.h"
+#include "core/verification.h"
 
 namespace idlefleet::core {
 
@@ -99,6 +119,7 @@ struct CoordinatorCoreConfig {
   DurationMs expected_ms_per_token = 20;           // for the expected duration of a job
   std::vector<ModelInfo> models;
   PlacementWeights weights;
+  VerificationConfig verification;
 };
 
 // ---- Events ----------------------------------------------------------------
@@ -129,8 +150,19 @@ struct RestoreJobEvent {
   JobSpec spec;
 };
 
-using CoordinatorEvent =
-    std::variant<SubmitJobEvent, CancelJobEvent, StopJobEvent, VehicleMessageEvent, CoordinatorTick, RestoreJobEvent>;
+// A vehicle's standing read back from the store (before or after its hello).
+struct RestoreStandingEvent {
+  std::string vehicle_id;
+  VehicleStanding standing;
+};
+// An operator lifts a vehicle's quarantine: its standing starts again at the
+// initial one, and its next jobs are all checked.
+struct LiftQuarantineEvent {
+  std::string vehicle_id;
+};
+
+using CoordinatorEvent = std::variant<SubmitJobEvent, CancelJobEvent, StopJobEvent, VehicleMessageEvent,
+                                      CoordinatorTick, RestoreJobEvent, RestoreStandingEvent, LiftQuarantineEvent>;
 
 // ---- Effects ---------------------------------------------------------------
 
@@ -163,6 +195,33 @@ struct JobEndedEffect {
   std::string job_id;
   JobState state = JobState::kDone;
   std::string finish_reason;
+  // Done, and drawn for a check: its output is not final (and it should not
+  // settle) until its JobVerifiedEffect.
+  bool verifying = false;
+};
+
+enum class VerificationOutcome {
+  kAgreed,      // the check agreed with the original (perhaps after a third run)
+  kCorrected,   // the majority disagreed with the original: agreed_ids is the right output
+  kUnresolved,  // the runs disagreed and no majority was reached: no output is trusted
+  kUnverified,  // the check could not run in time: the original stands unchecked
+};
+const char* verification_outcome_name(VerificationOutcome o);
+
+// The end of a job's verification.
+struct JobVerifiedEffect {
+  std::string job_id;
+  VerificationOutcome outcome = VerificationOutcome::kAgreed;
+  std::vector<int32_t> agreed_ids;              // the output to release (empty when unresolved)
+  std::vector<uint32_t> attempts_at_fault;      // of the original job: earn nothing
+  std::vector<std::string> vehicles_at_fault;   // any run's, original or check
+  std::string detail;
+};
+
+// A vehicle's standing changed: persist it (and tell its owner when it was quarantined).
+struct VehicleStandingEffect {
+  std::string vehicle_id;
+  VehicleStanding standing;
 };
 // The job changed: write its snapshot (job()) to the store.
 struct PersistJobEffect {
@@ -185,7 +244,7 @@ struct ReceiptAcceptedEffect {
 
 using CoordinatorEffect = std::variant<SendToVehicleEffect, JobAcceptedEffect, JobTokensEffect, JobEndedEffect,
                                        PersistJobEffect, CoordinatorLogEffect, JobEmbeddingEffect,
-                                       ReceiptAcceptedEffect>;
+                                       ReceiptAcceptedEffect, JobVerifiedEffect, VehicleStandingEffect>;
 
 // What the coordinator knows of one vehicle.
 struct VehicleView {
@@ -216,6 +275,11 @@ struct CoordinatorCounters {
   uint64_t tokens_relayed = 0;
   uint64_t messages_accepted = 0;
   uint64_t messages_rejected = 0;
+  uint64_t checks_started = 0;     // check runs placed in the queue
+  uint64_t checks_agreed = 0;      // verifications that upheld the original
+  uint64_t checks_disputed = 0;    // verifications that found a fault
+  uint64_t checks_unverified = 0;  // verifications that could not finish
+  uint64_t quarantines = 0;
 };
 
 struct JobEntry {
@@ -223,6 +287,18 @@ struct JobEntry {
   JobSpec spec;
   uint64_t sequence = 0;  // submission order
   TimeMs queued_since = 0;
+  // Check runs only: the job they check, which round (1, 2), the vehicles
+  // they may not run on, and the engine build they must run on.
+  std::string check_of = {};
+  uint32_t check_round = 0;
+  std::set<std::string> excluded_vehicles = {};
+  std::string engine_build = {};
+};
+
+// A job under verification.
+struct Verification {
+  std::vector<std::string> check_ids;  // its check runs, in order
+  std::vector<int32_t> first_check_ids;  // the first check's output, once it disagreed
 };
 
 class CoordinatorMachine {
@@ -236,6 +312,11 @@ class CoordinatorMachine {
   const JobEntry* job(const std::string& id) const;
   const std::map<std::string, VehicleView>& vehicles() const { return vehicles_; }
   const std::map<std::string, JobEntry>& jobs() const { return jobs_; }
+  // Every vehicle's standing (those heard from or restored).
+  const std::map<std::string, VehicleStanding>& standings() const { return standings_; }
+  const VehicleStanding* standing(const std::string& vehicle_id) const;
+  // Jobs whose verification has not ended.
+  size_t jobs_verifying() const { return verifying_.size(); }
   size_t queue_depth() const { return queue_.size(); }
   size_t jobs_live() const { return live_jobs_; }
   // Vehicles online, eligible and idle: what can take a job now.
@@ -264,7 +345,23 @@ class CoordinatorMachine {
   void place_queued(TimeMs now, Effects* out);
   void requeue(JobEntry* entry, TimeMs now);
   void release_vehicle(const std::string& vid, const std::string& job_id);
-  void finish(JobEntry* entry, Effects* out);
+  // verifying: the job is done and drawn for a check (JobEndedEffect::verifying).
+  void finish(JobEntry* entry, Effects* out, bool verifying = false);
+  // After a vehicle's done: draws whether to check the job; true when a check was queued.
+  bool maybe_check(JobEntry* entry, TimeMs now, Effects* out);
+  // Queues check run `round` of `original`, on none of `excluded`.
+  // False when its id is taken (a hash collision): the job goes unchecked.
+  bool start_check(const JobEntry& original, uint32_t round, std::set<std::string> excluded, TimeMs now);
+  // A check run ended (done, failed or cancelled): compare, decide, emit.
+  void on_check_ended(const JobEntry& check, TimeMs now, Effects* out);
+  void end_verification(const std::string& job_id, JobVerifiedEffect verdict, Effects* out);
+  VehicleStanding& standing_of(const std::string& vehicle_id);
+  void agree(const std::string& vehicle_id, Effects* out);
+  void fault(const std::string& vehicle_id, const std::string& why, TimeMs now, Effects* out);
+  // Drops the effects meant for clients and the store (tokens, ended,
+  // persist, embedding) of check jobs, which have neither. (A client's
+  // refused submission with a check id keeps its JobAcceptedEffect.)
+  void drop_check_effects(Effects* out) const;
   void update_idle(const VehicleView& v);
   void reject(const char* what, std::string text, Effects* out);
   const ModelInfo* model(const std::string& id) const;
@@ -279,6 +376,9 @@ class CoordinatorMachine {
   std::set<std::string> running_;          // jobs with a live attempt (leases to watch)
   std::set<std::string> idle_;             // vehicles online, eligible, idle
   std::deque<std::string> finished_;       // finished jobs kept in memory, oldest first
+  std::map<std::string, VehicleStanding> standings_;  // bounded by vehicles_max
+  std::map<std::string, Verification> verifying_;     // by original job id
+  std::deque<std::string> checks_ended_;              // check runs finished in this event
   size_t live_jobs_ = 0;
   uint64_t next_sequence_ = 1;
   std::string cursor_;                     // placement's rotating start in idle_

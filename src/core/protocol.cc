@@ -475,6 +475,7 @@ struct Encoder {
     json j = {{"vehicle_id", m.vehicle_id}, {"models_cached", m.models_cached}, {"memory_bytes", m.memory_bytes},
               {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}, {"embeddings", m.embeddings}};
     if (!m.public_key.empty()) j["public_key"] = m.public_key;
+    if (!m.engine_build.empty()) j["engine_build"] = m.engine_build;
     return j;
   }
   json operator()(const StateMessage& m) const {
@@ -664,6 +665,11 @@ Result<Message> decode_message(std::string_view text) {
     if (r.status() && !m.public_key.empty() &&
         (m.public_key.size() != 64 || m.public_key.find_first_not_of("0123456789abcdef") != std::string::npos)) {
       return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'public_key' must be 64 lower-case hex digits");
+    }
+    m.engine_build = r.string("engine_build", kEngineBuildBytesMax, false);
+    constexpr std::string_view kBuildChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-";
+    if (r.status() && m.engine_build.find_first_not_of(kBuildChars) != std::string::npos) {
+      return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'engine_build' must be of [A-Za-z0-9._+-]");
     }
     return finish(r, std::move(m));
   }

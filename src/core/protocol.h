@@ -55,6 +55,7 @@ namespace idlefleet::core {
 inline constexpr int kProtocolVersion = 1;
 inline constexpr size_t kMessageBytesMax = 4u << 20;     // one message
 inline constexpr size_t kIdBytesMax = 128;               // vehicle, job and model ids
+inline constexpr size_t kEngineBuildBytesMax = 64;       // HelloMessage::engine_build
 inline constexpr size_t kTextBytesMax = 4096;            // reasons and error texts
 inline constexpr size_t kTokenIdsMax = 1u << 18;         // prompt + produced in one assign
 inline constexpr size_t kChunkTokensMax = 4096;          // tokens in one chunk
@@ -127,6 +128,12 @@ struct HelloMessage {
   // receipts (optional: "" from a vehicle without one, whose receipts are
   // refused).
   std::string public_key = {};
+  // What makes its output bit-for-bit reproducible elsewhere: the engine's
+  // version and the kernel set it chose at run time (e.g. "0.1.0+avx2").
+  // Verification re-runs a job only on a vehicle with the same build
+  // (optional: "" from agents that predate it; such vehicles are matched
+  // only with each other). 1..kEngineBuildBytesMax of [A-Za-z0-9._+-].
+  std::string engine_build = {};
 };
 
 struct StateMessage {

@@ -79,6 +79,7 @@ std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
     score += weights.wear * clamp01(v.wear_budget_left_fraction);
     const uint32_t tried = v.attempts_completed + v.attempts_lost;
     score += weights.record * (tried == 0 ? 1.0 : static_cast<double>(v.attempts_completed) / tried);
+    score += weights.standing * clamp01(v.standing);
     verdict.acceptable = true;
     verdict.score = score;
     verdicts.push_back(std::move(verdict));

@@ -12,8 +12,8 @@
 // one expected to stay longest is allowed (the job survives preemption).
 // Among the rest, a score prefers, in this order of weight: the model
 // already cached (no download), enough parked time, cheap energy, a cool
-// chip, wear budget left, and a good record (completed versus lost
-// attempts). Ties go to the smallest vehicle id, so the choice never
+// chip, wear budget left, a good record (completed versus lost
+// attempts) and a high verification standing. Ties go to the smallest vehicle id, so the choice never
 // depends on input order.
 //
 // Thread-safety: pure functions.
@@ -50,6 +50,7 @@ struct VehicleCandidate {
   double wear_budget_left_fraction = 1.0;  // 0..1 of this month's budget
   uint32_t attempts_completed = 0;
   uint32_t attempts_lost = 0;
+  double standing = 0.5;  // 0..1: its verification standing (core/verification.h)
 };
 
 struct Placement {
@@ -67,6 +68,7 @@ struct PlacementWeights {
   double cool = 1.0;            // 1 at ambient-cool, 0 at the temperature limit
   double wear = 1.0;            // budget fraction left
   double record = 2.0;          // share of attempts completed (1 with no history)
+  double standing = 2.0;        // per unit of verification standing (0..1)
 };
 
 // The best vehicle for the request, or nothing when none meets the hard

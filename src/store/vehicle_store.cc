@@ -51,6 +51,19 @@ CREATE TABLE vehicle_policies (
   updated_at INTEGER NOT NULL
 ) STRICT;
 )sql",
+    R"sql(
+CREATE TABLE standings (
+  vehicle_id TEXT PRIMARY KEY NOT NULL,
+  standing INTEGER NOT NULL,
+  checks_agreed INTEGER NOT NULL,
+  checks_faulted INTEGER NOT NULL,
+  agreed_since_fault INTEGER NOT NULL,
+  quarantined INTEGER NOT NULL,
+  quarantine_reason TEXT NOT NULL,
+  quarantined_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+)sql",
 };
 
 std::string digest(std::string_view secret) {
@@ -381,6 +394,70 @@ Result<std::vector<VehicleRecord>> VehicleStore::vehicles_of(const std::string& 
     auto v = read_vehicle(st);
     if (!v) return Unexpected(v.error());
     out.push_back(std::move(*v));
+  }
+  return out;
+}
+
+Status VehicleStore::put_standing(const std::string& vehicle_id, const core::VehicleStanding& s, core::TimeMs now) {
+  if (!core::valid_vehicle_id(vehicle_id)) return Unexpected(ErrorCode::kInvalidArgument, "bad vehicle id");
+  if (s.standing < 0 || s.standing > core::kStandingMax ||
+      s.quarantine_reason.size() > core::kQuarantineReasonBytesMax) {
+    return Unexpected(ErrorCode::kInvalidArgument, "standing of vehicle " + vehicle_id + " out of range");
+  }
+  Statement st(db_,
+               "INSERT INTO standings (vehicle_id, standing, checks_agreed, checks_faulted, agreed_since_fault, "
+               "quarantined, quarantine_reason, quarantined_at, updated_at) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+               "ON CONFLICT (vehicle_id) DO UPDATE SET standing = ?2, checks_agreed = ?3, checks_faulted = ?4, "
+               "agreed_since_fault = ?5, quarantined = ?6, quarantine_reason = ?7, quarantined_at = ?8, "
+               "updated_at = ?9");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "writing a standing");
+  st.text(1, vehicle_id);
+  st.integer(2, s.standing);
+  st.integer(3, s.checks_agreed);
+  st.integer(4, s.checks_faulted);
+  st.integer(5, s.agreed_since_fault);
+  st.integer(6, s.quarantined ? 1 : 0);
+  st.text(7, s.quarantine_reason);
+  st.integer(8, s.quarantined_at);
+  st.integer(9, now);
+  const int rc = st.step();
+  if (rc != SQLITE_DONE) return error(rc, "writing a standing");
+  return {};
+}
+
+Result<std::vector<std::pair<std::string, core::VehicleStanding>>> VehicleStore::standings() {
+  Statement st(db_,
+               "SELECT vehicle_id, standing, checks_agreed, checks_faulted, agreed_since_fault, quarantined, "
+               "quarantine_reason, quarantined_at FROM standings ORDER BY vehicle_id");
+  if (st.prepared() != SQLITE_OK) return error(st.prepared(), "listing standings");
+  std::vector<std::pair<std::string, core::VehicleStanding>> out;
+  for (;;) {
+    const int rc = st.step();
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return error(rc, "listing standings");
+    if (out.size() >= kVehiclesMax) return Unexpected(ErrorCode::kCorrupt, "more than kVehiclesMax standings");
+    std::string id = st.column_text(0);
+    core::VehicleStanding s;
+    const int64_t standing = st.column_int(1);
+    const int64_t agreed = st.column_int(2);
+    const int64_t faulted = st.column_int(3);
+    const int64_t since = st.column_int(4);
+    const int64_t quarantined = st.column_int(5);
+    s.quarantine_reason = st.column_text(6);
+    s.quarantined_at = st.column_int(7);
+    constexpr int64_t kCountMax = UINT32_MAX;
+    if (!core::valid_vehicle_id(id) || standing < 0 || standing > core::kStandingMax || agreed < 0 ||
+        agreed > kCountMax || faulted < 0 || faulted > kCountMax || since < 0 || since > kCountMax ||
+        (quarantined != 0 && quarantined != 1) || s.quarantine_reason.size() > core::kQuarantineReasonBytesMax) {
+      return Unexpected(ErrorCode::kCorrupt, "standing row '" + id.substr(0, 64) + "' is damaged");
+    }
+    s.standing = static_cast<int32_t>(standing);
+    s.checks_agreed = static_cast<uint32_t>(agreed);
+    s.checks_faulted = static_cast<uint32_t>(faulted);
+    s.agreed_since_fault = static_cast<uint32_t>(since);
+    s.quarantined = quarantined == 1;
+    out.emplace_back(std::move(id), std::move(s));
   }
   return out;
 }

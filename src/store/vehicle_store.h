@@ -24,6 +24,10 @@
 //   vehicle_policies (migration 3): vehicle_id TEXT PK | policy_json TEXT
 //     (core::encode_policy) | updated_at INTEGER: the policy the vehicle's
 //     owner set (owner API), sent to the vehicle on its every hello
+//   standings (migration 4): vehicle_id TEXT PK | standing INTEGER (0..1000) |
+//     checks_agreed, checks_faulted, agreed_since_fault INTEGER |
+//     quarantined INTEGER (0/1) | quarantine_reason TEXT | quarantined_at
+//     INTEGER | updated_at INTEGER: verification (core/verification.h)
 // Every row read is validated (kCorrupt naming the row, never a crash).
 //
 // Thread-safety: none: one thread at a time (the coordinator's loop thread).
@@ -37,6 +41,7 @@
 #include "common/result.h"
 #include "core/protocol.h"
 #include "core/time.h"
+#include "core/verification.h"
 
 struct sqlite3;
 
@@ -141,6 +146,10 @@ class VehicleStore {
   Result<VehicleRecord> enrol(std::string_view code, const std::string& vehicle_id, const std::string& public_key,
                               core::TimeMs now);
 
+  // A vehicle's verification standing, written whenever it changes.
+  Status put_standing(const std::string& vehicle_id, const core::VehicleStanding& s, core::TimeMs now);
+  // Every stored standing, by vehicle id (read back at start).
+  Result<std::vector<std::pair<std::string, core::VehicleStanding>>> standings();
   // The vehicles enrolled to an owner, by id.
   Result<std::vector<VehicleRecord>> vehicles_of(const std::string& owner_id);
 

@@ -192,6 +192,9 @@ TEST_F(Owners, EnrolledVehiclesWorkForTheirOwnersAndNobodyElse) {
   ASSERT_EQ(mine["data"].size(), 1u) << mine.dump();
   EXPECT_EQ(mine["data"][0]["id"], "car-01");
   EXPECT_TRUE(mine["data"][0]["online"].get<bool>());
+  // And its verification standing (never checked here: the initial one, not quarantined).
+  EXPECT_EQ(mine["data"][0]["verification"].value("standing", -1), 500) << mine.dump();
+  EXPECT_FALSE(mine["data"][0]["verification"].value("quarantined", true)) << mine.dump();
   EXPECT_EQ(get("/v1/owner/vehicles", bob_token)["data"].size(), 0u);
   get("/v1/owner/vehicles", "ow-idf-" + std::string(64, '0'));
   EXPECT_EQ(last_status_, 401);

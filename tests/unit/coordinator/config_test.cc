@@ -226,6 +226,37 @@ TEST(CoordinatorConfig, NatsAuthorization) {
   EXPECT_FALSE(c.validate());
 }
 
+TEST(CoordinatorConfig, Verification) {
+  const CoordinatorConfig defaults;
+  EXPECT_FALSE(defaults.verification.enabled);  // a fleet of one cannot check itself
+  auto r = parse_coordinator_config(
+      "[verification]\nenabled = true\nseed = 9\nsample_floor_ppm = 100000\nwarmup_checks = 3\n"
+      "standing_initial = 600\nstanding_agree = 5\nstanding_fault = 300\nquarantine_below = 400\n"
+      "check_wait_ms = 60000\n",
+      "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_TRUE(r->verification.enabled);
+  EXPECT_EQ(r->verification.seed, 9u);
+  EXPECT_DOUBLE_EQ(r->verification.sample_floor, 0.1);
+  EXPECT_EQ(r->verification.warmup_checks, 3u);
+  EXPECT_EQ(r->verification.standing_initial, 600);
+  EXPECT_EQ(r->verification.standing_agree, 5);
+  EXPECT_EQ(r->verification.standing_fault, 300);
+  EXPECT_EQ(r->verification.quarantine_below, 400);
+  EXPECT_EQ(r->verification.check_wait_ms_max, 60000);
+  expect_error("[verification]\nenabled = \"yes\"\n", ErrorCode::kInvalidArgument, {"verification.enabled"});
+  expect_error("[verification]\nsample_floor_ppm = 1000001\n", ErrorCode::kOutOfRange,
+               {"verification.sample_floor_ppm at line 2"});
+  expect_error("[verification]\nseed = -1\n", ErrorCode::kOutOfRange, {"verification.seed"});
+  expect_error("[verification]\nstanding_fault = 0\n", ErrorCode::kOutOfRange, {"verification.standing_fault"});
+  expect_error("[verification]\ncheck_wait_ms = 10\n", ErrorCode::kOutOfRange, {"verification.check_wait_ms"});
+  expect_error("[verification]\nwarmup_checks = 1001\n", ErrorCode::kOutOfRange, {"verification.warmup_checks"});
+  expect_error("[verification]\nquarantine_below = 700\n", ErrorCode::kInvalidArgument,
+               {"verification.quarantine_below must not exceed standing_initial"});
+  expect_error("[verification]\nsample = 1\n", ErrorCode::kInvalidArgument, {"unknown key 'verification.sample'"});
+  expect_error("verification = 3\n", ErrorCode::kInvalidArgument, {"verification"});
+}
+
 TEST(CoordinatorConfig, FieldsAgainstEachOther) {
   expect_error("[jobs]\nlease_ms = 1000\ntick_ms = 1000\n", ErrorCode::kInvalidArgument,
                {"jobs.tick_ms", "jobs.lease_ms"});

@@ -71,7 +71,7 @@ std::vector<Message> samples() {
   c.logprobs = {{-0.125f, {{432, -0.125f}, {17, -2.5f}, {9, -3.0625f}}},
                 {-1.0e-7f, {{383, -1.0e-7f}, {4, -17.75f}, {0, kLogprobMin}}},
                 {kLogprobMin, {{5, -0.3f}, {6, -1.7f}, {7, -2.9f}}}};
-  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7", true},
+  return {HelloMessage{"car-1", {"stories260K"}, 8ull << 30, 120.5, "instance-7", true, "", "idlefleet-0.1.0+avx2"},
           StateMessage{"car-1", "parked", false, {"battery 28% is below your floor of 30%"}, 28.0, 41.5, 1795780000000,
                        1795773600000, "job-1", 2, 60.0},
           a,
@@ -199,6 +199,12 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
   expect_refused(assign + R"("kind":7})", "kind");
   expect_refused(assign + R"("kind":"embed","produced_ids":[5]})", "produced_ids");
   expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"embeddings":"yes"})", "embeddings");
+  // engine_build: bounded, and only [A-Za-z0-9._+-].
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"engine_build":7})", "engine_build");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"engine_build":"a b"})", "engine_build");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"engine_build":")" +
+                     std::string(kEngineBuildBytesMax + 1, 'x') + R"("})",
+                 "engine_build");
   const std::string embedding = R"({"v":1,"type":"embedding","job_id":"j","attempt":1,)";
   expect_refused(embedding + R"("tokens":3})", "values");
   expect_refused(embedding + R"("tokens":3,"values":[]})", "values");

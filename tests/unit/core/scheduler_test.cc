@@ -90,6 +90,15 @@ TEST(Scheduler, BatchWorkWeighsEnergyPriceMore) {
   EXPECT_EQ(place(r, vs, kNow)->vehicle_id, "b");
 }
 
+TEST(Scheduler, HigherVerificationStandingIsPreferred) {
+  std::vector<VehicleCandidate> vs = {good("a"), good("b")};
+  vs[0].standing = 0.3;  // wrong once (core/verification.h)
+  vs[1].standing = 0.6;
+  EXPECT_EQ(place(request(), vs, kNow)->vehicle_id, "b");
+  vs[1].standing = 0.3;  // equal again: the smaller id
+  EXPECT_EQ(place(request(), vs, kNow)->vehicle_id, "a");
+}
+
 TEST(Scheduler, ABadRecordCosts) {
   std::vector<VehicleCandidate> vs = {good("a"), good("b")};
   vs[0].attempts_completed = 1;

@@ -154,5 +154,56 @@ TEST_F(VehicleStoreTest, APolicyIsStoredReplacedAndCheckedWhenRead) {
   EXPECT_EQ(damaged.error().code, ErrorCode::kCorrupt);
 }
 
+TEST_F(VehicleStoreTest, StandingsPersistAndDamagedOnesAreReported) {
+  core::VehicleStanding q;
+  q.standing = 100;
+  q.checks_agreed = 3;
+  q.checks_faulted = 2;
+  q.quarantined = true;
+  q.quarantine_reason = "its output for job j differed at token 5";
+  q.quarantined_at = 77;
+  {
+    auto s = open_ok();
+    core::VehicleStanding good;
+    good.standing = 510;
+    good.checks_agreed = 1;
+    good.agreed_since_fault = 1;
+    ASSERT_TRUE(s->put_standing("car-01", good, 5));
+    ASSERT_TRUE(s->put_standing("car-02", good, 5));
+    ASSERT_TRUE(s->put_standing("car-02", q, 6));  // replaced
+    // Garbage is refused before it is written.
+    core::VehicleStanding bad = q;
+    bad.standing = 1001;
+    EXPECT_FALSE(s->put_standing("car-03", bad, 7));
+    bad = q;
+    bad.quarantine_reason = std::string(core::kQuarantineReasonBytesMax + 1, 'x');
+    EXPECT_FALSE(s->put_standing("car-03", bad, 7));
+    EXPECT_FALSE(s->put_standing("car 03", q, 7));
+  }
+  auto s = open_ok();  // across reopening
+  auto all = s->standings();
+  ASSERT_TRUE(all) << all.error().to_string();
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].first, "car-01");
+  EXPECT_EQ((*all)[0].second.standing, 510);
+  EXPECT_FALSE((*all)[0].second.quarantined);
+  EXPECT_EQ((*all)[1].first, "car-02");
+  EXPECT_TRUE((*all)[1].second.quarantined);
+  EXPECT_EQ((*all)[1].second.quarantine_reason, q.quarantine_reason);
+  EXPECT_EQ((*all)[1].second.quarantined_at, 77);
+  EXPECT_EQ((*all)[1].second.checks_faulted, 2u);
+  s.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE standings SET standing = 5000 WHERE vehicle_id = 'car-02'", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto damaged = open_ok()->standings();
+  ASSERT_FALSE(damaged);
+  EXPECT_EQ(damaged.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(damaged.error().message.find("car-02"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace idlefleet::store

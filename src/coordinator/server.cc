@@ -55,6 +55,10 @@ using transport::HttpResponse;
 
 namespace {
 
+// Connecting to a nats-server that must first load the coordinator's user.
+constexpr int kNatsReloadConnectTries = 20;
+constexpr int64_t kNatsReloadConnectGapMs = 100;
+
 core::TimeMs wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -577,20 +581,32 @@ struct CoordinatorServer::Impl {
       }
       log("wrote the NATS authorisation for " + std::to_string(*written) + " vehicles to " +
           config.nats_authorization_file);
-      reload_nats();
     }
 
+    // Connected first, reloaded after: nats-server re-checks every client when
+    // it reloads its authorisation, and one still in its handshake then has no
+    // user yet and is closed. The coordinator's user is the same in every file.
     transport::NatsOptions n;
     n.url = config.nats_url;
     n.name = "idlefleet-coordinator";
     n.nkey_identity = identity;
     auto client = transport::NatsClient::connect(n);
+    if (!client && !config.nats_server_pid_file.empty()) {
+      // A nats-server that has not loaded a file naming this coordinator yet
+      // (the first start): have it load the one just written, and try again.
+      reload_nats();
+      for (int i = 0; i < kNatsReloadConnectTries && !client; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(kNatsReloadConnectGapMs));
+        client = transport::NatsClient::connect(n);
+      }
+    }
     if (!client) return Unexpected(client.error().code, "NATS at " + config.nats_url + ": " + client.error().message);
     nats = std::move(*client);
     auto sub = nats->subscribe(core::kUpSubjectWildcard,
                                [this](std::string_view subject, std::string_view data) { on_nats(subject, data); });
     if (!sub) return Unexpected(sub.error());
     IF_RETURN_IF_ERROR(nats->flush());
+    if (!config.nats_authorization_file.empty()) reload_nats();  // vehicles enrolled since the last start
 
     // Threads last: an error above returns with none to join.
     files_thread = std::thread([this] { files_loop(); });

@@ -2570,7 +2570,7 @@ struct CoordinatorServer::Impl {
       // Wear is paid by weighted accelerator time (1 weighted micro-hour
       // is 3.6 ms): a hot chip ages faster, so its hours count more.
       a.accelerator_ms = r.wear_micro_hours * 36 / 10;
-      a.tariff_micros_per_kwh = static_cast<int64_t>(config.energy_tariff_micros_per_kwh);
+      a.tariff_micros_per_kwh = owner_tariff_micros_per_kwh(r);
       in.attempts.push_back(std::move(a));
     }
     // Work too short to meter on a free job owes nobody anything.
@@ -2602,6 +2602,29 @@ struct CoordinatorServer::Impl {
     }
     (void)now;
     return *posted;
+  }
+
+  // The price per kWh an attempt's energy is refunded at: the tariff its
+  // owner entered in the vehicle's policy (owner API), time-weighted over the
+  // attempt in the owner's local time (the vehicle's hello says its zone),
+  // else [ledger] energy_tariff_micros_per_kwh. A negative price (a dynamic
+  // tariff paying for consumption) refunds nothing.
+  int64_t owner_tariff_micros_per_kwh(const core::ReceiptMessage& r) {
+    const auto fallback = static_cast<int64_t>(config.energy_tariff_micros_per_kwh);
+    auto stored = vehicle_store->policy(r.vehicle_id);
+    if (!stored || !*stored) return fallback;
+    const core::Tariff& t = (*stored)->policy.tariff;
+    if (t.kind == core::Tariff::Kind::kFlat && t.flat_micros_per_kwh == 0) return fallback;  // never entered
+    int offset = 0;
+    const auto& vehicles = machine->vehicles();
+    if (auto v = vehicles.find(r.vehicle_id); v != vehicles.end()) offset = v->second.hello.utc_offset_minutes;
+    auto span = core::tariff_for_span(t, r.started_at, r.ended_at, offset, r.energy_mwh);
+    if (!span) {
+      log("settlement: the tariff of vehicle " + r.vehicle_id + " cannot price its attempt (" +
+          span.error().message + "); the default tariff is used");
+      return fallback;
+    }
+    return std::max<int64_t>(0, span->micros_per_kwh);
   }
 
   // A settlement without owner postings (no attempt has a verified

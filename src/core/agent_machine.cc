@@ -113,6 +113,7 @@ void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
   h.embeddings = config_.embeddings;
   h.public_key = config_.public_key;
   h.engine_build = config_.engine_build;
+  h.utc_offset_minutes = config_.utc_offset_minutes;
   out->push_back(SendEffect{std::move(h)});
   last_hello_sent_ = now;
 }

@@ -476,6 +476,7 @@ struct Encoder {
               {"tokens_per_second", m.tokens_per_second}, {"instance", m.instance}, {"embeddings", m.embeddings}};
     if (!m.public_key.empty()) j["public_key"] = m.public_key;
     if (!m.engine_build.empty()) j["engine_build"] = m.engine_build;
+    if (m.utc_offset_minutes != 0) j["utc_offset_minutes"] = m.utc_offset_minutes;
     return j;
   }
   json operator()(const StateMessage& m) const {
@@ -671,6 +672,8 @@ Result<Message> decode_message(std::string_view text) {
     if (r.status() && m.engine_build.find_first_not_of(kBuildChars) != std::string::npos) {
       return Unexpected(ErrorCode::kCorrupt, "message 'hello': field 'engine_build' must be of [A-Za-z0-9._+-]");
     }
+    m.utc_offset_minutes = static_cast<int32_t>(
+        r.integer("utc_offset_minutes", kUtcOffsetMinutesMin, kUtcOffsetMinutesMax, false));
     return finish(r, std::move(m));
   }
   if (type == "state") {

@@ -134,6 +134,10 @@ struct HelloMessage {
   // (optional: "" from agents that predate it; such vehicles are matched
   // only with each other). 1..kEngineBuildBytesMax of [A-Za-z0-9._+-].
   std::string engine_build = {};
+  // The owner's time zone, minutes from UTC (optional: 0 from agents that
+  // predate it): settlement prices an attempt at the owner's time-of-use
+  // tariff in local time.
+  int32_t utc_offset_minutes = 0;
 };
 
 struct StateMessage {

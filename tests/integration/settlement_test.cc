@@ -9,10 +9,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 
 #include "core/ledger.h"
+#include "core/policy.h"
 #include "core/protocol.h"
 #include "store/job_store.h"
 #include "store/ledger_store.h"
@@ -74,12 +76,11 @@ class Settlement : public ::testing::Test {
   }
 
   // Starts a coordinator on the data directory, waits for it to serve, stops it.
-  void run_coordinator(int n) {
+  void run_coordinator(int n, const std::string& pricing = "[pricing]\nprompt_micros_per_mtok = 1000000\n"
+                                                          "completion_micros_per_mtok = 2000000\n") {
     auto port = transport::free_loopback_port();
     ASSERT_TRUE(port.has_value());
-    std::ofstream(dir_ / "coordinator.toml") << "data_dir = \"" << (dir_ / "data").string() << "\"\n"
-                                             << "[pricing]\nprompt_micros_per_mtok = 1000000\n"
-                                             << "completion_micros_per_mtok = 2000000\n";
+    std::ofstream(dir_ / "coordinator.toml") << "data_dir = \"" << (dir_ / "data").string() << "\"\n" << pricing;
     transport::ProcessOptions co;
     co.program = IDLEFLEET_BINARY;
     co.args = {"coordinator", "--config", (dir_ / "coordinator.toml").string(), "--nats", nats_->url(),
@@ -91,27 +92,25 @@ class Settlement : public ::testing::Test {
     c->stop();
   }
 
-  fs::path dir_;
-  std::string model_;
-  std::unique_ptr<transport::NatsServer> nats_;
-};
-
-TEST_F(Settlement, AJobThatEndedBeforeACrashIsSettledOnceAtTheNextStart) {
-  {
-    // What the crashed coordinator left: the job done in the job store, the
-    // receipts of its two attempts (on two cars) stored, no settlement.
+  // What a crashed coordinator left: `job` done in the job store with the
+  // receipts of its attempts (attempt k on cars[k-1], tokens[k-1] tokens
+  // each), and no settlement.
+  void leave_done_job(const std::string& job, const std::vector<std::string>& cars,
+                      const std::vector<uint64_t>& tokens) {
     auto jobs = store::JobStore::open((dir_ / "data" / "jobs.sqlite3").string());
     ASSERT_TRUE(jobs.has_value()) << jobs.error().to_string();
     store::StoredJob j;
-    j.id = "cmpl-crashed";
+    j.id = job;
     j.kind = "completion";
     j.model_id = "stories260K";
     j.request_json = R"({"chat":false,"model":"stories260K","stream":false,"key":""})";
     j.prompt_ids = {1, 2, 3, 4};
-    j.max_tokens = 10;
+    uint64_t total = 0;
+    for (uint64_t t : tokens) total += t;
+    j.max_tokens = total;
     j.sampling_json = "{}";
     j.state = "done";
-    j.produced = {5, 6, 7, 8, 9, 10};
+    for (uint64_t i = 0; i < total; ++i) j.produced.push_back(static_cast<int32_t>(5 + i));
     j.finish_reason = "length";
     j.attempts_json = "[]";
     j.created_at = 1795773600000;
@@ -122,9 +121,22 @@ TEST_F(Settlement, AJobThatEndedBeforeACrashIsSettledOnceAtTheNextStart) {
     ASSERT_TRUE((*jobs)->put(std::span<const store::StoredJob>(&j, 1)));
     auto vehicles = store::VehicleStore::open((dir_ / "data" / "vehicles.sqlite3").string());
     ASSERT_TRUE(vehicles.has_value());
-    ASSERT_TRUE(*(*vehicles)->put_receipt(receipt("car-01", "cmpl-crashed", 1, 2), "", 1));
-    ASSERT_TRUE(*(*vehicles)->put_receipt(receipt("car-02", "cmpl-crashed", 2, 4), "", 2));
+    for (size_t k = 0; k < cars.size(); ++k) {
+      core::ReceiptMessage r = receipt(cars[k], job, static_cast<uint32_t>(k + 1), tokens[k]);
+      r.outcome = k + 1 == cars.size() ? "done" : "preempted";
+      ASSERT_TRUE(*(*vehicles)->put_receipt(r, "", static_cast<core::TimeMs>(k + 1)));
+    }
   }
+
+  fs::path dir_;
+  std::string model_;
+  std::unique_ptr<transport::NatsServer> nats_;
+};
+
+TEST_F(Settlement, AJobThatEndedBeforeACrashIsSettledOnceAtTheNextStart) {
+  // The job done in the job store, the receipts of its two attempts (on two
+  // cars) stored, no settlement.
+  leave_done_job("cmpl-crashed", {"car-01", "car-02"}, {2, 4});
   run_coordinator(1);
   run_coordinator(2);  // a second start finds it settled and posts nothing
 
@@ -161,6 +173,72 @@ TEST_F(Settlement, AJobThatEndedBeforeACrashIsSettledOnceAtTheNextStart) {
                                          shell_quote((dir_ / "data").string()) + " 2>&1; echo rc=$?");
   EXPECT_NE(broken.find("rc=1"), std::string::npos) << broken;
   EXPECT_NE(broken.find("cmpl-crashed"), std::string::npos) << broken;
+}
+
+// Issue [money], acceptance A: a job resumed across three vehicles pays each
+// its metered share: the revenue share split by the tokens each produced,
+// the energy each metered at its own owner's tariff (flat, time-of-use, or
+// the coordinator's default when the owner entered none), and the wear each
+// metered. Each owner's statement is the sum of what their receipts earned.
+TEST_F(Settlement, AJobResumedAcrossThreeVehiclesPaysEachItsMeteredShareAtItsOwnersTariff) {
+  leave_done_job("cmpl-three", {"car-01", "car-02", "car-03"}, {3, 4, 5});
+  {
+    auto vehicles = store::VehicleStore::open((dir_ / "data" / "vehicles.sqlite3").string());
+    ASSERT_TRUE(vehicles.has_value());
+    core::OwnerPolicy flat;
+    flat.opted_in = true;
+    flat.tariff = core::Tariff::flat(400'000);
+    ASSERT_TRUE((*vehicles)->put_policy("car-01", flat, 1));
+    core::OwnerPolicy tou;
+    tou.opted_in = true;
+    tou.tariff = core::Tariff::time_of_use({{0, 100'000}, {7 * 60, 300'000}}, {{0, 100'000}});
+    ASSERT_TRUE((*vehicles)->put_policy("car-02", tou, 1));
+    core::OwnerPolicy none;  // car-03's owner entered no tariff
+    none.opted_in = true;
+    ASSERT_TRUE((*vehicles)->put_policy("car-03", none, 1));
+  }
+  // 4 prompt tokens at 100 a million and 12 completion tokens at 500: 6,400
+  // micro-units; 60% (3,840) to owners, 3:4:5 by tokens.
+  run_coordinator(1, "[pricing]\nprompt_micros_per_mtok = 100000000\ncompletion_micros_per_mtok = 500000000\n");
+
+  auto ledger = store::LedgerStore::open((dir_ / "data" / store::kLedgerFileName).string());
+  ASSERT_TRUE(ledger.has_value()) << ledger.error().to_string();
+  auto txs = (*ledger)->transactions_for_job("cmpl-three");
+  ASSERT_TRUE(txs.has_value());
+  ASSERT_EQ(txs->size(), 1u);
+  std::map<std::string, std::map<std::string, int64_t>> paid;  // owner -> kind -> amount
+  for (const core::Posting& p : txs->front().postings) {
+    if (p.account.rfind("owner:", 0) == 0) paid[p.account.substr(6)][p.kind] += p.amount_micros;
+  }
+  struct Expected {
+    std::string owner;
+    int64_t share, energy, wear;
+  };
+  // Energy: ceil(mWh x price / 1e6): 3,000 mWh at 0.40 (flat); 4,000 at 0.30
+  // (time-of-use, 10:00 UTC is the day rate); 5,000 at 0.25 ([ledger]'s
+  // default). Wear: ceil(weighted ms x 0.05 / 3.6e6): 324, 432, 540 ms.
+  const std::vector<Expected> expected = {
+      {"car-01", 960, 1200, 5}, {"car-02", 1280, 1200, 6}, {"car-03", 1600, 1250, 8}};
+  const int64_t settled_at = txs->front().created_at_ms;
+  const auto month = core::civil_from_days(settled_at / core::kDayMs);
+  for (const Expected& e : expected) {
+    SCOPED_TRACE(e.owner);
+    EXPECT_EQ(paid[e.owner]["revenue_share"], e.share);
+    EXPECT_EQ(paid[e.owner]["energy"], e.energy);
+    EXPECT_EQ(paid[e.owner]["wear"], e.wear);
+    auto st = (*ledger)->statement(e.owner, static_cast<int>(month.year), month.month);
+    ASSERT_TRUE(st.has_value()) << st.error().to_string();
+    EXPECT_EQ(st->receipts, 1u);
+    EXPECT_EQ(st->jobs, 1u);
+    EXPECT_EQ(st->totals_micros_by_kind["revenue_share"], e.share);
+    EXPECT_EQ(st->totals_micros_by_kind["energy"], e.energy);
+    EXPECT_EQ(st->totals_micros_by_kind["wear"], e.wear);
+    EXPECT_EQ(st->net_micros, e.share + e.energy + e.wear);
+  }
+  const std::string verify = run_capture(std::string(IDLEFLEET_BINARY) + " ledger verify --data-dir " +
+                                         shell_quote((dir_ / "data").string()) + " 2>&1; echo rc=$?");
+  EXPECT_NE(verify.find("rc=0"), std::string::npos) << verify;
+  EXPECT_NE(verify.find("1 finished jobs and 3 receipts checked"), std::string::npos) << verify;
 }
 
 }  // namespace

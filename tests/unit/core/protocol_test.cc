@@ -117,6 +117,13 @@ TEST(Protocol, EmbedAssignmentsAndVectorsRoundTripExactly) {
   auto hello = decode_message(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1})");
   ASSERT_TRUE(hello);
   EXPECT_FALSE(std::get<HelloMessage>(*hello).embeddings);
+  EXPECT_EQ(std::get<HelloMessage>(*hello).utc_offset_minutes, 0);  // UTC when not said
+  HelloMessage h;
+  h.vehicle_id = "car-7";
+  h.utc_offset_minutes = -300;
+  auto h_back = decode_message(encode_message(h));
+  ASSERT_TRUE(h_back) << h_back.error().to_string();
+  EXPECT_EQ(std::get<HelloMessage>(*h_back).utc_offset_minutes, -300);
 
   // Every float comes back bitwise, whatever digits it needs.
   EmbeddingMessage e{"emb-1-0", 1, 3, {}};
@@ -205,6 +212,13 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
   expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"engine_build":")" +
                      std::string(kEngineBuildBytesMax + 1, 'x') + R"("})",
                  "engine_build");
+  // utc_offset_minutes: an integer within the world's time zones.
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"utc_offset_minutes":841})",
+                 "utc_offset_minutes");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"utc_offset_minutes":-721})",
+                 "utc_offset_minutes");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"utc_offset_minutes":"+01:00"})",
+                 "utc_offset_minutes");
   const std::string embedding = R"({"v":1,"type":"embedding","job_id":"j","attempt":1,)";
   expect_refused(embedding + R"("tokens":3})", "values");
   expect_refused(embedding + R"("tokens":3,"values":[]})", "values");

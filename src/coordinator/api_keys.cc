@@ -132,9 +132,9 @@ std::optional<Refusal> KeyGate::admit(const std::string& key_id, uint64_t prompt
 }
 
 void KeyGate::record_usage(const std::string& key_id, uint64_t prompt_tokens, uint64_t completion_tokens,
-                           core::TimeMs now) {
+                           core::TimeMs now, const Prices* prices) {
   const store::KeyUsage d{0, prompt_tokens, completion_tokens,
-                          job_spend_micros(prices_, prompt_tokens, completion_tokens)};
+                          job_spend_micros(prices != nullptr ? *prices : prices_, prompt_tokens, completion_tokens)};
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_id_.find(key_id);
   if (it == by_id_.end()) return;  // deleted from the file meanwhile: nobody to bill

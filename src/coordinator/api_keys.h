@@ -86,9 +86,10 @@ class KeyGate {
   // key: spend limit, then both rate limits. Counts the request when admitted.
   std::optional<Refusal> admit(const std::string& key_id, uint64_t prompt_tokens, core::TimeMs now);
 
-  // A job of this key finished done: its tokens and spend.
+  // A job of this key finished done: its tokens and spend, at `prices` (the
+  // model's, [pricing.models]) or, when null, the gate's.
   void record_usage(const std::string& key_id, uint64_t prompt_tokens, uint64_t completion_tokens,
-                    core::TimeMs now);
+                    core::TimeMs now, const Prices* prices = nullptr);
 
   // Writes the usage gathered since the last call, then reloads the keys if
   // another connection changed the file (always, the first time). On a

@@ -93,6 +93,17 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
   IF_RETURN_IF_ERROR(check_int("pricing.prompt_micros_per_mtok", at, c.prompt_micros_per_mtok, kPriceMicrosPerMtokRange));
   IF_RETURN_IF_ERROR(
       check_int("pricing.completion_micros_per_mtok", at, c.completion_micros_per_mtok, kPriceMicrosPerMtokRange));
+  if (c.model_prices.size() > kModelPricesMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "pricing.models has more than " + std::to_string(kModelPricesMax) +
+                                                  " entries");
+  }
+  for (const auto& [id, p] : c.model_prices) {
+    IF_RETURN_IF_ERROR(check_text("pricing.models key", at, id, kModelIdBytesMax, true));
+    IF_RETURN_IF_ERROR(check_int("pricing.models." + id + ".prompt_micros_per_mtok", at, p.prompt_micros_per_mtok,
+                                 kPriceMicrosPerMtokRange));
+    IF_RETURN_IF_ERROR(check_int("pricing.models." + id + ".completion_micros_per_mtok", at,
+                                 p.completion_micros_per_mtok, kPriceMicrosPerMtokRange));
+  }
   IF_RETURN_IF_ERROR(check_int("ledger.owner_share_ppm", at, c.owner_share_ppm, kOwnerSharePpmRange));
   IF_RETURN_IF_ERROR(check_int("ledger.energy_tariff_micros_per_kwh", at, c.energy_tariff_micros_per_kwh,
                                kTariffMicrosPerKwhRange));
@@ -178,11 +189,17 @@ class Reader {
     const toml::table* pricing = nullptr;
     IF_RETURN_IF_ERROR(table(root, "pricing", pricing));
     if (pricing != nullptr) {
-      IF_RETURN_IF_ERROR(only_keys(*pricing, "pricing", {"prompt_micros_per_mtok", "completion_micros_per_mtok"}));
+      IF_RETURN_IF_ERROR(
+          only_keys(*pricing, "pricing", {"prompt_micros_per_mtok", "completion_micros_per_mtok", "models"}));
       IF_RETURN_IF_ERROR(
           integer(*pricing, "pricing", "prompt_micros_per_mtok", kPriceMicrosPerMtokRange, c.prompt_micros_per_mtok));
       IF_RETURN_IF_ERROR(integer(*pricing, "pricing", "completion_micros_per_mtok", kPriceMicrosPerMtokRange,
                                  c.completion_micros_per_mtok));
+      if (const toml::node* n = pricing->get("models")) {
+        const toml::table* per_model = n->as_table();
+        if (per_model == nullptr) return wrong_type("pricing.models", *n, "a table");
+        IF_RETURN_IF_ERROR(model_prices(*per_model, c.model_prices));
+      }
     }
     const toml::table* vehicles = nullptr;
     IF_RETURN_IF_ERROR(table(root, "vehicles", vehicles));
@@ -309,6 +326,38 @@ class Reader {
       return error(st.error().code, st.error().message);
     }
     out = static_cast<T>(i->get());  // in range, so it fits T
+    return {};
+  }
+
+  // [pricing.models."<id>"] tables: both prices each, ids as model ids.
+  Status model_prices(const toml::table& t, std::map<std::string, CoordinatorConfig::ModelPrices>& out) {
+    if (t.size() > kModelPricesMax) {
+      return error(ErrorCode::kOutOfRange, "pricing.models" + at_line(t.source()) + " has " +
+                                               std::to_string(t.size()) + " entries, more than " +
+                                               std::to_string(kModelPricesMax));
+    }
+    for (const auto& [k, v] : t) {
+      const std::string id(k.str());
+      const std::string prefix = "pricing.models." + id;
+      if (Status st = check_text("pricing.models key", at_line(k.source()), id, kModelIdBytesMax, true); !st) {
+        return error(st.error().code, st.error().message);
+      }
+      const toml::table* entry = v.as_table();
+      if (entry == nullptr) return wrong_type(prefix, v, "a table");
+      IF_RETURN_IF_ERROR(only_keys(*entry, prefix, {"prompt_micros_per_mtok", "completion_micros_per_mtok"}));
+      for (const char* required : {"prompt_micros_per_mtok", "completion_micros_per_mtok"}) {
+        if (entry->get(required) == nullptr) {
+          return error(ErrorCode::kInvalidArgument,
+                       "missing key '" + join(prefix, required) + "'" + at_line(entry->source()));
+        }
+      }
+      CoordinatorConfig::ModelPrices p;
+      IF_RETURN_IF_ERROR(
+          integer(*entry, prefix, "prompt_micros_per_mtok", kPriceMicrosPerMtokRange, p.prompt_micros_per_mtok));
+      IF_RETURN_IF_ERROR(integer(*entry, prefix, "completion_micros_per_mtok", kPriceMicrosPerMtokRange,
+                                 p.completion_micros_per_mtok));
+      out[id] = p;
+    }
     return {};
   }
 

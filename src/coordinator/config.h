@@ -23,6 +23,9 @@
 //   [pricing]                            # what clients are charged, for spend limits
 //   prompt_micros_per_mtok = 0           # micro-units of money per million prompt tokens
 //   completion_micros_per_mtok = 0       # and per million completion tokens
+//   [pricing.models."stories260K"]       # a model's own prices (up to 256 models), both keys
+//   prompt_micros_per_mtok = 0
+//   completion_micros_per_mtok = 0
 //   [vehicles]
 //   enrolment = "open"                   # "required": only vehicles enrolled with an owner's code
 //   [ledger]                             # what owners are paid (core/ledger.h)
@@ -72,6 +75,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -94,6 +98,7 @@ inline constexpr size_t kHostBytesMax = 255;
 inline constexpr size_t kPathBytesMax = 4096;
 inline constexpr size_t kModelIdBytesMax = 128;
 inline constexpr size_t kModelsMax = 256;
+inline constexpr size_t kModelPricesMax = 256;  // [pricing.models] entries
 inline constexpr IntRange kHttpPortRange{0, 65535};
 inline constexpr IntRange kHttpThreadsRange{1, 64};
 inline constexpr IntRange kLeaseMsRange{100, 3'600'000};
@@ -145,6 +150,19 @@ struct CoordinatorConfig {
   bool auth_required = false;  // [auth] required
   uint64_t prompt_micros_per_mtok = 0;      // [pricing]
   uint64_t completion_micros_per_mtok = 0;  // [pricing]
+  // [pricing.models."<id>"]: a model's own prices, in place of the two
+  // above (which price every model without an entry).
+  struct ModelPrices {
+    uint64_t prompt_micros_per_mtok = 0;
+    uint64_t completion_micros_per_mtok = 0;
+    bool operator==(const ModelPrices&) const = default;
+  };
+  std::map<std::string, ModelPrices> model_prices;
+  // The prices of `model_id`: its entry, else [pricing]'s.
+  ModelPrices prices_of(const std::string& model_id) const {
+    auto it = model_prices.find(model_id);
+    return it != model_prices.end() ? it->second : ModelPrices{prompt_micros_per_mtok, completion_micros_per_mtok};
+  }
   // [vehicles] enrolment: "open" pins a vehicle's key at its first hello
   // (trust on first use; the vehicle is its own owner until enrolled);
   // "required" refuses vehicles not enrolled with an owner's one-time code.

@@ -1505,7 +1505,8 @@ struct CoordinatorServer::Impl {
       line.body.clear();
       ++run.obj.completed;
       if (!run.owner.empty() && gate) {
-        gate->record_usage(run.owner, e->spec.prompt_ids.size(), tokens.size(), wall_ms());
+        const Prices prices = prices_of(e->spec.model_id);
+        gate->record_usage(run.owner, e->spec.prompt_ids.size(), tokens.size(), wall_ms(), &prices);
       }
     } else if (state == core::JobState::kCancelled && run.ending == "cancelled") {
       line.state = "cancelled";
@@ -1767,7 +1768,10 @@ struct CoordinatorServer::Impl {
                      5);
     } else if (!c->answered && ++c->done == c->vectors.size()) {
       c->answered = true;
-      if (!c->key_id.empty()) gate->record_usage(c->key_id, c->prompt_tokens, 0, wall_ms());
+      if (!c->key_id.empty()) {
+        const Prices prices = prices_of(c->model);
+        gate->record_usage(c->key_id, c->prompt_tokens, 0, wall_ms(), &prices);
+      }
       c->exchange->respond(json_response(200, embedding_response(c->model, c->vectors, c->base64, c->prompt_tokens)));
       c->vectors.clear();
     }
@@ -2000,7 +2004,8 @@ struct CoordinatorServer::Impl {
     if (!c.request.stream) c.logprobs.insert(c.logprobs.end(), ready.begin(), ready.end());
     const Usage usage{c.prompt_tokens, c.completion_tokens};
     if (e.state == core::JobState::kDone && !c.key_id.empty()) {
-      gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_ms());
+      const Prices prices = prices_of(c.model != nullptr ? c.model->id : c.request.model);
+      gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_ms(), &prices);
     }
     if (e.state == core::JobState::kDone) {
       if (c.request.stream) {
@@ -2551,8 +2556,9 @@ struct CoordinatorServer::Impl {
     in.model_id = p.model_id;
     in.prompt_tokens = p.prompt_tokens;
     in.completion_tokens = p.completion_tokens;
-    in.input_price_micros_per_million_tokens = config.prompt_micros_per_mtok;
-    in.output_price_micros_per_million_tokens = config.completion_micros_per_mtok;
+    const CoordinatorConfig::ModelPrices prices = config.prices_of(p.model_id);
+    in.input_price_micros_per_million_tokens = prices.prompt_micros_per_mtok;
+    in.output_price_micros_per_million_tokens = prices.completion_micros_per_mtok;
     in.owner_share_ppm = config.owner_share_ppm;
     in.wear_micros_per_accelerator_hour = config.wear_micros_per_accelerator_hour;
     in.split_by = p.embed ? core::ShareSplit::kAcceleratorMs : core::ShareSplit::kOutputTokens;
@@ -2602,6 +2608,12 @@ struct CoordinatorServer::Impl {
     }
     (void)now;
     return *posted;
+  }
+
+  // A model's prices as the key gate counts spend.
+  Prices prices_of(const std::string& model_id) const {
+    const CoordinatorConfig::ModelPrices p = config.prices_of(model_id);
+    return Prices{p.prompt_micros_per_mtok, p.completion_micros_per_mtok};
   }
 
   // The price per kWh an attempt's energy is refunded at: the tariff its

@@ -197,9 +197,13 @@ TEST_F(Settlement, AJobResumedAcrossThreeVehiclesPaysEachItsMeteredShareAtItsOwn
     none.opted_in = true;
     ASSERT_TRUE((*vehicles)->put_policy("car-03", none, 1));
   }
-  // 4 prompt tokens at 100 a million and 12 completion tokens at 500: 6,400
-  // micro-units; 60% (3,840) to owners, 3:4:5 by tokens.
-  run_coordinator(1, "[pricing]\nprompt_micros_per_mtok = 100000000\ncompletion_micros_per_mtok = 500000000\n");
+  // 4 prompt tokens at 100 a million and 12 completion tokens at 500 (the
+  // model's own prices, not [pricing]'s): 6,400 micro-units; 60% (3,840) to
+  // owners, 3:4:5 by tokens.
+  run_coordinator(1,
+                  "[pricing]\nprompt_micros_per_mtok = 1000000\ncompletion_micros_per_mtok = 2000000\n"
+                  "[pricing.models.stories260K]\nprompt_micros_per_mtok = 100000000\n"
+                  "completion_micros_per_mtok = 500000000\n");
 
   auto ledger = store::LedgerStore::open((dir_ / "data" / store::kLedgerFileName).string());
   ASSERT_TRUE(ledger.has_value()) << ledger.error().to_string();

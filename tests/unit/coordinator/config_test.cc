@@ -355,4 +355,39 @@ TEST_F(ConfigFileTest, ADirectoryIsAnIoError) {
 }
 
 }  // namespace
+TEST(CoordinatorConfig, PricesPerModel) {
+  auto r = parse_coordinator_config(
+      "[pricing]\nprompt_micros_per_mtok = 150000\ncompletion_micros_per_mtok = 600000\n"
+      "[pricing.models.\"llama-3-8b\"]\nprompt_micros_per_mtok = 200000\ncompletion_micros_per_mtok = 800000\n"
+      "[pricing.models.stories260K]\nprompt_micros_per_mtok = 0\ncompletion_micros_per_mtok = 0\n",
+      "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->prices_of("llama-3-8b").prompt_micros_per_mtok, 200000u);
+  EXPECT_EQ(r->prices_of("llama-3-8b").completion_micros_per_mtok, 800000u);
+  EXPECT_EQ(r->prices_of("stories260K").completion_micros_per_mtok, 0u);
+  EXPECT_EQ(r->prices_of("other").prompt_micros_per_mtok, 150000u);  // [pricing]'s
+  EXPECT_EQ(r->prices_of("other").completion_micros_per_mtok, 600000u);
+  EXPECT_TRUE(r->validate());
+  expect_error("[pricing]\nmodels = 5\n", ErrorCode::kInvalidArgument, {"pricing.models"});
+  expect_error("[pricing.models]\nm = 5\n", ErrorCode::kInvalidArgument, {"pricing.models.m"});
+  expect_error("[pricing.models.m]\nprompt_micros_per_mtok = 1\n", ErrorCode::kInvalidArgument,
+               {"missing key 'pricing.models.m.completion_micros_per_mtok'"});
+  expect_error("[pricing.models.m]\nprompt_micros_per_mtok = -1\ncompletion_micros_per_mtok = 1\n",
+               ErrorCode::kOutOfRange, {"pricing.models.m.prompt_micros_per_mtok"});
+  expect_error("[pricing.models.m]\nprompt_micros_per_mtok = 1\ncompletion_micros_per_mtok = \"2\"\n",
+               ErrorCode::kInvalidArgument, {"pricing.models.m.completion_micros_per_mtok"});
+  expect_error("[pricing.models.m]\nprompt_micros_per_mtok = 1\ncompletion_micros_per_mtok = 1\nfree = true\n",
+               ErrorCode::kInvalidArgument, {"unknown key 'pricing.models.m.free'"});
+  expect_error("[pricing.models.\"a b\"]\nprompt_micros_per_mtok = 1\ncompletion_micros_per_mtok = 1\n",
+               ErrorCode::kInvalidArgument, {"pricing.models key"});
+  std::string many = "[pricing.models]\n";
+  for (int i = 0; i <= 256; ++i) {
+    many += "m" + std::to_string(i) + " = { prompt_micros_per_mtok = 1, completion_micros_per_mtok = 1 }\n";
+  }
+  expect_error(many, ErrorCode::kOutOfRange, {"pricing.models", "256"});
+  CoordinatorConfig c;
+  c.model_prices["bad id"] = {1, 1};
+  EXPECT_FALSE(c.validate());
+}
+
 }  // namespace idlefleet::coordinator

@@ -217,7 +217,9 @@ class Reader {
     IF_RETURN_IF_ERROR(table(root, "ledger", ledger));
     if (ledger != nullptr) {
       IF_RETURN_IF_ERROR(only_keys(
-          *ledger, "ledger", {"owner_share_ppm", "energy_tariff_micros_per_kwh", "wear_micros_per_accelerator_hour"}));
+          *ledger, "ledger",
+          {"owner_share_ppm", "energy_tariff_micros_per_kwh", "wear_micros_per_accelerator_hour", "prepaid"}));
+      IF_RETURN_IF_ERROR(boolean(*ledger, "ledger", "prepaid", c.prepaid));
       IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "owner_share_ppm", kOwnerSharePpmRange, c.owner_share_ppm));
       IF_RETURN_IF_ERROR(integer(*ledger, "ledger", "energy_tariff_micros_per_kwh", kTariffMicrosPerKwhRange,
                                  c.energy_tariff_micros_per_kwh));

@@ -32,6 +32,7 @@
 //   owner_share_ppm = 600000             # owners' share of the price, parts per million
 //   energy_tariff_micros_per_kwh = 250000  # energy refunded per kWh metered
 //   wear_micros_per_accelerator_hour = 50000  # per weighted accelerator-hour
+//   prepaid = false                      # true: refuse priced work to a client whose money is spent
 //   [nats]                               # per-vehicle NATS credentials (coordinator/nats_auth.h)
 //   authorization_file = ""              # rewritten at start and after each enrolment
 //   server_pid_file = ""                 # nats-server's pid_file: SIGHUP it after each rewrite
@@ -63,6 +64,14 @@
 // pricing: until the ledger prices by model, one price for every model, used
 // to add up each key's spend and enforce its spend limit. 0 (the default)
 // makes requests free, so spend limits never trigger.
+//
+// ledger.prepaid: when true and the price of the work is not zero, a
+// completion, chat completion, embedding or new batch from a client whose
+// ledger balance plus credit limit is zero or less is refused with 429
+// insufficient_quota before any work is queued. A batch already running
+// goes on to its end (its lines were accepted when the client had money).
+// It defaults to false so that existing setups, which made no deposits, keep
+// serving.
 //
 // Every key is optional (the defaults below) except id and path inside each
 // [[models]] entry. The parser trusts nothing: a key it does not know, a value
@@ -170,6 +179,7 @@ struct CoordinatorConfig {
   uint64_t owner_share_ppm = 600'000;              // [ledger]
   uint64_t energy_tariff_micros_per_kwh = 250'000;  // [ledger]: one flat tariff until owners set theirs
   uint64_t wear_micros_per_accelerator_hour = 50'000;  // [ledger]
+  bool prepaid = false;  // [ledger] prepaid: refuse priced work once balance + credit limit <= 0
   // [nats] authorization_file: "" (the default) leaves nats-server's
   // authorisation to the operator; a path makes the coordinator write the
   // fleet's users there (coordinator/nats_auth.h) at start and after every

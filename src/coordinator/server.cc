@@ -22,6 +22,7 @@
 #include "common/nkey.h"
 #include "core/ledger.h"
 #include "common/log_limiter.h"
+#include "common/money.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/openai.h"
 #include "core/coordinator_machine.h"
@@ -58,6 +59,12 @@ namespace {
 // Connecting to a nats-server that must first load the coordinator's user.
 constexpr int kNatsReloadConnectTries = 20;
 constexpr int64_t kNatsReloadConnectGapMs = 100;
+
+// Prepaid balances (ledger.prepaid): how long a client's funds read from the
+// ledger are believed (deposits come from the CLI, another process), and how
+// many clients' funds are held at once.
+constexpr int64_t kPrepaidFundsCacheMs = 1000;
+constexpr size_t kPrepaidFundsCacheEntriesMax = 10'000;
 
 core::TimeMs wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -360,6 +367,15 @@ struct CoordinatorServer::Impl {
   // when they ended (an interactive client's entry is gone by then).
   // Bounded by the machine's checks_live_max.
   std::map<std::string, std::string> verifying;
+  // Prepaid balances (loop thread): each client account's balance and credit
+  // limit as last read from the ledger, and when. Read again after
+  // kPrepaidFundsCacheMs, and after each settlement of the account.
+  struct Funds {
+    int64_t balance_micros = 0;
+    int64_t credit_limit_micros = 0;
+    core::TimeMs read_at = 0;
+  };
+  std::map<std::string, Funds> funds;
   std::unique_ptr<KeyGate> gate;
   std::unique_ptr<core::CoordinatorMachine> machine;
   std::vector<std::string> stop_jobs;  // jobs to end as done: a stop string appeared (apply())
@@ -933,7 +949,12 @@ struct CoordinatorServer::Impl {
     client->exchange = x;
     client->key_id = key_id;
     Item item;
-    item.task = [this, client](core::TimeMs now) { submit_embedding_jobs(client, now); };
+    item.task = [this, client](core::TimeMs now) {
+      if (auto refusal = prepaid_refusal(client->key_id, /*completion=*/false, now)) {
+        return client->exchange->respond(std::move(*refusal));
+      }
+      submit_embedding_jobs(client, now);
+    };
     if (!post(std::move(item))) {
       x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
     }
@@ -1254,6 +1275,27 @@ struct CoordinatorServer::Impl {
       }
       if (auto refusal = gate->admit(owner, 0, wall_ms())) return x->respond(refusal_response(*refusal));
     }
+    // A client whose prepaid money is spent starts no batch (the loop thread
+    // reads the ledger); a batch already running goes on to its end.
+    if (prepaid_applies(c.endpoint != "/v1/embeddings")) {
+      Item item;
+      item.task = [this, c, x, owner](core::TimeMs now) {
+        if (auto refusal = prepaid_refusal(owner, c.endpoint != "/v1/embeddings", now)) {
+          return x->respond(std::move(*refusal));
+        }
+        store_batch(c, x, owner);
+      };
+      if (!post(std::move(item))) {
+        x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+      }
+      return;
+    }
+    store_batch(std::move(c), x, owner);
+  }
+
+  // create_batch() after its checks: the input file read and the batch stored
+  // (files thread), then run by the loop thread. Any thread.
+  void store_batch(BatchCreate c, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
     ApiLimits limits;
     limits.max_tokens_limit = config.max_tokens_limit;
     limits.body_bytes_max = config.request_bytes_max;
@@ -1820,6 +1862,12 @@ struct CoordinatorServer::Impl {
               !begin_idempotent(item.client->idem, item.client->exchange, now)) {
             request_json.erase(id);
             continue;  // answered from the store, or refused
+          }
+          if (auto refusal = prepaid_refusal(item.client->key_id, /*completion=*/true, now)) {
+            item.client->exchange->respond(std::move(*refusal));
+            end_idempotent(item.client->idem, nullptr);
+            request_json.erase(id);
+            continue;
           }
           clients[id] = std::move(item.client);
         }
@@ -2444,6 +2492,54 @@ struct CoordinatorServer::Impl {
     return j.is_object() && j.contains("key") && j["key"].is_string() ? j["key"].get<std::string>() : std::string();
   }
 
+  // Prepaid balances (config ledger.prepaid): whether work of this kind is
+  // checked at all. Only priced work is: with both prices 0 nothing is
+  // charged, and an embedding pays prompt tokens only.
+  bool prepaid_applies(bool completion) const {
+    return config.prepaid &&
+           (config.prompt_micros_per_mtok > 0 || (completion && config.completion_micros_per_mtok > 0));
+  }
+
+  // Loop thread: nullopt if the client of API key `key_id` ("" with keys off:
+  // client:anonymous) may have new work (completion or embedding), else the
+  // answer to send: 429 insufficient_quota when its balance plus credit
+  // limit is zero or less, 503 when the ledger cannot be read. The funds of
+  // an account are read at most every kPrepaidFundsCacheMs, and again after
+  // each of its settlements (settle()).
+  std::optional<HttpResponse> prepaid_refusal(const std::string& key_id, bool completion, core::TimeMs now) {
+    if (!prepaid_applies(completion)) return std::nullopt;
+    const std::string account = client_account_for(key_id);
+    auto it = funds.find(account);
+    if (it == funds.end() || now - it->second.read_at >= kPrepaidFundsCacheMs || now < it->second.read_at) {
+      auto unreadable = [&](const Error& e) {
+        log_limited("ledger_read", "prepaid check of " + account + ": " + e.to_string());
+        return error_response(
+            api_error(503, "server_error", "the ledger cannot be read now, so no priced work starts; retry shortly"),
+            5);
+      };
+      auto balance = ledger->balance(account);
+      if (!balance) return unreadable(balance.error());
+      auto limit = ledger->credit_limit(account);
+      if (!limit) return unreadable(limit.error());
+      if (funds.size() >= kPrepaidFundsCacheEntriesMax) {
+        std::erase_if(funds, [now](const auto& kv) { return now - kv.second.read_at >= kPrepaidFundsCacheMs; });
+        if (funds.size() >= kPrepaidFundsCacheEntriesMax) funds.clear();
+      }
+      it = funds.insert_or_assign(account, Funds{*balance, *limit, now}).first;
+    }
+    const Funds& f = it->second;
+    // balance + limit > 0, written so that it cannot overflow (0 <= limit <= kCreditLimitMicrosMax).
+    if (f.balance_micros > -f.credit_limit_micros) return std::nullopt;
+    const std::string id = account.substr(account.find(':') + 1);
+    return error_response(api_error(
+        429, "insufficient_quota",
+        "You exceeded your current quota: the prepaid balance of " + account + " is spent (balance " +
+            format_money_fixed(f.balance_micros) + ", credit limit " + format_money_fixed(f.credit_limit_micros) +
+            "). Ask the operator to add funds (idlefleet ledger deposit --client " + id +
+            " --amount <amount>), then retry; retrying before that does not help.",
+        "insufficient_quota"));
+  }
+
   static std::string client_account_for(const std::string& key) {
     auto account = core::client_account(key.empty() ? core::kAnonymousClientId : std::string_view(key));
     return account ? *account : std::string("client:") + std::string(core::kAnonymousClientId);
@@ -2595,6 +2691,7 @@ struct CoordinatorServer::Impl {
       return false;
     }
     count_event("settled", "job " + job_id + " settled");
+    funds.erase(p.client_account);  // its balance moved: read it again at its next request
     if (p.refund && *posted) {
       // The whole price back to the client; owners keep what they earned.
       auto refund = core::build_refund(*tx, p.ended_at);

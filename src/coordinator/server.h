@@ -34,6 +34,13 @@
 // writes usage and rereads the file every kKeysSyncMs, so `idlefleet admin
 // keys revoke` takes effect within that time.
 //
+// Prepaid balances ([ledger] prepaid = true, priced work only): the loop
+// thread, which owns the ledger store, refuses new completions, embeddings
+// and batches of a client whose balance plus credit limit is 0 or less (429
+// insufficient_quota) before they are queued. It holds each client's funds
+// for at most 1 s (deposits come from the CLI) and rereads them after each
+// of the client's settlements. Running batches are not stopped.
+//
 // Idempotency-Key (POST /v1/completions and /v1/chat/completions, not
 // streamed): the loop thread looks the key up in keys.db, scoped by API key
 // (or by the client's address when auth is off). The same key and the same

@@ -163,6 +163,22 @@ TEST(CoordinatorConfig, AuthAndPricing) {
                {"pricing.completion_micros_per_mtok at line 2"});
 }
 
+TEST(CoordinatorConfig, LedgerPrepaid) {
+  EXPECT_FALSE(CoordinatorConfig{}.prepaid);  // setups without deposits keep serving
+  auto on = parse_coordinator_config("[ledger]\nprepaid = true\n", "a.toml");
+  ASSERT_TRUE(on) << on.error().to_string();
+  EXPECT_TRUE(on->prepaid);
+  auto off = parse_coordinator_config("[ledger]\nprepaid = false\n", "a.toml");
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_FALSE(off->prepaid);
+  expect_error("[ledger]\nprepaid = \"true\"\n", ErrorCode::kInvalidArgument,
+               {"'ledger.prepaid' at line 2", "a boolean"});
+  expect_error("[ledger]\nprepaid = 1\n", ErrorCode::kInvalidArgument, {"'ledger.prepaid' at line 2", "a boolean"});
+  expect_error("[ledger]\nprepaid = [true]\n", ErrorCode::kInvalidArgument, {"'ledger.prepaid' at line 2"});
+  expect_error("[ledger]\npre_paid = true\n", ErrorCode::kInvalidArgument, {"unknown key 'ledger.pre_paid' at line 2"});
+  expect_error("[ledger.prepaid]\nenabled = true\n", ErrorCode::kInvalidArgument, {"ledger.prepaid"});
+}
+
 TEST(CoordinatorConfig, Batches) {
   auto r = parse_coordinator_config("[batches]\nfile_bytes_max = 2048\njobs_in_flight = 4\n", "a.toml");
   ASSERT_TRUE(r) << r.error().to_string();

@@ -950,7 +950,7 @@ struct CoordinatorServer::Impl {
     client->key_id = key_id;
     Item item;
     item.task = [this, client](core::TimeMs now) {
-      if (auto refusal = prepaid_refusal(client->key_id, /*completion=*/false, now)) {
+      if (auto refusal = prepaid_refusal(client->key_id, /*completion=*/false, now, &client->model)) {
         return client->exchange->respond(std::move(*refusal));
       }
       submit_embedding_jobs(client, now);
@@ -1277,7 +1277,7 @@ struct CoordinatorServer::Impl {
     }
     // A client whose prepaid money is spent starts no batch (the loop thread
     // reads the ledger); a batch already running goes on to its end.
-    if (prepaid_applies(c.endpoint != "/v1/embeddings")) {
+    if (prepaid_applies(c.endpoint != "/v1/embeddings", nullptr)) {
       Item item;
       item.task = [this, c, x, owner](core::TimeMs now) {
         if (auto refusal = prepaid_refusal(owner, c.endpoint != "/v1/embeddings", now)) {
@@ -1863,7 +1863,8 @@ struct CoordinatorServer::Impl {
             request_json.erase(id);
             continue;  // answered from the store, or refused
           }
-          if (auto refusal = prepaid_refusal(item.client->key_id, /*completion=*/true, now)) {
+          if (auto refusal = prepaid_refusal(item.client->key_id, /*completion=*/true, now,
+                                             &item.client->request.model)) {
             item.client->exchange->respond(std::move(*refusal));
             end_idempotent(item.client->idem, nullptr);
             request_json.erase(id);
@@ -2495,9 +2496,17 @@ struct CoordinatorServer::Impl {
   // Prepaid balances (config ledger.prepaid): whether work of this kind is
   // checked at all. Only priced work is: with both prices 0 nothing is
   // charged, and an embedding pays prompt tokens only.
-  bool prepaid_applies(bool completion) const {
-    return config.prepaid &&
-           (config.prompt_micros_per_mtok > 0 || (completion && config.completion_micros_per_mtok > 0));
+  // `model_id` null: work whose model is not known yet (a batch's lines),
+  // priced if any model's prices are.
+  bool prepaid_applies(bool completion, const std::string* model_id) const {
+    if (!config.prepaid) return false;
+    auto priced = [completion](const CoordinatorConfig::ModelPrices& p) {
+      return p.prompt_micros_per_mtok > 0 || (completion && p.completion_micros_per_mtok > 0);
+    };
+    if (model_id != nullptr) return priced(config.prices_of(*model_id));
+    if (priced({config.prompt_micros_per_mtok, config.completion_micros_per_mtok})) return true;
+    return std::any_of(config.model_prices.begin(), config.model_prices.end(),
+                       [&](const auto& kv) { return priced(kv.second); });
   }
 
   // Loop thread: nullopt if the client of API key `key_id` ("" with keys off:
@@ -2506,8 +2515,9 @@ struct CoordinatorServer::Impl {
   // limit is zero or less, 503 when the ledger cannot be read. The funds of
   // an account are read at most every kPrepaidFundsCacheMs, and again after
   // each of its settlements (settle()).
-  std::optional<HttpResponse> prepaid_refusal(const std::string& key_id, bool completion, core::TimeMs now) {
-    if (!prepaid_applies(completion)) return std::nullopt;
+  std::optional<HttpResponse> prepaid_refusal(const std::string& key_id, bool completion, core::TimeMs now,
+                                              const std::string* model_id = nullptr) {
+    if (!prepaid_applies(completion, model_id)) return std::nullopt;
     const std::string account = client_account_for(key_id);
     auto it = funds.find(account);
     if (it == funds.end() || now - it->second.read_at >= kPrepaidFundsCacheMs || now < it->second.read_at) {

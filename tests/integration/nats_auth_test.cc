@@ -28,6 +28,7 @@
 #include "store/vehicle_store.h"
 #include "support/http_client.h"
 #include "support/process_util.h"
+#include "support/shared_model.h"
 #include "transport/nats_client.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -351,7 +352,6 @@ TEST(NatsAuthOpenServer, AKeyIsAcceptedWhereNoneIsAsked) {
   EXPECT_TRUE(eventually([&] { return inbox.size() == 1; }, kWaitMs));
 }
 
-const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
 
 size_t occurrences(const std::string& text, const std::string& what) {
   size_t n = 0;
@@ -361,18 +361,12 @@ size_t occurrences(const std::string& text, const std::string& what) {
 
 // The local setup of docs/operations.md, end to end with the real processes.
 TEST(NatsAuthFleet, AnEnrolledCarConnectsWithItsKeyAndServes) {
-  if (!fs::exists(kShared / "stories260K.bin")) {
-    if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
-    GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: this test needs a model ***";
-  }
+  IDLEFLEET_REQUIRE_SHARED_MODEL("this test");
   const fs::path dir = fs::path(::testing::TempDir()) / ("nats_auth_fleet_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir / "data");
   const std::string model = (dir / "stories260K.gguf").string();
-  run_capture(std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
-              shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
-              shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model) + " 2>&1");
-  ASSERT_TRUE(fs::exists(model));
+  ASSERT_TRUE(testing::convert_shared_model(model));
   const fs::path config = dir / "coordinator.toml";
   std::ofstream(config) << "data_dir = \"" << (dir / "data").string() << "\"\n"
                         << "[vehicles]\nenrolment = \"required\"\n"

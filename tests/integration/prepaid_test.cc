@@ -25,6 +25,7 @@
 
 #include "support/http_client.h"
 #include "support/process_util.h"
+#include "support/shared_model.h"
 #include "store/ledger_store.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -38,7 +39,6 @@ using testing::eventually;
 using testing::run_capture;
 using testing::shell_quote;
 
-const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
 
 // One micro-unit per token, prompt or completion: a small completion
 // (a 5-token prompt, 8 tokens out) costs at most 13 micros.
@@ -193,10 +193,7 @@ class PrepaidBase : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     const std::string model = (dir_ / "stories260K.gguf").string();
-    run_capture(std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
-                shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
-                shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model) + " 2>&1");
-    if (!fs::exists(model)) return "model conversion failed";
+    if (!testing::convert_shared_model(model)) return "model conversion failed";
     fleet_ = new Fleet;
     return fleet_->start(dir_, model, config);
   }
@@ -211,10 +208,7 @@ class PrepaidBase : public ::testing::Test {
   }
 
   void SetUp() override {
-    if (!fs::exists(kShared / "stories260K.bin")) {
-      if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
-      GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: the prepaid test needs a model ***";
-    }
+    IDLEFLEET_REQUIRE_SHARED_MODEL("the prepaid test");
     ASSERT_TRUE(setup_error_.empty()) << setup_error_;
   }
 
@@ -315,7 +309,7 @@ const std::string kPrices = "[pricing]\nprompt_micros_per_mtok = 1000000\ncomple
 class Prepaid : public PrepaidBase {
  protected:
   static void SetUpTestSuite() {
-    if (!fs::exists(kShared / "stories260K.bin")) return;
+    if (!testing::shared_model_present()) return;
     setup_error_ = setup("prepaid", "[auth]\nrequired = true\n" + kPrices + "[ledger]\nprepaid = true\n");
   }
 };
@@ -420,7 +414,7 @@ TEST(PrepaidConfig, GarbageForLedgerPrepaidStopsTheCoordinator) {
 class PrepaidAnonymous : public PrepaidBase {
  protected:
   static void SetUpTestSuite() {
-    if (!fs::exists(kShared / "stories260K.bin")) return;
+    if (!testing::shared_model_present()) return;
     setup_error_ = setup("prepaid_anonymous",
                          "[pricing]\ncompletion_micros_per_mtok = 1000000\n[ledger]\nprepaid = true\n");
   }
@@ -442,7 +436,7 @@ TEST_F(PrepaidAnonymous, TheAnonymousAccountPaysAndFreeWorkIsNeverRefused) {
 class PrepaidOff : public PrepaidBase {
  protected:
   static void SetUpTestSuite() {
-    if (!fs::exists(kShared / "stories260K.bin")) return;
+    if (!testing::shared_model_present()) return;
     setup_error_ = setup("prepaid_off", "[auth]\nrequired = true\n" + kPrices);
   }
 };

@@ -28,6 +28,7 @@
 #include "store/ledger_store.h"
 #include "support/http_client.h"
 #include "support/process_util.h"
+#include "support/shared_model.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
@@ -40,7 +41,6 @@ using testing::eventually;
 using testing::run_capture;
 using testing::shell_quote;
 
-const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
 const char* const kPrompts[] = {"Once upon a time", "The little dog", "Lily and Ben", "One day, a bird",
                                 "The sun was",      "Tom had a red ball", "In the park", "A cat"};
 
@@ -80,18 +80,12 @@ json body_of(const Request& r) {
 class Tamper : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(kShared / "stories260K.bin")) {
-      if (std::getenv("CI") != nullptr) FAIL() << "../shared/models is missing in CI";
-      GTEST_SKIP() << "*** ../shared/models/stories260K.bin is absent: the tamper test needs a model ***";
-    }
+    IDLEFLEET_REQUIRE_SHARED_MODEL("the tamper test");
     dir_ = fs::path(::testing::TempDir()) / ("tamper_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "data");
     model_ = (dir_ / "stories260K.gguf").string();
-    run_capture(std::string(IDLEFLEET_BINARY) + " model convert-llama2c " +
-                shell_quote((kShared / "stories260K.bin").string()) + " --tokenizer " +
-                shell_quote((kShared / "tok512.bin").string()) + " -o " + shell_quote(model_) + " 2>&1");
-    ASSERT_TRUE(fs::exists(model_));
+    ASSERT_TRUE(testing::convert_shared_model(model_));
     transport::NatsServerOptions n;
     n.log_path = (dir_ / "nats.log").string();
     auto nats = transport::NatsServer::start(n);

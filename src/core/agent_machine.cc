@@ -232,8 +232,10 @@ void AgentMachine::on_message(const Message& m, TimeMs now, std::vector<AgentEff
     hash_output_ids(&c.output, a->produced_ids);
     attempt_ = std::move(c);
     ++counters_.attempts_started;
-    out->push_back(StartEngineEffect{*a});
+    // 'started' goes out before the engine starts: a new engine thread may
+    // take the core of the thread that would send it.
     out->push_back(SendEffect{StartedMessage{a->job_id, a->attempt}});
+    out->push_back(StartEngineEffect{*a});
     return;
   }
   if (const auto* c = std::get_if<CancelMessage>(&m)) {

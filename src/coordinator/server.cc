@@ -1116,7 +1116,9 @@ struct CoordinatorServer::Impl {
       if (r.method == "POST") return upload_file(r, x, owner);
       if (r.method != "GET") return method_not_allowed(r, x);
       std::string purpose;
-      for (const auto& [k, v] : query_pairs(r.query)) {
+      const auto pairs = query_pairs(r.query, x);
+      if (!pairs) return;
+      for (const auto& [k, v] : *pairs) {
         if (k == "purpose") purpose = v.substr(0, 64);
       }
       return on_files([x, purpose, owner](store::FileStore& fs) {
@@ -1183,18 +1185,15 @@ struct CoordinatorServer::Impl {
                                         "method " + r.method.substr(0, 16) + " not allowed on " + r.path.substr(0, 200))));
   }
 
-  static std::vector<std::pair<std::string, std::string>> query_pairs(const std::string& query) {
-    std::vector<std::pair<std::string, std::string>> out;
-    size_t at = 0;
-    while (at < query.size() && out.size() < 16) {
-      size_t end = query.find('&', at);
-      if (end == std::string::npos) end = query.size();
-      const std::string pair = query.substr(at, end - at);
-      const size_t eq = pair.find('=');
-      out.emplace_back(pair.substr(0, eq), eq == std::string::npos ? "" : pair.substr(eq + 1));
-      at = end + 1;
+  // The query's pairs, or nullopt after answering 400 (a bad escape, too many).
+  static std::optional<std::vector<std::pair<std::string, std::string>>> query_pairs(
+      const std::string& query, const std::shared_ptr<HttpExchange>& x) {
+    auto pairs = transport::parse_query(query);
+    if (!pairs) {
+      x->respond(error_response(api_error(400, "invalid_request_error", "malformed query string: " + pairs.error().message)));
+      return std::nullopt;
     }
-    return out;
+    return std::move(*pairs);
   }
 
   void batch_route(const HttpRequest& r, const std::shared_ptr<HttpExchange>& x, const std::string& owner) {
@@ -1204,7 +1203,9 @@ struct CoordinatorServer::Impl {
       if (r.method != "GET") return method_not_allowed(r, x);
       size_t limit = 20;
       std::string after;
-      for (const auto& [k, v] : query_pairs(r.query)) {
+      const auto pairs = query_pairs(r.query, x);
+      if (!pairs) return;
+      for (const auto& [k, v] : *pairs) {
         if (k == "limit") {
           char* end = nullptr;
           const long n = std::strtol(v.c_str(), &end, 10);
@@ -2364,7 +2365,9 @@ struct CoordinatorServer::Impl {
     };
     std::string month_text, format = "json";
     bool have_month = false;
-    for (const auto& [k, v] : query_pairs(query)) {
+    const auto pairs = query_pairs(query, x);
+    if (!pairs) return;
+    for (const auto& [k, v] : *pairs) {
       if (k == "month") {
         month_text = v;
         have_month = true;

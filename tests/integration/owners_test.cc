@@ -461,6 +461,15 @@ TEST_F(Owners, PoliciesReachTheCarAndStatementsMatchTheLedger) {
   auto http = testing::http_get(base_url_ + "/v1/owner/statements?month=" + month, auth(alice_token));
   EXPECT_EQ(http.status, 200);
   EXPECT_EQ(json::parse(http.body, nullptr, false).value("month", ""), month);
+  // Percent-escapes are decoded ("-" as %2D); a bad one is a 400.
+  std::string escaped = month;
+  escaped.replace(escaped.find('-'), 1, "%2D");
+  http = testing::http_get(base_url_ + "/v1/owner/statements?month=" + escaped + "&format=j%73on", auth(alice_token));
+  EXPECT_EQ(http.status, 200) << http.body;
+  EXPECT_EQ(json::parse(http.body, nullptr, false).value("month", ""), month);
+  http = testing::http_get(base_url_ + "/v1/owner/statements?month=%zz", auth(alice_token));
+  EXPECT_EQ(http.status, 400);
+  EXPECT_NE(http.body.find("malformed query string"), std::string::npos) << http.body;
   for (const auto& [query, param] : std::vector<std::pair<std::string, std::string>>{
            {"", "month"}, {"?month=2026-13", "month"}, {"?month=soon", "month"},
            {"?month=" + month + "&format=pdf", "format"}, {"?month=" + month + "&owner=" + bob, "owner"}}) {

@@ -25,6 +25,51 @@ using testing::RawConnection;
 using testing::SseParser;
 using Clock = std::chrono::steady_clock;
 
+using Pairs = std::vector<std::pair<std::string, std::string>>;
+
+TEST(Query, DecodesEscapesAndPlusInNamesAndValues) {
+  auto q = parse_query("month=2026%2D11&format=csv&q=a+b%20c&%66ormat=json&flag");
+  ASSERT_TRUE(q.has_value()) << q.error().to_string();
+  EXPECT_EQ(*q, (Pairs{{"month", "2026-11"}, {"format", "csv"}, {"q", "a b c"}, {"format", "json"}, {"flag", ""}}));
+  EXPECT_EQ(*parse_query(""), Pairs{});
+  EXPECT_EQ(*parse_query("&&a=1&"), (Pairs{{"a", "1"}}));
+  EXPECT_EQ(*parse_query("a=%3D%26&b=%e2%82%ac"), (Pairs{{"a", "=&"}, {"b", "\xe2\x82\xac"}}));
+  EXPECT_EQ(*percent_decode("a+b", false), "a+b");
+}
+
+TEST(Query, RefusesBadEscapesAndTooManyPairs) {
+  for (const char* bad : {"a=%", "a=%4", "a=%zz", "%g0=1", "a=1&b=%%", "a=%4g"}) {
+    auto q = parse_query(bad);
+    ASSERT_FALSE(q.has_value()) << bad;
+    EXPECT_NE(q.error().message.find("percent-escape"), std::string::npos) << q.error().message;
+  }
+  std::string many;
+  for (int i = 0; i < 17; ++i) many += "k" + std::to_string(i) + "=v&";
+  auto q = parse_query(many);
+  ASSERT_FALSE(q.has_value());
+  EXPECT_NE(q.error().message.find("more than 16"), std::string::npos);
+  EXPECT_TRUE(parse_query(many, 17).has_value());
+}
+
+TEST(Query, GarbageNeverCrashes) {
+  uint64_t x = 88172645463325252ULL;
+  const std::string alphabet("%&=+aZ09\0\xff/?#", 13);
+  for (int round = 0; round < 20000; ++round) {
+    std::string text;
+    const size_t n = (x >> 7) % 40;
+    for (size_t i = 0; i < n; ++i) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      text.push_back(alphabet[x % alphabet.size()]);
+    }
+    auto q = parse_query(text, 8);
+    if (q) {
+      EXPECT_LE(q->size(), 8u);
+    }
+  }
+}
+
 constexpr int kWaitMs = 5000;
 
 // A thread-safe queue that tests wait on, with a deadline.

@@ -21,8 +21,8 @@ function(idlefleet_fuzz name)
 endfunction()
 
 # The OpenAI request parser and the text code it calls (tokenizer, chat
-# templates, stop strings).
-set(FUZZ_API_SOURCES coordinator/openai.cc engine/stop_strings.cc engine/chat_template.cc engine/tokenizer.cc
+# templates, stop strings), and the query-string parser.
+set(FUZZ_API_SOURCES transport/query.cc coordinator/openai.cc engine/stop_strings.cc engine/chat_template.cc engine/tokenizer.cc
   engine/gguf.cc engine/quant.cc)
 
 idlefleet_fuzz(gguf engine/gguf.cc)

@@ -43,6 +43,7 @@
 #include "transport/http_server.h"
 #include "transport/metrics.h"
 #include "transport/nats_client.h"
+#include "transport/query.h"
 #include "transport/random_id.h"
 
 namespace idlefleet::coordinator {

@@ -42,7 +42,6 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -72,17 +71,6 @@ struct HttpRequest {
   // The first header of that name, or nullptr. REQUIRES: lower_name is lower-case.
   const std::string* header(std::string_view lower_name) const;
 };
-
-// A query string's pairs ("a=1&b=x%20y" -> (a, 1), (b, x y)), in order:
-// percent-escapes decoded and '+' read as a space (HTML forms), in names and
-// values alike; a pair without '=' has an empty value; empty pairs ("a=1&&b")
-// are skipped. A bad escape ("%4", "%zz") or more than pairs_max pairs is an
-// error that names it, for a 400.
-Result<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view query, size_t pairs_max = 16);
-
-// Decodes percent-escapes (and '+' as a space when plus_as_space); a '%' not
-// followed by two hex digits is an error.
-Result<std::string> percent_decode(std::string_view text, bool plus_as_space);
 
 // A whole reply. The server adds Content-Length and Connection; headers must
 // not carry those or Transfer-Encoding (they are dropped), and names and values

@@ -1,5 +1,5 @@
 // libFuzzer target for the OpenAI request parsers: whatever a client POSTs to
-// /v1/completions, /v1/chat/completions or /v1/embeddings must parse or be refused with an
+// /v1/completions, /v1/chat/completions or /v1/embeddings (and any query string) must parse or be refused with an
 // error whose body is valid JSON, never crash or throw. What parses must
 // hold every bound the parser promises, and the responses built from it
 // (whose text may be any bytes) must be valid JSON too.
@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/openai.h"
+#include "transport/query.h"
 
 namespace {
 
@@ -94,5 +95,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check(body, false, limits);
   check(body, true, limits);
   check_embedding(body, limits);
+  // The same bytes as a query string: pairs within the bound, or a clear error.
+  auto query = idlefleet::transport::parse_query(body, 16);
+  require(query ? query->size() <= 16 : !query.error().message.empty());
   return 0;
 }

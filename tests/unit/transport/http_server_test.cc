@@ -2,6 +2,7 @@
 // raw sockets for the rest. Waits are on conditions with deadlines; the
 // server's timeouts are made short where a test needs one to fire.
 #include "transport/http_server.h"
+#include "transport/query.h"
 
 #include <gtest/gtest.h>
 

@@ -275,7 +275,9 @@ Status Scenario::validate() const {
                      std::to_string(kScenarioModelsMax));
     }
     for (size_t j = 0; j < c.tokens_per_second.size(); ++j) {
-      const auto& [model, rate] = c.tokens_per_second[j];
+      // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+      const std::string& model = c.tokens_per_second[j].first;
+      const double rate = c.tokens_per_second[j].second;
       const std::string rate_key = key + ".tokens_per_second." + model;
       IF_RETURN_IF_ERROR(check_text(key + ".tokens_per_second", model, kScenarioNameBytesMax, true));
       const bool known =

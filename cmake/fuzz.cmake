@@ -32,3 +32,7 @@ idlefleet_fuzz(replay agent/replay.cc core/signals.cc)
 idlefleet_fuzz(api_request ${FUZZ_API_SOURCES})
 idlefleet_fuzz(chat_template engine/chat_template.cc)
 idlefleet_fuzz(batch_upload coordinator/multipart.cc coordinator/batch.cc ${FUZZ_API_SOURCES})
+# Scenario files (TOML through toml++, the policy checks of core).
+pkg_check_modules(TOMLPP REQUIRED IMPORTED_TARGET tomlplusplus)
+idlefleet_fuzz(scenario sim/scenario.cc common/text_file.cc core/policy.cc core/signals.cc core/time.cc)
+target_link_libraries(fuzz_scenario PRIVATE PkgConfig::TOMLPP)

@@ -77,7 +77,7 @@ target_link_libraries(idlefleet_agent ${idlefleet_agent_scope} idlefleet_core id
 # Offline simulations with the real policy and money code (sim/vehicle_month.h).
 file(GLOB IDLEFLEET_SIM_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/sim/*.cc)
 idlefleet_layer(idlefleet_sim IDLEFLEET_SIM_SOURCES)
-target_link_libraries(idlefleet_sim ${idlefleet_sim_scope} idlefleet_core idlefleet_agent)
+target_link_libraries(idlefleet_sim ${idlefleet_sim_scope} idlefleet_core idlefleet_agent PkgConfig::TOMLPP)
 
 file(GLOB IDLEFLEET_COORDINATOR_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/coordinator/*.cc)
 idlefleet_layer(idlefleet_coordinator IDLEFLEET_COORDINATOR_SOURCES)

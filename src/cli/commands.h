@@ -39,6 +39,8 @@ void add_ledger(CLI::App& app);
 
 // `idlefleet sim month`: one simulated vehicle's month, hours to earnings
 void add_sim(CLI::App& app);
+// `idlefleet sim --scenario FILE --out DIR`: a fleet from a scenario file (cmd_sim_scenario.cc).
+void add_sim_scenario(CLI::App* sim);
 
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.

@@ -33,6 +33,12 @@ inline constexpr size_t kScenarioModelsMax = 16;
 inline constexpr size_t kScenarioNameBytesMax = 64;
 inline constexpr size_t kScenarioTextBytesMax = 4096;
 inline constexpr size_t kScenarioFileBytesMax = 1 << 20;
+// Daily "HH:MM-HH:MM" windows per policy: each becomes up to two weekly
+// windows a day, so 4 fit core::kAllowedWindowsMax (7 * 2 * 4 = 56 <= 64).
+inline constexpr size_t kScenarioAllowedHoursMax = 4;
+// The first simulated day lies in [2000-01-01, 2100-01-01).
+inline constexpr int64_t kScenarioStartYearMin = 2000;
+inline constexpr int64_t kScenarioStartYearMax = 2099;
 
 // A model clients ask for. Its size decides which computers can hold it and
 // how long a download takes.
@@ -76,7 +82,10 @@ struct ScenarioTariff {
 struct ScenarioPolicy {
   std::string name;
   double share = 1.0;               // of the fleet; opted out owners are a policy too
-  core::OwnerPolicy policy;         // departures are the car's own (the simulator declares them)
+  // Departures are the car's own (the simulator declares them); the tariff
+  // is drawn from [[tariffs]]; allowed hours come from "HH:MM-HH:MM" daily
+  // windows (allowed_hours), repeated on every day of the week.
+  core::OwnerPolicy policy;
   bool declares_departures = true;
 };
 
@@ -125,7 +134,9 @@ struct Scenario {
   std::string description;          // <= kScenarioTextBytesMax
   uint64_t seed = 1;                // --seed overrides
   int days = 7;                     // [1, kScenarioDaysMax]; --days overrides
-  core::TimeMs start_ms = 1793491200000;  // 2026-11-01, a Sunday (start = "YYYY-MM-DD")
+  // Local midnight of the first day in the fleet's zone: start = "YYYY-MM-DD"
+  // (default 2026-11-01, a Sunday), less fleet.utc_offset_minutes.
+  core::TimeMs start_ms = 1793491200000;
   ScenarioFleet fleet;
   std::vector<ScenarioModel> models;
   std::vector<ScenarioComputer> computers;

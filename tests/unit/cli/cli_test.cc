@@ -354,4 +354,56 @@ TEST_F(Cli, SimMonthReportsTheSameMonthInEveryFormat) {
   }
 }
 
+TEST_F(Cli, SimScenarioWritesTheSameSeriesForAnyThreadCount) {
+  const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const fs::path one = dir_ / "one", two = dir_ / "two";
+  const std::string common = "sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 7 --quiet";
+  const Ran a = run(common + " --threads 1 --out " + one.string());
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_NE(a.output.find("scenario us-suburban: 3000 vehicles, 2 days"), std::string::npos) << a.output;
+  const Ran b = run(common + " --threads 2 --out " + two.string());
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  const std::string csv = read(one / "timeseries.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 2 * 96);  // header, 2 days of 15-minute bins
+  EXPECT_EQ(csv, read(two / "timeseries.csv"));
+  const auto sa = nlohmann::json::parse(read(one / "summary.json"), nullptr, false);
+  const auto sb = nlohmann::json::parse(read(two / "summary.json"), nullptr, false);
+  ASSERT_TRUE(sa.is_object() && sb.is_object());
+  EXPECT_EQ(sa["vehicles"], 3000);
+  EXPECT_GT(sa["tokens_interactive"].get<double>(), 0.0);
+  EXPECT_EQ(sa["tokens_batch"], sb["tokens_batch"]);
+  EXPECT_EQ(sa["energy_kwh"], sb["energy_kwh"]);
+  // Another seed is another fleet.
+  const Ran c = run("sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 8 --quiet --out " + (dir_ / "c").string());
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_NE(csv, read(dir_ / "c" / "timeseries.csv"));
+}
+
+TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
+  const fs::path bad = dir_ / "bad.toml";
+  std::ofstream(bad) << "name = \"bad\"\n\n[fleet]\nhome_charging_share = 1.5\n";
+  const Ran r = run("sim --scenario " + bad.string() + " --out " + (dir_ / "out").string());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("bad.toml:4: fleet.home_charging_share"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "timeseries.csv"));
+  const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
+  for (const std::string args :
+       {"sim --out " + (dir_ / "o").string(), "sim --scenario " + scenario,
+        "sim --scenario " + (dir_ / "missing.toml").string() + " --out x",
+        "sim --scenario " + scenario + " --out x --vehicles 0", "sim --scenario " + scenario + " --out x --days 0",
+        "sim --scenario " + scenario + " --out x --threads 0", "sim --scenario " + scenario + " --out x --bin-minutes 7x",
+        "sim --scenario " + scenario + " --out x --bin-minutes 0"}) {
+    const Ran e = run(args);
+    EXPECT_EQ(e.exit_code, 2) << args << ": " << e.output;
+  }
+  // Minutes that do not divide a day are the simulation's to refuse.
+  const Ran e = run("sim --scenario " + scenario + " --quiet --out " + (dir_ / "o7").string() + " --bin-minutes 7");
+  EXPECT_NE(e.exit_code, 0) << e.output;
+  EXPECT_NE(e.output.find("bin_minutes"), std::string::npos) << e.output;
+}
+
 }  // namespace

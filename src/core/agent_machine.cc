@@ -36,8 +36,32 @@ void AgentMachine::reject(const std::string& text, std::vector<AgentEffect>* out
 // Stays feed the vehicle's own departure history: parked (or charging)
 // from the first event that shows it until the first that shows driving.
 double AgentMachine::trip_reserve_pct() const {
-  if (drives_.size() < kTripsForReserve) return config_.trip_reserve_pct_default;
-  return trip_reserve_pct_;
+  if (!stretch_open_.complete && stretches_.empty()) return kSocPctMax;  // never seen charging
+  double reserve = drives_.size() < kTripsForReserve ? config_.trip_reserve_pct_default : trip_reserve_pct_;
+  bool completed = false;
+  for (const Stretch& s : stretches_) {
+    reserve = std::max(reserve, s.driven_pct);
+    completed = completed || s.complete;
+  }
+  if (!completed) reserve = std::max(reserve, config_.trip_reserve_pct_default);
+  reserve = std::max(reserve, stretch_open_.driven_pct);
+  return std::min(reserve, kSocPctMax);
+}
+
+std::vector<double> AgentMachine::stretches_driven_pct() const {
+  std::vector<double> out;
+  out.reserve(stretches_.size());
+  for (const Stretch& s : stretches_) out.push_back(s.driven_pct);
+  return out;
+}
+
+void AgentMachine::charge_seen() {
+  if (stretch_open_drives_ > 0) {
+    if (stretches_.size() == kStretchesRemembered) stretches_.pop_front();
+    stretches_.push_back(stretch_open_);
+  }
+  stretch_open_ = Stretch{0.0, true};
+  stretch_open_drives_ = 0;
 }
 
 void AgentMachine::track_stay(TimeMs now) {
@@ -58,8 +82,23 @@ void AgentMachine::track_stay(TimeMs now) {
         for (size_t k = begin; k <= end; ++k) sum += drives_[k].used_pct;
         trip_reserve_pct_ = std::max(trip_reserve_pct_, std::min(sum, kSocPctMax));
       }
+      stretch_open_.driven_pct = std::min(stretch_open_.driven_pct + used, kSocPctMax);
+      ++stretch_open_drives_;
     }
-  soc_at_leaving_.reset();
+    soc_at_leaving_.reset();
+  }
+  // Charging, parked: SoC rising above the lowest seen since the charger was
+  // connected ends the unplugged stretch.
+  const bool on_charger = signals_.charger_connected.value_or(false) || signals_.is_charging.value_or(false);
+  if (parked && on_charger && signals_.soc_pct) {
+    const double soc = *signals_.soc_pct;
+    if (!plugged_soc_low_ || soc < *plugged_soc_low_) plugged_soc_low_ = soc;
+    if (soc >= *plugged_soc_low_ + kChargeSeenSocPct) {
+      charge_seen();
+      plugged_soc_low_ = soc;
+    }
+  } else {
+    plugged_soc_low_.reset();
   }
   if (!parked && !soc_at_leaving_ && signals_.soc_pct) soc_at_leaving_ = *signals_.soc_pct;
   if (!parked && parked_since_) {

@@ -76,17 +76,46 @@ struct AgentConfig {
   DurationMs hello_ms = 10 * kSecondMs;      // hello again, so a restarted coordinator relearns us
   DurationMs signal_age_ms_max = kSignalAgeMsMaxDefault;
   const DeparturePrior* prior = nullptr;     // not owned; null: declared departures only
-  // Before the car has kTripsForReserve drives of its own, this much SoC is
-  // kept (on battery) for undeclared driving; then the most its recent drives
-  // used within any kTripReserveWindowMs (a day: the drive home, an evening
-  // round trip and the next morning's, together), as
-  // EligibilityInputs::trip_reserve_pct.
+  // The trip reserve (EligibilityInputs::trip_reserve_pct): the SoC kept, on
+  // battery, beyond the target for the driving the car will do before it
+  // next charges. Charge spent on battery is not replaced until then, so
+  // every departure before that charge pays for it, not only the next one.
+  // Learned from the car's own history; the reserve is the largest of:
+  //  - the driving between charges: the car's recent "unplugged stretches"
+  //    (from a charge to the next charge that adds at least
+  //    kChargeSeenSocPct), each the SoC its drives used together; the most
+  //    of the last kStretchesRemembered (a car that charges every night: one
+  //    day's driving; every third day: three days');
+  //  - the driving of the current, still open stretch so far (a stretch
+  //    longer than any seen before is one to reserve for);
+  //  - the most its recent drives used within any kTripReserveWindowMs (a
+  //    day: the drive home, an evening round trip and the next morning's),
+  //    once it has kTripsForReserve drives; before that, this default;
+  //  - this default again, until the car has completed a stretch (it has
+  //    not been seen to charge twice: how far it drives between charges is
+  //    not known yet).
+  // Until the car has been seen to charge at all (the agent started on
+  // battery, or on a charger that adds nothing, e.g. at the car's limit),
+  // the reserve is all of the battery (kSocPctMax): when charge spent now
+  // would be replaced is unknown, so none is spent on battery. (A car that
+  // starts the week unplugged and serves at once on a guessed 10 points
+  // can leave a departure days later short, where not serving hits it.)
+  // Parking and serving are not driving: a stretch counts only what its
+  // drives used (SoC as the gear left P minus SoC as it parked again; a
+  // drive that gained charge counts as none). A charge is SoC rising by
+  // kChargeSeenSocPct above the lowest value seen since the car parked with
+  // the charger connected (or charging): a home charger, or a detour via a
+  // fast charger. Stretches without a drive are not remembered; the stretch
+  // before the first charge seen (its start is unknown) counts toward the
+  // most, but not as completed.
   double trip_reserve_pct_default = 10.0;
 };
 
 inline constexpr size_t kTripsForReserve = 3;
 inline constexpr size_t kTripsRemembered = 64;
 inline constexpr DurationMs kTripReserveWindowMs = 24 * kHourMs;
+inline constexpr size_t kStretchesRemembered = 8;
+inline constexpr double kChargeSeenSocPct = 0.5;
 
 // ---- Events ----------------------------------------------------------------
 
@@ -208,6 +237,10 @@ class AgentMachine {
   const VehicleSignals& signals() const { return signals_; }
   // The SoC kept for undeclared driving on battery (see AgentConfig).
   double trip_reserve_pct() const;
+  // The driving (SoC) of the remembered stretches between charges, oldest
+  // first, and of the open one; for tests and diagnostics.
+  std::vector<double> stretches_driven_pct() const;
+  double stretch_open_driven_pct() const { return stretch_open_.driven_pct; }
   // The predictor's earliest likely departure for the current stay, if parked.
   std::optional<TimeMs> departure_earliest() const { return departure_earliest_; }
 
@@ -263,6 +296,17 @@ class AgentMachine {
   };
   std::deque<Drive> drives_;                // the last kTripsRemembered, oldest first
   double trip_reserve_pct_ = 0.0;           // from drives_, once there are kTripsForReserve
+  // Unplugged stretches (see AgentConfig::trip_reserve_pct_default).
+  struct Stretch {
+    double driven_pct = 0.0;                // SoC its drives used, together
+    bool complete = false;                  // began at a charge seen (else: when the agent started)
+  };
+  std::deque<Stretch> stretches_;           // the last kStretchesRemembered, oldest first
+  Stretch stretch_open_;                    // since the last charge seen (or the start)
+  size_t stretch_open_drives_ = 0;
+  std::optional<double> plugged_soc_low_;   // lowest SoC since parked with the charger connected
+  // A charge was seen: the open stretch ends (remembered if it had a drive).
+  void charge_seen();
   std::optional<TimeMs> departure_earliest_;
   EligibilityDecision decision_;
   std::optional<Current> attempt_;

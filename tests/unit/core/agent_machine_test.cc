@@ -365,15 +365,20 @@ TEST(AgentMachine, PolicyForAnotherVehicleIsRejected) {
   EXPECT_EQ(a.config().policy.target_soc_pct, 80.0);
 }
 
-// The trip reserve kept on battery covers a day of the car's own driving:
-// the most its drives used together within any 24 hours.
-TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {
+// The trip reserve kept on battery covers at least a day of the car's own
+// driving: the most its drives used together within any 24 hours. Here the
+// car charges after every drive, so each stretch between charges is one
+// drive and the 24 hour rule is what binds.
+TEST(AgentMachine, TripReserveIsAtLeastTheMostADayOfDrivesUsed) {
   AgentMachine a(config());
   TimeMs t = kT0;
   double soc = 90.0;
   auto drive = [&](double used_pct, DurationMs parked_before) {
     t += parked_before;
     VehicleSignals s = parked_signals(t);
+    s.soc_pct = soc;
+    a.handle(SignalsEvent{s}, t);
+    soc += 1.0;  // it charged while parked: the stretch since the last charge ends
     s.soc_pct = soc;
     a.handle(SignalsEvent{s}, t);
     s.gear = kGearDrive;
@@ -388,8 +393,9 @@ TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {
     back.soc_pct = soc;
     a.handle(SignalsEvent{back}, t);
   };
-  EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), AgentConfig{}.trip_reserve_pct_default);
+  EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), kSocPctMax);  // never seen charging
   drive(4.0, kHourMs);
+  EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), AgentConfig{}.trip_reserve_pct_default);  // charged, one drive
   drive(3.0, 10 * kHourMs);
   EXPECT_DOUBLE_EQ(a.trip_reserve_pct(), AgentConfig{}.trip_reserve_pct_default);  // two drives: too few
   drive(5.0, 3 * kHourMs);  // the three within 24 hours: 12 points
@@ -402,8 +408,214 @@ TEST(AgentMachine, TripReserveIsTheMostADayOfDrivesUsed) {
   // A drive that gained charge (a detour via a charger) reserves nothing.
   drive(-20.0, 30 * kDayMs);
   EXPECT_NEAR(a.trip_reserve_pct(), 14.0, 1e-9);
+  // Each stretch between charges was one drive (the first began before the
+  // agent did, and the last, open one has the gain: nothing).
+  EXPECT_EQ(a.stretches_driven_pct(), (std::vector<double>{4.0, 3.0, 5.0, 2.0, 6.0, 6.0}));
+  EXPECT_DOUBLE_EQ(a.stretch_open_driven_pct(), 0.0);
 }
 
+// A car's days as its agent sees them: parked (at home, at work, at a fast
+// charger), plugged in or not, charging, driving. Every signal change is a
+// SignalsEvent at its time.
+class CarDays {
+ public:
+  explicit CarDays(double soc) : soc_(soc) {}
+  AgentMachine& agent() { return agent_; }
+  double reserve() const { return agent_.trip_reserve_pct(); }
+  TimeMs now() const { return t_; }
+  void set_policy(const OwnerPolicy& p) { agent_.handle(PolicyEvent{p}, t_); }
+
+  // Parked for `ms`, plugged in or not, the SoC unchanged (standby).
+  void park(DurationMs ms, bool plugged) {
+    signal(false, plugged, false);
+    t_ += ms;
+    signal(false, plugged, false);
+  }
+  // Plugged in, charging to `to_pct` one point every six minutes.
+  void charge_to(double to_pct) {
+    while (soc_ < to_pct) {
+      signal(false, true, true);
+      t_ += 6 * kMinuteMs;
+      soc_ = std::min(to_pct, soc_ + 1.0);
+    }
+    signal(false, true, false);
+  }
+  // Unplugged, a drive of `ms` that uses `used_pct`.
+  void drive(double used_pct, DurationMs ms = 40 * kMinuteMs) {
+    signal(false, false, false);
+    t_ += kSecondMs;
+    signal(true, false, false);
+    t_ += ms;
+    soc_ -= used_pct;
+    signal(false, false, false);
+  }
+  // A workday without charging: the morning drive, the day at work, the
+  // drive home, then the evening at home (plugged in without charging: at
+  // the car's charge limit, or the charger off).
+  void workday(double morning_pct, double evening_pct, bool plugged_at_home) {
+    drive(morning_pct);
+    park(9 * kHourMs, false);
+    drive(evening_pct);
+    park(15 * kHourMs - 80 * kMinuteMs - 2 * kSecondMs, plugged_at_home);  // 24 hours in all
+  }
+
+ private:
+  void signal(bool driving, bool plugged, bool charging) {
+    VehicleSignals s = parked_signals(t_);
+    s.soc_pct = soc_;
+    s.charger_connected = plugged;
+    s.is_charging = charging;
+    if (driving) {
+      s.gear = kGearDrive;
+      s.speed_kmh = 50.0;
+      s.driver_seat_occupied = true;
+    }
+    agent_.handle(SignalsEvent{s}, t_);
+  }
+
+  AgentMachine agent_{config()};
+  TimeMs t_ = kT0;
+  double soc_;
+};
+
+// Nightly charging: a stretch between charges is one day's driving, so the
+// reserve is the most a day used, not the week's sum, and no longer the
+// default once a whole stretch was seen.
+TEST(AgentMachine, TripReserveOfACarThatChargesNightlyIsADaysDriving) {
+  CarDays car(80.0);
+  car.charge_to(90.0);  // plugged in at the start: the first stretch begins at a charge
+  const std::vector<std::pair<double, double>> days = {{3.0, 2.0}, {4.0, 3.5}, {2.0, 2.0}, {3.0, 3.0}};
+  for (const auto& [morning, evening] : days) {
+    car.workday(morning, evening, /*plugged_at_home=*/false);
+    car.charge_to(90.0);
+  }
+  EXPECT_EQ(car.agent().stretches_driven_pct(), (std::vector<double>{5.0, 7.5, 4.0, 6.0}));
+  // Below the default: the car has shown how far it goes between charges.
+  EXPECT_NEAR(car.reserve(), 7.5, 1e-9);
+  EXPECT_LT(car.reserve(), AgentConfig{}.trip_reserve_pct_default);
+  // At work the next day, the open stretch (the morning's 3) does not raise it.
+  car.drive(3.0);
+  car.park(4 * kHourMs, false);
+  EXPECT_DOUBLE_EQ(car.agent().stretch_open_driven_pct(), 3.0);
+  EXPECT_NEAR(car.reserve(), 7.5, 1e-9);
+  // Older stretches fall out after kStretchesRemembered newer ones.
+  car.drive(3.0);
+  car.charge_to(90.0);
+  for (size_t i = 0; i < kStretchesRemembered; ++i) {
+    car.workday(1.0, 1.0, false);
+    car.charge_to(90.0);
+  }
+  EXPECT_EQ(car.agent().stretches_driven_pct(), std::vector<double>(kStretchesRemembered, 2.0));
+  // The 24 hour rule remembers more drives (kTripsRemembered): an evening's
+  // 3, the next day's 3 + 3 and the morning's 1 after them, within 24 hours,
+  // still set the reserve.
+  EXPECT_NEAR(car.reserve(), 10.0, 1e-9);
+}
+
+// Charging every third night: serving on battery on the first day would
+// take charge that the next three days' departures need, so the reserve is
+// three days' driving, not one.
+TEST(AgentMachine, TripReserveOfACarThatChargesEveryThirdDayIsThreeDays) {
+  CarDays car(60.0);
+  car.charge_to(95.0);
+  for (int stretch = 0; stretch < 2; ++stretch) {
+    for (int day = 0; day < 3; ++day) car.workday(5.0, 5.0, /*plugged_at_home=*/true);  // plugged, at the limit
+    car.charge_to(95.0);
+  }
+  EXPECT_EQ(car.agent().stretches_driven_pct(), (std::vector<double>{30.0, 30.0}));
+  // At work on the first day of the next stretch: the old rule (a day's
+  // drives) would keep 10 points; the car will drive 30 before it charges.
+  car.drive(5.0);
+  car.park(2 * kHourMs, false);
+  EXPECT_NEAR(car.reserve(), 30.0, 1e-9);
+  // The reserve reaches the policy: 95 - 5 = 90% now; a 60% target and a
+  // departure in 20 hours, which serving on battery (0.4 kW of 60 kWh) would
+  // reach at 76.7%: above the target plus a day's 10 points, below the
+  // target plus 30. So no serving on battery.
+  OwnerPolicy p = config().policy;
+  p.target_soc_pct = 60.0;
+  p.departures_minute_of_week = {to_local(car.now() + 20 * kHourMs, 0).minute_of_week()};
+  car.set_policy(p);
+  EXPECT_FALSE(car.agent().decision().eligible);
+  EXPECT_TRUE(car.agent().decision().has(ReasonCode::kTargetUnreachable));
+  EXPECT_NE(format_reasons(car.agent().decision()).find("plus 30% kept for driving"), std::string::npos)
+      << format_reasons(car.agent().decision());
+  // A target that leaves room for the 30 points (40 + 30 <= 76.7): it serves.
+  p.target_soc_pct = 60.0 - 20.0;
+  car.set_policy(p);
+  EXPECT_TRUE(car.agent().decision().eligible) << format_reasons(car.agent().decision());
+}
+
+// A car never seen charging: when charge spent on battery would be replaced
+// is unknown, so it keeps all of it. Once seen charging, how far it drives
+// between charges is still unknown until a whole stretch has been seen: the
+// default stays a floor, and the driving since the last charge (the open
+// stretch) raises it as the days go by.
+TEST(AgentMachine, TripReserveOfACarNeverSeenChargingKeepsTheBattery) {
+  CarDays car(85.0);
+  car.park(kHourMs, false);
+  EXPECT_DOUBLE_EQ(car.reserve(), kSocPctMax);
+  car.workday(2.0, 2.0, false);
+  // Plugged in at home without the SoC rising (at its limit, or the
+  // charger off) is no charge.
+  car.workday(3.0, 3.0, /*plugged_at_home=*/true);
+  EXPECT_DOUBLE_EQ(car.reserve(), kSocPctMax);
+  EXPECT_TRUE(car.agent().stretches_driven_pct().empty());
+  EXPECT_NEAR(car.agent().stretch_open_driven_pct(), 10.0, 1e-9);
+  // A first charge ends a stretch whose start the agent did not see: it
+  // counts toward the most (10), with the default as a floor (10).
+  car.charge_to(80.0);
+  EXPECT_NEAR(car.reserve(), AgentConfig{}.trip_reserve_pct_default, 1e-9);
+  // Small drives: the 24 hour rule says 4 and then 5; the open stretch
+  // grows past the default: 2 + 2 + 3 + 3 + 3 + 3.
+  car.workday(2.0, 2.0, false);
+  EXPECT_NEAR(car.reserve(), AgentConfig{}.trip_reserve_pct_default, 1e-9);
+  car.workday(3.0, 3.0, false);
+  car.workday(3.0, 3.0, false);
+  EXPECT_NEAR(car.agent().stretch_open_driven_pct(), 16.0, 1e-9);
+  EXPECT_NEAR(car.reserve(), 16.0, 1e-9);
+  // That stretch, completed, is the most until newer ones push it out.
+  car.charge_to(90.0);
+  car.drive(1.0);
+  car.charge_to(90.0);
+  EXPECT_EQ(car.agent().stretches_driven_pct(), (std::vector<double>{10.0, 16.0, 1.0}));
+  EXPECT_NEAR(car.reserve(), 16.0, 1e-9);
+}
+
+// A detour via a fast charger ends a stretch like a charge at home does: the
+// reserve is the driving between the charges, not the whole trip's.
+TEST(AgentMachine, TripReserveEndsAStretchAtAFastCharger) {
+  CarDays car(70.0);
+  car.charge_to(90.0);
+  // Three long days, one drive each, 25 hours apart: 30 points in all.
+  for (int day = 0; day < 3; ++day) {
+    car.drive(10.0, 2 * kHourMs);
+    car.park(23 * kHourMs, false);
+  }
+  EXPECT_NEAR(car.reserve(), 30.0, 1e-9);
+  // On the way: under three hours at a (slow) fast charger, 52% -> 80%.
+  car.drive(8.0, kHourMs);
+  car.park(kMinuteMs, true);
+  car.charge_to(80.0);
+  car.drive(6.0, kHourMs);
+  car.park(kHourMs, false);
+  EXPECT_EQ(car.agent().stretches_driven_pct(), (std::vector<double>{38.0}));
+  EXPECT_DOUBLE_EQ(car.agent().stretch_open_driven_pct(), 6.0);
+  EXPECT_NEAR(car.reserve(), 38.0, 1e-9);
+  // Later stretches between fast charges are shorter; the most stays until
+  // kStretchesRemembered newer ones pushed it out.
+  for (size_t i = 0; i < kStretchesRemembered; ++i) {
+    car.drive(6.0, kHourMs);
+    car.park(kMinuteMs, true);
+    car.charge_to(80.0);
+    car.park(25 * kHourMs, false);
+  }
+  std::vector<double> expected(kStretchesRemembered, 6.0);
+  expected.front() = 12.0;  // the drive home from the first fast charge, and the next
+  EXPECT_EQ(car.agent().stretches_driven_pct(), expected);
+  // The detour day's drives (8 + 6 + 6 within a day) still bind the 24 hour rule.
+  EXPECT_NEAR(car.reserve(), 20.0, 1e-9);
+}
 
 AssignMessage embed_assign(const std::string& job, uint32_t attempt) {
   AssignMessage a;

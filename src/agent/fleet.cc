@@ -97,6 +97,7 @@ Status FleetOptions::validate() const {
     return bad("replay and NATS signal sources feed one vehicle: use --vehicles 1");
   }
   if (!(time_scale >= 1.0 && time_scale <= 100000.0)) return bad("time scale must be 1 to 100000");
+  if (!(plug_in_probability >= 0.0 && plug_in_probability <= 1.0)) return bad("plug-in probability must be 0 to 1");
   if (tick_ms < 1 || tick_ms > 1000) return bad("tick must be 1 to 1000 ms");
   if (chunk_us < 0 || chunk_us > kChunkUsMax) {
     return bad("the token chunk interval must be 0 to " + std::to_string(kChunkUsMax) + " us");
@@ -240,6 +241,7 @@ Status Fleet::init() {
       SimVehicleParams p;
       p.seed = options_.seed * 1000003u + static_cast<uint64_t>(i);
       p.utc_offset_minutes = options_.utc_offset_minutes;
+      p.plug_in_probability = options_.plug_in_probability;
       IF_RETURN_IF_ERROR(p.validate());
       v->sim = std::make_unique<SimVehicle>(p, sim_start_);
       c.battery_capacity_kwh = p.battery.capacity_kwh;

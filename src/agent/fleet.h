@@ -61,6 +61,9 @@ struct FleetOptions {
   SignalSourceKind source = SignalSourceKind::kSimulated;
   std::string replay_path;                // for kReplay
   uint64_t seed = 1;
+  // Simulated cars: how often a driver arriving home plugs in (and whether
+  // the car starts plugged in), 0..1 (SimVehicleParams::plug_in_probability).
+  double plug_in_probability = 0.8;
   double time_scale = 1.0;                // simulated seconds per wall second (1 .. 100000)
   core::TimeMs sim_start = 0;             // 0: the wall clock at start
   int utc_offset_minutes = 0;

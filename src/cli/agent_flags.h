@@ -18,6 +18,7 @@ struct AgentFlags {
   int vehicles = 1;
   std::string id_prefix = "car";
   uint64_t seed = 1;
+  double plug_in_probability = 0.8;
   double day_minutes = 0;   // 0: real time
   double time_scale = 0;    // 0: from day_minutes
   std::string start;        // HH:MM

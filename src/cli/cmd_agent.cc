@@ -72,6 +72,7 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   }
   // Simulated cars are lent by running this command; a real car's owner opts in explicitly.
   o.policy.opted_in = f.opt_in || o.source == agent::SignalSourceKind::kSimulated;
+  o.plug_in_probability = f.plug_in_probability;
   o.policy.soc_floor_pct = f.soc_floor_pct;
   o.policy.target_soc_pct = f.target_soc_pct;
   o.policy.accelerator_temp_limit_c = f.temp_limit_c;
@@ -117,6 +118,10 @@ void add_agent_flags(CLI::App* cmd, AgentFlags* f) {
       ->check(CLI::Range(1, agent::kFleetVehiclesMax))->capture_default_str();
   cmd->add_option("--id-prefix", f->id_prefix, "Vehicle ids are PREFIX-01, PREFIX-02, ...")->capture_default_str();
   cmd->add_option("--seed", f->seed, "Seed of the simulated vehicles' lives")->capture_default_str();
+  cmd->add_option("--plug-in-probability", f->plug_in_probability,
+                  "Simulated cars: how often a driver arriving home plugs in (also at the start)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--day-minutes", f->day_minutes, "Compress the simulated clock: one day in this many minutes")
       ->check(CLI::Range(0.01, 1440.0));
   cmd->add_option("--time-scale", f->time_scale, "Simulated seconds per real second (overrides --day-minutes)")

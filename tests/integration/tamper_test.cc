@@ -132,7 +132,11 @@ class Tamper : public ::testing::Test {
     a.program = IDLEFLEET_BINARY;
     a.args = {"agent", "--vehicles", std::to_string(vehicles), "--id-prefix", prefix, "--nats", nats_->url(),
               "--coordinator", base_url_, "--start", "20:00", "--cache-dir", (dir_ / ("cache-" + prefix)).string(),
-              "--status-every", "1", "--target-soc", "50"};
+              "--status-every", "1", "--target-soc", "50",
+              // Every car plugged in: a car not yet seen charging does not
+              // serve on battery (core/agent_machine.h), and this test needs
+              // all of them from the start.
+              "--plug-in-probability", "1"};
     if (tamper) {
       a.args.push_back("--test-tamper-outputs");
       a.env_extra = {"IDLEFLEET_TESTING=1"};

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/toml_names.h"
 #include "store/job_store.h"
 
 namespace idlefleet::coordinator {
@@ -113,22 +114,6 @@ Status check_fields(const CoordinatorConfig& c, std::string_view at) {
     return Unexpected(ErrorCode::kInvalidArgument, "verification." + st.error().message + std::string(at));
   }
   return {};
-}
-
-const char* type_name(toml::node_type t) {
-  switch (t) {
-    case toml::node_type::none: return "nothing";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-  }
-  return "an unknown type";
 }
 
 std::string at_line(const toml::source_region& r) { return " at line " + std::to_string(r.begin.line); }
@@ -283,7 +268,7 @@ class Reader {
 
   Status wrong_type(std::string_view name, const toml::node& n, const char* wanted) {
     return error(ErrorCode::kInvalidArgument, "key '" + std::string(name) + "'" + at_line(n.source()) + " must be " +
-                                                  wanted + ", not " + type_name(n.type()));
+                                                  wanted + ", not " + toml_type_name(n.type()));
   }
 
   Status table(const toml::table& parent, std::string_view key, const toml::table*& out) {

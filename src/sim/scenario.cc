@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/text_file.h"
+#include "common/toml_names.h"
 
 namespace idlefleet::sim {
 
@@ -364,22 +365,6 @@ Status Scenario::validate() const {
 
 namespace {
 
-const char* type_name(toml::node_type t) {
-  switch (t) {
-    case toml::node_type::none: return "nothing";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-  }
-  return "an unknown type";
-}
-
 std::string join(std::string_view prefix, std::string_view key) {
   return prefix.empty() ? std::string(key) : std::string(prefix) + "." + std::string(key);
 }
@@ -704,7 +689,7 @@ class Reader {
 
   Status wrong_type(const std::string& key, const toml::node& n, const std::string& wanted) {
     return fail(ErrorCode::kInvalidArgument, static_cast<int>(n.source().begin.line),
-                key + ": must be " + wanted + ", not " + type_name(n.type()));
+                key + ": must be " + wanted + ", not " + toml_type_name(n.type()));
   }
 
   Status required(const toml::table& t, const std::string& prefix, std::string_view key) {

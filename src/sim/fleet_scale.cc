@@ -9,6 +9,7 @@
 
 #include "common/check.h"
 #include "common/random.h"
+#include "core/energy.h"
 
 namespace idlefleet::sim {
 
@@ -56,6 +57,9 @@ constexpr int kAwayMin = 10;
 // A trip draws 70-130% of the fleet's mean trip energy.
 constexpr double kTripEnergyShareMin = 0.7;
 constexpr double kTripEnergyShareSpan = 0.6;
+// A serving chip settles this far above ambient (core/energy.h's presets at
+// full load: +32 to +39 C); the reported wear is weighted at that temperature.
+constexpr double kServingTempRiseC = 35.0;
 // Shards computed between two merges, per thread.
 constexpr uint64_t kShardsPerThreadPerBatch = 4;
 // Earnings histogram: 1-cent buckets up to this many currency units a month.
@@ -303,6 +307,7 @@ struct Context {
   std::vector<double> computer_tps;     // effective output tokens/s
   double job_completion_tokens = 0.0;   // demand-weighted mean
   double owner_micros_per_output_token = 0.0;  // revenue share, prompt tokens included
+  double wear_per_hour = 1.0;           // core::wear_hours for an hour at ambient
 };
 
 struct Car {
@@ -449,6 +454,8 @@ class Shard {
           bin.vehicles_serving += used * c.offered;
           bin.energy_kwh += kwh;
           bin.energy_cost += kwh * price;
+          bin.battery_kwh += c.plugged ? std::max(0.0, kwh - c.v.charger_kw * kChargeEfficiency * busy_h) : kwh;
+          bin.wear_hours += busy_h * ctx_.wear_per_hour;
           if (c.cut) {
             bin.preemptions += used;
             bin.work_redone_tokens += used * ctx_.job_completion_tokens;
@@ -714,6 +721,8 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
     completion += m.demand_share * static_cast<double>(m.completion_tokens);
     prompt += m.demand_share * static_cast<double>(m.prompt_tokens);
   }
+  ctx.wear_per_hour =
+      core::wear_hours(core::WearParams{}, scenario.fleet.ambient_c + kServingTempRiseC, core::kHourMs);
   ctx.job_completion_tokens = share_sum > 0.0 ? completion / share_sum : 0.0;
   const double prompt_per_output = completion > 0.0 ? prompt / completion : 0.0;
   ctx.owner_micros_per_output_token =
@@ -772,6 +781,8 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
         r.work_redone_tokens += x.work_redone_tokens;
         r.energy_kwh += x.energy_kwh;
         r.energy_cost += x.energy_cost;
+        r.battery_kwh += x.battery_kwh;
+        r.wear_hours += x.wear_hours;
       }
       for (size_t k = 0; k < histogram.size(); ++k) histogram[k] += o.earnings_cents[k];
       earnings_sum += o.earnings_sum;
@@ -792,22 +803,29 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
   result.earnings_month_p50 = percentile(0.50);
   result.earnings_month_p90 = percentile(0.90);
   result.earnings_month_mean = earnings_sum / static_cast<double>(vehicles);
+  result.earnings_month_histogram.assign(kEarningsHistogramUnits + 1, 0);
+  for (size_t k = 0; k < histogram.size(); ++k) {
+    result.earnings_month_histogram[std::min(k / 100, kEarningsHistogramUnits)] += histogram[k];
+  }
   return result;
 }
 
 Status write_timeseries_csv(const FleetScaleResult& result, std::ostream& out) {
   out << "bin_start_ms,vehicles_driving,vehicles_parked,vehicles_plugged,vehicles_eligible,vehicles_serving,"
          "compute_available_gw,compute_used_gw,interactive_demand_tps,interactive_tps,batch_tps,"
-         "interactive_unmet_tps,batch_backlog_tokens,preemptions,work_redone_tokens,energy_kwh,energy_cost\n";
-  char line[512];
+         "interactive_unmet_tps,batch_backlog_tokens,preemptions,work_redone_tokens,energy_kwh,energy_cost,"
+         "battery_kwh,wear_hours,interactive_jobs_started,interactive_wait_ms_mean,interactive_wait_ms_p95\n";
+  char line[768];
   for (const FleetBin& b : result.bins) {
     std::snprintf(line, sizeof line,
-                  "%lld,%llu,%llu,%llu,%llu,%.3f,%.6f,%.6f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f,%.1f,%.3f,%.4f\n",
+                  "%lld,%llu,%llu,%llu,%llu,%.3f,%.6f,%.6f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f,%.1f,%.3f,%.4f,%.3f,%.3f,%llu,%.1f,%.1f\n",
                   static_cast<long long>(b.start_ms), static_cast<unsigned long long>(b.vehicles_driving),
                   static_cast<unsigned long long>(b.vehicles_parked), static_cast<unsigned long long>(b.vehicles_plugged),
                   static_cast<unsigned long long>(b.vehicles_eligible), b.vehicles_serving, b.compute_available_gw,
                   b.compute_used_gw, b.interactive_demand_tps, b.interactive_tps, b.batch_tps, b.interactive_unmet_tps,
-                  b.batch_backlog_tokens, b.preemptions, b.work_redone_tokens, b.energy_kwh, b.energy_cost);
+                  b.batch_backlog_tokens, b.preemptions, b.work_redone_tokens, b.energy_kwh, b.energy_cost, b.battery_kwh,
+                  b.wear_hours, static_cast<unsigned long long>(b.interactive_jobs_started), b.interactive_wait_ms_mean,
+                  b.interactive_wait_ms_p95);
     out << line;
   }
   if (!out) return Unexpected(ErrorCode::kIo, "writing the time series failed");

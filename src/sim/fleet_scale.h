@@ -94,9 +94,22 @@ struct FleetBin {
   double work_redone_tokens = 0.0;      // their output tokens, generated again elsewhere
   double energy_kwh = 0.0;              // drawn by the serving computers
   double energy_cost = 0.0;             // that energy at each owner's tariff, currency units
+  double battery_kwh = 0.0;             // the part of energy_kwh the batteries gave (the charger gave the rest)
+  double wear_hours = 0.0;              // accelerator-hours weighted by chip temperature (core::wear_hours)
+  // Interactive jobs placed in the bin: their mean and 95th-percentile wait
+  // in the queue (the detailed fidelity; 0 at fleet scale, where demand is a
+  // flow and has no queue).
+  uint64_t interactive_jobs_started = 0;
+  double interactive_wait_ms_mean = 0.0;
+  double interactive_wait_ms_p95 = 0.0;
 };
 
+// Earnings histogram buckets: one currency unit each, the last one for a month
+// of kEarningsHistogramUnits or more.
+inline constexpr size_t kEarningsHistogramUnits = 1000;
+
 struct FleetScaleResult {
+  std::string fidelity = "fleet-scale";  // or "detailed" (sim/detailed.h)
   uint64_t vehicles = 0;
   int days = 0;
   uint64_t seed = 0;
@@ -110,6 +123,9 @@ struct FleetScaleResult {
   double earnings_month_p50 = 0.0;
   double earnings_month_p90 = 0.0;
   double earnings_month_mean = 0.0;
+  // Vehicles by monthly earnings: [k] counts those in [k, k+1) currency units
+  // (kEarningsHistogramUnits + 1 entries; the last counts k and above).
+  std::vector<uint64_t> earnings_month_histogram;
 };
 
 // kInvalidArgument / kOutOfRange naming the option or scenario field.

@@ -322,7 +322,7 @@ TEST(FleetScale, TheTimeSeriesCsvHasAHeaderAndARowPerBin) {
   std::getline(in, line);
   EXPECT_EQ(line.rfind("bin_start_ms,vehicles_driving,vehicles_parked,vehicles_plugged,", 0), 0u) << line;
   const size_t columns = static_cast<size_t>(std::count(line.begin(), line.end(), ',')) + 1;
-  EXPECT_EQ(columns, 17u);
+  EXPECT_EQ(columns, 22u);
   int rows = 0;
   while (std::getline(in, line)) {
     EXPECT_EQ(static_cast<size_t>(std::count(line.begin(), line.end(), ',')) + 1, columns);

@@ -38,6 +38,7 @@ struct SimScenarioFlags {
   int threads = 0;  // 0: every core
   int bin_minutes = 15;
   std::string out;
+  std::string fidelity = "fleet-scale";
   bool quiet = false;
 };
 
@@ -116,7 +117,8 @@ json summary_json(const sim::Scenario& scenario, const sim::FleetScaleResult& r,
   }
   const double bins = std::max<double>(1.0, static_cast<double>(r.bins.size()));
   return {{"scenario", scenario.name},
-          {"fidelity", "fleet-scale"},
+          {"fidelity", r.fidelity},
+          {"jobs_placed", r.jobs_placed},
           {"vehicles", r.vehicles},
           {"days", r.days},
           {"seed", r.seed},
@@ -162,14 +164,15 @@ void run_scenario(const SimScenarioFlags& f) {
                             : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u,
                                                           static_cast<unsigned>(sim::kFleetThreadsMax)));
   o.bin_minutes = f.bin_minutes;
+  o.fidelity = f.fidelity == "detailed" ? sim::Fidelity::kDetailed : sim::Fidelity::kFleetScale;
   auto bar = std::make_shared<ProgressBar>(!f.quiet);
   o.progress = [bar](double fraction) { bar->update(fraction); };
   if (!f.quiet) {
-    std::fprintf(stderr, "idlefleet sim: scenario '%s', %llu vehicles, %d days, seed %llu, %d threads, fleet-scale\n",
+    std::fprintf(stderr, "idlefleet sim: scenario '%s', %llu vehicles, %d days, seed %llu, %d threads, %s\n",
                  scenario->name.c_str(),
                  static_cast<unsigned long long>(f.vehicles.value_or(scenario->fleet.vehicles)),
                  f.days.value_or(scenario->days), static_cast<unsigned long long>(f.seed.value_or(scenario->seed)),
-                 o.threads);
+                 o.threads, f.fidelity.c_str());
   }
   const auto t0 = std::chrono::steady_clock::now();
   auto r = sim::run_fleet_scale(*scenario, o);
@@ -182,8 +185,12 @@ void run_scenario(const SimScenarioFlags& f) {
   const json summary = summary_json(*scenario, *r, wall);
   write_file(fs::path(f.out) / "summary.json", summary.dump(2) + "\n");
 
-  std::printf("scenario %s: %llu vehicles, %d days (fleet-scale, %.1f s)\n", scenario->name.c_str(),
-              static_cast<unsigned long long>(r->vehicles), r->days, wall);
+  std::printf("scenario %s: %llu vehicles, %d days (%s, %.1f s)\n", scenario->name.c_str(),
+              static_cast<unsigned long long>(r->vehicles), r->days, r->fidelity.c_str(), wall);
+  if (r->jobs_placed > 0) {
+    std::printf("  jobs placed:       %llu (%.3g per second of run)\n", static_cast<unsigned long long>(r->jobs_placed),
+                static_cast<double>(r->jobs_placed) / std::max(wall, 1e-3));
+  }
   std::printf("  compute available: mean %.4g GW, peak %.4g GW\n", summary["compute_available_gw_mean"].get<double>(),
               summary["compute_available_gw_peak"].get<double>());
   std::printf("  compute used:      mean %.4g GW, peak %.4g GW\n", summary["compute_used_gw_mean"].get<double>(),
@@ -218,6 +225,11 @@ void add_sim_scenario(CLI::App* sim) {
       ->capture_default_str()
       ->check(CLI::Range(sim::kFleetBinMinutesMin, sim::kFleetBinMinutesMax));
   sim->add_option("--out", f->out, "Directory for timeseries.csv and summary.json (created if missing)");
+  sim->add_option("--fidelity", f->fidelity,
+                  "fleet-scale (flows per shard, up to a billion vehicles) or detailed (each job placed by the "
+                  "scheduler, up to a million)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fleet-scale", "detailed"}));
   sim->add_flag("--quiet", f->quiet, "No progress bar");
   sim->callback([sim, f] {
     if (!sim->get_subcommands().empty()) return;  // `sim month` ran

@@ -489,7 +489,8 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
       const VehicleView& v = vehicles_.at(*vit);
       // A check runs on a vehicle of the original's engine build that made
       // none of the tokens it checks.
-      if ((embed && !v.hello.embeddings) ||  // it would generate instead
+      if (v.hello.memory_bytes < info->bytes ||  // it cannot hold the model: no use sampling it
+          (embed && !v.hello.embeddings) ||       // it would generate instead
           (!entry.check_of.empty() &&
            (v.hello.engine_build != entry.engine_build || entry.excluded_vehicles.count(v.id) != 0))) {
         last = *vit;

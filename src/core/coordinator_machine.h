@@ -17,7 +17,7 @@
 // job's tokens without a gap and agree with any they repeat. Each refusal is
 // an effect with a metric name, and never changes a job.
 //
-// Placement looks at most kPlacementCandidatesMax idle, eligible vehicles
+// Placement looks at most kPlacementCandidatesMax idle, eligible vehicles that can hold the job's model
 // per job, taken in turn from a rotating cursor (the "power of k choices"):
 // the best of a bounded sample is nearly as good as the best of all, and a
 // placement costs the same in a fleet of ten or of a million.

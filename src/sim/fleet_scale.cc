@@ -5,11 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <thread>
 
 #include "common/check.h"
 #include "common/random.h"
 #include "core/energy.h"
+#include "sim/jobs.h"
 
 namespace idlefleet::sim {
 
@@ -60,6 +62,8 @@ constexpr double kTripEnergyShareSpan = 0.6;
 // A serving chip settles this far above ambient (core/energy.h's presets at
 // full load: +32 to +39 C); the reported wear is weighted at that temperature.
 constexpr double kServingTempRiseC = 35.0;
+// A car with no declared departure is, for the scheduler, staying this long.
+constexpr core::DurationMs kNoDepartureHorizonMs = 30 * core::kDayMs;
 // Shards computed between two merges, per thread.
 constexpr uint64_t kShardsPerThreadPerBatch = 4;
 // Earnings histogram: 1-cent buckets up to this many currency units a month.
@@ -305,7 +309,8 @@ struct Context {
   int bin_minutes = 0;
   size_t bins = 0;
   std::vector<double> computer_tps;     // effective output tokens/s
-  double job_completion_tokens = 0.0;   // demand-weighted mean
+  Fidelity fidelity = Fidelity::kFleetScale;
+  double job_redone_tokens = 0.0;       // demand-weighted prompt + half the completion
   double owner_micros_per_output_token = 0.0;  // revenue share, prompt tokens included
   double wear_per_hour = 1.0;           // core::wear_hours for an hour at ambient
 };
@@ -325,10 +330,14 @@ struct Car {
   // This bin: the share of it the car offers, and whether a driver ends it.
   double offered = 0.0;
   bool cut = false;
+  double busy_h = 0.0;   // serving, this bin
+  double tokens = 0.0;   // output tokens produced, this bin
 };
 
 struct ShardOut {
   std::vector<FleetBin> bins;
+  std::vector<uint32_t> wait_histograms;  // detailed: kWaitBuckets per bin
+  uint64_t jobs_placed = 0;
   std::vector<uint32_t> earnings_cents;  // histogram
   double earnings_sum = 0.0;
 };
@@ -351,12 +360,18 @@ class Shard {
       if (where(c, s_.start_ms) != Where::kHome) c.plugged = false;
     }
     shard_share_ = static_cast<double>(count) / static_cast<double>(ctx.vehicles);
+    if (ctx.fidelity == Fidelity::kDetailed) {
+      jobs_ = std::make_unique<ShardJobs>(s_, ctx.seed, first, count, shard_share_);
+      job_cars_.resize(count);
+      work_.resize(count);
+    }
   }
 
   ShardOut run() {
     ShardOut out;
     out.bins.resize(ctx_.bins);
     out.earnings_cents.assign(kEarningsCentsMax + 1, 0);
+    if (jobs_) out.wait_histograms.assign(ctx_.bins * kWaitBuckets, 0);
     const DurationMs bin_ms = static_cast<DurationMs>(ctx_.bin_minutes) * core::kMinuteMs;
     const double bin_s = static_cast<double>(bin_ms) / 1000.0;
     const double bin_h = bin_s / 3600.0;
@@ -378,6 +393,7 @@ class Shard {
       if (const int64_t d = floor_div(t + off_ * core::kMinuteMs, core::kDayMs); d != batch_day) {
         batch_day = d;
         backlog += s_.demand.batch_tokens_per_day * shard_share_;
+        if (jobs_) jobs_->add_batch_day();
       }
       for (size_t i = 0; i < s_.tariffs.size(); ++i) {
         price_now[i] = static_cast<double>(core::price_at(s_.tariffs[i].tariff, local)) / 1e6;
@@ -386,10 +402,12 @@ class Shard {
       // Where every car is, and what the eligible ones offer.
       double capacity_tps = 0.0;
       double available_kw = 0.0;
-      for (Car& c : cars_) {
+      for (size_t i = 0; i < cars_.size(); ++i) {
+        Car& c = cars_[i];
         advance(c, t);
         c.offered = 0.0;
         c.cut = false;
+        if (jobs_) job_cars_[i].available = false;
         const Where w = where(c, t);
         if (w == Where::kDriving) {
           ++bin.vehicles_driving;
@@ -418,51 +436,90 @@ class Shard {
         c.offered = static_cast<double>(stop - t) / static_cast<double>(bin_ms);
         capacity_tps += c.offered * ctx_.computer_tps[c.v.computer];
         available_kw += c.offered * s_.computers[c.v.computer].power_kw;
+        if (jobs_) {
+          const core::OwnerPolicy& policy = s_.policies[c.v.policy].policy;
+          JobCar& jc = job_cars_[i];
+          jc.computer = c.v.computer;
+          jc.available = true;
+          jc.stop = stop;
+          jc.driver_leaves = c.cut;
+          jc.departure_earliest = c.next_departure ? *c.next_departure : t + kNoDepartureHorizonMs;
+          jc.price_micros_per_kwh = static_cast<int64_t>(std::llround(price_now[c.v.tariff] * 1e6));
+          jc.accelerator_temp_limit_c = policy.accelerator_temp_limit_c;
+          jc.wear_budget_left_fraction =
+              policy.wear_budget_hours_per_month > 0.0
+                  ? std::max(0.0, 1.0 - c.wear_hours / policy.wear_budget_hours_per_month)
+                  : 0.0;
+        }
       }
 
-      // The shard's flows: interactive first, the batch backlog with what is left.
       const double demand_tps =
           s_.demand.interactive_peak_tokens_per_second * s_.demand.interactive_hourly[local.minute_of_day / 60] *
           shard_share_;
-      const double capacity_tokens = capacity_tps * bin_s;
-      const double interactive_tokens = std::min(demand_tps * bin_s, capacity_tokens);
-      const double batch_tokens = std::min(backlog, capacity_tokens - interactive_tokens);
-      backlog -= batch_tokens;
-      const double used = capacity_tokens > 0.0 ? (interactive_tokens + batch_tokens) / capacity_tokens : 0.0;
       bin.interactive_demand_tps = demand_tps;
-      bin.interactive_tps = interactive_tokens / bin_s;
-      bin.batch_tps = batch_tokens / bin_s;
-      bin.interactive_unmet_tps = demand_tps - bin.interactive_tps;
-      bin.batch_backlog_tokens = backlog;
       bin.compute_available_gw = available_kw / 1e6;
-      bin.compute_used_gw = available_kw * used / 1e6;
-
-      // The serving cars draw their computer's power and earn their part.
-      if (used > 0.0) {
-        for (Car& c : cars_) {
-          if (c.offered <= 0.0) continue;
-          const double busy_h = used * c.offered * bin_h;
-          const double kwh = s_.computers[c.v.computer].power_kw * busy_h;
-          const double price = price_now[c.v.tariff];
-          c.soc_pct = std::max(0.0, c.soc_pct - 100.0 * kwh / c.v.battery_kwh);
-          c.wear_hours += busy_h;
-          const double tokens = busy_h * 3600.0 * ctx_.computer_tps[c.v.computer];
-          // Paid: revenue share, the energy refunded at the tariff, the wear
-          // allowance; the refund cancels the owner's bill for that energy.
-          c.earnings += tokens * ctx_.owner_micros_per_output_token / 1e6 +
-                        static_cast<double>(pricing.wear_micros_per_accelerator_hour) * busy_h / 1e6;
-          bin.vehicles_serving += used * c.offered;
-          bin.energy_kwh += kwh;
-          bin.energy_cost += kwh * price;
-          bin.battery_kwh += c.plugged ? std::max(0.0, kwh - c.v.charger_kw * kChargeEfficiency * busy_h) : kwh;
-          bin.wear_hours += busy_h * ctx_.wear_per_hour;
-          if (c.cut) {
+      if (jobs_) {
+        // Single jobs, placed by the real scheduler (sim/jobs.h).
+        const JobBinStats st = jobs_->serve_bin(t, t_end, demand_tps, job_cars_, work_);
+        bin.interactive_tps = st.interactive_tokens / bin_s;
+        bin.batch_tps = st.batch_tokens / bin_s;
+        bin.interactive_unmet_tps = st.interactive_dropped_tokens / bin_s;
+        bin.batch_backlog_tokens = st.batch_backlog_tokens;
+        bin.preemptions = st.preemptions;
+        bin.work_redone_tokens = st.work_redone_tokens;
+        bin.interactive_jobs_started = st.interactive_started;
+        bin.interactive_wait_ms_mean = st.interactive_wait_ms_sum;  // a sum until the shards are merged
+        std::copy(st.wait_histogram.begin(), st.wait_histogram.end(),
+                  out.wait_histograms.begin() + static_cast<std::ptrdiff_t>(b * kWaitBuckets));
+      } else {
+        // Flows: interactive first, the batch backlog with what is left.
+        const double capacity_tokens = capacity_tps * bin_s;
+        const double interactive_tokens = std::min(demand_tps * bin_s, capacity_tokens);
+        const double batch_tokens = std::min(backlog, capacity_tokens - interactive_tokens);
+        backlog -= batch_tokens;
+        const double used = capacity_tokens > 0.0 ? (interactive_tokens + batch_tokens) / capacity_tokens : 0.0;
+        bin.interactive_tps = interactive_tokens / bin_s;
+        bin.batch_tps = batch_tokens / bin_s;
+        bin.interactive_unmet_tps = demand_tps - bin.interactive_tps;
+        bin.batch_backlog_tokens = backlog;
+        // The used share of the capacity is spread evenly over the eligible
+        // cars; a car whose driver leaves while it serves is a preemption.
+        for (size_t i = 0; i < cars_.size(); ++i) {
+          Car& c = cars_[i];
+          c.busy_h = used * c.offered * bin_h;
+          c.tokens = c.busy_h * 3600.0 * ctx_.computer_tps[c.v.computer];
+          if (c.busy_h > 0.0 && c.cut) {
             bin.preemptions += used;
-            bin.work_redone_tokens += used * ctx_.job_completion_tokens;
+            bin.work_redone_tokens += used * ctx_.job_redone_tokens;
           }
         }
       }
+
+      // The serving cars draw their computer's power and earn their part.
+      for (size_t i = 0; i < cars_.size(); ++i) {
+        Car& c = cars_[i];
+        if (jobs_) {
+          c.busy_h = static_cast<double>(work_[i].busy_ms) / static_cast<double>(core::kHourMs);
+          c.tokens = work_[i].interactive_tokens + work_[i].batch_tokens;
+        }
+        if (c.busy_h <= 0.0 && c.tokens <= 0.0) continue;
+        const double power_kw = s_.computers[c.v.computer].power_kw;
+        const double kwh = power_kw * c.busy_h;
+        c.soc_pct = std::max(0.0, c.soc_pct - 100.0 * kwh / c.v.battery_kwh);
+        c.wear_hours += c.busy_h;
+        // Paid: revenue share, the energy refunded at the tariff, the wear
+        // allowance; the refund cancels the owner's bill for that energy.
+        c.earnings += c.tokens * ctx_.owner_micros_per_output_token / 1e6 +
+                      static_cast<double>(pricing.wear_micros_per_accelerator_hour) * c.busy_h / 1e6;
+        bin.vehicles_serving += c.busy_h / bin_h;
+        bin.compute_used_gw += power_kw * c.busy_h / bin_h / 1e6;
+        bin.energy_kwh += kwh;
+        bin.energy_cost += kwh * price_now[c.v.tariff];
+        bin.battery_kwh += c.plugged ? std::max(0.0, kwh - c.v.charger_kw * kChargeEfficiency * c.busy_h) : kwh;
+        bin.wear_hours += c.busy_h * ctx_.wear_per_hour;
+      }
     }
+    if (jobs_) out.jobs_placed = jobs_->jobs_placed();
     const double month_scale = kMonthDays / static_cast<double>(ctx_.days);
     for (const Car& c : cars_) {
       const double month_earnings = c.earnings * month_scale;
@@ -561,6 +618,9 @@ class Shard {
   std::vector<Car> cars_;
   int off_ = 0;
   double shard_share_ = 0.0;
+  std::unique_ptr<ShardJobs> jobs_;  // the detailed fidelity only
+  std::vector<JobCar> job_cars_;
+  std::vector<CarWork> work_;
 };
 
 }  // namespace
@@ -701,6 +761,12 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
     return Unexpected(ErrorCode::kOutOfRange, "shard_vehicles " + std::to_string(options.shard_vehicles) +
                                                   " is outside [1, " + std::to_string(kFleetShardVehiclesMax) + "]");
   }
+  if (options.fidelity == Fidelity::kDetailed && vehicles > kDetailedVehiclesMax) {
+    return Unexpected(ErrorCode::kOutOfRange, "vehicles " + std::to_string(vehicles) +
+                                                  " is over the detailed fidelity's " +
+                                                  std::to_string(kDetailedVehiclesMax) +
+                                                  " (the fleet-scale fidelity runs up to a billion)");
+  }
   IF_RETURN_IF_ERROR(check_scenario(scenario));
 
   const FleetPolicyTables tables(scenario);
@@ -723,7 +789,8 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
   }
   ctx.wear_per_hour =
       core::wear_hours(core::WearParams{}, scenario.fleet.ambient_c + kServingTempRiseC, core::kHourMs);
-  ctx.job_completion_tokens = share_sum > 0.0 ? completion / share_sum : 0.0;
+  ctx.job_redone_tokens = share_sum > 0.0 ? (prompt + completion / 2.0) / share_sum : 0.0;
+  ctx.fidelity = options.fidelity;
   const double prompt_per_output = completion > 0.0 ? prompt / completion : 0.0;
   ctx.owner_micros_per_output_token =
       (static_cast<double>(scenario.pricing.output_micros_per_mtok) +
@@ -731,12 +798,14 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
       1e6 * static_cast<double>(scenario.pricing.owner_share_ppm) / 1e6;
 
   FleetScaleResult result;
+  result.fidelity = options.fidelity == Fidelity::kDetailed ? "detailed" : "fleet-scale";
   result.vehicles = vehicles;
   result.days = days;
   result.seed = ctx.seed;
   result.bin_minutes = options.bin_minutes;
   result.bins.resize(ctx.bins);
   std::vector<uint64_t> histogram(kEarningsCentsMax + 1, 0);
+  std::vector<uint64_t> waits(options.fidelity == Fidelity::kDetailed ? ctx.bins * kWaitBuckets : 0, 0);
   double earnings_sum = 0.0;
 
   const uint64_t shard_vehicles = options.shard_vehicles;
@@ -783,11 +852,33 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
         r.energy_cost += x.energy_cost;
         r.battery_kwh += x.battery_kwh;
         r.wear_hours += x.wear_hours;
+        r.interactive_jobs_started += x.interactive_jobs_started;
+        r.interactive_wait_ms_mean += x.interactive_wait_ms_mean;  // sums, divided below
       }
+      for (size_t k = 0; k < o.wait_histograms.size(); ++k) waits[k] += o.wait_histograms[k];
+      result.jobs_placed += o.jobs_placed;
       for (size_t k = 0; k < histogram.size(); ++k) histogram[k] += o.earnings_cents[k];
       earnings_sum += o.earnings_sum;
     }
     if (options.progress) options.progress(static_cast<double>(first + count) / static_cast<double>(shards));
+  }
+
+  if (!waits.empty()) {
+    for (size_t b = 0; b < ctx.bins; ++b) {
+      FleetBin& r = result.bins[b];
+      if (r.interactive_jobs_started == 0) continue;
+      r.interactive_wait_ms_mean /= static_cast<double>(r.interactive_jobs_started);
+      // The 95th percentile: the upper edge of the bucket it falls in.
+      const double rank = 0.95 * static_cast<double>(r.interactive_jobs_started);
+      uint64_t seen = 0;
+      for (size_t k = 0; k < kWaitBuckets; ++k) {
+        seen += waits[b * kWaitBuckets + k];
+        if (static_cast<double>(seen) >= rank) {
+          r.interactive_wait_ms_p95 = k + 1 < kWaitBuckets ? wait_bucket_start_ms(k + 1) : wait_bucket_start_ms(k);
+          break;
+        }
+      }
+    }
   }
 
   auto percentile = [&](double q) {

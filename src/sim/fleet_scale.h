@@ -59,7 +59,14 @@ inline constexpr std::array<double, 24> kTrondheimPlugoutShareByHour = {
     0.0066, 0.0042, 0.0016, 0.0012, 0.0020, 0.0026, 0.0650, 0.1790, 0.0662, 0.0475, 0.0501, 0.0541,
     0.0422, 0.0389, 0.0421, 0.0459, 0.0530, 0.0779, 0.0627, 0.0451, 0.0371, 0.0358, 0.0238, 0.0153};
 
+// How work is simulated (docs/simulator.md, "Fidelities"): as flows per
+// shard (fleet scale, up to a billion vehicles), or as single jobs placed by
+// core::place (detailed, sim/jobs.h; up to a million vehicles).
+enum class Fidelity : uint8_t { kFleetScale, kDetailed };
+inline constexpr uint64_t kDetailedVehiclesMax = 1'000'000;
+
 struct FleetScaleOptions {
+  Fidelity fidelity = Fidelity::kFleetScale;
   std::optional<uint64_t> vehicles;  // overrides scenario.fleet.vehicles
   std::optional<int> days;           // overrides scenario.days
   std::optional<uint64_t> seed;      // overrides scenario.seed
@@ -111,6 +118,7 @@ inline constexpr size_t kEarningsHistogramUnits = 1000;
 struct FleetScaleResult {
   std::string fidelity = "fleet-scale";  // or "detailed" (sim/detailed.h)
   uint64_t vehicles = 0;
+  uint64_t jobs_placed = 0;  // the detailed fidelity's placements (attempts), 0 at fleet scale
   int days = 0;
   uint64_t seed = 0;
   int bin_minutes = 0;

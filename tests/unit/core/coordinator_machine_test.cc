@@ -500,6 +500,23 @@ TEST(CoordinatorMachine, EmbedJobsGoOnlyToVehiclesThatOfferEmbeddings) {
   EXPECT_EQ(a[0].max_tokens, 0u);
 }
 
+TEST(CoordinatorMachine, VehiclesTooSmallForTheModelDoNotCrowdOutOneThatCanHoldIt) {
+  CoordinatorMachine c(config());
+  // More small vehicles than one placement looks at, all before the big one.
+  for (size_t i = 0; i < 2 * kPlacementCandidatesMax; ++i) {
+    const std::string id = "a" + std::to_string(100 + i);
+    HelloMessage h = hello(id);
+    h.memory_bytes = 1u << 10;  // under the model's 1 MiB
+    c.handle(VehicleMessageEvent{id, h}, kT0);
+    c.handle(VehicleMessageEvent{id, state(id, true, kT0)}, kT0);
+  }
+  join(&c, "z", kT0);
+  std::vector<std::string> to;
+  auto fx = c.handle(SubmitJobEvent{"j1", spec()}, kT0 + 1);
+  ASSERT_EQ(assigns(fx, &to).size(), 1u);
+  EXPECT_EQ(to[0], "z");
+}
+
 TEST(CoordinatorMachine, AnEmbeddingCompletesItsJobAndGoesToTheClient) {
   CoordinatorMachine c(embed_config());
   join_embedder(&c, "v1", kT0);

@@ -22,11 +22,12 @@ double clamp01(double x) { return x < 0.0 ? 0.0 : (x > 1.0 ? 1.0 : x); }
 
 }  // namespace
 
-std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
-                                                std::span<const VehicleCandidate> candidates, TimeMs now,
-                                                const PlacementWeights& weights) {
-  std::vector<PlacementVerdict> verdicts;
-  verdicts.reserve(candidates.size());
+namespace {
+
+// Judges every candidate in order: fn(candidate, reason or nullptr, score).
+template <class Fn>
+void judge(const PlacementRequest& request, std::span<const VehicleCandidate> candidates, TimeMs now,
+           const PlacementWeights& weights, Fn&& fn) {
   const TimeMs needed_until = now + request.expected_duration_ms + request.departure_margin_ms;
 
   // Price range over the vehicles that pass the hard constraints, to scale
@@ -49,22 +50,17 @@ std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
   }
 
   for (const VehicleCandidate& v : candidates) {
-    PlacementVerdict verdict;
-    verdict.vehicle_id = v.vehicle_id;
     if (const char* why = hard_rejection(request, v)) {
-      verdict.reason = why;
-      verdicts.push_back(std::move(verdict));
+      fn(v, why, 0.0);
       continue;
     }
     const bool covers = v.departure_earliest >= needed_until;
     if (!any_covers && v.departure_earliest < latest_departure) {
-      verdict.reason = "expected to leave sooner than another candidate";
-      verdicts.push_back(std::move(verdict));
+      fn(v, "expected to leave sooner than another candidate", 0.0);
       continue;
     }
     if (any_covers && !covers) {
-      verdict.reason = "expected to leave before the job would finish";
-      verdicts.push_back(std::move(verdict));
+      fn(v, "expected to leave before the job would finish", 0.0);
       continue;
     }
     double score = 0.0;
@@ -80,10 +76,25 @@ std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
     const uint32_t tried = v.attempts_completed + v.attempts_lost;
     score += weights.record * (tried == 0 ? 1.0 : static_cast<double>(v.attempts_completed) / tried);
     score += weights.standing * clamp01(v.standing);
-    verdict.acceptable = true;
+    fn(v, nullptr, score);
+  }
+}
+
+}  // namespace
+
+std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
+                                                std::span<const VehicleCandidate> candidates, TimeMs now,
+                                                const PlacementWeights& weights) {
+  std::vector<PlacementVerdict> verdicts;
+  verdicts.reserve(candidates.size());
+  judge(request, candidates, now, weights, [&](const VehicleCandidate& v, const char* why, double score) {
+    PlacementVerdict verdict;
+    verdict.vehicle_id = v.vehicle_id;
+    verdict.acceptable = why == nullptr;
+    if (why != nullptr) verdict.reason = why;
     verdict.score = score;
     verdicts.push_back(std::move(verdict));
-  }
+  });
   std::stable_sort(verdicts.begin(), verdicts.end(), [](const PlacementVerdict& a, const PlacementVerdict& b) {
     if (a.acceptable != b.acceptable) return a.acceptable;
     if (a.score != b.score) return a.score > b.score;
@@ -92,17 +103,22 @@ std::vector<PlacementVerdict> explain_placement(const PlacementRequest& request,
   return verdicts;
 }
 
+// The first of explain_placement's order, without building it: the highest
+// score among the acceptable, ties to the smallest id.
 std::optional<Placement> place(const PlacementRequest& request, std::span<const VehicleCandidate> candidates,
                                TimeMs now, const PlacementWeights& weights) {
-  const std::vector<PlacementVerdict> verdicts = explain_placement(request, candidates, now, weights);
-  if (verdicts.empty() || !verdicts.front().acceptable) return std::nullopt;
-  const PlacementVerdict& best = verdicts.front();
+  const VehicleCandidate* best = nullptr;
+  double best_score = 0.0;
+  judge(request, candidates, now, weights, [&](const VehicleCandidate& v, const char* why, double score) {
+    if (why != nullptr) return;
+    if (best == nullptr || score > best_score || (score == best_score && v.vehicle_id < best->vehicle_id)) {
+      best = &v;
+      best_score = score;
+    }
+  });
+  if (best == nullptr) return std::nullopt;
   const TimeMs needed_until = now + request.expected_duration_ms + request.departure_margin_ms;
-  bool covers = false;
-  for (const VehicleCandidate& v : candidates) {
-    if (v.vehicle_id == best.vehicle_id) covers = v.departure_earliest >= needed_until;
-  }
-  return Placement{best.vehicle_id, best.score, covers};
+  return Placement{best->vehicle_id, best_score, best->departure_earliest >= needed_until};
 }
 
 }  // namespace idlefleet::core

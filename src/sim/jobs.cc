@@ -96,6 +96,7 @@ struct ShardJobs::Impl {
   std::vector<std::vector<uint32_t>> capable;  // computers that serve it
   std::vector<double> tps;                     // [computer * models + model], 0 when not served
   std::vector<core::DurationMs> expected_ms;   // a whole job on the slowest capable computer
+  std::vector<core::PlacementRequest> requests;  // built once (the model's name is not copied per job)
   std::vector<std::deque<Job>> interactive;
   std::vector<Requeued> interactive_requeued;
   std::vector<Requeued> batch_requeued;
@@ -152,6 +153,13 @@ struct ShardJobs::Impl {
                                                             (slowest * slowest_speedup) +
                                                         static_cast<double>(model.completion_tokens) / slowest))
               : 0);
+    }
+    for (size_t m = 0; m < models; ++m) {
+      core::PlacementRequest r;
+      r.model_id = s.models[m].name;
+      r.model_bytes = model_bytes[m];
+      r.departure_margin_ms = kPlacementMarginMs;
+      requests.push_back(std::move(r));
     }
     interactive.resize(models);
     interactive_requeued.resize(models);
@@ -313,13 +321,10 @@ struct ShardJobs::Impl {
     }
     cursor = (cursor + scanned) % n;
     if (cands.empty()) return false;
-    core::PlacementRequest req;
-    req.model_id = s.models[job.model].name;
-    req.model_bytes = model_bytes[job.model];
+    core::PlacementRequest& req = requests[job.model];
     const double left = static_cast<double>(s.models[job.model].completion_tokens - job.produced) /
                         static_cast<double>(s.models[job.model].completion_tokens);
     req.expected_duration_ms = static_cast<core::DurationMs>(static_cast<double>(expected_ms[job.model]) * left);
-    req.departure_margin_ms = kPlacementMarginMs;
     req.batch = job.batch;
     const auto p = core::place(req, cands, static_cast<TimeMs>(now));
     if (!p) return false;

@@ -125,6 +125,13 @@ TEST(Scheduler, TheChoiceDoesNotDependOnInputOrder) {
       vs.push_back(v);
     }
     const auto first = place(request(), vs, kNow);
+    // place() is explain_placement()'s first choice, computed without the list.
+    const auto verdicts = explain_placement(request(), vs, kNow);
+    ASSERT_EQ(first.has_value(), !verdicts.empty() && verdicts.front().acceptable);
+    if (first) {
+      EXPECT_EQ(first->vehicle_id, verdicts.front().vehicle_id);
+      EXPECT_EQ(first->score, verdicts.front().score);
+    }
     for (int shuffle = 0; shuffle < 3; ++shuffle) {
       for (size_t i = vs.size(); i > 1; --i) std::swap(vs[i - 1], vs[rng.below(i)]);
       const auto again = place(request(), vs, kNow);

@@ -21,10 +21,6 @@ using core::TimeMs;
 constexpr uint64_t kJobsSalt = 0x4a4f4253ULL;  // "JOBS"
 constexpr uint64_t kCachedSalt = 0x434143484544ULL;  // "CACHED"
 constexpr double kGibBits = 8.0 * 1024.0 * 1024.0 * 1024.0;
-// Idle vehicles scanned for one placement, at most (those that cannot hold
-// the model are passed over, as the coordinator passes over vehicles that
-// cannot take a job).
-constexpr size_t kScanMax = 1024;
 // The coordinator's default departure margin for placement (PlacementRequest).
 constexpr core::DurationMs kPlacementMarginMs = 5 * core::kMinuteMs;
 constexpr uint32_t kNoCar = std::numeric_limits<uint32_t>::max();
@@ -92,6 +88,7 @@ struct ShardJobs::Impl {
 
   // Per model.
   std::vector<uint64_t> model_bytes;
+  std::vector<uint64_t> memory_bytes;          // per computer
   std::vector<double> download_ms;
   std::vector<std::vector<uint32_t>> capable;  // computers that serve it
   std::vector<double> tps;                     // [computer * models + model], 0 when not served
@@ -109,9 +106,11 @@ struct ShardJobs::Impl {
   std::vector<uint32_t> completed, lost;
   std::vector<Running> running;
   std::vector<uint8_t> available;
-  std::vector<uint32_t> idle_pos;  // position in idle, or kNoCar
-  std::vector<uint32_t> idle;
-  size_t cursor = 0;
+  std::vector<uint32_t> idle_pos;  // position in its class's idle list, or kNoCar
+  // Idle, available vehicles by computer class, each with its rotating cursor.
+  std::vector<std::vector<uint32_t>> idle;
+  std::vector<size_t> cursor;
+  size_t idle_total = 0;
 
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events;
 
@@ -127,6 +126,9 @@ struct ShardJobs::Impl {
     const size_t computers = s.computers.size();
     CHECK(models <= 16);
     tps.assign(computers * models, 0.0);
+    for (const ScenarioComputer& comp : s.computers) {
+      memory_bytes.push_back(static_cast<uint64_t>(comp.memory_gib * 1024.0 * 1024.0 * 1024.0));
+    }
     capable.resize(models);
     for (size_t m = 0; m < models; ++m) {
       const ScenarioModel& model = s.models[m];
@@ -183,23 +185,29 @@ struct ShardJobs::Impl {
     running.resize(n);
     available.assign(n, 0);
     idle_pos.assign(n, kNoCar);
+    idle.resize(computers);
+    cursor.assign(computers, 0);
   }
 
   double draw() { return to_unit_double(counter_random(key, draws++)); }
 
   void idle_add(uint32_t car) {
     if (idle_pos[car] != kNoCar) return;
-    idle_pos[car] = static_cast<uint32_t>(idle.size());
-    idle.push_back(car);
+    std::vector<uint32_t>& list = idle[cars[car].computer];
+    idle_pos[car] = static_cast<uint32_t>(list.size());
+    list.push_back(car);
+    ++idle_total;
   }
   void idle_remove(uint32_t car) {
     const uint32_t pos = idle_pos[car];
     if (pos == kNoCar) return;
-    const uint32_t last = idle.back();
-    idle[pos] = last;
+    std::vector<uint32_t>& list = idle[cars[car].computer];
+    const uint32_t last = list.back();
+    list[pos] = last;
     idle_pos[last] = pos;
-    idle.pop_back();
+    list.pop_back();
     idle_pos[car] = kNoCar;
+    --idle_total;
   }
 
   // Counts what the car's attempt did up to `until` (tokens and busy time).
@@ -289,38 +297,45 @@ struct ShardJobs::Impl {
   }
 
   // Places `job` on the best of a bounded sample of idle vehicles that can
-  // hold its model, by core::place; false when none can take it.
+  // hold its model, by core::place; false when none can take it. The sample
+  // comes from the capable classes in proportion to their idle vehicles,
+  // each from its rotating cursor: the coordinator's sample of its idle set,
+  // less the vehicles that could not take the job.
   bool place(const Job& job, double now) {
-    if (capable[job.model].empty() || idle.empty()) return false;
-    const size_t models = s.models.size();
+    size_t capable_idle = 0;
+    for (uint32_t c : capable[job.model]) capable_idle += idle[c].size();
+    if (capable_idle == 0) return false;
     std::vector<core::VehicleCandidate>& cands = scratch_candidates;
     std::vector<uint32_t>& cars_of = scratch_cars;
     cands.clear();
     cars_of.clear();
-    const size_t n = idle.size();
-    if (cursor >= n) cursor = 0;
-    size_t scanned = 0;
-    for (; scanned < std::min(n, kScanMax) && cands.size() < core::kPlacementCandidatesMax; ++scanned) {
-      const uint32_t car = idle[(cursor + scanned) % n];
-      const JobCar& jc = cars[car];
-      if (tps[jc.computer * models + job.model] <= 0.0) continue;
-      core::VehicleCandidate c;
-      c.vehicle_id = ids[car];
-      c.eligible = true;
-      c.memory_free_bytes = static_cast<uint64_t>(s.computers[jc.computer].memory_gib * 1024.0 * 1024.0 * 1024.0);
-      c.model_cached = (cached[car] >> job.model) & 1;
-      c.departure_earliest = jc.departure_earliest;
-      c.energy_price_micros_per_kwh = jc.price_micros_per_kwh;
-      c.accelerator_temp_c = s.fleet.ambient_c;
-      c.accelerator_temp_limit_c = jc.accelerator_temp_limit_c;
-      c.wear_budget_left_fraction = jc.wear_budget_left_fraction;
-      c.attempts_completed = completed[car];
-      c.attempts_lost = lost[car];
-      cands.push_back(std::move(c));
-      cars_of.push_back(car);
+    const size_t want = std::min(core::kPlacementCandidatesMax, capable_idle);
+    for (uint32_t cls : capable[job.model]) {
+      std::vector<uint32_t>& list = idle[cls];
+      if (list.empty()) continue;
+      const size_t n = list.size();
+      const size_t quota = std::min(n, (want * n + capable_idle - 1) / capable_idle);
+      size_t& at = cursor[cls];
+      for (size_t k = 0; k < quota && cands.size() < core::kPlacementCandidatesMax; ++k) {
+        if (at >= n) at = 0;
+        const uint32_t car = list[at++];
+        const JobCar& jc = cars[car];
+        core::VehicleCandidate c;
+        c.vehicle_id = ids[car];
+        c.eligible = true;
+        c.memory_free_bytes = memory_bytes[cls];
+        c.model_cached = (cached[car] >> job.model) & 1;
+        c.departure_earliest = jc.departure_earliest;
+        c.energy_price_micros_per_kwh = jc.price_micros_per_kwh;
+        c.accelerator_temp_c = s.fleet.ambient_c;
+        c.accelerator_temp_limit_c = jc.accelerator_temp_limit_c;
+        c.wear_budget_left_fraction = jc.wear_budget_left_fraction;
+        c.attempts_completed = completed[car];
+        c.attempts_lost = lost[car];
+        cands.push_back(std::move(c));
+        cars_of.push_back(car);
+      }
     }
-    cursor = (cursor + scanned) % n;
-    if (cands.empty()) return false;
     core::PlacementRequest& req = requests[job.model];
     const double left = static_cast<double>(s.models[job.model].completion_tokens - job.produced) /
                         static_cast<double>(s.models[job.model].completion_tokens);
@@ -358,12 +373,12 @@ struct ShardJobs::Impl {
   // Starts queued jobs on idle vehicles while both remain: interactive
   // before batch, then submission order, as the coordinator's queue.
   void dispatch(double now) {
-    if (idle.empty()) return;
+    if (idle_total == 0) return;
     drop_timed_out(now);
     const size_t models = s.models.size();
     uint32_t blocked = 0;  // models no idle vehicle in the sample could take
     // Interactive: the oldest head among the models not blocked.
-    while (!idle.empty()) {
+    while (idle_total > 0) {
       int best = -1;
       bool best_requeued = false;
       uint64_t best_seq = std::numeric_limits<uint64_t>::max();
@@ -394,7 +409,7 @@ struct ShardJobs::Impl {
     }
     blocked = 0;
     // Batch: requeued (older) first, then the model with the most waiting.
-    while (!idle.empty()) {
+    while (idle_total > 0) {
       int best = -1;
       bool best_requeued = false;
       uint64_t best_seq = std::numeric_limits<uint64_t>::max();
@@ -480,7 +495,9 @@ JobBinStats ShardJobs::serve_bin(TimeMs t, TimeMs t_end, double interactive_tps,
 
   // Who may work in this bin. A running job on a car that may not goes back
   // to the queue (its owner's policy, or the car has left).
-  im.idle.clear();
+  im.cars = cars;
+  for (std::vector<uint32_t>& list : im.idle) list.clear();
+  im.idle_total = 0;
   std::fill(im.idle_pos.begin(), im.idle_pos.end(), kNoCar);
   for (uint32_t i = 0; i < cars.size(); ++i) {
     const JobCar& c = cars[i];

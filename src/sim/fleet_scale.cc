@@ -172,22 +172,18 @@ Status check_shares(const std::string& name, const std::vector<T>& classes, Shar
   return {};
 }
 
-// The output tokens per second a computer delivers on the demand's model mix
-// (the models it can hold, weighted by their demand share), prefill included.
-double effective_tokens_per_second(const Scenario& s, const ScenarioComputer& c) {
-  double weighted = 0.0;
-  double shares = 0.0;
-  for (const ScenarioModel& m : s.models) {
-    if (m.memory_gib > c.memory_gib) continue;
-    for (const auto& [name, tps] : c.tokens_per_second) {
-      if (name != m.name || !(tps > 0.0)) continue;
-      const double job_s = static_cast<double>(m.prompt_tokens) / (tps * c.prefill_speedup) +
-                           static_cast<double>(m.completion_tokens) / tps;
-      weighted += m.demand_share * static_cast<double>(m.completion_tokens) / job_s;
-      shares += m.demand_share;
-    }
+// Seconds of a computer's time per output token of a model, the prompt's
+// prefill included; infinite when the computer does not serve it (not
+// listed, or larger than its memory).
+double seconds_per_token(const ScenarioComputer& c, const ScenarioModel& m) {
+  if (m.memory_gib > c.memory_gib) return std::numeric_limits<double>::infinity();
+  for (const auto& [name, tps] : c.tokens_per_second) {
+    if (name != m.name || !(tps > 0.0)) continue;
+    const double job_s = static_cast<double>(m.prompt_tokens) / (tps * c.prefill_speedup) +
+                         static_cast<double>(m.completion_tokens) / tps;
+    return job_s / static_cast<double>(m.completion_tokens);
   }
-  return shares > 0.0 ? weighted / shares : 0.0;
+  return std::numeric_limits<double>::infinity();
 }
 
 Status check_scenario(const Scenario& s) {
@@ -308,7 +304,16 @@ struct Context {
   int days = 0;
   int bin_minutes = 0;
   size_t bins = 0;
-  std::vector<double> computer_tps;     // effective output tokens/s
+  size_t models = 0;
+  // Seconds of a computer's time per output token of a model, its prompt's
+  // prefill included: [computer * models + model], infinite where the
+  // computer does not serve the model.
+  std::vector<double> seconds_per_token;
+  std::vector<double> model_share;      // demand shares, normalised
+  // Models in the order flows are given capacity: those the fewest vehicles
+  // can serve first (the scheduler's queue has them waiting longest for the
+  // few vehicles that can take them).
+  std::vector<uint32_t> model_order;
   Fidelity fidelity = Fidelity::kFleetScale;
   double job_redone_tokens = 0.0;       // demand-weighted prompt + half the completion
   double owner_micros_per_output_token = 0.0;  // revenue share, prompt tokens included
@@ -377,7 +382,10 @@ class Shard {
     const double bin_h = bin_s / 3600.0;
     const ScenarioPricing& pricing = s_.pricing;
     std::vector<double> price_now(s_.tariffs.size());
-    double backlog = 0.0;
+    std::vector<double> backlog(ctx_.models, 0.0);  // batch output tokens, by model
+    std::vector<double> class_seconds(s_.computers.size());  // offered computer time, by class
+    std::vector<double> class_left(s_.computers.size());
+    std::vector<double> class_tokens(s_.computers.size());
     int64_t month = core::local_month_index(s_.start_ms, off_);
     int64_t batch_day = std::numeric_limits<int64_t>::min();
     for (size_t b = 0; b < ctx_.bins; ++b) {
@@ -392,7 +400,9 @@ class Shard {
       }
       if (const int64_t d = floor_div(t + off_ * core::kMinuteMs, core::kDayMs); d != batch_day) {
         batch_day = d;
-        backlog += s_.demand.batch_tokens_per_day * shard_share_;
+        for (size_t m = 0; m < ctx_.models; ++m) {
+          backlog[m] += s_.demand.batch_tokens_per_day * shard_share_ * ctx_.model_share[m];
+        }
         if (jobs_) jobs_->add_batch_day();
       }
       for (size_t i = 0; i < s_.tariffs.size(); ++i) {
@@ -400,8 +410,8 @@ class Shard {
       }
 
       // Where every car is, and what the eligible ones offer.
-      double capacity_tps = 0.0;
       double available_kw = 0.0;
+      std::fill(class_seconds.begin(), class_seconds.end(), 0.0);
       for (size_t i = 0; i < cars_.size(); ++i) {
         Car& c = cars_[i];
         advance(c, t);
@@ -434,7 +444,7 @@ class Shard {
           }
         }
         c.offered = static_cast<double>(stop - t) / static_cast<double>(bin_ms);
-        capacity_tps += c.offered * ctx_.computer_tps[c.v.computer];
+        class_seconds[c.v.computer] += c.offered * bin_s;
         available_kw += c.offered * s_.computers[c.v.computer].power_kw;
         if (jobs_) {
           const core::OwnerPolicy& policy = s_.policies[c.v.policy].policy;
@@ -472,22 +482,48 @@ class Shard {
         std::copy(st.wait_histogram.begin(), st.wait_histogram.end(),
                   out.wait_histograms.begin() + static_cast<std::ptrdiff_t>(b * kWaitBuckets));
       } else {
-        // Flows: interactive first, the batch backlog with what is left.
-        const double capacity_tokens = capacity_tps * bin_s;
-        const double interactive_tokens = std::min(demand_tps * bin_s, capacity_tokens);
-        const double batch_tokens = std::min(backlog, capacity_tokens - interactive_tokens);
-        backlog -= batch_tokens;
-        const double used = capacity_tokens > 0.0 ? (interactive_tokens + batch_tokens) / capacity_tokens : 0.0;
+        // Flows: interactive first, then the batch backlog with what is left;
+        // each model, the most restricted first, takes its tokens from the
+        // classes that can serve it, in proportion to their time left.
+        class_left = class_seconds;
+        std::fill(class_tokens.begin(), class_tokens.end(), 0.0);
+        auto serve = [&](uint32_t m, double tokens_asked) {
+          double capacity = 0.0;
+          for (size_t k = 0; k < class_left.size(); ++k) {
+            const double spt = ctx_.seconds_per_token[k * ctx_.models + m];
+            if (std::isfinite(spt)) capacity += class_left[k] / spt;
+          }
+          if (!(capacity > 0.0) || !(tokens_asked > 0.0)) return 0.0;
+          const double served = std::min(tokens_asked, capacity);
+          const double f = served / capacity;
+          for (size_t k = 0; k < class_left.size(); ++k) {
+            const double spt = ctx_.seconds_per_token[k * ctx_.models + m];
+            if (!std::isfinite(spt)) continue;
+            class_tokens[k] += f * class_left[k] / spt;
+            class_left[k] -= f * class_left[k];
+          }
+          return served;
+        };
+        double interactive_tokens = 0.0, batch_tokens = 0.0, batch_left = 0.0;
+        for (uint32_t m : ctx_.model_order) interactive_tokens += serve(m, demand_tps * bin_s * ctx_.model_share[m]);
+        for (uint32_t m : ctx_.model_order) {
+          const double served = serve(m, backlog[m]);
+          backlog[m] -= served;
+          batch_tokens += served;
+          batch_left += backlog[m];
+        }
         bin.interactive_tps = interactive_tokens / bin_s;
         bin.batch_tps = batch_tokens / bin_s;
         bin.interactive_unmet_tps = demand_tps - bin.interactive_tps;
-        bin.batch_backlog_tokens = backlog;
-        // The used share of the capacity is spread evenly over the eligible
-        // cars; a car whose driver leaves while it serves is a preemption.
+        bin.batch_backlog_tokens = batch_left;
+        // Each class's used time is spread evenly over its eligible cars; a
+        // car whose driver leaves while it serves is a preemption.
         for (size_t i = 0; i < cars_.size(); ++i) {
           Car& c = cars_[i];
+          const size_t k = c.v.computer;
+          const double used = class_seconds[k] > 0.0 ? 1.0 - class_left[k] / class_seconds[k] : 0.0;
           c.busy_h = used * c.offered * bin_h;
-          c.tokens = c.busy_h * 3600.0 * ctx_.computer_tps[c.v.computer];
+          c.tokens = class_seconds[k] > 0.0 ? class_tokens[k] * c.offered * bin_s / class_seconds[k] : 0.0;
           if (c.busy_h > 0.0 && c.cut) {
             bin.preemptions += used;
             bin.work_redone_tokens += used * ctx_.job_redone_tokens;
@@ -778,7 +814,19 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
   ctx.days = days;
   ctx.bin_minutes = options.bin_minutes;
   ctx.bins = static_cast<size_t>(days) * static_cast<size_t>(core::kMinutesPerDay / options.bin_minutes);
-  for (const ScenarioComputer& c : scenario.computers) ctx.computer_tps.push_back(effective_tokens_per_second(scenario, c));
+  ctx.models = scenario.models.size();
+  ctx.seconds_per_token.assign(scenario.computers.size() * ctx.models, std::numeric_limits<double>::infinity());
+  std::vector<double> servable_share(ctx.models, 0.0);  // the fleet share of the classes serving each model
+  for (size_t k = 0; k < scenario.computers.size(); ++k) {
+    for (size_t m = 0; m < ctx.models; ++m) {
+      const double spt = seconds_per_token(scenario.computers[k], scenario.models[m]);
+      ctx.seconds_per_token[k * ctx.models + m] = spt;
+      if (std::isfinite(spt)) servable_share[m] += scenario.computers[k].share;
+    }
+  }
+  for (uint32_t m = 0; m < ctx.models; ++m) ctx.model_order.push_back(m);
+  std::stable_sort(ctx.model_order.begin(), ctx.model_order.end(),
+                   [&](uint32_t a, uint32_t b) { return servable_share[a] < servable_share[b]; });
   double share_sum = 0.0;
   double completion = 0.0;
   double prompt = 0.0;
@@ -789,6 +837,7 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
   }
   ctx.wear_per_hour =
       core::wear_hours(core::WearParams{}, scenario.fleet.ambient_c + kServingTempRiseC, core::kHourMs);
+  for (const ScenarioModel& m : scenario.models) ctx.model_share.push_back(share_sum > 0.0 ? m.demand_share / share_sum : 0.0);
   ctx.job_redone_tokens = share_sum > 0.0 ? (prompt + completion / 2.0) / share_sum : 0.0;
   ctx.fidelity = options.fidelity;
   const double prompt_per_output = completion > 0.0 ? prompt / completion : 0.0;

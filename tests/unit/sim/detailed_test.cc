@@ -132,6 +132,42 @@ TEST(Detailed, AgreesWithTheFleetScaleFlowsOnDeliveredTokens) {
   }
 }
 
+// Two classes and two models, the larger served only by the rarer class
+// (as us-suburban): the flows give the restricted model the few vehicles
+// that can serve it, as the scheduler's queue does.
+TEST(Detailed, AgreesWithTheFleetScaleFlowsWhenOnlyAFewVehiclesCanServeAModel) {
+  for (const double peak : {1e4, 2e5}) {
+    Scenario s = scenario();
+    s.models[0].demand_share = 0.8;
+    ScenarioModel big;
+    big.name = "llama-70b";
+    big.memory_gib = 48.0;
+    big.demand_share = 0.2;
+    big.prompt_tokens = 1500;
+    big.completion_tokens = 1500;
+    s.models.push_back(big);
+    s.computers[0].share = 0.9;
+    s.computers[0].memory_gib = 24.0;
+    s.computers[0].power_kw = 0.1;
+    ScenarioComputer next = s.computers[0];
+    next.name = "next";
+    next.share = 0.1;
+    next.memory_gib = 128.0;
+    next.power_kw = 1.0;
+    next.tokens_per_second = {{"llama-8b", 100.0}, {"llama-70b", 12.0}};
+    s.computers.push_back(next);
+    s.demand.interactive_peak_tokens_per_second = peak;
+    s.demand.batch_tokens_per_day = 2e8;
+    auto flows = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kFleetScale));
+    auto jobs = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kDetailed));
+    ASSERT_TRUE(flows.has_value() && jobs.has_value());
+    const Totals f = totals(*flows), d = totals(*jobs);
+    const double fd = f.interactive + f.batch, dd = d.interactive + d.batch;
+    ASSERT_GT(fd, 1e7);
+    EXPECT_NEAR(dd / fd, 1.0, 0.05) << "peak " << peak << ": fleet-scale " << fd << ", detailed " << dd;
+  }
+}
+
 TEST(Detailed, AModelNoComputerCanHoldIsNeverServed) {
   Scenario s = scenario();
   ScenarioModel big;

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "common/check.h"
@@ -64,6 +67,8 @@ constexpr double kTripEnergyShareSpan = 0.6;
 constexpr double kServingTempRiseC = 35.0;
 // A car with no declared departure is, for the scheduler, staying this long.
 constexpr core::DurationMs kNoDepartureHorizonMs = 30 * core::kDayMs;
+// How often a run reports progress while its shards are computed.
+constexpr std::chrono::milliseconds kProgressInterval{250};
 // Shards computed between two merges, per thread.
 constexpr uint64_t kShardsPerThreadPerBatch = 4;
 // Earnings histogram: 1-cent buckets up to this many currency units a month.
@@ -372,7 +377,8 @@ class Shard {
     }
   }
 
-  ShardOut run() {
+  // `bins_done` (may be null) counts the bins simulated, for progress.
+  ShardOut run(std::atomic<uint64_t>* bins_done) {
     ShardOut out;
     out.bins.resize(ctx_.bins);
     out.earnings_cents.assign(kEarningsCentsMax + 1, 0);
@@ -389,6 +395,7 @@ class Shard {
     int64_t month = core::local_month_index(s_.start_ms, off_);
     int64_t batch_day = std::numeric_limits<int64_t>::min();
     for (size_t b = 0; b < ctx_.bins; ++b) {
+      if (bins_done != nullptr) bins_done->fetch_add(1, std::memory_order_relaxed);
       const TimeMs t = s_.start_ms + static_cast<TimeMs>(b) * bin_ms;
       const TimeMs t_end = t + bin_ms;
       const core::LocalTime local = core::to_local(t, off_);
@@ -861,6 +868,7 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
   const uint64_t shards = (vehicles + shard_vehicles - 1) / shard_vehicles;
   const uint64_t threads = static_cast<uint64_t>(options.threads);
   const uint64_t batch = threads * kShardsPerThreadPerBatch;
+  std::atomic<uint64_t> bins_done{0};
   for (uint64_t first = 0; first < shards; first += batch) {
     const uint64_t count = std::min(batch, shards - first);
     std::vector<ShardOut> outs(count);
@@ -870,12 +878,33 @@ Result<FleetScaleResult> run_fleet_scale(const Scenario& scenario, const FleetSc
         const uint64_t shard = first + i;
         const uint64_t begin = shard * shard_vehicles;
         Shard sh(ctx, begin, std::min(shard_vehicles, vehicles - begin));
-        outs[i] = sh.run();
+        outs[i] = sh.run(&bins_done);
       }
     };
+    // The workers run the shards; this thread reports progress by bins
+    // (a detailed shard can take minutes) until they are done.
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t workers_done = 0;
+    const uint64_t workers = std::min(threads, count);
     std::vector<std::thread> pool;
-    for (uint64_t k = 1; k < std::min(threads, count); ++k) pool.emplace_back(work);
-    work();
+    for (uint64_t k = 0; k < workers; ++k) {
+      pool.emplace_back([&] {
+        work();
+        std::lock_guard<std::mutex> lock(mu);
+        ++workers_done;
+        cv.notify_one();
+      });
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      while (!cv.wait_for(lock, kProgressInterval, [&] { return workers_done == workers; })) {
+        if (options.progress) {
+          options.progress(static_cast<double>(bins_done.load(std::memory_order_relaxed)) /
+                           static_cast<double>(shards * ctx.bins));
+        }
+      }
+    }
     for (std::thread& th : pool) th.join();
     // In shard order: the sums are the same whatever thread computed what.
     for (const ShardOut& o : outs) {

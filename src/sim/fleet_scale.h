@@ -76,8 +76,8 @@ struct FleetScaleOptions {
   // shards by their vehicles, so the shard size is part of the model (tests
   // use small shards to have many).
   uint64_t shard_vehicles = kFleetShardVehicles;
-  // Called from the calling thread with the fraction done (0..1], after each
-  // batch of shards; may be empty.
+  // Called from the calling thread with the fraction done (0..1], every
+  // quarter second while shards run and after each batch of them; may be empty.
   std::function<void(double)> progress;
 };
 

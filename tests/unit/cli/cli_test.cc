@@ -407,4 +407,27 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
   EXPECT_NE(e.output.find("bin_minutes"), std::string::npos) << e.output;
 }
 
+TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
+  const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
+  const fs::path out = dir_ / "detailed";
+  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --out " +
+                    out.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(detailed, "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("jobs placed:"), std::string::npos) << r.output;
+  std::ifstream in(out / "summary.json");
+  const auto j = nlohmann::json::parse(std::string(std::istreambuf_iterator<char>(in), {}), nullptr, false);
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j["fidelity"], "detailed");
+  EXPECT_GT(j["jobs_placed"].get<uint64_t>(), 1000u);
+  EXPECT_GT(j["tokens_interactive"].get<double>(), 0.0);
+  // An unknown fidelity is a usage error; a fleet over the detailed bound is refused by name.
+  const Ran bad = run("sim --scenario " + scenario + " --fidelity exact --out " + (dir_ / "x").string());
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  const Ran big = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 2000000 --quiet --out " +
+                      (dir_ / "y").string());
+  EXPECT_EQ(big.exit_code, 1) << big.output;
+  EXPECT_NE(big.output.find("detailed fidelity's 1000000"), std::string::npos) << big.output;
+}
+
 }  // namespace

@@ -55,10 +55,16 @@ std::string tick_label(double v, double step) {
 
 // A whole number with thousands separators: "100,000".
 std::string count(double v) {
-  std::string digits = fmt("%.0f", std::fabs(v));
-  for (size_t at = digits.size(); at > 3; at -= 3) digits.insert(at - 3, ",");
-  return (v < 0 && digits != "0" ? "-" : "") + digits;
+  const std::string digits = fmt("%.0f", std::fabs(v));
+  std::string out = v < 0 && digits != "0" ? "-" : "";
+  for (size_t k = 0; k < digits.size(); ++k) {
+    if (k > 0 && (digits.size() - k) % 3 == 0) out.push_back(',');
+    out.push_back(digits[k]);
+  }
+  return out;
 }
+
+std::string days_text(int days) { return days == 1 ? std::string("one day") : fmt("%d days", days); }
 
 // Power in the unit that suits it: GW from 1 GW, MW from 1 MW, else kW.
 struct PowerUnit {
@@ -478,7 +484,7 @@ std::string answer(const Scenario& scenario, const FleetScaleResult& r, const Si
   out += "<p class=\"lead\">" +
          fmt("This run's %s vehicles carry computers of %.3g kW on average (share-weighted), a nameplate of %s. ",
              count(static_cast<double>(s.vehicles)).c_str(), s.nameplate_kw_per_vehicle, power(s.nameplate_gw).c_str()) +
-         "Averaged over the " + fmt("%d", s.days) + " days, the owners' policies and the cars' days left " +
+         "Averaged over " + days_text(s.days) + ", the owners' policies and the cars' days left " +
          power(s.compute_available_gw_mean) + " available (peak " + power(s.compute_available_gw_peak) +
          "): a <strong>capacity factor " + format_percent(s.capacity_factor) + "</strong> (peak " +
          format_percent(peak_factor) + "). Work used " + power(s.compute_used_gw_mean) + " on average (peak " +
@@ -535,8 +541,9 @@ std::string answer(const Scenario& scenario, const FleetScaleResult& r, const Si
            "(a few seconds: nine runs of at most 20,000 vehicles for at most 7 days).</p>\n";
   } else {
     out += "<p>" +
-           fmt("How it moves: the scenario rerun with one thing changed at a time, on %s vehicles for %d days (same seed). ",
-               count(static_cast<double>(sensitivity.front().vehicles)).c_str(), sensitivity.front().days);
+           fmt("How it moves: the scenario rerun with one thing changed at a time, on %s vehicles for %s (same seed, "
+               "the demand scaled to that fleet). ",
+               count(static_cast<double>(sensitivity.front().vehicles)).c_str(), days_text(sensitivity.front().days).c_str());
     out += "</p>\n<ul>\n";
     for (size_t k = 0; k + 2 < sensitivity.size(); k += 3) {
       out += "<li>" + knob_sentence(sensitivity[k], sensitivity[k + 1], sensitivity[k + 2]) + "</li>\n";

@@ -163,6 +163,7 @@ TEST(Report, IsOneSelfContainedPageWithEveryChartAndEveryStringEscaped) {
   const std::string answer = section(page, "answer");
   ASSERT_FALSE(answer.empty());
   EXPECT_NE(answer.find("100 million cars &#215; 1 kW = 100 GW?"), std::string::npos);
+  EXPECT_NE(answer.find("This run's 3,000 vehicles"), std::string::npos) << answer;
   EXPECT_NE(answer.find("capacity factor " + format_percent(sum.capacity_factor)), std::string::npos)
       << format_percent(sum.capacity_factor) << "\n" << answer;
   EXPECT_NE(answer.find("--no-sensitivity"), std::string::npos);

@@ -226,12 +226,18 @@ std::string render_time_chart(const TimeChart& c, const TimeAxis& axis) {
   // X: local midnights, labelled by weekday and date; finer grid on short runs.
   const double bins_per_day = static_cast<double>(core::kMinutesPerDay) / axis.bin_minutes;
   const double points_per_day = bins_per_day / static_cast<double>(group);
-  const int label_every = std::max(1, (axis.days + 13) / 14);
+  // A date label takes about kDayLabelWidth; past 3 days a label, label weeks.
+  constexpr double kDayLabelWidth = 80;
+  const double day_w = plot_w / std::max(1, axis.days);
+  int label_every = std::max(1, static_cast<int>(std::ceil(kDayLabelWidth / day_w)));
+  if (label_every > 3) label_every = (label_every + 6) / 7 * 7;
   const int hours_step = axis.days <= 2 ? 3 : (axis.days <= 10 ? 6 : 0);
   for (int d = 0; d <= axis.days; ++d) {
     const double x = x_of(points_per_day * d);
-    out += fmt("<line class=\"day\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", x, kTop, x, bottom + 5);
-    if (d < axis.days && d % label_every == 0) {
+    const bool labelled = d % label_every == 0;
+    out += fmt("<line class=\"%s\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", labelled ? "day" : "grid", x, kTop,
+               x, labelled ? bottom + 5 : bottom);
+    if (d < axis.days && labelled && x + kDayLabelWidth <= kWidth) {
       const core::TimeMs t = axis.start_ms + static_cast<core::TimeMs>(d) * core::kDayMs;
       out += fmt("<text class=\"xtick\" x=\"%.1f\" y=\"%.1f\">", x + 3, bottom + 17) +
              local_date(t, axis.utc_offset_minutes, false) + "</text>";

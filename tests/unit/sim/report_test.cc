@@ -380,6 +380,25 @@ TEST(Sensitivity, RefusesBadOptionsAndInvalidCopiesByName) {
   EXPECT_NE(e.error().message.find("home_charging_share"), std::string::npos) << e.error().message;
 }
 
+TEST(Report, AFleetThatNeverWorksIsAnsweredAsSuch) {
+  Scenario s = scenario();
+  s.policies[0].policy.opted_in = false;
+  auto r = run_fleet_scale(s, options(1000, 1, 1));
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  const SimSummary sum = summarize(s, *r);
+  EXPECT_EQ(sum.capacity_factor, 0.0);
+  const std::string page = render_report(s, *r, sum, {});
+  const std::string answer = section(page, "answer");
+  EXPECT_NE(answer.find("capacity factor 0%"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("No vehicle was ever available"), std::string::npos) << answer;
+  EXPECT_EQ(answer.find("times what such a fleet offers"), std::string::npos) << answer;
+  // Every owner at 0: the earnings section says all of them are in the first bar.
+  EXPECT_NE(section(page, "earnings").find("holds 100.0% of owners, among them the 100.0% of the fleet whose owners opted out"),
+            std::string::npos)
+      << section(page, "earnings");
+  EXPECT_EQ(occurrences(page, "<svg"), kChartsFleetScale);
+}
+
 TEST(Report, FormatsPercentAndEscapes) {
   EXPECT_EQ(format_percent(0.0), "0%");
   EXPECT_EQ(format_percent(0.1234), "12.3%");

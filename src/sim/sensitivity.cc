@@ -24,11 +24,15 @@ std::string number(double v) {
   return buf;
 }
 
-// The scenario's own values of a per-policy knob, distinct, in order: "30/40/50".
+// The scenario's own values of a per-policy knob, distinct, in order: "30/40/50"
+// (those of opted-in owners: the others' limits never bind; all where none is).
 std::string policy_values(const Scenario& s, double (*get)(const ScenarioPolicy&)) {
+  const bool any_opted_in =
+      std::any_of(s.policies.begin(), s.policies.end(), [](const ScenarioPolicy& p) { return p.policy.opted_in; });
   std::vector<double> seen;
   std::string out;
   for (const ScenarioPolicy& p : s.policies) {
+    if (any_opted_in && !p.policy.opted_in) continue;
     const double v = get(p);
     if (std::find(seen.begin(), seen.end(), v) != seen.end()) continue;
     seen.push_back(v);

@@ -1,8 +1,10 @@
 // `idlefleet sim --scenario FILE --out DIR`: a whole fleet in virtual time
 // (sim/fleet_scale.h, the fleet-scale fidelity), from a scenario file
 // (sim/scenario.h; the format is in docs/simulator.md). Writes the time series
-// as DIR/timeseries.csv and the totals as DIR/summary.json, prints the totals,
-// and shows a progress bar with an ETA on stderr while it runs.
+// as DIR/timeseries.csv, the totals as DIR/summary.json (sim/summary.h) and a
+// self-contained HTML report as DIR/report.html (sim/report.h; with the
+// sensitivity runs of sim/sensitivity.h unless --no-sensitivity), prints the
+// totals, and shows a progress bar with an ETA on stderr while it runs.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -21,7 +24,10 @@
 
 #include "cli/commands.h"
 #include "sim/fleet_scale.h"
+#include "sim/report.h"
 #include "sim/scenario.h"
+#include "sim/sensitivity.h"
+#include "sim/summary.h"
 
 namespace idlefleet::cli {
 
@@ -40,6 +46,7 @@ struct SimScenarioFlags {
   std::string out;
   std::string fidelity = "fleet-scale";
   bool quiet = false;
+  bool no_sensitivity = false;
 };
 
 // A bar redrawn in place on a terminal; elsewhere (a log, CI) a line every 10%.
@@ -97,49 +104,63 @@ class ProgressBar {
   int last_decile_ = 0;
 };
 
-json summary_json(const sim::Scenario& scenario, const sim::FleetScaleResult& r, double wall_seconds) {
-  double tokens_interactive = 0, tokens_batch = 0, unmet = 0, demand = 0, energy = 0, cost = 0, preemptions = 0,
-         redone = 0, peak_available = 0, peak_used = 0, sum_available = 0, sum_used = 0;
-  const double bin_seconds = 60.0 * r.bin_minutes;
-  for (const sim::FleetBin& b : r.bins) {
-    tokens_interactive += b.interactive_tps * bin_seconds;
-    tokens_batch += b.batch_tps * bin_seconds;
-    demand += b.interactive_demand_tps * bin_seconds;
-    unmet += b.interactive_unmet_tps * bin_seconds;
-    energy += b.energy_kwh;
-    cost += b.energy_cost;
-    preemptions += b.preemptions;
-    redone += b.work_redone_tokens;
-    peak_available = std::max(peak_available, b.compute_available_gw);
-    peak_used = std::max(peak_used, b.compute_used_gw);
-    sum_available += b.compute_available_gw;
-    sum_used += b.compute_used_gw;
+// summary.json: the keys are documented in docs/simulator.md ("summary.json").
+json summary_json(const sim::SimSummary& s, const std::vector<sim::SensitivityRow>& sensitivity, bool sensitivity_run,
+                  double wall_seconds) {
+  json j = {{"scenario", s.scenario},
+            {"fidelity", s.fidelity},
+            {"jobs_placed", s.jobs_placed},
+            {"vehicles", s.vehicles},
+            {"days", s.days},
+            {"seed", s.seed},
+            {"bin_minutes", s.bin_minutes},
+            {"compute_available_gw_mean", s.compute_available_gw_mean},
+            {"compute_available_gw_peak", s.compute_available_gw_peak},
+            {"compute_used_gw_mean", s.compute_used_gw_mean},
+            {"compute_used_gw_peak", s.compute_used_gw_peak},
+            {"nameplate_kw_per_vehicle", s.nameplate_kw_per_vehicle},
+            {"nameplate_gw", s.nameplate_gw},
+            {"capacity_factor", s.capacity_factor},
+            {"used_factor", s.used_factor},
+            {"tokens_interactive", s.tokens_interactive},
+            {"tokens_batch", s.tokens_batch},
+            {"tokens_per_vehicle_day", s.tokens_per_vehicle_day},
+            {"interactive_tokens_asked", s.interactive_tokens_asked},
+            {"interactive_tokens_unmet", s.interactive_tokens_unmet},
+            {"preemptions", s.preemptions},
+            {"work_redone_tokens", s.work_redone_tokens},
+            {"energy_kwh", s.energy_kwh},
+            {"energy_cost", s.energy_cost},
+            {"battery_kwh", s.battery_kwh},
+            {"battery_cycles_per_vehicle_month", s.battery_cycles_per_vehicle_month},
+            {"wear_hours", s.wear_hours},
+            {"chip_hours_per_vehicle_month", s.chip_hours_per_vehicle_month},
+            {"interactive_jobs_started", s.interactive_jobs_started},
+            {"owner_earnings_month_p10", s.earnings_month_p10},
+            {"owner_earnings_month_p50", s.earnings_month_p50},
+            {"owner_earnings_month_p90", s.earnings_month_p90},
+            {"owner_earnings_month_mean", s.earnings_month_mean},
+            {"wall_seconds", wall_seconds}};
+  // Not modelled at fleet scale: null rather than a 0 that reads as "no wait".
+  j["interactive_wait_ms_mean"] = s.interactive_wait_modelled ? json(s.interactive_wait_ms_mean) : json(nullptr);
+  j["interactive_wait_ms_p95_max"] = s.interactive_wait_modelled ? json(s.interactive_wait_ms_p95_max) : json(nullptr);
+  if (sensitivity_run) {
+    json rows = json::array();
+    for (const sim::SensitivityRow& r : sensitivity) {
+      rows.push_back({{"knob", r.knob},
+                      {"value", r.value},
+                      {"base", r.base},
+                      {"vehicles", r.vehicles},
+                      {"days", r.days},
+                      {"capacity_factor", r.capacity_factor},
+                      {"used_factor", r.used_factor},
+                      {"tokens_per_vehicle_day", r.tokens_per_vehicle_day}});
+    }
+    j["sensitivity"] = std::move(rows);
+  } else {
+    j["sensitivity"] = nullptr;
   }
-  const double bins = std::max<double>(1.0, static_cast<double>(r.bins.size()));
-  return {{"scenario", scenario.name},
-          {"fidelity", r.fidelity},
-          {"jobs_placed", r.jobs_placed},
-          {"vehicles", r.vehicles},
-          {"days", r.days},
-          {"seed", r.seed},
-          {"bin_minutes", r.bin_minutes},
-          {"compute_available_gw_mean", sum_available / bins},
-          {"compute_available_gw_peak", peak_available},
-          {"compute_used_gw_mean", sum_used / bins},
-          {"compute_used_gw_peak", peak_used},
-          {"tokens_interactive", tokens_interactive},
-          {"tokens_batch", tokens_batch},
-          {"interactive_tokens_asked", demand},
-          {"interactive_tokens_unmet", unmet},
-          {"preemptions", preemptions},
-          {"work_redone_tokens", redone},
-          {"energy_kwh", energy},
-          {"energy_cost", cost},
-          {"owner_earnings_month_p10", r.earnings_month_p10},
-          {"owner_earnings_month_p50", r.earnings_month_p50},
-          {"owner_earnings_month_p90", r.earnings_month_p90},
-          {"owner_earnings_month_mean", r.earnings_month_mean},
-          {"wall_seconds", wall_seconds}};
+  return j;
 }
 
 void write_file(const fs::path& path, const std::string& text) {
@@ -182,8 +203,34 @@ void run_scenario(const SimScenarioFlags& f) {
   std::ostringstream csv;
   if (auto st = sim::write_timeseries_csv(*r, csv); !st) throw CommandError{st.error().message};
   write_file(fs::path(f.out) / "timeseries.csv", csv.str());
-  const json summary = summary_json(*scenario, *r, wall);
+  const sim::SimSummary s = sim::summarize(*scenario, *r);
+
+  std::vector<sim::SensitivityRow> sensitivity;
+  double sensitivity_wall = 0.0;
+  if (!f.no_sensitivity) {
+    sim::SensitivityOptions so;
+    // The smaller runs follow --vehicles and --days when they ask for less.
+    so.vehicles_max = std::min(sim::kSensitivityVehiclesDefault, r->vehicles);
+    so.days = std::min(r->days, sim::kSensitivityDaysDefault);
+    so.demand_vehicles = r->vehicles;  // the main run's demand per vehicle
+    so.seed = f.seed;
+    so.threads = o.threads;
+    so.bin_minutes = f.bin_minutes;
+    auto sbar = std::make_shared<ProgressBar>(!f.quiet);
+    so.progress = [sbar](double fraction) { sbar->update(fraction); };
+    if (!f.quiet) {
+      std::fprintf(stderr, "idlefleet sim: sensitivity, 9 runs of %llu vehicles for %d day%s (--no-sensitivity skips them)\n",
+                   static_cast<unsigned long long>(so.vehicles_max), *so.days, *so.days == 1 ? "" : "s");
+    }
+    const auto s0 = std::chrono::steady_clock::now();
+    auto rows = sim::run_sensitivity(*scenario, so);
+    if (!rows) throw CommandError{rows.error().message};
+    sensitivity = std::move(*rows);
+    sensitivity_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+  }
+  const json summary = summary_json(s, sensitivity, !f.no_sensitivity, wall);
   write_file(fs::path(f.out) / "summary.json", summary.dump(2) + "\n");
+  write_file(fs::path(f.out) / "report.html", sim::render_report(*scenario, *r, s, sensitivity));
 
   std::printf("scenario %s: %llu vehicles, %d days (%s, %.1f s)\n", scenario->name.c_str(),
               static_cast<unsigned long long>(r->vehicles), r->days, r->fidelity.c_str(), wall);
@@ -191,21 +238,27 @@ void run_scenario(const SimScenarioFlags& f) {
     std::printf("  jobs placed:       %llu (%.3g per second of run)\n", static_cast<unsigned long long>(r->jobs_placed),
                 static_cast<double>(r->jobs_placed) / std::max(wall, 1e-3));
   }
-  std::printf("  compute available: mean %.4g GW, peak %.4g GW\n", summary["compute_available_gw_mean"].get<double>(),
-              summary["compute_available_gw_peak"].get<double>());
-  std::printf("  compute used:      mean %.4g GW, peak %.4g GW\n", summary["compute_used_gw_mean"].get<double>(),
-              summary["compute_used_gw_peak"].get<double>());
-  std::printf("  tokens delivered:  %.4g interactive (of %.4g asked), %.4g batch\n",
-              summary["tokens_interactive"].get<double>(), summary["interactive_tokens_asked"].get<double>(),
-              summary["tokens_batch"].get<double>());
-  std::printf("  preemptions:       %.4g (%.4g tokens redone)\n", summary["preemptions"].get<double>(),
-              summary["work_redone_tokens"].get<double>());
-  std::printf("  energy:            %.4g kWh, cost %.4g\n", summary["energy_kwh"].get<double>(),
-              summary["energy_cost"].get<double>());
-  std::printf("  owners' month:     p10 %.2f, median %.2f, p90 %.2f, mean %.2f\n", r->earnings_month_p10,
-              r->earnings_month_p50, r->earnings_month_p90, r->earnings_month_mean);
+  std::printf("  nameplate:         %.4g GW (%.3g kW a vehicle)\n", s.nameplate_gw, s.nameplate_kw_per_vehicle);
+  std::printf("  compute available: mean %.4g GW, peak %.4g GW (capacity factor %s)\n", s.compute_available_gw_mean,
+              s.compute_available_gw_peak, sim::format_percent(s.capacity_factor).c_str());
+  std::printf("  compute used:      mean %.4g GW, peak %.4g GW\n", s.compute_used_gw_mean, s.compute_used_gw_peak);
+  std::printf("  tokens delivered:  %.4g interactive (of %.4g asked), %.4g batch\n", s.tokens_interactive,
+              s.interactive_tokens_asked, s.tokens_batch);
+  std::printf("  preemptions:       %.4g (%.4g tokens redone)\n", s.preemptions, s.work_redone_tokens);
+  std::printf("  energy:            %.4g kWh (%.4g from batteries), cost %.4g\n", s.energy_kwh, s.battery_kwh,
+              s.energy_cost);
+  std::printf("  wear:              %.3g battery cycles, %.3g weighted chip-hours per vehicle-month\n",
+              s.battery_cycles_per_vehicle_month, s.chip_hours_per_vehicle_month);
+  std::printf("  owners' month:     p10 %.2f, median %.2f, p90 %.2f, mean %.2f\n", s.earnings_month_p10,
+              s.earnings_month_p50, s.earnings_month_p90, s.earnings_month_mean);
+  if (f.no_sensitivity) {
+    std::printf("  sensitivity:       skipped (--no-sensitivity)\n");
+  } else {
+    std::printf("  sensitivity:       %zu rows (%.1f s)\n", sensitivity.size(), sensitivity_wall);
+  }
   std::printf("  wrote %s and %s\n", (fs::path(f.out) / "timeseries.csv").c_str(),
               (fs::path(f.out) / "summary.json").c_str());
+  std::printf("  report: %s\n", (fs::path(f.out) / "report.html").c_str());
 }
 
 }  // namespace
@@ -224,13 +277,15 @@ void add_sim_scenario(CLI::App* sim) {
   sim->add_option("--bin-minutes", f->bin_minutes, "Minutes per row of the time series (dividing a day)")
       ->capture_default_str()
       ->check(CLI::Range(sim::kFleetBinMinutesMin, sim::kFleetBinMinutesMax));
-  sim->add_option("--out", f->out, "Directory for timeseries.csv and summary.json (created if missing)");
+  sim->add_option("--out", f->out, "Directory for timeseries.csv, summary.json and report.html (created if missing)");
   sim->add_option("--fidelity", f->fidelity,
                   "fleet-scale (flows per shard, up to a billion vehicles) or detailed (each job placed by the "
                   "scheduler, up to a million)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fleet-scale", "detailed"}));
   sim->add_flag("--quiet", f->quiet, "No progress bar");
+  sim->add_flag("--no-sensitivity", f->no_sensitivity,
+                "Skip the sensitivity runs (9 smaller runs; the report then says how to get them)");
   sim->callback([sim, f] {
     if (!sim->get_subcommands().empty()) return;  // `sim month` ran
     if (f->scenario.empty()) throw CLI::RequiredError("--scenario (or a subcommand: month)");

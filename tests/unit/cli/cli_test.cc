@@ -378,10 +378,64 @@ TEST_F(Cli, SimScenarioWritesTheSameSeriesForAnyThreadCount) {
   EXPECT_GT(sa["tokens_interactive"].get<double>(), 0.0);
   EXPECT_EQ(sa["tokens_batch"], sb["tokens_batch"]);
   EXPECT_EQ(sa["energy_kwh"], sb["energy_kwh"]);
+  // The new totals, and the queue wait null at fleet scale (not modelled).
+  EXPECT_EQ(sa["fidelity"], "fleet-scale");
+  EXPECT_GT(sa["nameplate_gw"].get<double>(), 0.0);
+  EXPECT_GT(sa["capacity_factor"].get<double>(), 0.0);
+  EXPECT_LT(sa["capacity_factor"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(sa["capacity_factor"].get<double>(),
+                   sa["compute_available_gw_mean"].get<double>() / sa["nameplate_gw"].get<double>());
+  EXPECT_GT(sa["battery_cycles_per_vehicle_month"].get<double>(), 0.0);
+  EXPECT_GT(sa["chip_hours_per_vehicle_month"].get<double>(), 0.0);
+  EXPECT_TRUE(sa["interactive_wait_ms_mean"].is_null());
+  // The sensitivity ran (12 rows of 3000 vehicles for 2 days), the same for any thread count.
+  ASSERT_TRUE(sa["sensitivity"].is_array());
+  EXPECT_EQ(sa["sensitivity"].size(), 12u);
+  EXPECT_EQ(sa["sensitivity"][0]["vehicles"], 3000);
+  EXPECT_EQ(sa["sensitivity"][0]["days"], 2);
+  EXPECT_EQ(sa["sensitivity"], sb["sensitivity"]);
+  // The report: written, printed, the same bytes for 1 and 2 threads.
+  EXPECT_NE(a.output.find("report: " + (one / "report.html").string()), std::string::npos) << a.output;
+  const std::string page = read(one / "report.html");
+  EXPECT_EQ(page.rfind("<!doctype html>", 0), 0u);
+  EXPECT_EQ(page, read(two / "report.html"));
+  EXPECT_NE(page.find("<h1>Fleet simulation: us-suburban</h1>"), std::string::npos);
+  EXPECT_NE(page.find("<section id=\"answer\">"), std::string::npos);
+  EXPECT_EQ(page.find("were skipped"), std::string::npos);
+  EXPECT_EQ(page.find("http"), std::string::npos);
   // Another seed is another fleet.
   const Ran c = run("sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 8 --quiet --out " + (dir_ / "c").string());
   ASSERT_EQ(c.exit_code, 0) << c.output;
   EXPECT_NE(csv, read(dir_ / "c" / "timeseries.csv"));
+}
+
+TEST_F(Cli, SimScenarioNoSensitivitySkipsTheExtraRunsAndSaysSo) {
+  const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const fs::path out = dir_ / "skip";
+  const Ran r = run("sim --scenario " + scenario + " --vehicles 2000 --days 1 --no-sensitivity --out " + out.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("sensitivity:       skipped (--no-sensitivity)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("idlefleet sim: sensitivity"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("report: " + (out / "report.html").string()), std::string::npos) << r.output;
+  const std::string page = read(out / "report.html");
+  EXPECT_NE(page.find("The sensitivity runs were skipped (<code>--no-sensitivity</code>)"), std::string::npos);
+  const auto summary = nlohmann::json::parse(read(out / "summary.json"), nullptr, false);
+  ASSERT_TRUE(summary.is_object());
+  EXPECT_TRUE(summary["sensitivity"].is_null());
+  // Without --quiet the sensitivity runs show their own progress on stderr.
+  const Ran p = run("sim --scenario " + scenario + " --vehicles 2000 --days 1 --out " + (dir_ / "p").string());
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("idlefleet sim: sensitivity, 9 runs of 2000 vehicles for 1 day ("), std::string::npos)
+      << p.output;
+  EXPECT_NE(p.output.find("100%"), std::string::npos) << p.output;
+  // The flag takes no value.
+  const Ran e = run("sim --scenario " + scenario + " --no-sensitivity=maybe --out " + (dir_ / "e").string());
+  EXPECT_EQ(e.exit_code, 2) << e.output;
+  EXPECT_FALSE(fs::exists(dir_ / "e" / "report.html"));
 }
 
 TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {

@@ -94,7 +94,7 @@ TEST(Detailed, TheOutputIsBitwiseIdenticalForAnyThreadCount) {
   std::string first;
   double first_mean = 0.0;
   for (int threads = 1; threads <= 3; ++threads) {
-    auto r = run_fleet_scale(s, options(1'500, 1, threads, Fidelity::kDetailed));
+    auto r = run_fleet_scale(s, options(800, 1, threads, Fidelity::kDetailed));
     ASSERT_TRUE(r.has_value()) << r.error().to_string();
     EXPECT_EQ(r->fidelity, "detailed");
     EXPECT_GT(r->jobs_placed, 1000u);
@@ -107,7 +107,7 @@ TEST(Detailed, TheOutputIsBitwiseIdenticalForAnyThreadCount) {
     EXPECT_EQ(csv(*r), first) << threads << " threads";
     EXPECT_EQ(r->earnings_month_mean, first_mean);
   }
-  FleetScaleOptions other = options(1'500, 1, 2, Fidelity::kDetailed);
+  FleetScaleOptions other = options(800, 1, 2, Fidelity::kDetailed);
   other.seed = 7;
   auto r = run_fleet_scale(s, other);
   ASSERT_TRUE(r.has_value());
@@ -196,8 +196,8 @@ TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
   s.policies[0].policy.soc_floor_pct = 5.0;
   s.policies[0].policy.target_soc_pct = 10.0;
   s.fleet.battery_kwh = 100.0;
-  s.demand.interactive_peak_tokens_per_second = 2e5;
-  auto r = run_fleet_scale(s, options(2'000, 1, 1, Fidelity::kDetailed));
+  s.demand.interactive_peak_tokens_per_second = 1e5;
+  auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(r.has_value());
   const Totals t = totals(*r);
   EXPECT_GT(t.preemptions, 50.0);
@@ -210,9 +210,9 @@ TEST(Detailed, QueueWaitsGrowWhenDemandExceedsCapacity) {
   Scenario light = scenario();
   light.demand.interactive_peak_tokens_per_second = 1e3;
   Scenario heavy = scenario();
-  heavy.demand.interactive_peak_tokens_per_second = 2e5;
-  auto a = run_fleet_scale(light, options(2'000, 1, 1, Fidelity::kDetailed));
-  auto b = run_fleet_scale(heavy, options(2'000, 1, 1, Fidelity::kDetailed));
+  heavy.demand.interactive_peak_tokens_per_second = 1e5;
+  auto a = run_fleet_scale(light, options(1'000, 1, 1, Fidelity::kDetailed));
+  auto b = run_fleet_scale(heavy, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(a.has_value() && b.has_value());
   const Totals ta = totals(*a), tb = totals(*b);
   ASSERT_GT(ta.started, 100u);

@@ -5,6 +5,7 @@
 #include <deque>
 #include <limits>
 #include <queue>
+#include <set>
 #include <string>
 
 #include "common/check.h"
@@ -89,7 +90,10 @@ struct ShardJobs::Impl {
   // Per model.
   std::vector<uint64_t> model_bytes;
   std::vector<uint64_t> memory_bytes;          // per computer
-  std::vector<double> download_ms;
+  std::vector<double> download_bits;
+  double vehicle_bps = 0.0;                    // one car's own link
+  double shard_bps = 0.0;                      // the shard's part of the CDN's egress
+  std::multiset<double> downloads_until;       // the shard's downloads in progress, by end
   std::vector<std::vector<uint32_t>> capable;  // computers that serve it
   std::vector<double> tps;                     // [computer * models + model], 0 when not served
   std::vector<core::DurationMs> expected_ms;   // a whole job on the slowest capable computer
@@ -122,6 +126,8 @@ struct ShardJobs::Impl {
   Impl(const Scenario& scenario, uint64_t seed, uint64_t first, size_t n, double share)
       : s(scenario), first_index(first), shard_share(share) {
     key = counter_random(seed ^ kJobsSalt, first);
+    vehicle_bps = s.network.per_vehicle_mbps * 1e6;
+    shard_bps = s.network.total_gbps * 1e9 * share;
     const size_t models = s.models.size();
     const size_t computers = s.computers.size();
     CHECK(models <= 16);
@@ -133,7 +139,7 @@ struct ShardJobs::Impl {
     for (size_t m = 0; m < models; ++m) {
       const ScenarioModel& model = s.models[m];
       model_bytes.push_back(static_cast<uint64_t>(model.memory_gib * 1024.0 * 1024.0 * 1024.0));
-      download_ms.push_back(model.download_gib * kGibBits / (s.network.per_vehicle_mbps * 1e6) * 1000.0);
+      download_bits.push_back(model.download_gib * kGibBits);
       double slowest = std::numeric_limits<double>::infinity();
       double slowest_speedup = 1.0;
       for (size_t c = 0; c < computers; ++c) {
@@ -191,6 +197,18 @@ struct ShardJobs::Impl {
 
   double draw() { return to_unit_double(counter_random(key, draws++)); }
 
+  // A download starting now: at the car's own speed, or an equal share of
+  // the shard's part of the CDN with the downloads in progress, whichever is
+  // slower, fixed for its whole length. Returns its duration.
+  double download_ms(uint32_t model, double now) {
+    downloads_until.erase(downloads_until.begin(), downloads_until.upper_bound(now));
+    const double bps =
+        std::min(vehicle_bps, shard_bps / static_cast<double>(downloads_until.size() + 1));
+    const double ms = 1000.0 * download_bits[model] / bps;
+    downloads_until.insert(now + ms);
+    return ms;
+  }
+
   void idle_add(uint32_t car) {
     if (idle_pos[car] != kNoCar) return;
     std::vector<uint32_t>& list = idle[cars[car].computer];
@@ -243,7 +261,11 @@ struct ShardJobs::Impl {
   void cut(uint32_t car, double now) {
     Running& r = running[car];
     credit(car, now);
-    if (now >= r.compute_from_ms) cached[car] |= static_cast<uint16_t>(1u << r.job.model);
+    if (now >= r.compute_from_ms) {
+      cached[car] |= static_cast<uint16_t>(1u << r.job.model);
+    } else if (auto it = downloads_until.find(r.compute_from_ms); it != downloads_until.end()) {
+      downloads_until.erase(it);  // the download stops with the attempt
+    }
     Job job = r.job;
     job.produced += static_cast<uint32_t>(std::floor(r.credited_tokens));
     stats->preemptions += 1.0;
@@ -282,7 +304,7 @@ struct ShardJobs::Impl {
     }
     r.active = true;
     r.job = job;
-    r.compute_from_ms = now + ((cached[car] >> job.model) & 1 ? 0.0 : download_ms[job.model]);
+    r.compute_from_ms = now + ((cached[car] >> job.model) & 1 ? 0.0 : download_ms(job.model, now));
     r.ms_per_token = 1000.0 / v;
     r.decode_from_ms =
         r.compute_from_ms +

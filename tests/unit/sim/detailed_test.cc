@@ -222,6 +222,27 @@ TEST(Detailed, QueueWaitsGrowWhenDemandExceedsCapacity) {
   EXPECT_LT(ta.unmet, 0.01 * ta.interactive);  // at most a moment with no eligible car
 }
 
+TEST(Detailed, ModelDownloadsShareTheFleetsLink) {
+  // No car holds the model at the start: each fetches it (4.5 GiB) before its
+  // first job, at its own 100 Mbit/s or its share of the CDN's egress.
+  auto tokens = [](double total_gbps, double cached) {
+    Scenario s = scenario();
+    s.network.cached_share_at_start = cached;
+    s.network.per_vehicle_mbps = 100.0;
+    s.network.total_gbps = total_gbps;
+    s.demand.interactive_peak_tokens_per_second = 1e5;
+    auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
+    EXPECT_TRUE(r.has_value());
+    const Totals t = totals(*r);
+    return t.interactive + t.batch;
+  };
+  const double wide = tokens(1000.0, 0.0);
+  const double narrow = tokens(0.01, 0.0);  // 10 Mbit/s for the whole fleet
+  const double cached = tokens(0.01, 1.0);  // nothing to fetch
+  EXPECT_LT(narrow, 0.2 * wide);
+  EXPECT_GT(cached, wide);  // no car waits for a download at all
+}
+
 TEST(Detailed, TheFleetSizeIsBounded) {
   FleetScaleOptions o = options(kDetailedVehiclesMax + 1, 1, 1, Fidelity::kDetailed);
   auto r = run_fleet_scale(scenario(), o);

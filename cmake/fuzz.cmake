@@ -36,3 +36,6 @@ idlefleet_fuzz(batch_upload coordinator/multipart.cc coordinator/batch.cc ${FUZZ
 pkg_check_modules(TOMLPP REQUIRED IMPORTED_TARGET tomlplusplus)
 idlefleet_fuzz(scenario sim/scenario.cc common/text_file.cc core/policy.cc core/signals.cc core/time.cc)
 target_link_libraries(fuzz_scenario PRIVATE PkgConfig::TOMLPP)
+# The coordinator's config file (TOML through toml++).
+idlefleet_fuzz(config coordinator/config.cc common/text_file.cc core/verification.cc)
+target_link_libraries(fuzz_config PRIVATE PkgConfig::TOMLPP)

@@ -13,33 +13,19 @@
 
 #include "sim/fleet_scale.h"
 #include "sim/jobs.h"
+#include "unit/sim/small_scenario.h"
 
 namespace idlefleet::sim {
 namespace {
 
+// The small scenario for a day, with long jobs and every model held by
+// every car (no downloads), and demand about half the capacity at its peak.
 Scenario scenario() {
-  Scenario s;
+  Scenario s = small_scenario();
   s.name = "detailed";
   s.days = 1;
-  ScenarioModel m;
-  m.name = "llama-8b";
-  m.prompt_tokens = 400;
-  m.completion_tokens = 2000;
-  s.models.push_back(m);
-  ScenarioComputer c;
-  c.name = "current";
-  c.power_kw = 1.0;
-  c.tokens_per_second = {{"llama-8b", 30.0}};
-  s.computers.push_back(c);
-  s.chargers.push_back(ScenarioCharger{});
-  ScenarioTariff t;
-  t.name = "flat";
-  t.tariff = core::Tariff::flat(160'000);
-  s.tariffs.push_back(t);
-  ScenarioPolicy p;
-  p.name = "default";
-  p.policy.opted_in = true;
-  s.policies.push_back(p);
+  s.models[0].prompt_tokens = 400;
+  s.models[0].completion_tokens = 2000;
   s.network.cached_share_at_start = 1.0;
   s.demand.interactive_peak_tokens_per_second = 1e4;
   return s;

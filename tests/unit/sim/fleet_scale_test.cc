@@ -19,33 +19,15 @@
 
 #include "common/random.h"
 #include "core/energy.h"
+#include "unit/sim/small_scenario.h"
 
 namespace idlefleet::sim {
 namespace {
 
-// A small valid scenario: one computer class, one charger, a flat tariff, owners opted in.
+// The small scenario (one computer class, one charger, a flat tariff, owners
+// opted in), with demand well above what the fleet can serve, so capacity binds.
 Scenario scenario() {
-  Scenario s;
-  s.name = "test";
-  s.days = 2;
-  ScenarioModel m;
-  m.name = "llama-8b";
-  s.models.push_back(m);
-  ScenarioComputer c;
-  c.name = "current";
-  c.power_kw = 1.0;
-  c.tokens_per_second = {{"llama-8b", 30.0}};
-  s.computers.push_back(c);
-  s.chargers.push_back(ScenarioCharger{});
-  ScenarioTariff t;
-  t.name = "flat";
-  t.tariff = core::Tariff::flat(160'000);
-  s.tariffs.push_back(t);
-  ScenarioPolicy p;
-  p.name = "default";
-  p.policy.opted_in = true;
-  s.policies.push_back(p);
-  // Demand well above what the fleet can serve, so capacity binds.
+  Scenario s = small_scenario();
   s.demand.interactive_peak_tokens_per_second = 1e9;
   return s;
 }

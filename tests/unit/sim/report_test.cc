@@ -7,6 +7,7 @@
 // a small fleet; the same seed gives the same bytes for 1 and 2 threads; bad
 // options and scenario copies are refused by name.
 #include "sim/report.h"
+#include "unit/sim/small_scenario.h"
 
 #include <gtest/gtest.h>
 
@@ -24,39 +25,24 @@ namespace {
 // A small valid scenario with a hostile description: two computer classes,
 // one charger, a flat tariff, two policies (one opted out).
 Scenario scenario() {
-  Scenario s;
+  Scenario s = small_scenario();
   s.name = "t.1_x-y";
   s.description = "Fleet <script>alert(\"x\")</script> & 'quotes' \"too\"";
-  s.days = 2;
   s.fleet.utc_offset_minutes = -300;
   s.start_ms += 300 * core::kMinuteMs;  // local midnight, as parse_scenario sets it
-  ScenarioModel m;
-  m.name = "llama-8b";
-  s.models.push_back(m);
-  ScenarioComputer c;
-  c.name = "current";
-  c.share = 0.5;
-  c.power_kw = 1.0;
-  c.tokens_per_second = {{"llama-8b", 30.0}};
-  s.computers.push_back(c);
-  c.name = "small";
-  c.power_kw = 0.2;
-  c.tokens_per_second = {{"llama-8b", 10.0}};
-  s.computers.push_back(c);
-  s.chargers.push_back(ScenarioCharger{});
-  ScenarioTariff t;
-  t.name = "flat";
-  t.tariff = core::Tariff::flat(160'000);
-  s.tariffs.push_back(t);
-  ScenarioPolicy p;
-  p.name = "in";
-  p.share = 0.8;
-  p.policy.opted_in = true;
-  s.policies.push_back(p);
-  p.name = "out";
-  p.share = 0.2;
-  p.policy.opted_in = false;
-  s.policies.push_back(p);
+  s.computers[0].share = 0.5;
+  ScenarioComputer small = s.computers[0];
+  small.name = "small";
+  small.power_kw = 0.2;
+  small.tokens_per_second = {{"llama-8b", 10.0}};
+  s.computers.push_back(small);
+  s.policies[0].name = "in";
+  s.policies[0].share = 0.8;
+  ScenarioPolicy out = s.policies[0];
+  out.name = "out";
+  out.share = 0.2;
+  out.policy.opted_in = false;
+  s.policies.push_back(out);
   // Demand above what the fleet serves at its peak, so batteries drain.
   s.demand.interactive_peak_tokens_per_second = 2e5;
   s.demand.batch_tokens_per_day = 2e9;

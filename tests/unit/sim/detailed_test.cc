@@ -13,6 +13,7 @@
 
 #include "sim/fleet_scale.h"
 #include "sim/jobs.h"
+#include "sim/summary.h"
 #include "unit/sim/small_scenario.h"
 
 namespace idlefleet::sim {
@@ -41,33 +42,6 @@ FleetScaleOptions options(uint64_t vehicles, int days, int threads, Fidelity fid
   return o;
 }
 
-struct Totals {
-  double interactive = 0.0;
-  double batch = 0.0;
-  double unmet = 0.0;
-  double preemptions = 0.0;
-  double redone = 0.0;
-  double used_gw = 0.0;
-  uint64_t started = 0;
-  double wait_p95_max = 0.0;
-};
-
-Totals totals(const FleetScaleResult& r) {
-  Totals t;
-  const double bin_s = 60.0 * r.bin_minutes;
-  for (const FleetBin& b : r.bins) {
-    t.interactive += b.interactive_tps * bin_s;
-    t.batch += b.batch_tps * bin_s;
-    t.unmet += b.interactive_unmet_tps * bin_s;
-    t.preemptions += b.preemptions;
-    t.redone += b.work_redone_tokens;
-    t.used_gw += b.compute_used_gw;
-    t.started += b.interactive_jobs_started;
-    t.wait_p95_max = std::max(t.wait_p95_max, b.interactive_wait_ms_p95);
-  }
-  return t;
-}
-
 std::string csv(const FleetScaleResult& r) {
   std::ostringstream out;
   EXPECT_TRUE(write_timeseries_csv(r, out).has_value());
@@ -87,7 +61,7 @@ TEST(Detailed, TheOutputIsBitwiseIdenticalForAnyThreadCount) {
     if (threads == 1) {
       first = csv(*r);
       first_mean = r->earnings_month_mean;
-      EXPECT_GT(totals(*r).interactive, 0.0);
+      EXPECT_GT(summarize(s, *r).tokens_interactive, 0.0);
       continue;
     }
     EXPECT_EQ(csv(*r), first) << threads << " threads";
@@ -110,11 +84,11 @@ TEST(Detailed, AgreesWithTheFleetScaleFlowsOnDeliveredTokens) {
     auto flows = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kFleetScale));
     auto jobs = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kDetailed));
     ASSERT_TRUE(flows.has_value() && jobs.has_value());
-    const Totals f = totals(*flows), d = totals(*jobs);
-    const double fd = f.interactive + f.batch, dd = d.interactive + d.batch;
+    const SimSummary f = summarize(s, *flows), d = summarize(s, *jobs);
+    const double fd = f.tokens_interactive + f.tokens_batch, dd = d.tokens_interactive + d.tokens_batch;
     ASSERT_GT(fd, 1e7);
     EXPECT_NEAR(dd / fd, 1.0, 0.05) << "peak " << peak << ": fleet-scale " << fd << ", detailed " << dd;
-    EXPECT_NEAR(d.used_gw / f.used_gw, 1.0, 0.05) << "peak " << peak;
+    EXPECT_NEAR(d.compute_used_gw_mean / f.compute_used_gw_mean, 1.0, 0.05) << "peak " << peak;
   }
 }
 
@@ -147,8 +121,8 @@ TEST(Detailed, AgreesWithTheFleetScaleFlowsWhenOnlyAFewVehiclesCanServeAModel) {
     auto flows = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kFleetScale));
     auto jobs = run_fleet_scale(s, options(4'000, 1, 2, Fidelity::kDetailed));
     ASSERT_TRUE(flows.has_value() && jobs.has_value());
-    const Totals f = totals(*flows), d = totals(*jobs);
-    const double fd = f.interactive + f.batch, dd = d.interactive + d.batch;
+    const SimSummary f = summarize(s, *flows), d = summarize(s, *jobs);
+    const double fd = f.tokens_interactive + f.tokens_batch, dd = d.tokens_interactive + d.tokens_batch;
     ASSERT_GT(fd, 1e7);
     EXPECT_NEAR(dd / fd, 1.0, 0.05) << "peak " << peak << ": fleet-scale " << fd << ", detailed " << dd;
   }
@@ -165,13 +139,12 @@ TEST(Detailed, AModelNoComputerCanHoldIsNeverServed) {
   s.computers[0].tokens_per_second.push_back({"huge", 5.0});
   auto r = run_fleet_scale(s, options(2'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(r.has_value()) << r.error().to_string();
-  const Totals t = totals(*r);
-  double asked = 0.0;
-  for (const FleetBin& b : r->bins) asked += b.interactive_demand_tps * 60.0 * r->bin_minutes;
+  const SimSummary t = summarize(s, *r);
+  const double asked = t.interactive_tokens_asked;
   // Half the demand cannot run anywhere: it waits, then is dropped.
-  EXPECT_GT(t.unmet, 0.4 * asked);
-  EXPECT_LT(t.interactive, 0.6 * asked);
-  EXPECT_GT(t.interactive, 0.2 * asked);
+  EXPECT_GT(t.interactive_tokens_unmet, 0.4 * asked);
+  EXPECT_LT(t.tokens_interactive, 0.6 * asked);
+  EXPECT_GT(t.tokens_interactive, 0.2 * asked);
 }
 
 TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
@@ -185,11 +158,11 @@ TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
   s.demand.interactive_peak_tokens_per_second = 1e5;
   auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(r.has_value());
-  const Totals t = totals(*r);
+  const SimSummary t = summarize(s, *r);
   EXPECT_GT(t.preemptions, 50.0);
   // Each cut job's prompt and what it had produced are prefilled again.
-  EXPECT_GE(t.redone, t.preemptions * 400.0);
-  EXPECT_LE(t.redone, t.preemptions * 2400.0);
+  EXPECT_GE(t.work_redone_tokens, t.preemptions * 400.0);
+  EXPECT_LE(t.work_redone_tokens, t.preemptions * 2400.0);
 }
 
 TEST(Detailed, QueueWaitsGrowWhenDemandExceedsCapacity) {
@@ -200,12 +173,12 @@ TEST(Detailed, QueueWaitsGrowWhenDemandExceedsCapacity) {
   auto a = run_fleet_scale(light, options(1'000, 1, 1, Fidelity::kDetailed));
   auto b = run_fleet_scale(heavy, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(a.has_value() && b.has_value());
-  const Totals ta = totals(*a), tb = totals(*b);
-  ASSERT_GT(ta.started, 100u);
-  EXPECT_LT(ta.wait_p95_max, 100.0);  // an idle car is always there
-  EXPECT_GT(tb.wait_p95_max, 1000.0);
-  EXPECT_GT(tb.unmet, 0.5 * tb.interactive);
-  EXPECT_LT(ta.unmet, 0.01 * ta.interactive);  // at most a moment with no eligible car
+  const SimSummary ta = summarize(light, *a), tb = summarize(heavy, *b);
+  ASSERT_GT(ta.interactive_jobs_started, 100u);
+  EXPECT_LT(ta.interactive_wait_ms_p95_max, 100.0);  // an idle car is always there
+  EXPECT_GT(tb.interactive_wait_ms_p95_max, 1000.0);
+  EXPECT_GT(tb.interactive_tokens_unmet, 0.5 * tb.tokens_interactive);
+  EXPECT_LT(ta.interactive_tokens_unmet, 0.01 * ta.tokens_interactive);  // at most a moment with no eligible car
 }
 
 TEST(Detailed, ModelDownloadsShareTheFleetsLink) {
@@ -219,8 +192,8 @@ TEST(Detailed, ModelDownloadsShareTheFleetsLink) {
     s.demand.interactive_peak_tokens_per_second = 1e5;
     auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
     EXPECT_TRUE(r.has_value());
-    const Totals t = totals(*r);
-    return t.interactive + t.batch;
+    const SimSummary t = summarize(s, *r);
+    return t.tokens_interactive + t.tokens_batch;
   };
   const double wide = tokens(1000.0, 0.0);
   const double narrow = tokens(0.01, 0.0);  // 10 Mbit/s for the whole fleet

@@ -484,7 +484,11 @@ void CoordinatorMachine::place_queued(TimeMs now, Effects* out) {
     candidates.clear();
     auto vit = idle_.upper_bound(cursor_);
     std::string last;
-    for (size_t n = 0; n < idle_.size() && candidates.size() < kPlacementCandidatesMax; ++n) {
+    // Vehicles that cannot take the job are passed over, but at most
+    // kPlacementScanMax are looked at: a placement stays bounded however many
+    // idle vehicles are too small for the model.
+    for (size_t n = 0; n < std::min(idle_.size(), kPlacementScanMax) && candidates.size() < kPlacementCandidatesMax;
+         ++n) {
       if (vit == idle_.end()) vit = idle_.begin();
       const VehicleView& v = vehicles_.at(*vit);
       // A check runs on a vehicle of the original's engine build that made

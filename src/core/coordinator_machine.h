@@ -77,6 +77,8 @@ namespace idlefleet::core {
 inline constexpr size_t kHelloAskedMax = 100'000;
 
 inline constexpr size_t kPlacementCandidatesMax = 16;
+// Idle vehicles a placement looks at, at most, to find its candidates.
+inline constexpr size_t kPlacementScanMax = 64 * kPlacementCandidatesMax;
 inline constexpr size_t kJobIdBytesMax = kIdBytesMax;
 // An embedding's L2 norm may differ from 1 by this much (float rounding of
 // a normalised vector is far smaller) before the vector is refused.

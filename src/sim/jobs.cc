@@ -375,16 +375,15 @@ struct ShardJobs::Impl {
     return false;
   }
 
+  // Drops the interactive requests still waiting for their first placement
+  // after the timeout (a client gives up). A job cut after it started waits
+  // for its next vehicle however long that takes, as in the coordinator.
   void drop_timed_out(double now) {
     const double timeout = static_cast<double>(s.demand.interactive_timeout_ms);
     for (size_t m = 0; m < s.models.size(); ++m) {
       auto drop = [&](const Job& j) {
         stats->interactive_dropped_tokens += static_cast<double>(s.models[m].completion_tokens - j.produced);
       };
-      while (!interactive_requeued[m].empty() && interactive_requeued[m].top().arrival_ms + timeout <= now) {
-        drop(interactive_requeued[m].top());
-        interactive_requeued[m].pop();
-      }
       while (!interactive[m].empty() && interactive[m].front().arrival_ms + timeout <= now) {
         drop(interactive[m].front());
         interactive[m].pop_front();
@@ -525,7 +524,14 @@ JobBinStats ShardJobs::serve_bin(TimeMs t, TimeMs t_end, double interactive_tps,
     const JobCar& c = cars[i];
     im.available[i] = c.available && c.stop > t;
     if (!im.available[i]) {
-      if (im.running[i].active) im.cut(i, t0);
+      if (im.running[i].active) {
+        // A job that ended exactly at the last bin's end is done, not cut.
+        if (im.running[i].finish_ms <= t0) {
+          im.finish(i, t0);
+        } else {
+          im.cut(i, t0);
+        }
+      }
       continue;
     }
     if (!im.running[i].active) im.idle_add(i);

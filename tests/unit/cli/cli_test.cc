@@ -464,7 +464,7 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
 TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
   const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
   const fs::path out = dir_ / "detailed";
-  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --out " +
+  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --no-sensitivity --out " +
                     out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(detailed, "), std::string::npos) << r.output;

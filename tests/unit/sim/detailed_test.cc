@@ -165,6 +165,23 @@ TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
   EXPECT_LE(t.work_redone_tokens, t.preemptions * 2400.0);
 }
 
+TEST(Detailed, AJobCutAfterTheTimeoutStillFinishesElsewhere) {
+  // Jobs of 2,000 tokens at 30 tokens/s run about 67 s, past the 30 s the
+  // client waits for a first placement; cuts must not turn them into drops.
+  Scenario s = scenario();
+  s.fleet.home_charging_share = 0.0;
+  s.policies[0].policy.soc_floor_pct = 5.0;
+  s.policies[0].policy.target_soc_pct = 10.0;
+  s.fleet.battery_kwh = 100.0;
+  s.demand.interactive_peak_tokens_per_second = 3e3;  // far below the capacity
+  auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
+  ASSERT_TRUE(r.has_value());
+  const SimSummary t = summarize(s, *r);
+  EXPECT_GT(t.preemptions, 10.0);
+  // Nothing is dropped (dropping cut jobs lost 45,351 tokens here).
+  EXPECT_EQ(t.interactive_tokens_unmet, 0.0);
+}
+
 TEST(Detailed, QueueWaitsGrowWhenDemandExceedsCapacity) {
   Scenario light = scenario();
   light.demand.interactive_peak_tokens_per_second = 1e3;

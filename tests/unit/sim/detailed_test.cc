@@ -147,14 +147,19 @@ TEST(Detailed, AModelNoComputerCanHoldIsNeverServed) {
   EXPECT_GT(t.tokens_interactive, 0.2 * asked);
 }
 
-TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
-  // On battery at work with a low floor and target: serving there is cut
-  // when the driver leaves, which the owner never declared.
+// Cars on battery at work with a low floor and target: serving there is cut
+// when the driver leaves, which the owner never declared.
+Scenario serving_at_work() {
   Scenario s = scenario();
   s.fleet.home_charging_share = 0.0;
   s.policies[0].policy.soc_floor_pct = 5.0;
   s.policies[0].policy.target_soc_pct = 10.0;
   s.fleet.battery_kwh = 100.0;
+  return s;
+}
+
+TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
+  Scenario s = serving_at_work();
   s.demand.interactive_peak_tokens_per_second = 1e5;
   auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(r.has_value());
@@ -168,11 +173,7 @@ TEST(Detailed, ADriverLeavingCutsTheJobWhichContinuesElsewhere) {
 TEST(Detailed, AJobCutAfterTheTimeoutStillFinishesElsewhere) {
   // Jobs of 2,000 tokens at 30 tokens/s run about 67 s, past the 30 s the
   // client waits for a first placement; cuts must not turn them into drops.
-  Scenario s = scenario();
-  s.fleet.home_charging_share = 0.0;
-  s.policies[0].policy.soc_floor_pct = 5.0;
-  s.policies[0].policy.target_soc_pct = 10.0;
-  s.fleet.battery_kwh = 100.0;
+  Scenario s = serving_at_work();
   s.demand.interactive_peak_tokens_per_second = 3e3;  // far below the capacity
   auto r = run_fleet_scale(s, options(1'000, 1, 1, Fidelity::kDetailed));
   ASSERT_TRUE(r.has_value());

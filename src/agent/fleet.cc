@@ -105,8 +105,31 @@ Status FleetOptions::validate() const {
   if (heartbeat_ms < 100 || heartbeat_ms > 60000) return bad("heartbeat must be 100 to 60000 ms");
   if (cache_bytes_max == 0) return bad("the model cache needs some room");
   if (auto st = policy.validate(); !st) return bad("owner policy: " + st.error().message);
+  if (!sim_cars.empty()) {
+    if (source != SignalSourceKind::kSimulated) return bad("simulated cars need the simulated signal source");
+    if (sim_cars.size() != static_cast<size_t>(vehicles)) {
+      return bad("simulated cars: " + std::to_string(sim_cars.size()) + " given for " + std::to_string(vehicles) +
+                 " vehicles");
+    }
+    for (size_t i = 0; i < sim_cars.size(); ++i) {
+      const FleetSimCar& c = sim_cars[i];
+      const std::string which = "simulated car " + std::to_string(i + 1) + ": ";
+      if (auto st = c.car.validate(); !st) return bad(which + st.error().message);
+      if (c.car.utc_offset_minutes != utc_offset_minutes) return bad(which + "its time zone differs from the fleet's");
+      if (auto st = c.policy.validate(); !st) return bad(which + "owner policy: " + st.error().message);
+      if (!(c.paced_tokens_per_second >= 0.0 && c.paced_tokens_per_second <= kPacedTokensPerSecondMax)) {
+        return bad(which + "paced tokens per second must be 0 to " + std::to_string(kPacedTokensPerSecondMax));
+      }
+      if (!(c.prefill_speedup >= 1.0 && c.prefill_speedup <= kPrefillSpeedupMax)) {
+        return bad(which + "prefill speedup must be 1 to " + std::to_string(kPrefillSpeedupMax));
+      }
+    }
+  }
   return {};
 }
+
+// Pacing (FleetSimCar) sleeps at most this long between checks of the stop flag.
+constexpr int64_t kPacedSleepNsMax = 2'000'000;
 
 struct Fleet::Vehicle {
   std::string id;
@@ -126,6 +149,8 @@ struct Fleet::Vehicle {
   std::unique_ptr<engine::ThreadPool> engine_pool;
   std::unique_ptr<engine::Context> engine_ctx;
   Ed25519Keypair key;          // signs the vehicle's receipts (common/identity.h)
+  double paced_tokens_per_second = 0.0;  // FleetSimCar
+  double prefill_speedup = 1.0;
   std::string policy_path;     // the owner's policy from the coordinator (agent/policy_file.h)
   std::string policy_saved;    // what that file holds (encode_policy), "" if none: loop thread
   VehicleStatus status;        // guarded by Fleet::mu_
@@ -223,7 +248,7 @@ Status Fleet::init() {
     v->policy_path = policy_file_path(key_dir, v->id);
     auto stored = load_policy_file(v->policy_path);
     if (!stored) return Unexpected(stored.error().code, "vehicle " + v->id + ": " + stored.error().message);
-    c.policy = stored->value_or(options_.policy);
+    c.policy = stored->value_or(options_.sim_cars.empty() ? options_.policy : options_.sim_cars[i].policy);
     if (*stored) v->policy_saved = core::encode_policy(**stored);
     c.utc_offset_minutes = options_.utc_offset_minutes;
     c.models_cached = cached;
@@ -239,15 +264,21 @@ Status Fleet::init() {
     c.prior = &prior_;
     if (options_.source == SignalSourceKind::kSimulated) {
       SimVehicleParams p;
-      p.seed = options_.seed * 1000003u + static_cast<uint64_t>(i);
-      p.utc_offset_minutes = options_.utc_offset_minutes;
-      p.plug_in_probability = options_.plug_in_probability;
+      if (options_.sim_cars.empty()) {
+        p.seed = options_.seed * 1000003u + static_cast<uint64_t>(i);
+        p.utc_offset_minutes = options_.utc_offset_minutes;
+        p.plug_in_probability = options_.plug_in_probability;
+      } else {
+        p = options_.sim_cars[i].car;
+        v->paced_tokens_per_second = options_.sim_cars[i].paced_tokens_per_second;
+        v->prefill_speedup = options_.sim_cars[i].prefill_speedup;
+      }
       IF_RETURN_IF_ERROR(p.validate());
       v->sim = std::make_unique<SimVehicle>(p, sim_start_);
       c.battery_capacity_kwh = p.battery.capacity_kwh;
       c.charge_power_kw = p.charger_power_kw * p.battery.charge_efficiency;
       c.inference_power_kw = p.accelerator.max_w / 1000.0;
-      if (c.policy.departures_minute_of_week.empty()) {
+      if (c.policy.departures_minute_of_week.empty() && options_.sim_cars.empty()) {
         c.policy.departures_minute_of_week = v->sim->declared_departures_minute_of_week();
       }
     } else if (options_.source == SignalSourceKind::kReplay) {
@@ -567,7 +598,25 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     held.first_index = next_index;
     last_sent_ns = steady_ns();
   };
+  // FleetSimCar pacing: the attempt's k-th new token is not made before
+  // (prefill + k / tokens per second) simulated seconds after it began; the
+  // wait is cut into short sleeps so that a stop still takes about a token.
+  const bool paced = v.paced_tokens_per_second > 0.0;
+  const double token_ns = paced ? 1e9 / (v.paced_tokens_per_second * options_.time_scale) : 0.0;
+  const double prefill_ns =
+      static_cast<double>(a.prompt_ids.size() + a.produced_ids.size()) * token_ns / v.prefill_speedup;
+  const int64_t paced_origin_ns = steady_ns();
+  uint64_t paced_made = 0;
   for (;;) {
+    if (paced && gen.state().produced_ids.size() < a.max_tokens) {
+      const int64_t due_ns =
+          paced_origin_ns + static_cast<int64_t>(prefill_ns + static_cast<double>(paced_made + 1) * token_ns);
+      for (int64_t now_ns = steady_ns(); now_ns < due_ns && !stop->load(std::memory_order_acquire);
+           now_ns = steady_ns()) {
+        std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(due_ns - now_ns, kPacedSleepNsMax)));
+      }
+      ++paced_made;
+    }
     if (stop->load(std::memory_order_acquire)) {
       send_held();
       const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;

@@ -53,6 +53,27 @@ inline constexpr int64_t kChunkUsMax = 100'000;  // FleetOptions::chunk_us
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };
 
+// Bounds of FleetSimCar::paced_tokens_per_second and prefill_speedup.
+inline constexpr double kPacedTokensPerSecondMax = 1e6;
+inline constexpr double kPrefillSpeedupMax = 1e4;
+
+// A simulated car given whole, instead of the defaults FleetOptions draws:
+// the car, its owner's policy, and how fast its computer works. The live
+// fleet drives the simulator's own cars this way (`idlefleet sim live`).
+struct FleetSimCar {
+  SimVehicleParams car;
+  // The owner's policy until the owner sets one through the coordinator, as
+  // it is (an empty departure list stays empty: nothing declared).
+  core::OwnerPolicy policy;
+  // Simulated decode tokens per second; the engine waits so that it makes
+  // none faster (in simulated time). 0: as fast as the engine runs.
+  double paced_tokens_per_second = 0.0;
+  // With pacing, the prompt (and any tokens being resumed) takes
+  // tokens / (paced_tokens_per_second x prefill_speedup) simulated seconds
+  // before the first new token. [1, kPrefillSpeedupMax].
+  double prefill_speedup = 1.0;
+};
+
 struct FleetOptions {
   std::string nats_url = "nats://127.0.0.1:4222";
   std::string coordinator_url = "http://127.0.0.1:8080";  // the model catalog
@@ -85,6 +106,9 @@ struct FleetOptions {
   // A token waits at most about twice this; on a model that makes a token
   // every few milliseconds nothing waits at all.
   int64_t chunk_us = 5000;
+  // Simulated cars given whole: empty, or exactly `vehicles` entries (the
+  // seed, plug-in probability and policy above then do not apply to them).
+  std::vector<FleetSimCar> sim_cars;
   bool sim_control = true;                // accept idlefleet.v1.sim.<id> commands (simulated cars only)
   std::string instance;                   // "" = random per start
   // TEST ONLY: every vehicle reports the first token of each generation

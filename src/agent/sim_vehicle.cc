@@ -161,7 +161,8 @@ SimVehicle::SimVehicle(SimVehicleParams params, TimeMs start)
   battery_.charger_power_kw = params_.charger_power_kw;
   accelerator_w_ = core::accelerator_power_w(params_.accelerator, utilization_);
   plugged_in_ = params_.home_charger &&
-                unit_draw(mix64(params_.seed ^ kStartSalt), static_cast<uint64_t>(start)) < params_.plug_in_probability;
+                params_.initially_plugged.value_or(
+                    unit_draw(mix64(params_.seed ^ kStartSalt), static_cast<uint64_t>(start)) < params_.plug_in_probability);
   next_planned_ = find_planned(start, start);
   settle();
 }
@@ -203,7 +204,20 @@ std::optional<SimVehicle::Outing> SimVehicle::planned_outing(int64_t day) const 
   DurationMs out_ms = 0;
   DurationMs back_ms = 0;
   TimeMs leave_away_at = 0;
-  if (!weekend) {
+  const std::optional<SimOuting> given = params_.outings ? params_.outings(day) : std::nullopt;
+  if (params_.outings) {
+    if (!given) return std::nullopt;
+    if (!(given->leave_home_minute >= 0 && given->arrive_away_minute > given->leave_home_minute &&
+          given->leave_away_minute > given->arrive_away_minute &&
+          given->arrive_home_minute > given->leave_away_minute &&
+          given->arrive_home_minute < given->leave_home_minute + core::kMinutesPerDay)) {
+      return std::nullopt;  // out of order: the car stays home (documented in the header)
+    }
+    depart_at = midnight + minutes(given->leave_home_minute);
+    out_ms = minutes(given->arrive_away_minute - given->leave_home_minute);
+    back_ms = minutes(given->arrive_home_minute - given->leave_away_minute);
+    leave_away_at = midnight + minutes(given->leave_away_minute);
+  } else if (!weekend) {
     const int jitter = kSimScheduleJitterMinutes;
     depart_at = midnight + minutes(params_.weekday_departure_minute +
                                    uniform_int(draw(kSlotDepartJitter), -jitter, jitter));
@@ -230,6 +244,10 @@ std::optional<SimVehicle::Outing> SimVehicle::planned_outing(int64_t day) const 
   const TimeMs home_at = leave_away_at + back_ms;
 
   auto energy = [&](uint64_t slot) {
+    if (given) {
+      const double kwh = slot == kSlotEnergyOut ? given->energy_out_kwh : given->energy_back_kwh;
+      return std::isfinite(kwh) ? std::clamp(kwh, 0.0, kSimTripEnergyKwhMax) : 0.0;
+    }
     return params_.trip_energy_kwh_mean * (kTripEnergyShareMin + kTripEnergyShareSpan * draw(slot));
   };
   auto speed_seed = [&](uint64_t slot) { return counter_random(params_.seed, static_cast<uint64_t>(day) * kSimDaySlots + slot); };
@@ -245,7 +263,7 @@ std::optional<SimVehicle::Outing> SimVehicle::planned_outing(int64_t day) const 
                 speed_seed(kSlotSpeedSeedBack)),
       Leg{Phase::kAlighting, home_at, home_at + kSimAlightingMs},
   };
-  o.plug_in_on_return = draw(kSlotPlugIn) < params_.plug_in_probability;
+  o.plug_in_on_return = given ? given->plug_in_on_return : draw(kSlotPlugIn) < params_.plug_in_probability;
   return o;
 }
 

@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -62,6 +63,21 @@ inline constexpr double kSimChargeLimitPctMin = 50.0;
 // Draws per local day from counter_random (see the slots in sim_vehicle.cc).
 inline constexpr uint64_t kSimDaySlots = 16;
 
+// One day's outing given from outside the car's own routine (see
+// SimVehicleParams::outings): local minutes of that day, each after the one
+// before (arrive_home may pass midnight by under a day); each way's energy;
+// whether the driver plugs in on coming home (always below
+// kSimAlwaysPlugInBelowSocPct, as for the routine's outings).
+struct SimOuting {
+  int leave_home_minute = 0;   // the gear leaves P
+  int arrive_away_minute = 0;
+  int leave_away_minute = 0;
+  int arrive_home_minute = 0;
+  double energy_out_kwh = 0.0;
+  double energy_back_kwh = 0.0;
+  bool plug_in_on_return = true;
+};
+
 // Who the car and its owner are. Defaults: a commuter with a 60 kWh car, a
 // 7.4 kW home charger and an Orin-class computer.
 struct SimVehicleParams {
@@ -88,6 +104,15 @@ struct SimVehicleParams {
   // Per one-way trip; each trip draws 70-130% of it.
   double trip_energy_kwh_mean = 6.0;
   double initial_soc_pct = 70.0;
+  // When set, each local day's outing (days since 1970-01-01 in the car's
+  // time zone; nullopt: the car stays home that day) comes from here instead
+  // of the routine above: the live fleet drives the simulator's own cars this
+  // way (`idlefleet sim live`). Must be deterministic (the car may ask for a
+  // day more than once). An outing whose times are out of order is ignored
+  // (the car stays home that day).
+  std::function<std::optional<SimOuting>(int64_t local_day)> outings;
+  // Plugged in at the start; nullopt: drawn with plug_in_probability.
+  std::optional<bool> initially_plugged;
 
   // Every field finite and in range, departure before return; the error names the field.
   Status validate() const;

@@ -5,8 +5,6 @@
 // compressed day; sends a steady trickle of real requests; prints a live
 // status line and how to send your own request; serves until Ctrl-C (or for
 // --seconds).
-#include <curl/curl.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +17,7 @@
 #include "agent/fleet.h"
 #include "cli/agent_flags.h"
 #include "cli/commands.h"
+#include "cli/http_post.h"
 #include "cli/model_locator.h"
 #include "cli/shutdown.h"
 #include "coordinator/server.h"
@@ -38,31 +37,12 @@ struct DemoFlags {
   bool external_nats = false;
 };
 
+constexpr long kDemoRequestTimeoutS = 600;
+
 const char* kWeekdays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
 
 const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
                           "Tom and his mom went to the park", "The sun was shining and"};
-
-size_t discard(char*, size_t size, size_t n, void*) { return size * n; }
-
-// One request, as a client would send it; returns the HTTP status.
-long send_request(const std::string& base_url, const std::string& body) {
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return 0;
-  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  const std::string url = base_url + "/v1/completions";
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  long status = 0;
-  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  return status;
-}
 
 std::string status_line(const agent::Fleet& fleet, const std::string& status_json, int utc_offset_minutes) {
   const core::LocalTime local = core::to_local(fleet.sim_now(), utc_offset_minutes);
@@ -166,7 +146,7 @@ void run_demo(DemoFlags& f) {
       if (clients.size() < kDemoClientsMax) {
         auto done = std::make_shared<std::atomic<bool>>(false);
         clients.push_back({std::thread([&, done, text = body.dump()] {
-                             (send_request(base_url, text) == 200 ? ok : failed)++;
+                             (post_json(base_url + "/v1/completions", text, kDemoRequestTimeoutS).status == 200 ? ok : failed)++;
                              done->store(true);
                            }),
                            done});

@@ -266,6 +266,7 @@ void add_sim(CLI::App& app) {
       "sim", "Simulations with the project's own policy and money code: a fleet (--scenario) or one car's month");
   sim->require_subcommand(0, 1);
   add_sim_scenario(sim);
+  add_sim_live(sim);
   auto f = std::make_shared<SimMonthFlags>();
   CLI::App* month = sim->add_subcommand(
       "month", "One typical vehicle over a month: hours worked, energy and its cost, wear, the owner's earnings");

@@ -287,8 +287,8 @@ void add_sim_scenario(CLI::App* sim) {
   sim->add_flag("--no-sensitivity", f->no_sensitivity,
                 "Skip the sensitivity runs (9 smaller runs; the report then says how to get them)");
   sim->callback([sim, f] {
-    if (!sim->get_subcommands().empty()) return;  // `sim month` ran
-    if (f->scenario.empty()) throw CLI::RequiredError("--scenario (or a subcommand: month)");
+    if (!sim->get_subcommands().empty()) return;  // `sim month` or `sim live` ran
+    if (f->scenario.empty()) throw CLI::RequiredError("--scenario (or a subcommand: month, live)");
     if (f->out.empty()) throw CLI::RequiredError("--out");
     run_scenario(*f);
   });

@@ -41,6 +41,8 @@ void add_ledger(CLI::App& app);
 void add_sim(CLI::App& app);
 // `idlefleet sim --scenario FILE --out DIR`: a fleet from a scenario file (cmd_sim_scenario.cc).
 void add_sim_scenario(CLI::App* sim);
+// `idlefleet sim live --scenario FILE --out DIR`: the simulator against the live fleet (cmd_sim_live.cc).
+void add_sim_live(CLI::App* sim);
 
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.

@@ -271,6 +271,10 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(std::string_v
     r.seed_given = true;
   }
   if (auto e = read_logprobs(j, chat, &r.logprobs)) return *e;
+  if (present(j, "ignore_eos")) {
+    if (!j["ignore_eos"].is_boolean()) return bad("ignore_eos", "'ignore_eos' must be true or false");
+    r.ignore_eos = j["ignore_eos"].get<bool>();
+  }
   if (present(j, "stream")) {
     if (!j["stream"].is_boolean()) return bad("stream", "'stream' must be true or false");
     r.stream = j["stream"].get<bool>();

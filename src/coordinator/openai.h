@@ -75,6 +75,10 @@ struct CompletionRequest {
   // 0..kChatTopLogprobsMax; completions: logprobs, 0..kCompletionLogprobsMax);
   // -1: no logprobs.
   int32_t logprobs = -1;
+  // An extension (vLLM's name): the end-of-sequence token does not end the
+  // generation, which runs to max_tokens (or a stop string). For load tests
+  // and the simulator's live check, which need outputs of a known length.
+  bool ignore_eos = false;
 };
 
 // OpenAI's bounds: chat's top_logprobs and the legacy completions' logprobs.

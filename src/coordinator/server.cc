@@ -914,7 +914,7 @@ struct CoordinatorServer::Impl {
     spec.model_id = model->id;
     spec.prompt_ids = std::move(ids);
     spec.max_tokens = max_tokens;
-    spec.stop_ids = {tok.eos(), tok.bos()};
+    if (!req.ignore_eos) spec.stop_ids = {tok.eos(), tok.bos()};
     spec.sampling = req.sampling;
     spec.logprobs = req.logprobs;
     client->request = std::move(req);
@@ -1422,7 +1422,7 @@ struct CoordinatorServer::Impl {
                                              "context_length_exceeded"));
     }
     if (!req.seed_given) req.sampling.seed = transport::random_u64();
-    spec.stop_ids = {model->tokenizer->eos(), model->tokenizer->bos()};
+    if (!req.ignore_eos) spec.stop_ids = {model->tokenizer->eos(), model->tokenizer->bos()};
     spec.sampling = req.sampling;
     spec.batch = true;
     const std::string job_id = (chat ? "chatcmpl-" : "cmpl-") + transport::random_hex(12);

@@ -257,16 +257,7 @@ Status check_scenario(const Scenario& s) {
 
 // ---- A vehicle's day ----------------------------------------------------------
 
-// Local minutes of one day; no outing when leave_home < 0.
-struct DayPlan {
-  int leave_home = -1;
-  int arrive_away = 0;
-  int leave_away = 0;
-  int arrive_home = 0;
-  double energy_out_kwh = 0.0;
-  double energy_back_kwh = 0.0;
-  double plug_u = 1.0;
-};
+using DayPlan = FleetDayPlan;
 
 DayPlan day_plan(const Scenario& s, const FleetVehicle& v, uint64_t key, int64_t day, bool weekend) {
   const uint64_t base = kStaticSlots + static_cast<uint64_t>(day) * kDaySlots;
@@ -362,7 +353,7 @@ class Shard {
       c.key = vehicle_key(ctx.seed, first + i);
       c.soc_pct = c.v.initial_soc_pct;
       c.cursor = s_.start_ms;
-      c.plugged = c.v.home_charger && unit(c.key, kSlotInitialPlug) < s_.fleet.plug_in_probability;
+      c.plugged = fleet_initially_plugged(s_, c.v, ctx.seed, first + i);
       ensure_plan(c, s_.start_ms);
       // Events before the start are past: the car is where its plan puts it.
       const TimeMs midnight = local_midnight(c.plan_day);
@@ -692,6 +683,17 @@ FleetVehicle fleet_vehicle(const Scenario& s, uint64_t seed, uint64_t index) {
                                                      u(kSlotReturnHour), u(kSlotReturnMinute)));
   v.initial_soc_pct = kInitialSocPctMin + kInitialSocPctSpan * u(kSlotInitialSoc);
   return v;
+}
+
+FleetDayPlan fleet_day_plan(const Scenario& s, const FleetVehicle& v, uint64_t seed, uint64_t index,
+                            int64_t local_day) {
+  const TimeMs midnight = local_day * core::kDayMs - s.fleet.utc_offset_minutes * core::kMinuteMs;
+  const bool weekend = core::to_local(midnight, s.fleet.utc_offset_minutes).weekend();
+  return day_plan(s, v, vehicle_key(seed, index), local_day, weekend);
+}
+
+bool fleet_initially_plugged(const Scenario& s, const FleetVehicle& v, uint64_t seed, uint64_t index) {
+  return v.home_charger && unit(vehicle_key(seed, index), kSlotInitialPlug) < s.fleet.plug_in_probability;
 }
 
 std::optional<TimeMs> fleet_next_departure(const Scenario& s, const FleetVehicle& v, TimeMs now) {

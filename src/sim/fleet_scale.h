@@ -162,6 +162,32 @@ struct FleetVehicle {
 // REQUIRES: the scenario's class lists non-empty (run_fleet_scale checks).
 FleetVehicle fleet_vehicle(const Scenario& scenario, uint64_t seed, uint64_t index);
 
+// One local day of a vehicle, as this fidelity drives it: when it leaves
+// home, arrives at its destination, leaves it and is home again (local
+// minutes of that day), the energy of each way, and the draw that decides
+// whether its driver plugs in on arrival (plugs in when plug_u <
+// fleet.plug_in_probability, or below 30% SoC, with a home charger). No
+// outing when leave_home < 0. Exposed so that the live fleet can drive the
+// very same cars (`idlefleet sim live`, agent::SimVehicleParams::outings).
+struct FleetDayPlan {
+  int leave_home = -1;
+  int arrive_away = 0;
+  int leave_away = 0;
+  int arrive_home = 0;
+  double energy_out_kwh = 0.0;
+  double energy_back_kwh = 0.0;
+  double plug_u = 1.0;
+};
+
+// Vehicle `index`'s plan for the local day `local_day` (days since
+// 1970-01-01 in the fleet's time zone), from the same draws as a run with `seed`.
+FleetDayPlan fleet_day_plan(const Scenario& scenario, const FleetVehicle& vehicle, uint64_t seed, uint64_t index,
+                            int64_t local_day);
+
+// Whether vehicle `index` is plugged in when a run with `seed` starts (if
+// its plan puts it at home then).
+bool fleet_initially_plugged(const Scenario& scenario, const FleetVehicle& vehicle, uint64_t seed, uint64_t index);
+
 // The state a decision needs, besides the vehicle and the instant.
 struct FleetVehicleState {
   bool parked = true;        // gear in P, nobody aboard

@@ -295,5 +295,28 @@ TEST_F(Logprobs, ACompletionReturnsTheLegacyShape) {
   EXPECT_EQ(joined, text);
 }
 
+// `ignore_eos` (the vLLM extension the simulator's live check uses): the
+// end of the story does not end the generation, which runs to max_tokens;
+// up to that end the text is the same.
+TEST_F(Logprobs, IgnoreEosRunsPastTheEndOfTheStoryToMaxTokens) {
+  auto ask = [&](bool ignore_eos) {
+    const json body = {{"model", "stories260K"}, {"prompt", "The little dog"}, {"max_tokens", 400},
+                       {"temperature", 0.0},     {"seed", 3},                  {"ignore_eos", ignore_eos}};
+    auto r = testing::http_post(base_url_ + "/v1/completions", body.dump(), {"Content-Type: application/json"});
+    EXPECT_EQ(r.status, 200) << r.body << log("coordinator.log");
+    return json::parse(r.body, nullptr, false);
+  };
+  const json ends = ask(false);
+  const json runs_on = ask(true);
+  ASSERT_TRUE(ends.is_object() && runs_on.is_object());
+  EXPECT_EQ(ends["choices"][0]["finish_reason"], "stop");
+  EXPECT_LT(ends["usage"]["completion_tokens"].get<int>(), 400);
+  EXPECT_EQ(runs_on["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(runs_on["usage"]["completion_tokens"].get<int>(), 400);
+  const std::string story = ends["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(runs_on["choices"][0]["text"].get<std::string>().substr(0, story.size()), story);
+  EXPECT_GT(runs_on["choices"][0]["text"].get<std::string>().size(), story.size());
+}
+
 }  // namespace
 }  // namespace idlefleet

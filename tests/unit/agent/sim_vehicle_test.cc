@@ -397,6 +397,45 @@ TEST(SimVehicle, NextPlannedDepartureIsWhenTheGearLeavesPark) {
   EXPECT_EQ(predicted, observed);
 }
 
+// Outings given from outside (the simulator's own days, `idlefleet sim
+// live`): the gear leaves P and the car is home again at exactly the given
+// minutes, each way spends the given energy, the cable goes in as the outing
+// says; a day with none stays home; an outing out of order is ignored.
+TEST(SimVehicle, GivenOutingsReplaceTheRoutine) {
+  SimVehicleParams p;
+  p.seed = 6;
+  p.initially_plugged = false;
+  p.initial_soc_pct = 60.0;
+  p.battery.capacity_kwh = 50.0;
+  const int64_t monday = kMonday / kDayMs;
+  p.outings = [monday](int64_t day) -> std::optional<SimOuting> {
+    if (day == monday) return SimOuting{8 * 60 + 7, 8 * 60 + 40, 17 * 60, 17 * 60 + 25, 5.0, 2.5, true};
+    if (day == monday + 1) return SimOuting{9 * 60, 8 * 60, 10 * 60, 11 * 60, 1.0, 1.0, true};  // out of order
+    if (day == monday + 2) return SimOuting{6 * 60, 6 * 60 + 20, 7 * 60, 7 * 60 + 30, 1.0, 1.0, false};
+    return std::nullopt;
+  };
+  SimVehicle car(p, kMonday);
+  EXPECT_FALSE(car.plugged_in());
+  SimVehicle observer = car;
+  const std::vector<TimeMs> seen = departures(&observer, kMonday, kMonday + 4 * kDayMs, kMinuteMs);
+  EXPECT_EQ(seen, (std::vector<TimeMs>{kMonday + (8 * 60 + 7) * kMinuteMs, kMonday + 17 * 60 * kMinuteMs,
+                                       kMonday + 2 * kDayMs + 6 * 60 * kMinuteMs,
+                                       kMonday + 2 * kDayMs + 7 * 60 * kMinuteMs}));
+
+  car.advance(kMonday + 8 * kHourMs, 0.0);
+  const double before = car.soc_pct();
+  car.advance(kMonday + 9 * kHourMs, 0.0);
+  EXPECT_NEAR(before - car.soc_pct(), 100.0 * 5.0 / 50.0, 0.5);  // the way out, and a little standby
+  EXPECT_FALSE(driving(car));
+  car.advance(kMonday + 17 * kHourMs + 10 * kMinuteMs, 0.0);
+  EXPECT_TRUE(driving(car));
+  car.advance(kMonday + 17 * kHourMs + 30 * kMinuteMs, 0.0);
+  EXPECT_FALSE(driving(car));
+  EXPECT_TRUE(car.plugged_in());
+  car.advance(kMonday + 2 * kDayMs + 8 * kHourMs, 0.0);
+  EXPECT_FALSE(car.plugged_in());  // Wednesday's outing says the driver forgets
+}
+
 TEST(SimVehicle, BatteryNeverBelowEmpty) {
   SimVehicleParams p;
   p.battery.capacity_kwh = 8.0;

@@ -110,9 +110,13 @@ TEST(OpenAiRequest, EveryParameterIsRead) {
                                                           {"presence_penalty", 0},
                                                           {"frequency_penalty", 0.0},
                                                           {"user", "someone"},
+                                                          {"ignore_eos", true},
                                                           {"an_unknown_field", {1, 2, 3}}}),
                                               false));
   EXPECT_EQ(r.max_tokens, 77u);
+  EXPECT_TRUE(r.ignore_eos);
+  EXPECT_FALSE(accepted(parse(completion({}), false)).ignore_eos);
+  EXPECT_FALSE(accepted(parse(chat({{"ignore_eos", false}}), true)).ignore_eos);
   EXPECT_EQ(r.sampling.presence_penalty, 0.0);
   EXPECT_EQ(r.sampling.frequency_penalty, 0.0);
   EXPECT_EQ(r.sampling.temperature, 0.5);
@@ -186,6 +190,7 @@ TEST(OpenAiRequest, EveryParameterOfTheWrongTypeOrRangeIsRefusedByName) {
       {"seed", false},             {"stream", "true"},
       {"stream", 1},               {"stream_options", "usage"},
       {"stream_options", json::array()},
+      {"ignore_eos", "yes"},       {"ignore_eos", 1},
   };
   for (const Case& c : common) {
     json body = completion({});

@@ -56,7 +56,6 @@ namespace fs = std::filesystem;
 
 // Every car is a NATS connection, an engine thread and its share of two cores.
 constexpr uint64_t kSimLiveVehiclesMax = 200;
-constexpr uint64_t kSimLiveVehiclesDefault = 40;
 constexpr int kSimLiveDaysMax = 7;
 constexpr double kSimLiveDayMinutesMin = 1.0;
 constexpr double kSimLiveDayMinutesMax = 1440.0;
@@ -81,7 +80,7 @@ const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl
 
 struct SimLiveFlags {
   std::string scenario;
-  uint64_t vehicles = kSimLiveVehiclesDefault;
+  std::optional<uint64_t> vehicles;  // default: the scenario's fleet.vehicles
   std::optional<int> days;
   std::optional<uint64_t> seed;
   double day_minutes = 6.0;
@@ -221,8 +220,8 @@ struct LiveTotals {
   double wall_s = 0.0;
 };
 
-LiveTotals run_live(const std::shared_ptr<const sim::Scenario>& s, const SimLiveFlags& f, uint64_t seed, int days,
-                    const fs::path& data_dir) {
+LiveTotals run_live(const std::shared_ptr<const sim::Scenario>& s, const SimLiveFlags& f, uint64_t vehicles,
+                    uint64_t seed, int days, const fs::path& data_dir) {
   const sim::ScenarioModel& model = live_model(*s);
   const std::string model_path = locate_model(f.model, !f.quiet);
   std::error_code ec;
@@ -244,7 +243,7 @@ LiveTotals run_live(const std::shared_ptr<const sim::Scenario>& s, const SimLive
   co.config.vehicle_timeout_ms = 10000;
   co.config.max_tokens_limit = std::max<uint64_t>(co.config.max_tokens_limit, model.completion_tokens);
   // The simulator gives batch work to every idle car; so must the coordinator.
-  co.config.batch_jobs_in_flight = std::max<size_t>(co.config.batch_jobs_in_flight, 2 * f.vehicles);
+  co.config.batch_jobs_in_flight = std::max<size_t>(co.config.batch_jobs_in_flight, 2 * vehicles);
   co.config.queue_jobs_max = kSimLiveBatchJobsMax + kSimLiveClientsMax;
   auto coordinator = coordinator::CoordinatorServer::start(co);
   if (!coordinator) throw CommandError{"sim live: coordinator: " + coordinator.error().message};
@@ -253,7 +252,7 @@ LiveTotals run_live(const std::shared_ptr<const sim::Scenario>& s, const SimLive
   agent::FleetOptions fo;
   fo.nats_url = (*nats)->url();
   fo.coordinator_url = base_url;
-  fo.vehicles = static_cast<int>(f.vehicles);
+  fo.vehicles = static_cast<int>(vehicles);
   fo.id_prefix = "sim";
   fo.time_scale = kSimLiveDayMinutesMax / f.day_minutes;
   fo.sim_start = s->start_ms;
@@ -261,14 +260,14 @@ LiveTotals run_live(const std::shared_ptr<const sim::Scenario>& s, const SimLive
   fo.cache_dir = (data_dir / "cache").string();
   fo.chunk_us = kSimLiveChunkUs;
   fo.sim_control = false;
-  for (uint64_t i = 0; i < f.vehicles; ++i) fo.sim_cars.push_back(live_car(s, seed, i));
+  for (uint64_t i = 0; i < vehicles; ++i) fo.sim_cars.push_back(live_car(s, seed, i));
   if (auto st = fo.validate(); !st) throw CommandError{"sim live: " + st.error().message};
   auto fleet = agent::Fleet::start(std::move(fo));
   if (!fleet) throw CommandError{"sim live: agent: " + fleet.error().message};
   const core::TimeMs end = s->start_ms + int64_t{days} * core::kDayMs;
   if (!f.quiet) {
     std::fprintf(stderr, "sim live: %llu cars on %s, %d day%s in %.1f minutes each, model %s (%s)\n",
-                 static_cast<unsigned long long>(f.vehicles), base_url.c_str(), days, days == 1 ? "" : "s",
+                 static_cast<unsigned long long>(vehicles), base_url.c_str(), days, days == 1 ? "" : "s",
                  f.day_minutes, model.name.c_str(), model_path.c_str());
   }
 
@@ -389,6 +388,11 @@ void run_sim_live(const SimLiveFlags& f) {
   auto s = std::make_shared<const sim::Scenario>(std::move(*loaded));
   (void)live_model(*s);
   const uint64_t seed = f.seed.value_or(s->seed);
+  const uint64_t vehicles = f.vehicles.value_or(s->fleet.vehicles);
+  if (vehicles > kSimLiveVehiclesMax) {
+    throw CommandError{"sim live: the scenario has " + std::to_string(vehicles) + " vehicles; a live run takes at most " +
+                       std::to_string(kSimLiveVehiclesMax) + " (name fewer with --vehicles)"};
+  }
   const int days = f.days.value_or(std::min(s->days, kSimLiveDaysMax));
   if (days > kSimLiveDaysMax) throw CommandError{"sim live: at most " + std::to_string(kSimLiveDaysMax) + " days"};
   std::error_code ec;
@@ -396,11 +400,11 @@ void run_sim_live(const SimLiveFlags& f) {
   if (ec || !fs::is_directory(f.out)) throw CommandError{"--out " + f.out + ": cannot create the directory"};
   block_shutdown_signals();
 
-  const LiveTotals live = run_live(s, f, seed, days, fs::path(f.out) / "live-data");
+  const LiveTotals live = run_live(s, f, vehicles, seed, days, fs::path(f.out) / "live-data");
 
   sim::FleetScaleOptions o;
   o.fidelity = sim::Fidelity::kDetailed;
-  o.vehicles = f.vehicles;
+  o.vehicles = vehicles;
   o.days = days;
   o.seed = seed;
   auto r = sim::run_fleet_scale(*s, o);
@@ -413,7 +417,7 @@ void run_sim_live(const SimLiveFlags& f) {
   const bool agree = std::abs(tokens_ratio - 1.0) <= f.tolerance && std::abs(preemptions_ratio - 1.0) <= f.tolerance;
   const json out = {
       {"scenario", s->name},
-      {"vehicles", f.vehicles},
+      {"vehicles", vehicles},
       {"days", days},
       {"seed", seed},
       {"day_minutes", f.day_minutes},
@@ -440,7 +444,7 @@ void run_sim_live(const SimLiveFlags& f) {
     if (!file) throw CommandError{"cannot write " + path.string()};
   }
   std::printf("scenario %s: %llu vehicles, %d day%s, seed %llu (live: %.0f s)\n", s->name.c_str(),
-              static_cast<unsigned long long>(f.vehicles), days, days == 1 ? "" : "s",
+              static_cast<unsigned long long>(vehicles), days, days == 1 ? "" : "s",
               static_cast<unsigned long long>(seed), live.wall_s);
   std::printf("                 %14s %14s %8s\n", "live", "simulated", "ratio");
   std::printf("  tokens served  %14.0f %14.0f %8.3f\n", live.tokens, sim_tokens, tokens_ratio);
@@ -467,8 +471,8 @@ void add_sim_live(CLI::App* sim) {
                                               "(scenarios/live-check.toml)")
       ->required()
       ->check(CLI::ExistingFile);
-  live->add_option("--vehicles", f->vehicles, "Cars (each a simulated car with its own NATS connection)")
-      ->capture_default_str()
+  live->add_option("--vehicles", f->vehicles,
+                   "Cars, each a simulated car with its own NATS connection (default: the scenario's)")
       ->check(CLI::Range(uint64_t{1}, kSimLiveVehiclesMax));
   live->add_option("--days", f->days, "Days (default: the scenario's, at most 7)")->check(CLI::Range(1, kSimLiveDaysMax));
   live->add_option("--seed", f->seed, "Seed (overrides the scenario's)");

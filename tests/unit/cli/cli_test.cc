@@ -493,6 +493,15 @@ TEST_F(Cli, SimLiveRefusesWhatItCannotRunLive) {
   EXPECT_EQ(two.exit_code, 1) << two.output;
   EXPECT_NE(two.output.find("exactly one [[models]]"), std::string::npos) << two.output;
   const std::string check = src + "/scenarios/live-check.toml";
+  std::ifstream in(check);
+  std::string big(std::istreambuf_iterator<char>(in), {});
+  const size_t at = big.find("vehicles = 40");
+  ASSERT_NE(at, std::string::npos);
+  big.replace(at, 13, "vehicles = 1000");
+  std::ofstream(dir_ / "big.toml") << big;
+  const Ran many = run("sim live --scenario " + (dir_ / "big.toml").string() + " --out " + (dir_ / "c").string());
+  EXPECT_EQ(many.exit_code, 1) << many.output;
+  EXPECT_NE(many.output.find("at most 200"), std::string::npos) << many.output;
   for (const std::string args :
        {"sim live --out " + (dir_ / "b").string(), "sim live --scenario " + check,
         "sim live --scenario " + check + " --out x --vehicles 0", "sim live --scenario " + check + " --out x --vehicles 201",

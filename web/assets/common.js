@@ -101,13 +101,29 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
+// Enough decimals that four ticks over `range` read differently.
+function tickDigits(range) {
+  if (!(range > 0)) return 0;
+  return Math.min(8, Math.max(0, Math.ceil(-Math.log10(range / 4)) + 1));
+}
+
+// Power given in GW, in the unit that shows it best (GW, MW or kW).
+export function fmtPower(gw) {
+  if (gw === null || gw === undefined) return '–';
+  const a = Math.abs(gw);
+  if (a >= 1) return `${fmt(gw, 2)} GW`;
+  if (a >= 1e-3) return `${fmt(gw * 1e3, 2)} MW`;
+  return `${fmt(gw * 1e6, 1)} kW`;
+}
+
 const PALETTE = ['#1f5fa8', '#b4441c', '#2d7d2d', '#7a3d99', '#8a6d00', '#1d6f6f'];
 
 // A line chart of series [{name, points: [[x, y], ...]}] into `container`
 // (replacing what it held), with a title for screen readers, y-axis ticks,
 // x labels from xLabel(x), and a legend. `kind: 'bar'` draws bars for the
-// first series instead of lines.
-export function chart(container, {title, series, xLabel = (x) => String(x), yLabel = '', kind = 'line'}) {
+// first series instead of lines, one per unit of x; `xDomain: [x0, x1]` fixes
+// the x range (else the data's).
+export function chart(container, {title, series, xLabel = (x) => String(x), yLabel = '', kind = 'line', xDomain = null}) {
   const width = 640, height = 220, left = 56, right = 12, top = 12, bottom = 28;
   const root = svg('svg', {viewBox: `0 0 ${width} ${height}`, role: 'img', class: 'chart'});
   root.append(svg('title', {}, title));
@@ -119,8 +135,13 @@ export function chart(container, {title, series, xLabel = (x) => String(x), yLab
   }
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
-  let x0 = Math.min(...xs), x1 = Math.max(...xs);
+  let x0 = xDomain ? xDomain[0] : Math.min(...xs), x1 = xDomain ? xDomain[1] : Math.max(...xs);
   if (x1 === x0) x1 = x0 + 1;
+  const ticksX = [x0, (x0 + x1) / 2, x1];
+  if (kind === 'bar') {
+    x0 -= 0.5;
+    x1 += 0.5;
+  }
   const y0 = Math.min(0, ...ys);
   let y1 = Math.max(...ys);
   if (y1 <= y0) y1 = y0 + 1;
@@ -129,16 +150,19 @@ export function chart(container, {title, series, xLabel = (x) => String(x), yLab
   for (let i = 0; i <= 4; i++) {
     const y = y0 + ((y1 - y0) * i) / 4;
     root.append(svg('line', {x1: left, x2: width - right, y1: py(y), y2: py(y), class: 'grid'}));
-    root.append(svg('text', {x: left - 6, y: py(y) + 4, 'text-anchor': 'end', class: 'tick'}, fmt(y, y1 - y0 < 10 ? 2 : 0)));
+    // Tiny ranges (a test's micro-amounts) in exponent form, to fit the margin.
+    const label = y !== 0 && y1 - y0 < 0.01 ? y.toExponential(1) : fmt(y, tickDigits(y1 - y0));
+    root.append(svg('text', {x: left - 6, y: py(y) + 4, 'text-anchor': 'end', class: 'tick'}, label));
   }
-  for (const x of [x0, (x0 + x1) / 2, x1]) {
-    root.append(svg('text', {x: px(x), y: height - 8, 'text-anchor': 'middle', class: 'tick'}, xLabel(x)));
-  }
+  ticksX.forEach((x, i) => {
+    const anchor = i === 0 ? 'start' : i === ticksX.length - 1 ? 'end' : 'middle';
+    root.append(svg('text', {x: px(x), y: height - 8, 'text-anchor': anchor, class: 'tick'}, xLabel(x)));
+  });
   if (yLabel) root.append(svg('text', {x: 4, y: 10, class: 'tick'}, yLabel));
   series.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length];
     if (kind === 'bar' && i === 0) {
-      const w = Math.max(2, (width - left - right) / Math.max(1, s.points.length) - 2);
+      const w = Math.max(2, (width - left - right) / (x1 - x0) - 2);
       for (const [x, y] of s.points) {
         const top_ = Math.min(py(y), py(0));
         root.append(svg('rect', {x: px(x) - w / 2, y: top_, width: w, height: Math.abs(py(y) - py(0)), fill: color}));

@@ -36,7 +36,9 @@ function render(s) {
     STATES.map((st) => tile(st, fmt(s.vehicles.by_state[st] ?? 0, 0), `state_${st}`)));
 
   const cols = s.history.columns;
-  const rows = s.history.rows;
+  // The hour's 10-second samples, then the figures of this snapshot.
+  const rows = [...s.history.rows, [s.at_ms, s.tokens_per_second, s.compute_kw.online, s.compute_kw.in_use,
+    s.queue_depth, s.vehicles.by_state.serving, s.vehicles.by_state.eligible, s.vehicles.online]];
   const col = (name) => rows.map((r) => [r[0], r[cols.indexOf(name)]]);
   const xLabel = (ms) => fmtTime(ms);
   chart(document.getElementById('chart-tokens'), {

@@ -180,12 +180,14 @@ async function showStatement() {
   }
   const sorted = [...days.entries()].sort((a, b) => a[0] - b[0]);
   const dayLabel = (d) => `day ${Math.round(d)}`;
+  const [year, month] = got.month.split('-').map(Number);
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate();
   chart(document.getElementById('chart-earnings'), {
-    title: `Earnings per day in ${got.month}`, kind: 'bar', xLabel: dayLabel,
+    title: `Earnings per day in ${got.month}`, kind: 'bar', xLabel: dayLabel, xDomain: [1, daysInMonth],
     series: [{name: 'revenue share and wear', points: sorted.map(([d, v]) => [d, v.earnings])}],
   });
   chart(document.getElementById('chart-energy'), {
-    title: `Energy paid back per day in ${got.month}`, kind: 'bar', xLabel: dayLabel,
+    title: `Energy paid back per day in ${got.month}`, kind: 'bar', xLabel: dayLabel, xDomain: [1, daysInMonth],
     series: [{name: 'energy', points: sorted.map(([d, v]) => [d, v.energy])}],
   });
   setStatus(statementStatus, `Statement for ${got.month}: ${(s.entries || []).length} entries.`, 'ok');

@@ -1,7 +1,7 @@
 // The simulator report viewer: a run's summary.json (headline figures, every
 // total) and timeseries.csv (charts), opened from disk and read in the
 // browser (docs/simulator.md describes both files).
-import {chart, el, fill, fmt} from '/assets/common.js';
+import {chart, el, fill, fmt, fmtPower} from '/assets/common.js';
 
 const FILE_BYTES_MAX = 256 * 1024 * 1024;  // a year of 15-minute bins is a few MB
 const ROWS_MAX = 200000;
@@ -20,8 +20,8 @@ const HEADLINE = [
   ['days', 'Days', (v) => fmt(v, 0)],
   ['capacity_factor', 'Capacity factor', (v) => `${fmt(v * 100, 1)} %`],
   ['used_factor', 'Used factor', (v) => `${fmt(v * 100, 1)} %`],
-  ['compute_available_gw_mean', 'Compute available, mean', (v) => `${fmt(v, 3)} GW`],
-  ['compute_used_gw_mean', 'Compute used, mean', (v) => `${fmt(v, 3)} GW`],
+  ['compute_available_gw_mean', 'Compute available, mean', fmtPower],
+  ['compute_used_gw_mean', 'Compute used, mean', fmtPower],
   ['tokens_per_vehicle_day', 'Tokens per vehicle-day', (v) => fmt(v, 0)],
   ['owner_earnings_month_p50', 'Owner earnings / month, median', (v) => fmt(v, 2)],
   ['energy_kwh', 'Energy', (v) => `${fmt(v, 0)} kWh`],

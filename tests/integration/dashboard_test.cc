@@ -352,18 +352,16 @@ TEST_F(DashboardBrowser, EveryViewWorksInChromium) {
 
   const fs::path shots = fs::path(IDLEFLEET_BINARY).parent_path().parent_path() / "dashboard";
   fs::create_directories(shots);
-  const int rc = testing::run_bounded(
-      "node", {"--test", "--test-reporter=tap", "--test-concurrency=1", (kWebTestDir / "dashboard.mjs").string()},
-      {"DASHBOARD_URL=" + base_url_, "OWNER_TOKEN=" + owner_token_, "OWNER_VEHICLE=car-01",
-       "MODEL=stories260K", "IMG_MODEL=" + kImgModel, "SCRIPT_MODEL=" + kScriptModel,
-       "SIM_DIR=" + (dir_ / "sim").string(), "SCREENSHOT_DIR=" + shots.string(), "CHROMIUM=" + kChromium.string(),
-       "NO_COLOR=1"},
-      dir_ / "node.log", kNodeTestMsMax);
-  const std::string output = read_text_file(dir_ / "node.log");
-  EXPECT_EQ(rc, 0) << "node --test tests/web/dashboard.mjs failed:\n"
-                   << log_tail(output) << "\n--- coordinator.log ---\n"
-                   << log("coordinator.log");
-  EXPECT_EQ(testing::tap_summary_problems(output), "") << log_tail(output);
+  EXPECT_EQ(testing::run_node_tests(
+                kWebTestDir / "dashboard.mjs",
+                {"DASHBOARD_URL=" + base_url_, "OWNER_TOKEN=" + owner_token_, "OWNER_VEHICLE=car-01",
+                 "MODEL=stories260K", "IMG_MODEL=" + kImgModel, "SCRIPT_MODEL=" + kScriptModel,
+                 "SIM_DIR=" + (dir_ / "sim").string(), "SCREENSHOT_DIR=" + shots.string(),
+                 "CHROMIUM=" + kChromium.string(), "NO_COLOR=1"},
+                dir_ / "node.log", kNodeTestMsMax),
+            "")
+      << "--- coordinator.log ---\n"
+      << log("coordinator.log");
 
   // The policy set on the owner page reached the car, which keeps it.
   const json policy = json::parse(read_text_file(dir_ / "cache" / "keys" / "car-01.policy.json"), nullptr, false);
@@ -376,7 +374,7 @@ TEST_F(DashboardBrowser, EveryViewWorksInChromium) {
       EXPECT_TRUE(fs::exists(shot) && fs::file_size(shot) > 1000) << shot;
     }
   }
-  std::fprintf(stderr, "%s", log_tail(output).c_str());
+  std::fprintf(stderr, "%s", log("node.log").c_str());
 }
 
 }  // namespace

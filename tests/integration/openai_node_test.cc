@@ -131,17 +131,14 @@ TEST_F(OpenAiNode, OfficialClientWorksUnchanged) {
   ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 1; }, kFleetReadyMsMax))
       << status().dump() << log("agent.log");
 
-  const int rc = testing::run_bounded(
-      "node", {"--test", "--test-reporter=tap", (kNodeDir / "openai_compat.mjs").string()},
-      {"OPENAI_BASE_URL=" + base_url_ + "/v1", "OPENAI_API_KEY=sk-idlefleet-test", "IDLEFLEET_MODEL=stories260K",
-       "NO_COLOR=1"},
-      dir_ / "node.log", kNodeTestMsMax);
-  const std::string output = read_text_file(dir_ / "node.log");
-  EXPECT_EQ(rc, 0) << "node --test tests/node/openai_compat.mjs failed:\n"
-                   << log_tail(output) << "\n--- coordinator.log ---\n"
-                   << log("coordinator.log");
-  EXPECT_EQ(testing::tap_summary_problems(output), "") << log_tail(output);
-  std::fprintf(stderr, "%s", log_tail(output).c_str());
+  EXPECT_EQ(testing::run_node_tests(kNodeDir / "openai_compat.mjs",
+                                     {"OPENAI_BASE_URL=" + base_url_ + "/v1", "OPENAI_API_KEY=sk-idlefleet-test",
+                                      "IDLEFLEET_MODEL=stories260K", "NO_COLOR=1"},
+                                     dir_ / "node.log", kNodeTestMsMax),
+            "")
+      << "--- coordinator.log ---\n"
+      << log("coordinator.log");
+  std::fprintf(stderr, "%s", log("node.log").c_str());
 }
 
 }  // namespace

@@ -117,4 +117,14 @@ std::string tap_summary_problems(const std::string& output) {
   return problems;
 }
 
+std::string run_node_tests(const fs::path& script, std::vector<std::string> env, const fs::path& log_path,
+                           int64_t timeout_ms) {
+  const int rc = run_bounded("node", {"--test", "--test-reporter=tap", "--test-concurrency=1", script.string()},
+                             std::move(env), log_path, timeout_ms);
+  const std::string output = read_text_file(log_path);
+  std::string problems = rc == 0 ? "" : "node --test " + script.string() + " exited " + std::to_string(rc) + "\n";
+  problems += tap_summary_problems(output);
+  return problems.empty() ? "" : problems + log_tail(output);
+}
+
 }  // namespace idlefleet::testing

@@ -46,4 +46,11 @@ std::string npm_ci_if_needed(const std::filesystem::path& dir, const std::filesy
 // passed and none was skipped, cancelled or todo; else what is wrong.
 std::string tap_summary_problems(const std::string& output);
 
+// Runs `node --test --test-reporter=tap --test-concurrency=1 script` with
+// `env` added, its output in log_path, for at most timeout_ms. Returns "" when
+// it exited 0 with a summary that tap_summary_problems() accepts; else what
+// failed, with the tail of the output.
+std::string run_node_tests(const std::filesystem::path& script, std::vector<std::string> env,
+                           const std::filesystem::path& log_path, int64_t timeout_ms);
+
 }  // namespace idlefleet::testing

@@ -15,7 +15,8 @@
 // tells: latency percentiles of recently finished jobs, a ring of 10-second
 // samples covering the last hour, and preemptions in that hour. The JSON's
 // shape is documented in docs/dashboard.md and checked by
-// tests/unit/coordinator/dashboard_test.cc.
+// tests/unit/coordinator/dashboard_parts_test.cc (the server side:
+// tests/integration/dashboard_test.cc).
 //
 // Thread-safety: the free functions are pure; DashboardStats belongs to one
 // thread (the loop's); StreamSlots may be used from any thread.

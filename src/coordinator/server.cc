@@ -441,7 +441,6 @@ struct CoordinatorServer::Impl {
   // Published by the loop for HTTP threads.
   mutable std::mutex snapshot_mu;
   std::string status;
-  std::string dashboard_doc;  // the latest snapshot
   std::string vehicles_doc = "{\"data\":[]}";
   core::TimeMs vehicles_doc_at = 0;
 
@@ -815,11 +814,12 @@ struct CoordinatorServer::Impl {
           5));
     }
     Item item;
-    item.task = [this, x](core::TimeMs) {
+    item.task = [this, x](core::TimeMs now) {
       std::vector<HttpHeader> headers = dashboard_security_headers();
       headers.push_back({"Content-Type", "text/event-stream"});
       x->stream_begin(200, std::move(headers));
-      if (!x->stream_write(sse_event("snapshot", dashboard_doc_now()))) {
+      const FleetNow fleet = gather_fleet(*machine, served_model_ids(), tokens_per_second, &full_load_w);
+      if (!x->stream_write(sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now)))) {
         dashboard_slots.release();
         return;
       }
@@ -831,27 +831,24 @@ struct CoordinatorServer::Impl {
     }
   }
 
-  std::string dashboard_doc_now() const {
-    std::lock_guard<std::mutex> lock(snapshot_mu);
-    return dashboard_doc;
-  }
-
-  // Every kDashboardSnapshotMs (loop thread): a new snapshot, sent to every
-  // stream; streams whose client went away (or stopped reading) are dropped.
-  void publish_dashboard(core::TimeMs now) {
-    if (dashboard_at != 0 && now - dashboard_at < kDashboardSnapshotMs) return;
-    dashboard_at = now;
+  std::vector<std::string> served_model_ids() const {
     std::vector<std::string> served;
     served.reserve(models.size());
     for (const auto& m : models) served.push_back(m->id);
-    const FleetNow fleet = gather_fleet(*machine, served, tokens_per_second, &full_load_w);
+    return served;
+  }
+
+  // Every kDashboardSnapshotMs (loop thread): a history sample and, when
+  // anyone watches, a snapshot sent to every stream; streams whose client
+  // went away (or stopped reading) are dropped. A new stream gets its first
+  // snapshot when it opens (dashboard_events).
+  void publish_dashboard(core::TimeMs now) {
+    if (dashboard_at != 0 && now - dashboard_at < kDashboardSnapshotMs) return;
+    dashboard_at = now;
+    const FleetNow fleet = gather_fleet(*machine, served_model_ids(), tokens_per_second, &full_load_w);
     dashboard_stats.sample(fleet, now);
-    std::string doc = dashboard_stats.snapshot_json(fleet, now);
-    const std::string event = sse_event("snapshot", doc);
-    {
-      std::lock_guard<std::mutex> lock(snapshot_mu);
-      dashboard_doc = std::move(doc);
-    }
+    if (dashboard_streams.empty()) return;
+    const std::string event = sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now));
     std::erase_if(dashboard_streams, [&](const std::shared_ptr<HttpExchange>& x) {
       if (!x->closed() && x->stream_write(event)) return false;
       dashboard_slots.release();

@@ -847,13 +847,16 @@ struct CoordinatorServer::Impl {
     dashboard_at = now;
     const FleetNow fleet = gather_fleet(*machine, served_model_ids(), tokens_per_second, &full_load_w);
     dashboard_stats.sample(fleet, now);
-    if (dashboard_streams.empty()) return;
-    const std::string event = sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now));
-    std::erase_if(dashboard_streams, [&](const std::shared_ptr<HttpExchange>& x) {
-      if (!x->closed() && x->stream_write(event)) return false;
-      dashboard_slots.release();
-      return true;
-    });
+    if (!dashboard_streams.empty()) {
+      const std::string event = sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now));
+      std::erase_if(dashboard_streams, [&](const std::shared_ptr<HttpExchange>& x) {
+        if (!x->closed() && x->stream_write(event)) return false;
+        dashboard_slots.release();
+        return true;
+      });
+    }
+    metrics.gauge("idlefleet_dashboard_streams", "Open dashboard event streams (GET /v1/dashboard/events)")
+        .set(static_cast<double>(dashboard_streams.size()));
   }
 
   static ApiError bad_idempotency_key() {

@@ -240,6 +240,14 @@ TEST_F(DashboardServer, TheEventStreamSendsSnapshotsAndIsBounded) {
     const std::string r = open_stream(streams.back().get());
     ASSERT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << i << ": " << r.substr(0, 200);
   }
+  // The operator can see them counted.
+  EXPECT_TRUE(eventually(
+      [&] {
+        return testing::http_get(base_url_ + "/metrics").body.find("idlefleet_dashboard_streams " +
+                                                                   std::to_string(coordinator::kDashboardStreamsMax)) !=
+               std::string::npos;
+      },
+      5000, 100));
   auto over = testing::http_get(base_url_ + "/v1/dashboard/events");
   EXPECT_EQ(over.status, 503) << over.body;
   EXPECT_NE(over.body.find("too_many_streams"), std::string::npos) << over.body;

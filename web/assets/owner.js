@@ -54,8 +54,12 @@ function vehicleCard(v) {
       (v.models_cached || []).length > 0 ? ` · models cached: ${v.models_cached.join(', ')}` : ''));
 }
 
+// Each call supersedes the ones before it, so that one refresh loop runs.
+let generation = 0;
+
 async function loadVehicles() {
   clearTimeout(refreshTimer);
+  const mine = ++generation;
   let response;
   try {
     response = await call('/v1/owner/vehicles');
@@ -63,6 +67,7 @@ async function loadVehicles() {
     setStatus(ownerStatus, 'Cannot reach the coordinator.', 'error');
     return;
   }
+  if (mine !== generation) return;
   if (await refused(response, ownerStatus)) {
     fill(document.getElementById('vehicles'));
     return;

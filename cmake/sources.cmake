@@ -79,7 +79,19 @@ file(GLOB IDLEFLEET_SIM_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/sim/
 idlefleet_layer(idlefleet_sim IDLEFLEET_SIM_SOURCES)
 target_link_libraries(idlefleet_sim ${idlefleet_sim_scope} idlefleet_core idlefleet_agent PkgConfig::TOMLPP)
 
+# The dashboard's files (web/), compiled in as byte arrays (cmake/embed_web.cmake):
+# regenerated when a file changes, and the glob notices files added or removed.
+file(GLOB_RECURSE IDLEFLEET_WEB_FILES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/web/*)
+set(IDLEFLEET_WEB_ASSETS_CC ${CMAKE_BINARY_DIR}/generated/web_assets.cc)
+add_custom_command(OUTPUT ${IDLEFLEET_WEB_ASSETS_CC}
+  COMMAND ${CMAKE_COMMAND} -DWEB_DIR=${PROJECT_SOURCE_DIR}/web -DOUT=${IDLEFLEET_WEB_ASSETS_CC}
+          -P ${PROJECT_SOURCE_DIR}/cmake/embed_web.cmake
+  DEPENDS ${IDLEFLEET_WEB_FILES} ${PROJECT_SOURCE_DIR}/cmake/embed_web.cmake
+  COMMENT "Embedding web/ into the coordinator"
+  VERBATIM)
+
 file(GLOB IDLEFLEET_COORDINATOR_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/coordinator/*.cc)
+list(APPEND IDLEFLEET_COORDINATOR_SOURCES ${IDLEFLEET_WEB_ASSETS_CC})
 idlefleet_layer(idlefleet_coordinator IDLEFLEET_COORDINATOR_SOURCES)
 target_link_libraries(idlefleet_coordinator ${idlefleet_coordinator_scope} idlefleet_core idlefleet_store idlefleet_transport
   idlefleet_text PkgConfig::SODIUM PkgConfig::TOMLPP)

@@ -274,8 +274,9 @@ void add_admin(CLI::App& app) {
           },
           "AMOUNT"));
   create->add_option("--scopes", c->scopes,
-                     "What the key may call: * (everything, the default) or a comma-separated list of models, "
-                     "completions, embeddings, files, batches; anything else gets 403")
+                     "What the key may call: * (the whole client API, the default) or a comma-separated list of "
+                     "models, completions, embeddings, files, batches, admin (the operator's dashboard, never "
+                     "part of *); anything else gets 403")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             auto n = store::normalize_scopes(v);

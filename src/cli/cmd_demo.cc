@@ -111,9 +111,10 @@ void run_demo(DemoFlags& f) {
                "demo: sending about %.0f requests a minute. Send your own:\n\n"
                "  curl -s %s/v1/completions -H 'Content-Type: application/json' \\\n"
                "    -d '{\"model\": \"stories260K\", \"prompt\": \"Once upon a time\", \"max_tokens\": 64}'\n\n"
-               "demo: status at %s/v1/status, metrics at %s/metrics. Ctrl-C stops.\n",
+               "demo: the dashboard at %s/ (owners: %s/owner), status at %s/v1/status, metrics at %s/metrics. "
+               "Ctrl-C stops.\n",
                base_url.c_str(), fo.vehicles, 1440.0 / fo.time_scale, model_path.c_str(), f.requests_per_minute,
-               base_url.c_str(), base_url.c_str(), base_url.c_str());
+               base_url.c_str(), base_url.c_str(), base_url.c_str(), base_url.c_str(), base_url.c_str());
 
   // The trickle: one client thread per request in flight, at a steady rate;
   // finished ones are joined as it goes (a thread left unjoined keeps its

@@ -24,6 +24,7 @@
 #include "common/log_limiter.h"
 #include "common/money.h"
 #include "coordinator/api_keys.h"
+#include "coordinator/dashboard.h"
 #include "coordinator/openai.h"
 #include "core/coordinator_machine.h"
 #include "engine/chat_template.h"
@@ -428,6 +429,15 @@ struct CoordinatorServer::Impl {
   core::TimeMs rate_at = 0;
   double tokens_per_second = 0.0;
 
+  // The dashboard (loop thread): time-dependent figures, each vehicle's draw
+  // at full load as last seen, the open event streams, and when the last
+  // snapshot went out. The slots bound the streams (HTTP threads take them).
+  DashboardStats dashboard_stats;
+  std::map<std::string, double> full_load_w;
+  std::vector<std::shared_ptr<HttpExchange>> dashboard_streams;
+  StreamSlots dashboard_slots{kDashboardStreamsMax};
+  core::TimeMs dashboard_at = 0;
+
   // Published by the loop for HTTP threads.
   mutable std::mutex snapshot_mu;
   std::string status;
@@ -664,6 +674,13 @@ struct CoordinatorServer::Impl {
     }
     files_cv.notify_all();
     if (files_thread.joinable()) files_thread.join();  // after the loop: it writes what the loop handed it
+    // The dashboard's streams end (the HTTP server, stopped above, has
+    // closed their connections already; this releases their slots).
+    for (const auto& x : dashboard_streams) {
+      x->stream_end();
+      dashboard_slots.release();
+    }
+    dashboard_streams.clear();
     nats.reset();
     flush_dirty(wall_ms());
     // Jobs still waiting for receipts settle now with those that came.
@@ -731,6 +748,8 @@ struct CoordinatorServer::Impl {
 
   void route(const HttpRequest& r, std::shared_ptr<HttpExchange> x) {
     const std::string& p = r.path;
+    if (is_dashboard_path(p)) return x->respond(dashboard_response(r));
+    if (p == "/v1/dashboard/events") return dashboard_events(r, std::move(x));
     if (r.method == "GET" && p == "/healthz") {
       HttpResponse resp;
       resp.content_type = "text/plain";
@@ -767,6 +786,77 @@ struct CoordinatorServer::Impl {
       return run_idempotent(r, x, key_id, *idem);
     }
     dispatch(r, std::move(x), key_id);
+  }
+
+  // GET /v1/dashboard/events (any thread): the operator's snapshot as
+  // server-sent events, at once and then every kDashboardSnapshotMs, until
+  // the client goes or the server stops. With auth required it needs a key
+  // with the admin scope. At most kDashboardStreamsMax at once (503 beyond).
+  void dashboard_events(const HttpRequest& r, std::shared_ptr<HttpExchange> x) {
+    if (r.method != "GET") {
+      HttpResponse resp = error_response(api_error(405, "invalid_request_error",
+                                                   "method " + r.method.substr(0, 16) + " not allowed on " + r.path));
+      resp.headers.push_back({"Allow", "GET"});
+      return x->respond(std::move(resp));
+    }
+    if (config.auth_required) {
+      auto who = gate->authenticate(r.header("authorization"));
+      if (auto* refusal = std::get_if<Refusal>(&who)) return x->respond(refusal_response(*refusal));
+      if (auto refusal = gate->authorize(std::get<std::string>(who), store::kScopeAdmin)) {
+        return x->respond(refusal_response(*refusal));
+      }
+    }
+    if (!dashboard_slots.try_acquire()) {
+      return x->respond(error_response(
+          api_error(503, "server_error",
+                    std::to_string(kDashboardStreamsMax) + " dashboard streams are open already; retry later",
+                    "too_many_streams"),
+          5));
+    }
+    Item item;
+    item.task = [this, x](core::TimeMs now) {
+      std::vector<HttpHeader> headers = dashboard_security_headers();
+      headers.push_back({"Content-Type", "text/event-stream"});
+      x->stream_begin(200, std::move(headers));
+      const FleetNow fleet = gather_fleet(*machine, served_model_ids(), tokens_per_second, &full_load_w);
+      if (!x->stream_write(sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now)))) {
+        dashboard_slots.release();
+        return;
+      }
+      dashboard_streams.push_back(x);
+    };
+    if (!post(std::move(item))) {
+      dashboard_slots.release();
+      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+    }
+  }
+
+  std::vector<std::string> served_model_ids() const {
+    std::vector<std::string> served;
+    served.reserve(models.size());
+    for (const auto& m : models) served.push_back(m->id);
+    return served;
+  }
+
+  // Every kDashboardSnapshotMs (loop thread): a history sample and, when
+  // anyone watches, a snapshot sent to every stream; streams whose client
+  // went away (or stopped reading) are dropped. A new stream gets its first
+  // snapshot when it opens (dashboard_events).
+  void publish_dashboard(core::TimeMs now) {
+    if (dashboard_at != 0 && now - dashboard_at < kDashboardSnapshotMs) return;
+    dashboard_at = now;
+    const FleetNow fleet = gather_fleet(*machine, served_model_ids(), tokens_per_second, &full_load_w);
+    dashboard_stats.sample(fleet, now);
+    if (!dashboard_streams.empty()) {
+      const std::string event = sse_event("snapshot", dashboard_stats.snapshot_json(fleet, now));
+      std::erase_if(dashboard_streams, [&](const std::shared_ptr<HttpExchange>& x) {
+        if (!x->closed() && x->stream_write(event)) return false;
+        dashboard_slots.release();
+        return true;
+      });
+    }
+    metrics.gauge("idlefleet_dashboard_streams", "Open dashboard event streams (GET /v1/dashboard/events)")
+        .set(static_cast<double>(dashboard_streams.size()));
   }
 
   static ApiError bad_idempotency_key() {
@@ -1931,6 +2021,10 @@ struct CoordinatorServer::Impl {
         } else if (ended->state == core::JobState::kDone) {
           await_settlement(ended->job_id, now);
         }
+        if (ended->state == core::JobState::kDone) {
+          auto job = machine->jobs().find(ended->job_id);
+          if (job != machine->jobs().end()) dashboard_stats.job_done(now - job->second.job.created_at());
+        }
         if (embedding_jobs.count(ended->job_id) != 0) {
           on_embedding_ended(*ended);
         } else {
@@ -2966,6 +3060,7 @@ struct CoordinatorServer::Impl {
     for (const auto& [s, n] : by_state) {
       metrics.gauge("idlefleet_vehicles", "Vehicles by state", {{"state", s}}).set(n);
     }
+    publish_dashboard(now);
     metrics.gauge("idlefleet_jobs_queued", "Jobs waiting for a vehicle").set(static_cast<double>(machine->queue_depth()));
     metrics.gauge("idlefleet_jobs_running", "Jobs with a live attempt").set(static_cast<double>(running));
     metrics.gauge("idlefleet_power_kw", "Accelerator power in use across the fleet").set(kw);

@@ -215,7 +215,7 @@ Result<std::string> normalize_scopes(std::string_view text) {
 }
 
 bool ApiKey::allows(std::string_view scope) const {
-  if (scopes == "*") return true;
+  if (scopes == "*") return scope != kScopeAdmin;
   size_t at = 0;
   while (at <= scopes.size()) {
     size_t end = scopes.find(',', at);

@@ -79,9 +79,14 @@ inline constexpr int kKeySchemaVersion = 2;
 //   embeddings   POST /v1/embeddings (and batches of them)
 //   files        /v1/files...
 //   batches      /v1/batches... (a batch also needs its endpoint's scope)
-// A call outside a key's scopes is answered 403.
-inline constexpr std::array<std::string_view, 5> kScopes = {"models", "completions", "embeddings", "files", "batches"};
-inline constexpr std::string_view kScopeNames = "models, completions, embeddings, files, batches";
+//   admin        the operator's dashboard data (GET /v1/dashboard/events)
+// A call outside a key's scopes is answered 403. "*" grants every scope but
+// admin, which must be named: a client's key, made with the default scopes,
+// does not open the operator's view of the fleet.
+inline constexpr std::array<std::string_view, 6> kScopes = {"models", "completions", "embeddings", "files", "batches",
+                                                            "admin"};
+inline constexpr std::string_view kScopeNames = "models, completions, embeddings, files, batches, admin";
+inline constexpr std::string_view kScopeAdmin = "admin";
 inline constexpr size_t kScopesBytesMax = 256;
 
 using Sha256 = std::array<uint8_t, 32>;

@@ -12,20 +12,16 @@
 // Node and npm come from scripts/bootstrap; without them the test fails
 // (never skips) and says so. Without ../shared it skips as the other fleet
 // tests do, and fails in CI.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <regex>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "support/http_client.h"
+#include "support/node_tests.h"
 #include "support/process_util.h"
 #include "transport/nats_server.h"
 #include "transport/process.h"
@@ -39,63 +35,15 @@ using nlohmann::json;
 const fs::path kShared = fs::path(IDLEFLEET_SOURCE_DIR) / ".." / "shared" / "models";
 const fs::path kNodeDir = fs::path(IDLEFLEET_SOURCE_DIR) / "tests" / "node";
 
-// `npm ci` fetches from the registry on a fresh machine; the script itself
-// takes seconds on the tiny model.
-constexpr int64_t kNpmInstallMsMax = 180'000;
-constexpr int64_t kNpmLockWaitMsMax = 200'000;
+// The script itself takes seconds on the tiny model.
 constexpr int64_t kNodeTestMsMax = 90'000;
 constexpr int64_t kFleetReadyMsMax = 30'000;
-constexpr size_t kLogTailBytesMax = 12'000;
 
 using testing::eventually;
+using testing::log_tail;
+using testing::read_text_file;
 using testing::run_capture;
 using testing::shell_quote;
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string tail(const std::string& s) {
-  return s.size() > kLogTailBytesMax ? s.substr(s.size() - kLogTailBytesMax) : s;
-}
-
-// Whether node_modules holds exactly the versions package-lock.json names,
-// so that `npm ci` (which starts by deleting node_modules) can be skipped.
-bool node_modules_match_lock() {
-  const json lock = json::parse(read_file(kNodeDir / "package-lock.json"), nullptr, false);
-  if (lock.is_discarded() || !lock.contains("packages") || !lock["packages"].is_object()) return false;
-  size_t checked = 0;
-  for (const auto& [key, entry] : lock["packages"].items()) {
-    if (key.rfind("node_modules/", 0) != 0) continue;
-    const json installed = json::parse(read_file(kNodeDir / key / "package.json"), nullptr, false);
-    if (installed.is_discarded() || !installed.is_object() || !entry.is_object()) return false;
-    if (installed.value("version", "") != entry.value("version", "?")) return false;
-    ++checked;
-  }
-  return checked > 0;
-}
-
-// Holds an exclusive flock on package-lock.json (which `npm ci` never
-// rewrites), so that two test runs over one checkout (release and debug
-// builds, say) do not install into the same node_modules at once.
-class LockfileGuard {
- public:
-  explicit LockfileGuard(const fs::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
-  ~LockfileGuard() {
-    if (fd_ >= 0) ::close(fd_);  // releases the lock
-  }
-  LockfileGuard(const LockfileGuard&) = delete;
-  LockfileGuard& operator=(const LockfileGuard&) = delete;
-  bool acquire(int64_t timeout_ms) {
-    return fd_ >= 0 && eventually([&] { return ::flock(fd_, LOCK_EX | LOCK_NB) == 0; }, timeout_ms, 200);
-  }
-
- private:
-  int fd_;
-};
 
 class OpenAiNode : public ::testing::Test {
  protected:
@@ -163,31 +111,7 @@ class OpenAiNode : public ::testing::Test {
     return j.is_discarded() ? json::object() : j;
   }
 
-  std::string log(const std::string& name) { return tail(read_file(dir_ / name)); }
-
-  // Runs `program args...` with its output in dir_/log_name, for at most
-  // timeout_ms; returns its exit status, or -1 when it could not be started
-  // or did not finish in time (it is then killed); the log says which.
-  int run_bounded(const std::string& program, std::vector<std::string> args, std::vector<std::string> env,
-                  const std::string& log_name, int64_t timeout_ms) {
-    transport::ProcessOptions p;
-    p.program = program;
-    p.args = std::move(args);
-    p.env_extra = std::move(env);
-    p.stdout_path = p.stderr_path = (dir_ / log_name).string();
-    auto child = transport::Process::spawn(p);
-    if (!child) {
-      std::ofstream(dir_ / log_name, std::ios::app) << "spawn failed: " << child.error().to_string() << "\n";
-      return -1;
-    }
-    const std::optional<int> rc = child->wait(timeout_ms);
-    if (!rc) {
-      child->stop();
-      std::ofstream(dir_ / log_name, std::ios::app) << "\n*** killed after " << timeout_ms << " ms ***\n";
-      return -1;
-    }
-    return *rc;
-  }
+  std::string log(const std::string& name) { return log_tail(read_text_file(dir_ / name)); }
 
   fs::path dir_;
   std::string model_;
@@ -198,17 +122,8 @@ class OpenAiNode : public ::testing::Test {
 
 TEST_F(OpenAiNode, OfficialClientWorksUnchanged) {
   // The package, installed once per checkout (and again when the lock changes).
-  {
-    LockfileGuard guard(kNodeDir / "package-lock.json");
-    ASSERT_TRUE(guard.acquire(kNpmLockWaitMsMax)) << "could not lock " << (kNodeDir / "package-lock.json");
-    if (!node_modules_match_lock()) {
-      const int rc =
-          run_bounded("npm", {"ci", "--no-audit", "--no-fund", "--prefer-offline", "--prefix", kNodeDir.string()}, {},
-                      "npm.log", kNpmInstallMsMax);
-      ASSERT_EQ(rc, 0) << "npm ci in " << kNodeDir << " failed:\n" << log("npm.log");
-      ASSERT_TRUE(node_modules_match_lock()) << "npm ci left node_modules unlike package-lock.json\n" << log("npm.log");
-    }
-  }
+  const std::string installed = testing::npm_ci_if_needed(kNodeDir, dir_ / "npm.log");
+  ASSERT_EQ(installed, "");
 
   // Three vehicles online, and at least one able to take work.
   ASSERT_TRUE(eventually([&] { return status().value("/vehicles/online"_json_pointer, 0) == 3; }, kFleetReadyMsMax))
@@ -216,24 +131,14 @@ TEST_F(OpenAiNode, OfficialClientWorksUnchanged) {
   ASSERT_TRUE(eventually([&] { return status().value("/vehicles/available"_json_pointer, 0) >= 1; }, kFleetReadyMsMax))
       << status().dump() << log("agent.log");
 
-  const int rc = run_bounded("node", {"--test", "--test-reporter=tap", (kNodeDir / "openai_compat.mjs").string()},
-                             {"OPENAI_BASE_URL=" + base_url_ + "/v1", "OPENAI_API_KEY=sk-idlefleet-test",
-                              "IDLEFLEET_MODEL=stories260K", "NO_COLOR=1"},
-                             "node.log", kNodeTestMsMax);
-  const std::string output = read_file(dir_ / "node.log");
-  EXPECT_EQ(rc, 0) << "node --test tests/node/openai_compat.mjs failed:\n"
-                   << tail(output) << "\n--- coordinator.log ---\n"
-                   << log("coordinator.log");
-  // A run that found no tests would also exit 0; and nothing may be skipped.
-  for (const auto& [name, want_positive] : {std::pair{"tests", true}, std::pair{"pass", true},
-                                            std::pair{"fail", false}, std::pair{"cancelled", false},
-                                            std::pair{"skipped", false}, std::pair{"todo", false}}) {
-    std::smatch m;
-    const std::regex line(std::string("\n# ") + name + " ([0-9]+)\n");
-    ASSERT_TRUE(std::regex_search(output, m, line)) << "no '# " << name << "' line:\n" << tail(output);
-    EXPECT_EQ(std::stoi(m[1]) > 0, want_positive) << "# " << name << " " << m[1] << "\n" << tail(output);
-  }
-  std::fprintf(stderr, "%s", tail(output).c_str());
+  EXPECT_EQ(testing::run_node_tests(kNodeDir / "openai_compat.mjs",
+                                     {"OPENAI_BASE_URL=" + base_url_ + "/v1", "OPENAI_API_KEY=sk-idlefleet-test",
+                                      "IDLEFLEET_MODEL=stories260K", "NO_COLOR=1"},
+                                     dir_ / "node.log", kNodeTestMsMax),
+            "")
+      << "--- coordinator.log ---\n"
+      << log("coordinator.log");
+  std::fprintf(stderr, "%s", log("node.log").c_str());
 }
 
 }  // namespace

@@ -177,7 +177,7 @@ TEST_F(KeyStoreTest, ScopesAreNormalizedStoredAndChecked) {
   auto all = store->create(new_key("everything"), kT0);
   ASSERT_TRUE(all);
   EXPECT_EQ(all->key.scopes, "*");
-  k.scopes = "admin";
+  k.scopes = "root";
   EXPECT_EQ(store->create(k, kT0).error().code, ErrorCode::kInvalidArgument);
 
   auto got = store->get(made->key.id);
@@ -187,7 +187,14 @@ TEST_F(KeyStoreTest, ScopesAreNormalizedStoredAndChecked) {
   EXPECT_TRUE((*got)->allows("files"));
   EXPECT_FALSE((*got)->allows("completions"));
   EXPECT_FALSE((*got)->allows("model"));
-  for (std::string_view scope : kScopes) EXPECT_TRUE(all->key.allows(scope));
+  // "*" is every scope but admin, which must be named.
+  for (std::string_view scope : kScopes) EXPECT_EQ(all->key.allows(scope), scope != kScopeAdmin) << scope;
+  k.scopes = "models,admin";
+  auto admin = store->create(k, kT0);
+  ASSERT_TRUE(admin) << admin.error().to_string();
+  EXPECT_EQ(admin->key.scopes, "models,admin");
+  EXPECT_TRUE(admin->key.allows("admin"));
+  EXPECT_FALSE(admin->key.allows("files"));
 
   store.reset();
   raw_exec("UPDATE api_keys SET scopes = 'models,root'");

@@ -39,7 +39,7 @@ constexpr DurationMs kSubmitRetryMs = 5 * core::kSecondMs;
 constexpr DurationMs kCancelAfterMsMax = 20 * core::kSecondMs;
 constexpr DurationMs kSettleGraceMs = 10 * core::kSecondMs;  // as the coordinator's (server.h)
 constexpr uint64_t kPromptTokensMax = 12;
-constexpr uint64_t kMaxTokensMax = 120;
+constexpr uint64_t kMaxTokensMax = 200;
 constexpr double kCancelProbability = 0.2;
 constexpr int32_t kTokenIdBase = 4;  // ids below are special tokens
 constexpr uint64_t kTokenIdSpan = 5000;
@@ -107,6 +107,8 @@ struct Vehicle {
   Engine engine;
   TimeMs partitioned_until = -1;
   std::optional<TimeMs> ineligible_since;
+  TimeMs up_last_at = 0;    // the last in-order delivery on each link
+  TimeMs down_last_at = 0;
 };
 
 struct ClientJob {
@@ -295,10 +297,20 @@ class World {
     }
     const int copies = f && rng_.uniform() < faults_.message_duplicate ? 2 : 1;
     if (copies == 2) ++result_.faults["message_duplicated"];
+    // A link keeps its messages in order (as one NATS connection does),
+    // unless a reordering fault lets one overtake those before it.
+    TimeMs& last = kind == Kind::kDeliverUp ? vehicles_[vehicle].up_last_at : vehicles_[vehicle].down_last_at;
     for (int c = 0; c < copies; ++c) {
       DurationMs delay = kNetDelayMsMin;
       if (f && faults_.delay_ms_max > 0) delay += static_cast<DurationMs>(rng_.below(static_cast<uint64_t>(faults_.delay_ms_max) + 1));
-      schedule(now_ + delay, kind, vehicle, 0, bytes);
+      TimeMs at = now_ + delay;
+      if (f && rng_.uniform() < faults_.message_reorder) {
+        ++result_.faults["message_reordered"];
+      } else {
+        at = std::max(at, last);
+        last = at;
+      }
+      schedule(at, kind, vehicle, 0, bytes);
     }
   }
 
@@ -363,6 +375,11 @@ class World {
         store_.insert_or_assign(persist->job_id, Stored{e->job, e->spec});
       } else if (auto* standing = std::get_if<core::VehicleStandingEffect>(&effect)) {
         standings_.insert_or_assign(standing->vehicle_id, standing->standing);
+      } else if (auto* log = std::get_if<core::CoordinatorLogEffect>(&effect)) {
+        if (log->refusal) {
+          ++result_.refusals[log->what];
+          trace("refused " + log->what + ": " + log->text);
+        }
       } else if (auto* receipt = std::get_if<core::ReceiptAcceptedEffect>(&effect)) {
         const core::ReceiptMessage& r = receipt->receipt;
         if (receipts_[r.job_id].emplace(r.attempt, r).second) {
@@ -481,7 +498,7 @@ class World {
     }
     trace("settle " + job_id + " receipts " + std::to_string(in.attempts.size()));
     if (in.attempts.empty()) {
-      ++result_.faults["settled_without_receipts"];
+      ++result_.settlements_without_receipts;
       return;  // the shell charges only the client; nothing for owners to check here
     }
     auto tx = core::settle_job(in);
@@ -740,6 +757,7 @@ Status DstOptions::validate() const {
     auto rate = [](double r) { return r >= 0.0 && r <= 3600.0; };
     if (!prob(f.message_loss)) return bad("faults.message_loss: 0..1");
     if (!prob(f.message_duplicate)) return bad("faults.message_duplicate: 0..1");
+    if (!prob(f.message_reorder)) return bad("faults.message_reorder: 0..1");
     if (f.delay_ms_max < 0 || f.delay_ms_max > core::kMinuteMs) return bad("faults.delay_ms_max: 0..60000");
     if (!rate(f.partitions_per_hour) || !rate(f.coordinator_crashes_per_hour) || !rate(f.driver_returns_per_hour) ||
         !rate(f.agent_restarts_per_hour) || !rate(f.chip_heats_per_hour)) {
@@ -757,6 +775,7 @@ DstFaults dst_faults_for_seed(uint64_t seed) {
   if (storm < 0.2) return f;  // calm: the network is only a little slow
   f.message_loss = 0.2 * storm * r.uniform();
   f.message_duplicate = 0.2 * storm * r.uniform();
+  f.message_reorder = 0.2 * storm * r.uniform();
   f.delay_ms_max += static_cast<DurationMs>(2000.0 * storm * r.uniform());
   f.partitions_per_hour = 40.0 * storm * r.uniform();
   f.coordinator_crashes_per_hour = 30.0 * storm * r.uniform();

@@ -58,7 +58,10 @@ inline constexpr size_t kDstTraceTailLines = 24;
 struct DstFaults {
   double message_loss = 0.0;         // per message
   double message_duplicate = 0.0;    // per message
-  core::DurationMs delay_ms_max = 0; // uniform extra delay: reorders messages
+  // Per message: it may overtake those sent before it on its link (else a
+  // link delivers in order, as one NATS connection does).
+  double message_reorder = 0.0;
+  core::DurationMs delay_ms_max = 0; // uniform extra delay per message
   double partitions_per_hour = 0.0;  // a vehicle cut off for 1..60 s
   double coordinator_crashes_per_hour = 0.0;
   double driver_returns_per_hour = 0.0;   // per vehicle
@@ -69,7 +72,7 @@ struct DstFaults {
 struct DstOptions {
   uint64_t seed = 1;
   size_t vehicles = 3;
-  size_t jobs = 6;
+  size_t jobs = 12;
   // Faults are injected for this long; then a quiet period (no faults, the
   // coordinator up, partitions healed) by whose end every job must have ended.
   core::DurationMs duration_ms = 4 * core::kMinuteMs;
@@ -99,6 +102,11 @@ struct DstResult {
   uint64_t jobs_failed = 0;
   uint64_t jobs_cancelled = 0;
   uint64_t settlements = 0;
+  // Done jobs none of whose receipts arrived (lost, or the coordinator
+  // restarted): the shell charges the client only, and owners get nothing.
+  uint64_t settlements_without_receipts = 0;
+  // Messages the coordinator refused, by metric label (stale_message, ...).
+  std::map<std::string, uint64_t> refusals;
   // A digest of the whole trace: two runs of one seed must agree.
   uint64_t trace_hash = 0;
   std::vector<std::string> trace_tail;  // the last kDstTraceTailLines lines

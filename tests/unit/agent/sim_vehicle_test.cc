@@ -173,8 +173,9 @@ TEST(SimVehicle, AmbientChangeHeatsTheChip) {
   EXPECT_DOUBLE_EQ(hot.accelerator_temp_c(), cool.accelerator_temp_c());  // not yet: no time has passed
   hot.advance(t0 + kHourMs, 0.0);
   cool.advance(t0 + kHourMs, 0.0);
-  EXPECT_GT(hot.accelerator_temp_c(), 50.0);
-  EXPECT_LT(cool.accelerator_temp_c(), 20.0);
+  // An idle chip sits a few degrees above its ambient: the 45 C apart, nearly all of it.
+  EXPECT_GT(hot.accelerator_temp_c(), cool.accelerator_temp_c() + 40.0);
+  EXPECT_LT(cool.accelerator_temp_c(), 30.0);
   EXPECT_NEAR(*hot.signals().ambient_temperature_c, 60.0, 0.1);
 }
 

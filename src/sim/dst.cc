@@ -711,6 +711,12 @@ class World {
                                      " tokens)");
       }
     }
+    // Nothing is left running: every attempt's engine stopped or finished.
+    for (const Vehicle& v : vehicles_) {
+      if (v.engine.active || v.agent->serving()) {
+        violated("all_jobs_end", v.id + " still runs " + v.engine.assign.job_id + " after the quiet period");
+      }
+    }
     for (const auto& [job, p] : std::map<std::string, Pending>(to_settle_)) settle(job, p);
     to_settle_.clear();
     for (const ClientJob& j : jobs_) {

@@ -87,6 +87,31 @@ TEST(Dst, PlantedDoubleSettlementIsCaught) {
   std::printf("planted double settlement caught at seed %llu\n", static_cast<unsigned long long>(caught_at));
 }
 
+// Explicit fault rates far beyond any seed's draw: the invariants still hold.
+TEST(Dst, HurricaneSeedsHoldEveryInvariant) {
+  DstFaults f;
+  f.message_loss = 0.4;
+  f.message_duplicate = 0.4;
+  f.message_reorder = 0.5;
+  f.delay_ms_max = 5000;
+  f.partitions_per_hour = 200;
+  f.coordinator_crashes_per_hour = 120;
+  f.driver_returns_per_hour = 60;
+  f.agent_restarts_per_hour = 60;
+  f.chip_heats_per_hour = 60;
+  const uint64_t seeds = testing::kSanitized ? 20 : 200;
+  uint64_t accepted = 0;
+  for (uint64_t seed = 1; seed <= seeds; ++seed) {
+    DstOptions o;
+    o.seed = seed;
+    o.faults = f;
+    DstResult r = run_dst(o);
+    ASSERT_TRUE(r.ok()) << describe(seed, r);
+    accepted += r.jobs_accepted;
+  }
+  EXPECT_GT(accepted, seeds * 5);
+}
+
 TEST(Dst, OptionsAreValidated) {
   DstOptions o;
   o.vehicles = 0;

@@ -377,7 +377,7 @@ class World {
         standings_.insert_or_assign(standing->vehicle_id, standing->standing);
       } else if (auto* log = std::get_if<core::CoordinatorLogEffect>(&effect)) {
         if (log->refusal) {
-          ++result_.refusals[log->what];
+          if (++result_.refusals[log->what] == 1) result_.refusal_first[log->what] = log->text;
           trace("refused " + log->what + ": " + log->text);
         }
       } else if (auto* receipt = std::get_if<core::ReceiptAcceptedEffect>(&effect)) {

@@ -107,6 +107,7 @@ struct DstResult {
   uint64_t settlements_without_receipts = 0;
   // Messages the coordinator refused, by metric label (stale_message, ...).
   std::map<std::string, uint64_t> refusals;
+  std::map<std::string, std::string> refusal_first;  // by label: the first refusal's text
   // A digest of the whole trace: two runs of one seed must agree.
   uint64_t trace_hash = 0;
   std::vector<std::string> trace_tail;  // the last kDstTraceTailLines lines

@@ -377,6 +377,15 @@ void SimVehicle::advance(TimeMs now, double accelerator_utilization) {
   signals_stale_ = true;
 }
 
+void SimVehicle::set_ambient_c(TimeMs now, double ambient_c) {
+  DCHECK(ambient_c >= core::kAmbientTemperatureCMin && ambient_c <= core::kAmbientTemperatureCMax);
+  advance(now, utilization_);
+  params_.ambient_c = std::isnan(ambient_c)
+                          ? params_.ambient_c
+                          : std::clamp(ambient_c, core::kAmbientTemperatureCMin, core::kAmbientTemperatureCMax);
+  signals_stale_ = true;
+}
+
 void SimVehicle::driver_returns(TimeMs now) {
   advance(now, utilization_);
   const Leg* leg = current_leg();

@@ -155,6 +155,13 @@ class SimVehicle {
   // skipped.
   void driver_returns(core::TimeMs now);
 
+  // The outside (and garage) temperature becomes `ambient_c` from `now` on
+  // (advancing to `now` first, at the last utilization): a heat wave, a hot
+  // garage; the chip's temperature then follows it. For fault injection
+  // (sim/dst.h). REQUIRES: ambient_c within [core::kAmbientTemperatureCMin,
+  // core::kAmbientTemperatureCMax] (clamped, DCHECKed).
+  void set_ambient_c(core::TimeMs now, double ambient_c);
+
   // When the gear will next leave P per the car's own plan (the unplanned
   // trip included once it has begun), at or after `now`. For tests: the agent
   // does not get to see this; it predicts.

@@ -267,6 +267,7 @@ void add_sim(CLI::App& app) {
   sim->require_subcommand(0, 1);
   add_sim_scenario(sim);
   add_sim_live(sim);
+  add_sim_dst(sim);
   auto f = std::make_shared<SimMonthFlags>();
   CLI::App* month = sim->add_subcommand(
       "month", "One typical vehicle over a month: hours worked, energy and its cost, wear, the owner's earnings");

@@ -43,6 +43,8 @@ void add_sim(CLI::App& app);
 void add_sim_scenario(CLI::App* sim);
 // `idlefleet sim live --scenario FILE --out DIR`: the simulator against the live fleet (cmd_sim_live.cc).
 void add_sim_live(CLI::App* sim);
+// `idlefleet sim dst --seeds A-B`: deterministic simulation tests (cmd_sim_dst.cc).
+void add_sim_dst(CLI::App* sim);
 
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.

@@ -329,6 +329,16 @@ void CoordinatorMachine::on_vehicle(const VehicleMessageEvent& e, TimeMs now, Ef
       out->push_back(PersistJobEffect{m->job_id});
     }
   } else if (const auto* m = std::get_if<DoneMessage>(&msg)) {
+    if (config_.test_reemit_done_on_duplicate) {
+      // TEST ONLY (CoordinatorCoreConfig::test_reemit_done_on_duplicate).
+      auto it = jobs_.find(m->job_id);
+      if (it != jobs_.end() && it->second.job.state() == JobState::kDone && m->attempt > 0 &&
+          m->attempt == it->second.job.attempts().size() &&
+          it->second.job.attempts().back().vehicle_id == vid) {
+        out->push_back(JobEndedEffect{m->job_id, JobState::kDone, it->second.job.finish_reason()});
+        return;
+      }
+    }
     JobEntry* entry = attempt_of(vid, m->job_id, m->attempt, "done", out);
     if (entry == nullptr) return;
     if (entry->spec.kind == WorkKind::kEmbed) {

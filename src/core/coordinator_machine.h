@@ -122,6 +122,11 @@ struct CoordinatorCoreConfig {
   std::vector<ModelInfo> models;
   PlacementWeights weights;
   VerificationConfig verification;
+  // TEST ONLY: a planted bug for the deterministic simulation tests
+  // (sim/dst.h): a duplicated done message for a job that its attempt
+  // already completed ends the job again (a second JobEndedEffect), so that
+  // a shell settles it twice. Never set outside tests.
+  bool test_reemit_done_on_duplicate = false;
 };
 
 // ---- Events ----------------------------------------------------------------

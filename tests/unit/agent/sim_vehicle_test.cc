@@ -158,6 +158,27 @@ TEST(SimVehicle, ForgetfulDriverLeavesSomeNightsUnplugged) {
   EXPECT_LT(plugged, nights);
 }
 
+// set_ambient_c: a hot garage heats the chip toward the new ambient, and the
+// same steps without it do not; the change takes effect from its time on.
+TEST(SimVehicle, AmbientChangeHeatsTheChip) {
+  SimVehicleParams p;
+  p.ambient_c = 15.0;
+  SimVehicle hot(p, kMonday);
+  SimVehicle cool(p, kMonday);
+  const TimeMs t0 = kMonday + 2 * kHourMs;
+  hot.advance(t0, 0.0);
+  cool.advance(t0, 0.0);
+  EXPECT_DOUBLE_EQ(hot.accelerator_temp_c(), cool.accelerator_temp_c());
+  hot.set_ambient_c(t0, 60.0);
+  EXPECT_DOUBLE_EQ(hot.accelerator_temp_c(), cool.accelerator_temp_c());  // not yet: no time has passed
+  hot.advance(t0 + kHourMs, 0.0);
+  cool.advance(t0 + kHourMs, 0.0);
+  // An idle chip sits a few degrees above its ambient: the 45 C apart, nearly all of it.
+  EXPECT_GT(hot.accelerator_temp_c(), cool.accelerator_temp_c() + 40.0);
+  EXPECT_LT(cool.accelerator_temp_c(), 30.0);
+  EXPECT_NEAR(*hot.signals().ambient_temperature_c, 60.0, 0.1);
+}
+
 TEST(SimVehicle, DriverReturnsFromHome) {
   SimVehicleParams p;
   p.plug_in_probability = 1.0;

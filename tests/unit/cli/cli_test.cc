@@ -559,3 +559,44 @@ TEST_F(Cli, SimLiveRunsTheSameCarsLiveAndSimulated) {
 }
 
 }  // namespace
+
+namespace {
+
+// `idlefleet sim dst`: a few seeds pass with a summary; bad flags exit 2.
+TEST_F(Cli, SimDstRunsSeedsAndRefusesGarbage) {
+  const Ran ok = run("sim dst --seeds 1-5 --quiet");
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("seeds 1-5: 5 runs"), std::string::npos) << ok.output;
+  EXPECT_NE(ok.output.find("faults injected:"), std::string::npos) << ok.output;
+  EXPECT_NE(ok.output.find("violations: 0"), std::string::npos) << ok.output;
+  for (const char* args : {"sim dst", "sim dst --seeds 5", "sim dst --seeds 5-1", "sim dst --seeds a-b",
+                           "sim dst --seeds -3", "sim dst --seeds 1-", "sim dst --seeds 0-99999999999",
+                           "sim dst --seeds 1-2 --vehicles 0", "sim dst --seeds 1-2 --vehicles 65",
+                           "sim dst --seeds 1-2 --jobs 1001", "sim dst --seeds 1-2 --minutes 0",
+                           "sim dst --seeds 1-2 --frob"}) {
+    const Ran r = run(args);
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// A violation (the planted double settlement) exits 1 and prints the line
+// that reproduces its seed alone, which then fails the same way.
+TEST_F(Cli, SimDstReportsAViolationWithItsReproduction) {
+  const Ran r = run("sim dst --seeds 1-100 --quiet --test-plant-double-settlement");
+  ASSERT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(": ledger at step"), std::string::npos) << r.output;
+  const size_t at = r.output.find("reproduce: idlefleet ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const size_t args_at = at + std::string("reproduce: idlefleet ").size();
+  const std::string args = r.output.substr(args_at, r.output.find('\n', args_at) - args_at);
+  EXPECT_NE(args.find("--test-plant-double-settlement"), std::string::npos) << args;
+  const Ran again = run(args + " --quiet");
+  EXPECT_EQ(again.exit_code, 1) << again.output;
+  EXPECT_NE(again.output.find("violations: 1"), std::string::npos) << again.output;
+}
+
+}  // namespace

@@ -29,6 +29,7 @@ struct RunOptions {
   std::string resume_session;
   bool quiet = false;
   bool no_echo = false;  // print only the generated text, not the prompt
+  bool ignore_eos = false;  // run to -n tokens past end-of-sequence (the API's ignore_eos)
   bool tokens_given = false;  // -n on the command line (with --resume: tokens to add)
   int32_t logprobs = -1;      // --logprobs N: each token's logprobs and N alternatives, to stderr
 };
@@ -89,7 +90,9 @@ void run(const RunOptions& o) {
     std::vector<int32_t> ids = tok.encode(o.prompt, tok.add_bos());
     if (ids.empty()) ids.push_back(tok.bos());
     // Stop at end of sequence, and at a new beginning (llama2.c's rule).
-    auto st = gen.start(std::move(ids), o.sampler, o.tokens, {tok.eos(), tok.bos()});
+    std::vector<int32_t> stop_ids;
+    if (!o.ignore_eos) stop_ids = {tok.eos(), tok.bos()};
+    auto st = gen.start(std::move(ids), o.sampler, o.tokens, std::move(stop_ids));
     if (!st) throw CommandError{st.error().to_string()};
   }
 
@@ -173,6 +176,8 @@ void add_run(CLI::App& app) {
   cmd->add_option("--resume", o->resume_session, "Continue a session exported by --export-session (prompt and sampler come from it)");
   cmd->add_flag("-q,--quiet", o->quiet, "Print only the text and the final speed line");
   cmd->add_flag("--no-echo", o->no_echo, "Print only the generated text, not the prompt (as the API returns it)");
+  cmd->add_flag("--ignore-eos", o->ignore_eos,
+                "Keep generating past end-of-sequence until -n tokens (the API's ignore_eos)");
   cmd->add_option("--logprobs", o->logprobs,
                   "Print each generated token's logprob and this many likeliest alternatives to stderr, a JSON "
                   "line per token (OpenAI's logprobs with top_logprobs)")

@@ -46,6 +46,9 @@ void add_sim_live(CLI::App* sim);
 // `idlefleet sim dst --seeds A-B`: deterministic simulation tests (cmd_sim_dst.cc).
 void add_sim_dst(CLI::App* sim);
 
+// `idlefleet chaos --out DIR`: jobs on real processes under random kills (cmd_chaos.cc).
+void add_chaos(CLI::App& app);
+
 // Thrown by command callbacks for a runtime failure; main prints it as
 // "error: <message>" and exits 1.
 struct CommandError {

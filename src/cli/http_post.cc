@@ -28,7 +28,9 @@ HttpPostResult perform(CURL* curl, const std::string& url, long timeout_s) {
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &r.body);
   curl_easy_setopt(curl, CURLOPT_TIMEOUT, timeout_s);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r.status);
+  const CURLcode rc = curl_easy_perform(curl);
+  if (rc == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r.status);
+  r.refused = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
   return r;
 }
 
@@ -44,6 +46,12 @@ HttpPostResult post_json(const std::string& url, const std::string& body, long t
   HttpPostResult r = perform(curl.get(), url, timeout_s);
   curl_slist_free_all(headers);
   return r;
+}
+
+HttpPostResult http_get(const std::string& url, long timeout_s) {
+  std::unique_ptr<CURL, CurlFree> curl(curl_easy_init());
+  if (!curl) return {};
+  return perform(curl.get(), url, timeout_s);
 }
 
 HttpPostResult post_file(const std::string& url, const std::string& purpose, const std::string& file_name,

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   idlefleet::cli::add_admin(app);
   idlefleet::cli::add_ledger(app);
   idlefleet::cli::add_sim(app);
+  idlefleet::cli::add_chaos(app);
 
   try {
     app.parse(argc, argv);

@@ -720,7 +720,10 @@ class Run {
     for (const Job& j : jobs_) {
       if (j.job_id.empty()) continue;
       auto s = (*store)->get(j.job_id);
-      if (!s || !s->has_value()) return fail("chaos: job " + j.job_id + " (" + j.custom_id + ") is not in the store");
+      if (!s || !s->has_value()) {
+        return fail("chaos: job " + j.job_id + " (" + j.custom_id + ", " +
+                    (j.interrupted ? "a stream cut by the coordinator's death" : "answered") + ") is not in the store");
+      }
       if ((*s)->state != "done") {
         return fail("chaos: job " + j.job_id + " (" + j.custom_id + ") ended " + (*s)->state + ": " +
                     (*s)->finish_reason);

@@ -1937,6 +1937,7 @@ struct CoordinatorServer::Impl {
                     [&] { return !inbox.empty() || stopping.load(); });
         items.swap(inbox);
       }
+      bool accepted = false;  // a client's job was accepted in this drain
       for (Item& item : items) {
         const core::TimeMs now = wall_ms();
         if (item.task) {
@@ -1963,6 +1964,7 @@ struct CoordinatorServer::Impl {
             continue;
           }
           clients[id] = std::move(item.client);
+          accepted = true;
         }
         const auto* from_vehicle = std::get_if<core::VehicleMessageEvent>(&item.event);
         if (from_vehicle != nullptr && !trust_vehicle(*from_vehicle, now)) continue;
@@ -1973,6 +1975,11 @@ struct CoordinatorServer::Impl {
           if (hello != nullptr && hello->vehicle_id == from_vehicle->vehicle_id) send_policy(hello->vehicle_id);
         }
       }
+      // A client's job is in the store before its stream can name it (the
+      // first event goes out with the first chunk, a later drain): a
+      // coordinator killed now restores it rather than losing it. Found by
+      // `idlefleet chaos --seed 2`.
+      if (accepted) flush_dirty(wall_ms());
       items.clear();
       const core::TimeMs now = wall_ms();
       if (!batch_runs.empty()) pump_batches(now);

@@ -600,3 +600,33 @@ TEST_F(Cli, SimDstReportsAViolationWithItsReproduction) {
 }
 
 }  // namespace
+
+namespace {
+
+// `idlefleet run --ignore-eos` (the API's ignore_eos, the reference of
+// `idlefleet chaos`): the same story up to where it would have ended, then
+// on to exactly -n tokens.
+TEST_F(Cli, RunIgnoreEosGoesOnPastTheEndOfTheStory) {
+  IDLEFLEET_REQUIRE_SHARED_MODEL("run --ignore-eos");
+  const fs::path model = dir_ / "stories260K.gguf";
+  ASSERT_TRUE(idlefleet::testing::convert_shared_model(model));
+  const std::string base = "run --no-echo -m '" + model.string() + "' -p 'Once upon a time' -n 400 --temp 0";
+  // -q: the text, then the speed line ("prefill: ... | decode: N tokens ...").
+  const Ran plain = run(base + " -q");
+  const Ran ignoring = run(base + " -q --ignore-eos");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(ignoring.exit_code, 0) << ignoring.output;
+  auto text = [](const std::string& out) {
+    std::string t = out.substr(0, out.rfind("prefill:"));
+    while (!t.empty() && t.back() == '\n') t.pop_back();
+    return t;
+  };
+  const std::string story = text(plain.output), longer = text(ignoring.output);
+  ASSERT_FALSE(story.empty()) << plain.output;
+  EXPECT_EQ(longer.rfind(story, 0), 0u) << longer;
+  EXPECT_GT(longer.size(), story.size());
+  EXPECT_NE(ignoring.output.find("decode: 400 tokens"), std::string::npos) << ignoring.output;
+  EXPECT_EQ(plain.output.find("decode: 400 tokens"), std::string::npos) << "the story ends before 400 tokens";
+}
+
+}  // namespace

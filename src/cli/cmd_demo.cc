@@ -120,6 +120,7 @@ void run_demo(DemoFlags& f) {
   // finished ones are joined as it goes (a thread left unjoined keeps its
   // stack), and at most kDemoClientsMax run at once.
   constexpr size_t kDemoClientsMax = 256;
+  constexpr int kDemoFirstCarWaitS = 30;
   struct Client {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;
@@ -128,6 +129,19 @@ void run_demo(DemoFlags& f) {
   std::atomic<int> ok{0}, failed{0};
   std::vector<Client> clients;
   std::thread trickle([&] {
+    // The first request waits (up to kDemoFirstCarWaitS) for a car that can
+    // take it: before the cars' first reports the coordinator knows none, and
+    // would answer 503.
+    const auto first_car_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kDemoFirstCarWaitS);
+    while (!stop.load() && std::chrono::steady_clock::now() < first_car_deadline) {
+      const nlohmann::json v = nlohmann::json::parse(http_get(base_url + "/v1/vehicles", 5).body, nullptr, false);
+      bool eligible = false;
+      if (v.is_object() && v.contains("data") && v["data"].is_array()) {
+        for (const auto& car : v["data"]) eligible = eligible || (car.is_object() && car.value("eligible", false));
+      }
+      if (eligible) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
     uint64_t n = 0;
     const auto period = std::chrono::milliseconds(static_cast<int64_t>(60000.0 / f.requests_per_minute));
     auto next = std::chrono::steady_clock::now();

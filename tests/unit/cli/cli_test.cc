@@ -630,3 +630,23 @@ TEST_F(Cli, RunIgnoreEosGoesOnPastTheEndOfTheStory) {
 }
 
 }  // namespace
+
+namespace {
+
+// The README's main job, briefly: the demo fleet serves its own trickle of
+// requests, the first one included (it waits for a car that can take it).
+TEST_F(Cli, DemoServesItsRequestsFromTheFirst) {
+  IDLEFLEET_REQUIRE_SHARED_MODEL("the demo");
+  const fs::path model = dir_ / "stories260K.gguf";
+  ASSERT_TRUE(idlefleet::testing::convert_shared_model(model));
+  const Ran r = run("demo -m '" + model.string() + "' --seconds 12 --data-dir '" + (dir_ / "data").string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t last = r.output.rfind("requests ok ");
+  ASSERT_NE(last, std::string::npos) << r.output;
+  int ok = 0, failed = -1;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + last, "requests ok %d, failed %d", &ok, &failed), 2) << r.output;
+  EXPECT_GE(ok, 1) << r.output;
+  EXPECT_EQ(failed, 0) << r.output;
+}
+
+}  // namespace

@@ -19,6 +19,7 @@
 #include "common/nkey.h"
 #include "common/check.h"
 #include "common/log_limiter.h"
+#include "common/wall_clock.h"
 #include "engine/kernels.h"
 #include "engine/session.h"
 #include "engine/thread_pool.h"
@@ -34,11 +35,6 @@ constexpr const char* kEngineVersion = "idlefleet-0.1.0";
 
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-core::TimeMs wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -206,7 +202,7 @@ std::vector<std::string> Fleet::cached_model_ids() {
 
 Status Fleet::init() {
   steady_start_ns_ = steady_ns();
-  wall_start_ = wall_ms();
+  wall_start_ = wall_clock_ms();
   sim_start_ = options_.sim_start != 0 ? options_.sim_start : wall_start_;
   if (options_.instance.empty()) options_.instance = transport::random_hex(8);
   {

@@ -27,6 +27,7 @@
 #include "cli/data_location.h"
 #include "common/identity.h"
 #include "common/money.h"
+#include "common/wall_clock.h"
 #include "coordinator/config.h"
 #include "coordinator/nats_auth.h"
 #include "store/key_store.h"
@@ -39,11 +40,6 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string keys_path(const DataLocation& where) { return data_file(where, "keys.db"); }
-
-core::TimeMs wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Opens the store; `create` false refuses to make a new file (list, revoke).
 std::unique_ptr<store::KeyStore> open_store(const std::string& path, bool create) {
@@ -87,7 +83,7 @@ void create_key(const CreateFlags& f) {
   if (!f.spend_limit.empty()) {
     k.spend_limit_micros = *parse_money_micros(f.spend_limit, store::kSpendLimitMicrosMax);  // checked by the validator
   }
-  auto created = store->create(k, wall_ms());
+  auto created = store->create(k, wall_clock_ms());
   if (!created) throw CommandError{created.error().message};
   std::printf("id: %s\nsecret: %s\nscopes: %s\n", created->key.id.c_str(), created->secret.c_str(),
               created->key.scopes.c_str());
@@ -143,7 +139,7 @@ void revoke_key(const DataLocation& where, const std::string& id) {
   auto before = store->get(id);
   if (!before) throw CommandError{before.error().message};
   if (!before->has_value()) throw CommandError{"no key '" + id + "' in " + store->path()};
-  auto revoked = store->revoke(id, wall_ms());
+  auto revoked = store->revoke(id, wall_clock_ms());
   if (!revoked) throw CommandError{revoked.error().message};
   if ((*before)->revoked()) {
     std::printf("%s was already revoked at %s\n", id.c_str(), iso_time(revoked->revoked_at).c_str());
@@ -163,7 +159,7 @@ std::unique_ptr<store::VehicleStore> open_vehicle_store(const DataLocation& wher
 
 void create_owner(const DataLocation& where, const std::string& name) {
   auto store = open_vehicle_store(where);
-  auto made = store->create_owner(name, wall_ms());
+  auto made = store->create_owner(name, wall_clock_ms());
   if (!made) throw CommandError{made.error().message};
   std::printf("id: %s\ntoken: %s\n", made->first.id.c_str(), made->second.c_str());
   std::fflush(stdout);

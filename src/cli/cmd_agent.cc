@@ -16,19 +16,11 @@
 #include "cli/agent_flags.h"
 #include "cli/commands.h"
 #include "common/crypto.h"
+#include "common/wall_clock.h"
 #include "core/protocol.h"
 #include "cli/shutdown.h"
 
 namespace idlefleet::cli {
-
-namespace {
-
-core::TimeMs wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 agent::FleetOptions fleet_options(const AgentFlags& f) {
   agent::FleetOptions o;
@@ -66,7 +58,7 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
     if (std::sscanf(f.start.c_str(), "%d:%d%c", &h, &m, &tail) != 2 || h < 0 || h > 23 || m < 0 || m > 59) {
       throw CommandError{"--start takes HH:MM (local time of day), got '" + f.start + "'"};
     }
-    const core::TimeMs local_now = wall_ms() + int64_t{f.utc_offset_minutes} * core::kMinuteMs;
+    const core::TimeMs local_now = wall_clock_ms() + int64_t{f.utc_offset_minutes} * core::kMinuteMs;
     const core::TimeMs local_midnight = local_now - local_now % core::kDayMs;
     o.sim_start = local_midnight + (int64_t{h} * 60 + m) * core::kMinuteMs - int64_t{f.utc_offset_minutes} * core::kMinuteMs;
   }

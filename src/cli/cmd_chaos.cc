@@ -79,8 +79,8 @@ constexpr int kWatchPeriodMs = 20;
 constexpr auto kStatusPeriod = std::chrono::seconds(5);
 constexpr auto kRetryPause = std::chrono::milliseconds(200);
 
-const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
-                          "Tom and his mom went to the park", "The sun was shining and", "Sam had a red ball"};
+const char* kChaosPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
+                               "Tom and his mom went to the park", "The sun was shining and", "Sam had a red ball"};
 
 struct ChaosFlags {
   uint64_t jobs = 500;
@@ -429,7 +429,7 @@ class Run {
     for (uint64_t n = 0; n < f_.jobs; ++n) {
       Job& j = jobs_[n];
       j.custom_id = "job-" + std::to_string(n);
-      j.prompt = kPrompts[counter_random(key, 2 * n) % (sizeof kPrompts / sizeof kPrompts[0])];
+      j.prompt = kChaosPrompts[counter_random(key, 2 * n) % (sizeof kChaosPrompts / sizeof kChaosPrompts[0])];
       j.seed = counter_random(key, 2 * n + 1) % 1'000'000;
       // Interactive requests are spread through the run: every k-th job.
       j.interactive = f_.interactive > 0 && n * f_.interactive / f_.jobs != (n + 1) * f_.interactive / f_.jobs;

@@ -20,6 +20,7 @@
 #include "cli/http_post.h"
 #include "cli/model_locator.h"
 #include "cli/shutdown.h"
+#include "cli/story_prompts.h"
 #include "coordinator/server.h"
 #include "transport/nats_server.h"
 
@@ -40,9 +41,6 @@ struct DemoFlags {
 constexpr long kDemoRequestTimeoutS = 600;
 
 const char* kWeekdays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
-
-const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
-                          "Tom and his mom went to the park", "The sun was shining and"};
 
 std::string status_line(const agent::Fleet& fleet, const std::string& status_json, int utc_offset_minutes) {
   const core::LocalTime local = core::to_local(fleet.sim_now(), utc_offset_minutes);
@@ -148,7 +146,7 @@ void run_demo(DemoFlags& f) {
     while (!stop.load()) {
       next += period;
       const nlohmann::json body = {{"model", "stories260K"},
-                                   {"prompt", kPrompts[n % (sizeof kPrompts / sizeof kPrompts[0])]},
+                                   {"prompt", kStoryPrompts[n % kStoryPrompts.size()]},
                                    {"max_tokens", 200},
                                    {"temperature", 0.8},
                                    {"seed", n}};

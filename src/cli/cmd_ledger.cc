@@ -32,6 +32,7 @@
 #include "cli/commands.h"
 #include "cli/data_location.h"
 #include "common/money.h"
+#include "common/wall_clock.h"
 #include "core/ledger.h"
 #include "store/job_store.h"
 #include "store/ledger_store.h"
@@ -42,11 +43,6 @@ namespace idlefleet::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-core::TimeMs wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string ledger_path(const DataLocation& where) { return data_file(where, store::kLedgerFileName); }
 
@@ -237,7 +233,7 @@ struct PayoutFlags {
 
 void payouts(const PayoutFlags& f) {
   auto ledger = open_ledger(f.where, false);
-  auto batch = ledger->payout_batch(f.month, micros_of(f.min), wall_ms());
+  auto batch = ledger->payout_batch(f.month, micros_of(f.min), wall_clock_ms());
   if (!batch) throw CommandError{batch.error().message};
   emit(store::payout_csv(*batch), f.output);
   int64_t total = 0;
@@ -262,7 +258,7 @@ struct MoneyFlags {
 void deposit(const MoneyFlags& f) {
   auto ledger = open_ledger(f.where, true);
   const std::string account = client_account_of(f.client);
-  const core::TimeMs now = wall_ms();
+  const core::TimeMs now = wall_clock_ms();
   // Without --ref, one deposit per client and millisecond.
   const std::string ref = !f.reference.empty() ? f.reference
                                                : account.substr(core::kClientAccountPrefix.size()) + ":" +

@@ -40,6 +40,7 @@
 #include "cli/http_post.h"
 #include "cli/model_locator.h"
 #include "cli/shutdown.h"
+#include "cli/story_prompts.h"
 #include "common/random.h"
 #include "coordinator/server.h"
 #include "sim/fleet_scale.h"
@@ -74,9 +75,6 @@ constexpr auto kStatusPeriod = std::chrono::seconds(5);
 // How often the clock is watched for the end (10 ms: under a simulated
 // minute on a day of a few minutes).
 constexpr int kWatchPeriodMs = 10;
-
-const char* kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily",
-                          "Tom and his mom went to the park", "The sun was shining and"};
 
 struct SimLiveFlags {
   std::string scenario;
@@ -172,7 +170,7 @@ core::TimeMs next_arrival(const sim::Scenario& s, double jobs_per_second_at_peak
 
 std::string completion_body(const std::string& model, uint64_t completion_tokens, uint64_t n) {
   return json{{"model", model},
-              {"prompt", kPrompts[n % (sizeof kPrompts / sizeof kPrompts[0])]},
+              {"prompt", kStoryPrompts[n % kStoryPrompts.size()]},
               {"max_tokens", completion_tokens},
               {"ignore_eos", true},
               {"temperature", 0.8},

@@ -20,6 +20,7 @@
 #include "common/crypto.h"
 #include "common/identity.h"
 #include "common/nkey.h"
+#include "common/wall_clock.h"
 #include "core/ledger.h"
 #include "common/log_limiter.h"
 #include "common/money.h"
@@ -67,11 +68,6 @@ constexpr int64_t kNatsReloadConnectGapMs = 100;
 // many clients' funds are held at once.
 constexpr int64_t kPrepaidFundsCacheMs = 1000;
 constexpr size_t kPrepaidFundsCacheEntriesMax = 10'000;
-
-core::TimeMs wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 
 const char* kFingerprint = "fp_idlefleet_0.1.0";
@@ -585,16 +581,18 @@ struct CoordinatorServer::Impl {
       // Standings and quarantines outlive restarts.
       auto standings = vehicle_store->standings();
       if (!standings) return Unexpected(standings.error());
-      for (auto& [id, s] : *standings) (void)machine->handle(core::RestoreStandingEvent{id, std::move(s)}, wall_ms());
+      for (auto& [id, s] : *standings) {
+        (void)machine->handle(core::RestoreStandingEvent{id, std::move(s)}, wall_clock_ms());
+      }
     }
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");
-    IF_RETURN_IF_ERROR(restore_jobs(wall_ms()));
+    IF_RETURN_IF_ERROR(restore_jobs(wall_clock_ms()));
     auto fstore = store::FileStore::open((fs::path(config.data_dir) / "files.sqlite3").string());
     if (!fstore) return Unexpected(fstore.error());
     files = std::move(*fstore);
-    IF_RETURN_IF_ERROR(restore_batches(wall_ms()));
+    IF_RETURN_IF_ERROR(restore_batches(wall_clock_ms()));
     settle_sweep();
-    publish_status(wall_ms());
+    publish_status(wall_clock_ms());
 
     auto key = load_or_create_key(coordinator_key_path(config.data_dir));
     if (!key) return Unexpected(key.error());
@@ -682,10 +680,10 @@ struct CoordinatorServer::Impl {
     }
     dashboard_streams.clear();
     nats.reset();
-    flush_dirty(wall_ms());
+    flush_dirty(wall_clock_ms());
     // Jobs still waiting for receipts settle now with those that came.
     if (ledger && vehicle_store) {
-      for (const auto& [job, p] : to_settle) settle(job, p, wall_ms());
+      for (const auto& [job, p] : to_settle) settle(job, p, wall_clock_ms());
       to_settle.clear();
     }
     if (gate && key_store) {
@@ -741,7 +739,7 @@ struct CoordinatorServer::Impl {
     uint64_t dropped = 0;
     {
       std::lock_guard<std::mutex> lock(log_mu);
-      if (!log_limiter.allow(key, wall_ms(), &dropped)) return;
+      if (!log_limiter.allow(key, wall_clock_ms(), &dropped)) return;
     }
     log(line + (dropped > 0 ? " (and " + std::to_string(dropped) + " more like it not logged)" : ""));
   }
@@ -970,7 +968,9 @@ struct CoordinatorServer::Impl {
     const std::string* idem = r.header("idempotency-key");
     if (idem != nullptr && !idempotency_key_valid(*idem)) return x->respond(error_response(bad_idempotency_key()));
     if (!key_id.empty()) {
-      if (auto refusal = gate->admit(key_id, ids.size(), wall_ms())) return x->respond(refusal_response(*refusal));
+      if (auto refusal = gate->admit(key_id, ids.size(), wall_clock_ms())) {
+        return x->respond(refusal_response(*refusal));
+      }
     }
     if (!req.seed_given) req.sampling.seed = transport::random_u64();
     if (workable_vehicles.load() == 0) {
@@ -988,7 +988,7 @@ struct CoordinatorServer::Impl {
     client->exchange = x;
     client->model = model;
     client->meta.id = (chat ? "chatcmpl-" : "cmpl-") + transport::random_hex(12);
-    client->meta.created = wall_ms() / 1000;
+    client->meta.created = wall_clock_ms() / 1000;
     client->meta.model = model->id;
     client->meta.system_fingerprint = kFingerprint;
     client->detok = std::make_unique<engine::Detokenizer>(tok);
@@ -1025,7 +1025,7 @@ struct CoordinatorServer::Impl {
     if (auto* e = std::get_if<ApiError>(&prepared)) return x->respond(error_response(*e));
     std::shared_ptr<EmbeddingClient> client = std::move(std::get<std::shared_ptr<EmbeddingClient>>(prepared));
     if (!key_id.empty()) {
-      if (auto refusal = gate->admit(key_id, client->prompt_tokens, wall_ms())) {
+      if (auto refusal = gate->admit(key_id, client->prompt_tokens, wall_clock_ms())) {
         return x->respond(refusal_response(*refusal));
       }
     }
@@ -1193,7 +1193,7 @@ struct CoordinatorServer::Impl {
     f.purpose = purpose;
     f.filename = file->filename.substr(0, kFileNameBytesMax);
     f.bytes = file->data.size();
-    f.created_at = wall_ms() / 1000;
+    f.created_at = wall_clock_ms() / 1000;
     f.owner = owner;
     on_files([x, f, content = std::string(file->data)](store::FileStore& fs) {
       if (auto st = fs.put_file(f, content); !st) return x->respond(store_error(st.error()));
@@ -1365,7 +1365,7 @@ struct CoordinatorServer::Impl {
       if (auto refusal = gate->authorize(owner, batch_endpoint_scope(c.endpoint))) {
         return x->respond(refusal_response(*refusal));
       }
-      if (auto refusal = gate->admit(owner, 0, wall_ms())) return x->respond(refusal_response(*refusal));
+      if (auto refusal = gate->admit(owner, 0, wall_clock_ms())) return x->respond(refusal_response(*refusal));
     }
     // A client whose prepaid money is spent starts no batch (the loop thread
     // reads the ledger); a batch already running goes on to its end.
@@ -1402,7 +1402,7 @@ struct CoordinatorServer::Impl {
       }
       auto content = fs.file_content(c.input_file_id);
       if (!content || !*content) return x->respond(store_error(content ? Error{ErrorCode::kNotFound, "gone"} : content.error()));
-      const core::TimeMs now = wall_ms();
+      const core::TimeMs now = wall_clock_ms();
       BatchRun run;
       run.obj.id = "batch_" + transport::random_hex(12);
       run.obj.endpoint = c.endpoint;
@@ -1640,7 +1640,7 @@ struct CoordinatorServer::Impl {
       ++run.obj.completed;
       if (!run.owner.empty() && gate) {
         const Prices prices = prices_of(e->spec.model_id);
-        gate->record_usage(run.owner, e->spec.prompt_ids.size(), tokens.size(), wall_ms(), &prices);
+        gate->record_usage(run.owner, e->spec.prompt_ids.size(), tokens.size(), wall_clock_ms(), &prices);
       }
     } else if (state == core::JobState::kCancelled && run.ending == "cancelled") {
       line.state = "cancelled";
@@ -1904,7 +1904,7 @@ struct CoordinatorServer::Impl {
       c->answered = true;
       if (!c->key_id.empty()) {
         const Prices prices = prices_of(c->model);
-        gate->record_usage(c->key_id, c->prompt_tokens, 0, wall_ms(), &prices);
+        gate->record_usage(c->key_id, c->prompt_tokens, 0, wall_clock_ms(), &prices);
       }
       c->exchange->respond(json_response(200, embedding_response(c->model, c->vectors, c->base64, c->prompt_tokens)));
       c->vectors.clear();
@@ -1928,18 +1928,18 @@ struct CoordinatorServer::Impl {
 
   void loop() {
     const int64_t tick_ms = config.tick_ms;
-    core::TimeMs next_tick = wall_ms();
+    core::TimeMs next_tick = wall_clock_ms();
     std::deque<Item> items;
     while (!stopping.load()) {
       {
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, next_tick - wall_ms())),
+        cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, next_tick - wall_clock_ms())),
                     [&] { return !inbox.empty() || stopping.load(); });
         items.swap(inbox);
       }
       bool accepted = false;  // a client's job was accepted in this drain
       for (Item& item : items) {
-        const core::TimeMs now = wall_ms();
+        const core::TimeMs now = wall_clock_ms();
         if (item.task) {
           item.task(now);
           continue;
@@ -1979,9 +1979,9 @@ struct CoordinatorServer::Impl {
       // first event goes out with the first chunk, a later drain): a
       // coordinator killed now restores it rather than losing it. Found by
       // `idlefleet chaos --seed 2`.
-      if (accepted) flush_dirty(wall_ms());
+      if (accepted) flush_dirty(wall_clock_ms());
       items.clear();
-      const core::TimeMs now = wall_ms();
+      const core::TimeMs now = wall_clock_ms();
       if (!batch_runs.empty()) pump_batches(now);
       if (now >= next_tick) {
         tick_batches(now);
@@ -2074,7 +2074,7 @@ struct CoordinatorServer::Impl {
   void on_accepted(const core::JobAcceptedEffect& e) {
     auto it = clients.find(e.job_id);
     if (it == clients.end()) {
-      if (!e.status) on_batch_job(e.job_id, std::nullopt, e.status.error().message, wall_ms());
+      if (!e.status) on_batch_job(e.job_id, std::nullopt, e.status.error().message, wall_clock_ms());
       return;
     }
     ClientStream& c = *it->second;
@@ -2144,7 +2144,7 @@ struct CoordinatorServer::Impl {
     auto it = clients.find(e.job_id);
     if (it == clients.end()) {
       // A batch line whose job is checked waits for the agreed output (on_verified).
-      if (!e.verifying) on_batch_job(e.job_id, e.state, e.finish_reason, wall_ms());
+      if (!e.verifying) on_batch_job(e.job_id, e.state, e.finish_reason, wall_clock_ms());
       return;
     }
     ClientStream& c = *it->second;
@@ -2157,7 +2157,7 @@ struct CoordinatorServer::Impl {
     const Usage usage{c.prompt_tokens, c.completion_tokens};
     if (e.state == core::JobState::kDone && !c.key_id.empty()) {
       const Prices prices = prices_of(c.model != nullptr ? c.model->id : c.request.model);
-      gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_ms(), &prices);
+      gate->record_usage(c.key_id, c.prompt_tokens, c.completion_tokens, wall_clock_ms(), &prices);
     }
     if (e.state == core::JobState::kDone) {
       if (c.request.stream) {
@@ -2249,7 +2249,7 @@ struct CoordinatorServer::Impl {
     }
     Item item;
     item.task = [this, x, code, vid, key](core::TimeMs now) {
-      auto v = vehicle_store->enrol(code, vid, key, wall_ms());
+      auto v = vehicle_store->enrol(code, vid, key, wall_clock_ms());
       if (!v) return x->respond(enrol_error(v.error()));
       vehicle_keys[v->vehicle_id] = *from_hex<32>(v->public_key);
       vehicle_owners[v->vehicle_id] = v->owner_id;
@@ -2321,11 +2321,11 @@ struct CoordinatorServer::Impl {
       }
       const store::Owner& o = **owner;
       if (method == "POST" && path == "/v1/owner/enrolment_codes") {
-        auto code = vehicle_store->create_code(o.id, wall_ms());
+        auto code = vehicle_store->create_code(o.id, wall_clock_ms());
         if (!code) return x->respond(enrol_error(code.error()));
         return x->respond(json_response(200, json{{"code", *code},
                                                   {"owner_id", o.id},
-                                                  {"expires_at", (wall_ms() + store::kEnrolmentCodeTtlMs) / 1000}}
+                                                  {"expires_at", (wall_clock_ms() + store::kEnrolmentCodeTtlMs) / 1000}}
                                                  .dump()));
       }
       if (method == "GET" && path == "/v1/owner/vehicles") {
@@ -2423,7 +2423,7 @@ struct CoordinatorServer::Impl {
       e.param = policy_param(policy.error().message);
       return x->respond(error_response(e));
     }
-    if (auto st = vehicle_store->put_policy(vehicle_id, *policy, wall_ms()); !st) {
+    if (auto st = vehicle_store->put_policy(vehicle_id, *policy, wall_clock_ms()); !st) {
       return x->respond(enrol_error(st.error()));
     }
     count_event("policy_set", "the owner set the policy of vehicle " + vehicle_id);
@@ -2526,7 +2526,7 @@ struct CoordinatorServer::Impl {
                                           ", which is not enrolled (idlefleet agent enroll with an owner's code)");
         return false;
       }
-      store::VehicleRecord v{e.vehicle_id, h->public_key, "", wall_ms()};
+      store::VehicleRecord v{e.vehicle_id, h->public_key, "", wall_clock_ms()};
       if (auto st = vehicle_store->put_vehicle(v); !st) {
         log("vehicle store: " + st.error().to_string());
         return false;
@@ -2720,7 +2720,7 @@ struct CoordinatorServer::Impl {
   // have no settlement (the coordinator stopped between a job's end and its
   // settlement) settle now, from the receipts that were stored.
   void settle_sweep() {
-    const core::TimeMs now = wall_ms();
+    const core::TimeMs now = wall_clock_ms();
     auto done = store->done_since(now - kSettleSweepWindowMs, store::kListRecentJobsMax);
     if (!done) return log("settlement sweep: " + done.error().to_string());
     size_t settled = 0;
@@ -2917,7 +2917,7 @@ struct CoordinatorServer::Impl {
     r.request_sha256 = slot.request_sha256;
     r.status = 200;
     r.body = *body;
-    r.created_at = wall_ms();
+    r.created_at = wall_clock_ms();
     if (auto st = key_store->put_response(slot.scope, slot.key, r); !st) log("key store: " + st.error().to_string());
   }
 

@@ -18,7 +18,6 @@ using i128 = __int128;
 using u128 = unsigned __int128;
 
 constexpr int64_t kMillionth = 1'000'000;       // ppm, micros per unit, tokens per million
-constexpr int64_t kMsPerHour = 3'600'000;
 
 // ceil(a / b) for b > 0, any sign of a.
 i128 ceil_div(i128 a, i128 b) {
@@ -433,7 +432,7 @@ Result<Transaction> settle_job(const SettlementInput& in) {
         ceil_div(static_cast<i128>(a.energy_mwh) * std::max<int64_t>(a.tariff_micros_per_kwh, 0), kMillionth));
     // 31 days of ms times 1e9 micros per hour: at most 7.44e11 micros.
     const int64_t wear = static_cast<int64_t>(
-        ceil_div(static_cast<i128>(a.accelerator_ms) * in.wear_micros_per_accelerator_hour, kMsPerHour));
+        ceil_div(static_cast<i128>(a.accelerator_ms) * in.wear_micros_per_accelerator_hour, kHourMs));
     pair(kPlatformRevenueAccount, owner, shares[i], kPostingRevenueShare, a.receipt_id);
     pair(kPlatformEnergyAccount, owner, energy, kPostingEnergy, a.receipt_id);
     pair(kPlatformWearAccount, owner, wear, kPostingWear, a.receipt_id);

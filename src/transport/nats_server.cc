@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "transport/deadline.h"
+
 namespace idlefleet::transport {
 namespace {
 
@@ -31,12 +33,6 @@ constexpr int64_t kStartPollMs = 5;
 constexpr int64_t kStartProbeMs = 50;
 // How much of the log an error message quotes.
 constexpr size_t kLogTailBytes = 2000;
-
-// Rounded up, so that a wait of this many milliseconds never ends early.
-int64_t ms_until(Clock::time_point deadline) {
-  auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return std::max<int64_t>(0, left);
-}
 
 Result<std::string> resolve_binary(const std::string& binary) {
   if (!binary.empty()) {

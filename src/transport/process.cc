@@ -26,6 +26,8 @@
 
 extern char** environ;
 
+#include "transport/deadline.h"
+
 namespace idlefleet::transport {
 namespace {
 
@@ -40,12 +42,6 @@ constexpr int64_t kTcpAttemptMsMax = 500;
 constexpr long kChildFdsMax = 65536;
 
 using Clock = std::chrono::steady_clock;
-
-// Rounded up, so that a wait of this many milliseconds never ends early.
-int64_t ms_until(Clock::time_point deadline) {
-  auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return std::max<int64_t>(0, left);
-}
 
 std::string errno_text(int err) { return std::strerror(err); }
 

@@ -142,6 +142,8 @@ form.addEventListener('submit', async (event) => {
   p.price_cap_micros_per_kwh = cap === '' ? null : numberOf('price_cap_micros_per_kwh');
   if (p.tariff && p.tariff.kind === 'flat') p.tariff = {kind: 'flat', flat_micros_per_kwh: numberOf('flat_micros_per_kwh')};
   p.wear_budget_hours_per_month = numberOf('wear_budget_hours_per_month');
+  // The last answer is cleared, so that what shows next is this one's.
+  setStatus(policyStatus, `Saving for ${id}…`);
   const response = await call(`/v1/owner/vehicles/${encodeURIComponent(id)}/policy`, {
     method: 'PUT', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(p),
   });

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model_tools.h"
+#include "support/sanitized.h"
 #include "support/shared_model.h"
 #include "unit/engine/test_models.h"
 
@@ -323,25 +324,32 @@ TEST_F(Cli, AdminKeysRefuseGarbage) {
 // `idlefleet sim month`: a month of one simulated vehicle, as text, JSON and
 // CSV that agree; garbage flags are usage errors naming the flag.
 TEST_F(Cli, SimMonthReportsTheSameMonthInEveryFormat) {
-  const Ran text = run("sim month --days 3");
+  // A simulated day took 3 s in the sanitizer build (the whole test 120 s),
+  // so there each format runs one day and the month's default length is
+  // left to the release build.
+  const int days = idlefleet::testing::kSanitized ? 1 : 3;
+  const std::string month_days = "sim month --days " + std::to_string(days);
+  const Ran text = run(month_days);
   ASSERT_EQ(text.exit_code, 0) << text.output;
   EXPECT_NE(text.output.find("net for the owner"), std::string::npos) << text.output;
-  const Ran js = run("sim month --days 3 --format json");
+  const Ran js = run(month_days + " --format json");
   ASSERT_EQ(js.exit_code, 0) << js.output;
   const nlohmann::json j = nlohmann::json::parse(js.output, nullptr, false);
   ASSERT_TRUE(j.is_object()) << js.output;
-  EXPECT_EQ(j["days"], 3);
-  EXPECT_EQ(j["by_day"].size(), 3u);
+  EXPECT_EQ(j["days"], days);
+  EXPECT_EQ(j["by_day"].size(), static_cast<size_t>(days));
   const std::string net = j["total"]["net_after_electricity"].get<std::string>();
-  const Ran csv = run("sim month --days 3 --format csv");
+  const Ran csv = run(month_days + " --format csv");
   ASSERT_EQ(csv.exit_code, 0) << csv.output;
   EXPECT_NE(csv.output.find("\ntotal,"), std::string::npos) << csv.output;
   EXPECT_EQ(csv.output.substr(csv.output.rfind(',') + 1), net + "\n") << csv.output;
-  EXPECT_EQ(std::count(csv.output.begin(), csv.output.end(), '\n'), 5);  // header, 3 days, total
+  EXPECT_EQ(std::count(csv.output.begin(), csv.output.end(), '\n'), days + 2);  // header, the days, total
   // The whole month by default, and a time-of-use tariff.
-  const Ran month = run("sim month --month 2027-02 --tariff 00:00=0.10,07:00=0.35,23:00=0.10 --format json");
-  ASSERT_EQ(month.exit_code, 0) << month.output;
-  EXPECT_EQ(nlohmann::json::parse(month.output)["days"], 28);
+  if (!idlefleet::testing::kSanitized) {
+    const Ran month = run("sim month --month 2027-02 --tariff 00:00=0.10,07:00=0.35,23:00=0.10 --format json");
+    ASSERT_EQ(month.exit_code, 0) << month.output;
+    EXPECT_EQ(nlohmann::json::parse(month.output)["days"], 28);
+  }
 
   for (const std::string args :
        {"sim month --days 0", "sim month --days 367", "sim month --days x", "sim month --month 2026-13",
@@ -465,8 +473,10 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
 TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
   const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
   const fs::path out = dir_ / "detailed";
-  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --no-sensitivity --out " +
-                    out.string());
+  // 1,500 cars took 66 s in the sanitizer build; 300 place jobs enough too.
+  const std::string vehicles = idlefleet::testing::kSanitized ? "300" : "1500";
+  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles " + vehicles +
+                    " --days 1 --quiet --no-sensitivity --out " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(detailed, "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("jobs placed:"), std::string::npos) << r.output;
@@ -586,7 +596,10 @@ namespace {
 // A violation (the planted double settlement) exits 1 and prints the line
 // that reproduces its seed alone, which then fails the same way.
 TEST_F(Cli, SimDstReportsAViolationWithItsReproduction) {
-  const Ran r = run("sim dst --seeds 1-100 --quiet --test-plant-double-settlement");
+  // Seeds 1-20 hold five of the planted bug's catches (1-100 hold 28); the
+  // sanitizer build runs those (100 seeds took 81 s there).
+  const Ran r = run(std::string("sim dst --seeds ") + (idlefleet::testing::kSanitized ? "1-20" : "1-100") +
+                    " --quiet --test-plant-double-settlement");
   ASSERT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find(": ledger at step"), std::string::npos) << r.output;
   const size_t at = r.output.find("reproduce: idlefleet ");

@@ -473,10 +473,8 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
 TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
   const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
   const fs::path out = dir_ / "detailed";
-  // 1,500 cars took 66 s in the sanitizer build; 300 place jobs enough too.
-  const std::string vehicles = idlefleet::testing::kSanitized ? "300" : "1500";
-  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles " + vehicles +
-                    " --days 1 --quiet --no-sensitivity --out " + out.string());
+  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --no-sensitivity --out " +
+                    out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(detailed, "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("jobs placed:"), std::string::npos) << r.output;

@@ -28,7 +28,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::api_keys_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -521,4 +521,4 @@ TEST_F(ApiKeys, ABatchsTokensCountAsItsKeysUsage) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::api_keys_test

@@ -49,7 +49,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::bad_input_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -781,4 +781,4 @@ TEST_F(BadInput, WithoutAuthKeysAreIgnoredAndIdempotencyIsPerClient) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::bad_input_test

@@ -36,7 +36,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::batches_api_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -669,4 +669,4 @@ TEST_F(Batches, FilesAndBatchesRefuseGarbage) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::batches_api_test

@@ -40,7 +40,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::dashboard_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -394,4 +394,4 @@ TEST_F(DashboardBrowser, EveryViewWorksInChromium) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::dashboard_test

@@ -26,7 +26,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::embeddings_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -378,4 +378,4 @@ TEST_F(Embeddings, AnUnfinishedEmbeddingEndsAsFailedWhenTheCoordinatorRestarts) 
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::embeddings_test

@@ -31,7 +31,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::fleet_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -348,4 +348,4 @@ TEST_F(Fleet, StreamsSurviveAKilledAgentAndReturningDriversWithIdenticalOutput) 
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::fleet_test

@@ -20,7 +20,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::logprobs_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -319,4 +319,4 @@ TEST_F(Logprobs, IgnoreEosRunsPastTheEndOfTheStoryToMaxTokens) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::logprobs_test

@@ -33,7 +33,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::nats_auth_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -447,4 +447,4 @@ TEST(NatsAuthFleet, AnEnrolledCarConnectsWithItsKeyAndServes) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::nats_auth_test

@@ -26,7 +26,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::openai_node_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -142,4 +142,4 @@ TEST_F(OpenAiNode, OfficialClientWorksUnchanged) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::openai_node_test

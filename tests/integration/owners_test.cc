@@ -28,7 +28,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::owners_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -482,4 +482,4 @@ TEST_F(Owners, PoliciesReachTheCarAndStatementsMatchTheLedger) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::owners_test

@@ -30,7 +30,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::prepaid_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -459,4 +459,4 @@ TEST_F(PrepaidOff, NobodyIsRefused) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::prepaid_test

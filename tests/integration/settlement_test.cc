@@ -24,7 +24,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::settlement_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -240,4 +240,4 @@ TEST_F(Settlement, AJobResumedAcrossThreeVehiclesPaysEachItsMeteredShareAtItsOwn
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::settlement_test

@@ -32,7 +32,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet {
+namespace idlefleet::tamper_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -333,4 +333,4 @@ TEST_F(Tamper, TheTamperingVehicleIsCaughtAndQuarantinedAndClientsGetTheAgreedOu
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::tamper_test

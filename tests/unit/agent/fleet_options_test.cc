@@ -9,7 +9,7 @@
 #include <limits>
 #include <string>
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::fleet_options_test {
 namespace {
 
 FleetOptions with_cars(int n) {
@@ -72,4 +72,4 @@ TEST(FleetOptions, SimulatedCarsGivenWholeAreEachChecked) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::fleet_options_test

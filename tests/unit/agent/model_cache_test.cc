@@ -25,7 +25,7 @@
 #include "transport/download.h"
 #include "transport/http_server.h"
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::model_cache_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -344,4 +344,4 @@ TEST(ParseCatalog, LimitsAreEnforced) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::model_cache_test

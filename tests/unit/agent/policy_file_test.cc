@@ -11,7 +11,7 @@
 
 #include "core/protocol.h"
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::policy_file_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -63,4 +63,4 @@ TEST_F(PolicyFileTest, GarbageIsAnErrorNamingTheFile) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::policy_file_test

@@ -59,7 +59,7 @@
 #include "core/time.h"
 #include "support/sanitized.h"
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::policy_property_test {
 namespace {
 
 using core::DurationMs;
@@ -687,4 +687,4 @@ TEST(PolicyProperty, SeededVehicleWeeks) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::policy_property_test

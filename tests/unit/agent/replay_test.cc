@@ -13,7 +13,7 @@
 
 #include "agent/sim_vehicle.h"
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::replay_test {
 namespace {
 
 using core::TimeMs;
@@ -303,4 +303,4 @@ TEST_F(ReplayFile, TooLargeIsRefusedBeforeReading) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::replay_test

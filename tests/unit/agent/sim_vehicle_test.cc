@@ -15,7 +15,7 @@
 #include "core/policy.h"
 #include "support/sanitized.h"
 
-namespace idlefleet::agent {
+namespace idlefleet::agent::sim_vehicle_test {
 namespace {
 
 using core::kDayMs;
@@ -557,4 +557,4 @@ TEST(SimVehicle, ParamsAreValidated) {
 }
 
 }  // namespace
-}  // namespace idlefleet::agent
+}  // namespace idlefleet::agent::sim_vehicle_test

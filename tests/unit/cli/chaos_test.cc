@@ -18,7 +18,7 @@
 #include "support/sanitized.h"
 #include "support/shared_model.h"
 
-namespace idlefleet {
+namespace idlefleet::chaos_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -87,4 +87,4 @@ TEST_F(Chaos, RefusesSettingsItCannotHonour) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::chaos_test

@@ -19,28 +19,14 @@
 #include "support/sanitized.h"
 #include "support/shared_model.h"
 #include "unit/engine/test_models.h"
+#include "support/run_command.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Ran {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-Ran run(const std::string& args, const std::string& cwd = "") {
-  const std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + "'" + IDLEFLEET_BINARY + "' " + args + " 2>&1";
-  Ran r{-1, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using idlefleet::testing::Ran;
+using idlefleet::testing::run_idlefleet;
 
 class Cli : public ::testing::Test {
  protected:
@@ -69,11 +55,11 @@ TEST_F(Cli, PullCopiesAGgufFromAFileUrl) {
   // tiny110m in q4_0 (62 MB) is the smallest shipped shape.
   ASSERT_TRUE(idlefleet::engine::synth_model({"tiny110m", idlefleet::engine::TensorType::kQ4_0, 3}, src.string()));
   const fs::path out = dir_ / "models" / "pulled.gguf";
-  const Ran r = run("model pull 'file://" + src.string() + "' -o '" + out.string() + "'");
+  const Ran r = run_idlefleet("model pull 'file://" + src.string() + "' -o '" + out.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(fs::file_size(out), fs::file_size(src));
   EXPECT_EQ(partial_files(out), 0) << "a partial download was left behind";
-  const Ran inspect = run("model inspect '" + out.string() + "'");
+  const Ran inspect = run_idlefleet("model inspect '" + out.string() + "'");
   EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
   EXPECT_NE(inspect.output.find("token_embd.weight"), std::string::npos);
 }
@@ -82,19 +68,19 @@ TEST_F(Cli, PullRefusesWhatIsNotAModelAndLeavesNothing) {
   const fs::path junk = dir_ / "junk.gguf";
   std::ofstream(junk) << "this is not a model";
   const fs::path out = dir_ / "out.gguf";
-  Ran r = run("model pull 'file://" + junk.string() + "' -o '" + out.string() + "'");
+  Ran r = run_idlefleet("model pull 'file://" + junk.string() + "' -o '" + out.string() + "'");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("not a usable GGUF model"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(out));
   EXPECT_EQ(partial_files(out), 0) << "a partial download was left behind";
-  r = run("model pull 'file://" + (dir_ / "missing.gguf").string() + "' -o '" + out.string() + "'");
+  r = run_idlefleet("model pull 'file://" + (dir_ / "missing.gguf").string() + "' -o '" + out.string() + "'");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_EQ(partial_files(out), 0) << "a partial download was left behind";
 }
 
 TEST_F(Cli, RunWithoutAnyModelExplainsWhatToDo) {
   // From a directory with no models/ and no ../shared beside it.
-  const Ran r = run("run -p hello", dir_.string());
+  const Ran r = run_idlefleet("run -p hello", dir_.string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("model pull"), std::string::npos) << r.output;
 }
@@ -105,7 +91,7 @@ TEST_F(Cli, GarbageModelFilesGetClearErrors) {
   for (const std::string& args : {"model inspect '" + junk.string() + "'", "run -m '" + junk.string() + "'",
                                   "model quantize '" + junk.string() + "' '" + (dir_ / "q.gguf").string() + "' --type q8_0",
                                   "model inspect '" + (dir_ / "absent.gguf").string() + "'"}) {
-    const Ran r = run(args);
+    const Ran r = run_idlefleet(args);
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
   }
@@ -119,7 +105,7 @@ TEST_F(Cli, EmbedPrintsAUnitVectorTheSameForAnyThreadCount) {
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   }
   const std::string base = "embed -m '" + model.string() + "' -p 'the cat sat'";
-  const Ran one = run(base + " -t 1");
+  const Ran one = run_idlefleet(base + " -t 1");
   ASSERT_EQ(one.exit_code, 0) << one.output;
   const auto j = nlohmann::json::parse(one.output, nullptr, false);
   ASSERT_TRUE(j.is_object()) << one.output;
@@ -131,11 +117,11 @@ TEST_F(Cli, EmbedPrintsAUnitVectorTheSameForAnyThreadCount) {
   for (const auto& x : v) norm += x.get<double>() * x.get<double>();
   EXPECT_NEAR(norm, 1.0, 1e-5);
   for (int threads : {2, 4}) {
-    const Ran r = run(base + " -t " + std::to_string(threads));
+    const Ran r = run_idlefleet(base + " -t " + std::to_string(threads));
     EXPECT_EQ(r.output, one.output) << threads << " threads";
   }
   // A context too short for the text: a runtime error naming it.
-  const Ran short_ctx = run(base + " -c 2");
+  const Ran short_ctx = run_idlefleet(base + " -c 2");
   EXPECT_EQ(short_ctx.exit_code, 1) << short_ctx.output;
   EXPECT_NE(short_ctx.output.find("context"), std::string::npos) << short_ctx.output;
 }
@@ -155,7 +141,7 @@ TEST_F(Cli, EmbedAndRunRefuseGarbageFlags) {
         std::string("embed -p x --threads 300"), std::string("embed -p x -c -1"), std::string("embed -p x --bogus"),
         std::string("embed -p x extra"), std::string("run --presence-penalty 2.5"),
         std::string("run --frequency-penalty -3"), std::string("run --presence-penalty x")}) {
-    const Ran r = run(args, dir_.string());
+    const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
   }
   // Runtime errors: exit 1 with a message.
@@ -164,7 +150,7 @@ TEST_F(Cli, EmbedAndRunRefuseGarbageFlags) {
         std::string("embed -m '").append((dir_ / "absent.gguf").string()).append("' -p x"),
         std::string("embed -p x"),  // no model anywhere from this directory
         std::string("run -m '").append(junk.string()).append("' --presence-penalty 1")}) {
-    const Ran r = run(args, dir_.string());
+    const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
   }
@@ -172,18 +158,18 @@ TEST_F(Cli, EmbedAndRunRefuseGarbageFlags) {
   for (const char* flag : {"presence_penalty", "frequency_penalty"}) {
     std::string option = std::string("--").append(flag);
     std::replace(option.begin(), option.end(), '_', '-');
-    const Ran r = run(std::string("run -q -n 2 -m '").append(model.string()).append("' ").append(option).append(" nan"));
+    const Ran r = run_idlefleet(std::string("run -q -n 2 -m '").append(model.string()).append("' ").append(option).append(" nan"));
     EXPECT_EQ(r.exit_code, 1) << option << "\n" << r.output;
     EXPECT_NE(r.output.find(flag), std::string::npos) << option << "\n" << r.output;
   }
   // In range, on a real model: fine.
-  const Ran ok = run(std::string("run -q -n 4 -m '").append(model.string()).append("' --presence-penalty -2 --frequency-penalty 2"));
+  const Ran ok = run_idlefleet(std::string("run -q -n 4 -m '").append(model.string()).append("' --presence-penalty -2 --frequency-penalty 2"));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
 }
 
 TEST_F(Cli, UsageErrorsExitTwo) {
   for (const char* args : {"", "model", "model quantize a b --type q5_0", "run --threads 0", "frobnicate"}) {
-    const Ran r = run(args);
+    const Ran r = run_idlefleet(args);
     EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
   }
 }
@@ -199,7 +185,7 @@ TEST_F(Cli, FleetCommandsRefuseGarbage) {
                            "agent --time-scale 0.5", "agent --plug-in-probability 1.5",
                            "agent --plug-in-probability -0.1", "agent --chunk-us -1", "agent --chunk-us 100001",
                            "coordinator --http-port 70000", "demo --rate 0"}) {
-    const Ran r = run(args, dir_.string());
+    const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
   }
   // Runtime errors with a message naming the problem: exit 1.
@@ -222,7 +208,7 @@ TEST_F(Cli, FleetCommandsRefuseGarbage) {
       {"coordinator --model m=" + (dir_ / "nope.gguf").string() + " --nats nats://127.0.0.1:1", "nope.gguf"},
   };
   for (const Case& c : cases) {
-    const Ran r = run(c.args, dir_.string());
+    const Ran r = run_idlefleet(c.args, dir_.string());
     EXPECT_EQ(r.exit_code, 1) << c.args << ": " << r.output;
     EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << ": " << r.output;
   }
@@ -236,7 +222,7 @@ namespace {
 // directory; the secret is printed once and never reaches the file or a listing.
 TEST_F(Cli, AdminKeysCreateListRevokeRoundTrip) {
   const std::string data = "--data-dir '" + (dir_ / "data").string() + "'";
-  Ran r = run("admin keys create --name 'ci bot' --rpm 60 --tpm 10000 --spend-limit 12.5 " + data);
+  Ran r = run_idlefleet("admin keys create --name 'ci bot' --rpm 60 --tpm 10000 --spend-limit 12.5 " + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const size_t id_at = r.output.find("id: key_");
   const size_t secret_at = r.output.find("secret: sk-idf-");
@@ -252,32 +238,32 @@ TEST_F(Cli, AdminKeysCreateListRevokeRoundTrip) {
     EXPECT_EQ(bytes.find(secret.substr(7, 32)), std::string::npos) << suffix;
   }
 
-  r = run("admin keys list " + data);
+  r = run_idlefleet("admin keys list " + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find(id), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("ci bot"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("12.5"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find(secret.substr(7, 16)), std::string::npos) << "list shows the secret";
-  r = run("admin keys list --json " + data);
+  r = run_idlefleet("admin keys list --json " + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("\"requests_per_minute\": 60"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"spend_limit_micros\": 12500000"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"revoked_at\": null"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find(secret.substr(7, 16)), std::string::npos) << "list shows the secret";
 
-  r = run("admin keys revoke " + id + " " + data);
+  r = run_idlefleet("admin keys revoke " + id + " " + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("revoked " + id), std::string::npos) << r.output;
-  r = run("admin keys revoke " + id + " " + data);  // again: says so, still succeeds
+  r = run_idlefleet("admin keys revoke " + id + " " + data);  // again: says so, still succeeds
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("already revoked"), std::string::npos) << r.output;
-  r = run("admin keys list --json " + data);
+  r = run_idlefleet("admin keys list --json " + data);
   EXPECT_EQ(r.output.find("\"revoked_at\": null"), std::string::npos) << r.output;
 
   // --config finds the same directory through data_dir.
   const fs::path toml = dir_ / "c.toml";
   std::ofstream(toml) << "data_dir = \"" << (dir_ / "data").string() << "\"\n";
-  r = run("admin keys list --config '" + toml.string() + "'");
+  r = run_idlefleet("admin keys list --config '" + toml.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find(id), std::string::npos) << r.output;
 }
@@ -293,7 +279,7 @@ TEST_F(Cli, AdminKeysRefuseGarbage) {
         "admin keys create --name x --spend-limit 99999999999 " + data, "admin keys revoke " + data,
         "admin keys revoke not-a-key " + data, "admin keys revoke key_XYZ " + data,
         std::string("admin keys list --data-dir a --config b"), std::string("admin keys frobnicate")}) {
-    const Ran r = run(args, dir_.string());
+    const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
   }
   EXPECT_FALSE(fs::exists(dir_ / "data")) << "a refused command made the data directory";
@@ -310,13 +296,13 @@ TEST_F(Cli, AdminKeysRefuseGarbage) {
            {"admin keys list --data-dir '" + junk.parent_path().string() + "'", "keys.db"},
            {"admin keys create --name x --data-dir '" + junk.parent_path().string() + "'", "keys.db"},
        }) {
-    const Ran r = run(c.args, dir_.string());
+    const Ran r = run_idlefleet(c.args, dir_.string());
     EXPECT_EQ(r.exit_code, 1) << c.args << ": " << r.output;
     EXPECT_NE(r.output.find("error: "), std::string::npos) << c.args << ": " << r.output;
     EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << ": " << r.output;
   }
-  ASSERT_EQ(run("admin keys create --name x " + data, dir_.string()).exit_code, 0);
-  const Ran r = run("admin keys revoke key_000000000000000000000000 " + data, dir_.string());
+  ASSERT_EQ(run_idlefleet("admin keys create --name x " + data, dir_.string()).exit_code, 0);
+  const Ran r = run_idlefleet("admin keys revoke key_000000000000000000000000 " + data, dir_.string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("no key 'key_000000000000000000000000'"), std::string::npos) << r.output;
 }
@@ -329,24 +315,24 @@ TEST_F(Cli, SimMonthReportsTheSameMonthInEveryFormat) {
   // left to the release build.
   const int days = idlefleet::testing::kSanitized ? 1 : 3;
   const std::string month_days = "sim month --days " + std::to_string(days);
-  const Ran text = run(month_days);
+  const Ran text = run_idlefleet(month_days);
   ASSERT_EQ(text.exit_code, 0) << text.output;
   EXPECT_NE(text.output.find("net for the owner"), std::string::npos) << text.output;
-  const Ran js = run(month_days + " --format json");
+  const Ran js = run_idlefleet(month_days + " --format json");
   ASSERT_EQ(js.exit_code, 0) << js.output;
   const nlohmann::json j = nlohmann::json::parse(js.output, nullptr, false);
   ASSERT_TRUE(j.is_object()) << js.output;
   EXPECT_EQ(j["days"], days);
   EXPECT_EQ(j["by_day"].size(), static_cast<size_t>(days));
   const std::string net = j["total"]["net_after_electricity"].get<std::string>();
-  const Ran csv = run(month_days + " --format csv");
+  const Ran csv = run_idlefleet(month_days + " --format csv");
   ASSERT_EQ(csv.exit_code, 0) << csv.output;
   EXPECT_NE(csv.output.find("\ntotal,"), std::string::npos) << csv.output;
   EXPECT_EQ(csv.output.substr(csv.output.rfind(',') + 1), net + "\n") << csv.output;
   EXPECT_EQ(std::count(csv.output.begin(), csv.output.end(), '\n'), days + 2);  // header, the days, total
   // The whole month by default, and a time-of-use tariff.
   if (!idlefleet::testing::kSanitized) {
-    const Ran month = run("sim month --month 2027-02 --tariff 00:00=0.10,07:00=0.35,23:00=0.10 --format json");
+    const Ran month = run_idlefleet("sim month --month 2027-02 --tariff 00:00=0.10,07:00=0.35,23:00=0.10 --format json");
     ASSERT_EQ(month.exit_code, 0) << month.output;
     EXPECT_EQ(nlohmann::json::parse(month.output)["days"], 28);
   }
@@ -358,7 +344,7 @@ TEST_F(Cli, SimMonthReportsTheSameMonthInEveryFormat) {
         "sim month --owner-share 101", "sim month --tokens-per-second 0", "sim month --accelerator gpu",
         "sim month --format xml", "sim month --soc-floor -5", "sim month --utc-offset 99999", "sim month --frob",
         "sim"}) {
-    const Ran r = run(args);
+    const Ran r = run_idlefleet(args);
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
     EXPECT_EQ(r.output.find("net for the owner"), std::string::npos) << args;
   }
@@ -372,10 +358,10 @@ TEST_F(Cli, SimScenarioWritesTheSameSeriesForAnyThreadCount) {
   };
   const fs::path one = dir_ / "one", two = dir_ / "two";
   const std::string common = "sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 7 --quiet";
-  const Ran a = run(common + " --threads 1 --out " + one.string());
+  const Ran a = run_idlefleet(common + " --threads 1 --out " + one.string());
   ASSERT_EQ(a.exit_code, 0) << a.output;
   EXPECT_NE(a.output.find("scenario us-suburban: 3000 vehicles, 2 days"), std::string::npos) << a.output;
-  const Ran b = run(common + " --threads 2 --out " + two.string());
+  const Ran b = run_idlefleet(common + " --threads 2 --out " + two.string());
   ASSERT_EQ(b.exit_code, 0) << b.output;
   const std::string csv = read(one / "timeseries.csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 2 * 96);  // header, 2 days of 15-minute bins
@@ -413,7 +399,7 @@ TEST_F(Cli, SimScenarioWritesTheSameSeriesForAnyThreadCount) {
   EXPECT_EQ(page.find("were skipped"), std::string::npos);
   EXPECT_EQ(page.find("http"), std::string::npos);
   // Another seed is another fleet.
-  const Ran c = run("sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 8 --quiet --out " + (dir_ / "c").string());
+  const Ran c = run_idlefleet("sim --scenario " + scenario + " --vehicles 3000 --days 2 --seed 8 --quiet --out " + (dir_ / "c").string());
   ASSERT_EQ(c.exit_code, 0) << c.output;
   EXPECT_NE(csv, read(dir_ / "c" / "timeseries.csv"));
 }
@@ -425,7 +411,7 @@ TEST_F(Cli, SimScenarioNoSensitivitySkipsTheExtraRunsAndSaysSo) {
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
   const fs::path out = dir_ / "skip";
-  const Ran r = run("sim --scenario " + scenario + " --vehicles 2000 --days 1 --no-sensitivity --out " + out.string());
+  const Ran r = run_idlefleet("sim --scenario " + scenario + " --vehicles 2000 --days 1 --no-sensitivity --out " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("sensitivity:       skipped (--no-sensitivity)"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("idlefleet sim: sensitivity"), std::string::npos) << r.output;
@@ -436,13 +422,13 @@ TEST_F(Cli, SimScenarioNoSensitivitySkipsTheExtraRunsAndSaysSo) {
   ASSERT_TRUE(summary.is_object());
   EXPECT_TRUE(summary["sensitivity"].is_null());
   // Without --quiet the sensitivity runs show their own progress on stderr.
-  const Ran p = run("sim --scenario " + scenario + " --vehicles 2000 --days 1 --out " + (dir_ / "p").string());
+  const Ran p = run_idlefleet("sim --scenario " + scenario + " --vehicles 2000 --days 1 --out " + (dir_ / "p").string());
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("idlefleet sim: sensitivity, 9 runs of 2000 vehicles for 1 day ("), std::string::npos)
       << p.output;
   EXPECT_NE(p.output.find("100%"), std::string::npos) << p.output;
   // The flag takes no value.
-  const Ran e = run("sim --scenario " + scenario + " --no-sensitivity=maybe --out " + (dir_ / "e").string());
+  const Ran e = run_idlefleet("sim --scenario " + scenario + " --no-sensitivity=maybe --out " + (dir_ / "e").string());
   EXPECT_EQ(e.exit_code, 2) << e.output;
   EXPECT_FALSE(fs::exists(dir_ / "e" / "report.html"));
 }
@@ -450,7 +436,7 @@ TEST_F(Cli, SimScenarioNoSensitivitySkipsTheExtraRunsAndSaysSo) {
 TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
   const fs::path bad = dir_ / "bad.toml";
   std::ofstream(bad) << "name = \"bad\"\n\n[fleet]\nhome_charging_share = 1.5\n";
-  const Ran r = run("sim --scenario " + bad.string() + " --out " + (dir_ / "out").string());
+  const Ran r = run_idlefleet("sim --scenario " + bad.string() + " --out " + (dir_ / "out").string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("bad.toml:4: fleet.home_charging_share"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "out" / "timeseries.csv"));
@@ -461,11 +447,11 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
         "sim --scenario " + scenario + " --out x --vehicles 0", "sim --scenario " + scenario + " --out x --days 0",
         "sim --scenario " + scenario + " --out x --threads 0", "sim --scenario " + scenario + " --out x --bin-minutes 7x",
         "sim --scenario " + scenario + " --out x --bin-minutes 0"}) {
-    const Ran e = run(args);
+    const Ran e = run_idlefleet(args);
     EXPECT_EQ(e.exit_code, 2) << args << ": " << e.output;
   }
   // Minutes that do not divide a day are the simulation's to refuse.
-  const Ran e = run("sim --scenario " + scenario + " --quiet --out " + (dir_ / "o7").string() + " --bin-minutes 7");
+  const Ran e = run_idlefleet("sim --scenario " + scenario + " --quiet --out " + (dir_ / "o7").string() + " --bin-minutes 7");
   EXPECT_NE(e.exit_code, 0) << e.output;
   EXPECT_NE(e.output.find("bin_minutes"), std::string::npos) << e.output;
 }
@@ -473,7 +459,7 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
 TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
   const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
   const fs::path out = dir_ / "detailed";
-  const Ran r = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --no-sensitivity --out " +
+  const Ran r = run_idlefleet("sim --scenario " + scenario + " --fidelity detailed --vehicles 1500 --days 1 --quiet --no-sensitivity --out " +
                     out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(detailed, "), std::string::npos) << r.output;
@@ -485,9 +471,9 @@ TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
   EXPECT_GT(j["jobs_placed"].get<uint64_t>(), 1000u);
   EXPECT_GT(j["tokens_interactive"].get<double>(), 0.0);
   // An unknown fidelity is a usage error; a fleet over the detailed bound is refused by name.
-  const Ran bad = run("sim --scenario " + scenario + " --fidelity exact --out " + (dir_ / "x").string());
+  const Ran bad = run_idlefleet("sim --scenario " + scenario + " --fidelity exact --out " + (dir_ / "x").string());
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
-  const Ran big = run("sim --scenario " + scenario + " --fidelity detailed --vehicles 2000000 --quiet --out " +
+  const Ran big = run_idlefleet("sim --scenario " + scenario + " --fidelity detailed --vehicles 2000000 --quiet --out " +
                       (dir_ / "y").string());
   EXPECT_EQ(big.exit_code, 1) << big.output;
   EXPECT_NE(big.output.find("detailed fidelity's 1000000"), std::string::npos) << big.output;
@@ -497,7 +483,7 @@ TEST_F(Cli, SimScenarioDetailedPlacesEveryJobAndIsBounded) {
 // live, by name, before starting anything.
 TEST_F(Cli, SimLiveRefusesWhatItCannotRunLive) {
   const std::string src = IDLEFLEET_SOURCE_DIR;
-  const Ran two = run("sim live --scenario " + src + "/scenarios/us-suburban.toml --out " + (dir_ / "a").string());
+  const Ran two = run_idlefleet("sim live --scenario " + src + "/scenarios/us-suburban.toml --out " + (dir_ / "a").string());
   EXPECT_EQ(two.exit_code, 1) << two.output;
   EXPECT_NE(two.output.find("exactly one [[models]]"), std::string::npos) << two.output;
   const std::string check = src + "/scenarios/live-check.toml";
@@ -507,7 +493,7 @@ TEST_F(Cli, SimLiveRefusesWhatItCannotRunLive) {
   ASSERT_NE(at, std::string::npos);
   big.replace(at, 13, "vehicles = 1000");
   std::ofstream(dir_ / "big.toml") << big;
-  const Ran many = run("sim live --scenario " + (dir_ / "big.toml").string() + " --out " + (dir_ / "c").string());
+  const Ran many = run_idlefleet("sim live --scenario " + (dir_ / "big.toml").string() + " --out " + (dir_ / "c").string());
   EXPECT_EQ(many.exit_code, 1) << many.output;
   EXPECT_NE(many.output.find("at most 200"), std::string::npos) << many.output;
   for (const std::string args :
@@ -515,7 +501,7 @@ TEST_F(Cli, SimLiveRefusesWhatItCannotRunLive) {
         "sim live --scenario " + check + " --out x --vehicles 0", "sim live --scenario " + check + " --out x --vehicles 201",
         "sim live --scenario " + check + " --out x --day-minutes 0.5", "sim live --scenario " + check + " --out x --days 8",
         "sim live --scenario " + check + " --out x --tolerance -1", "sim live --scenario " + check + " --out x --seed x"}) {
-    const Ran e = run(args);
+    const Ran e = run_idlefleet(args);
     EXPECT_EQ(e.exit_code, 2) << args << ": " << e.output;
   }
 }
@@ -545,7 +531,7 @@ TEST_F(Cli, SimLiveRunsTheSameCarsLiveAndSimulated) {
   const fs::path scenario = dir_ / "slow.toml";
   std::ofstream(scenario) << text;
   const fs::path out = dir_ / "live";
-  const Ran r = run("sim live --scenario " + scenario.string() + " -m " + model.string() +
+  const Ran r = run_idlefleet("sim live --scenario " + scenario.string() + " -m " + model.string() +
                     " --vehicles 6 --days 1 --day-minutes 1 --tolerance 10 --quiet --out " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("tokens served"), std::string::npos) << r.output;
@@ -572,7 +558,7 @@ namespace {
 
 // `idlefleet sim dst`: a few seeds pass with a summary; bad flags exit 2.
 TEST_F(Cli, SimDstRunsSeedsAndRefusesGarbage) {
-  const Ran ok = run("sim dst --seeds 1-5 --quiet");
+  const Ran ok = run_idlefleet("sim dst --seeds 1-5 --quiet");
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_NE(ok.output.find("seeds 1-5: 5 runs"), std::string::npos) << ok.output;
   EXPECT_NE(ok.output.find("faults injected:"), std::string::npos) << ok.output;
@@ -582,7 +568,7 @@ TEST_F(Cli, SimDstRunsSeedsAndRefusesGarbage) {
                            "sim dst --seeds 1-2 --vehicles 0", "sim dst --seeds 1-2 --vehicles 65",
                            "sim dst --seeds 1-2 --jobs 1001", "sim dst --seeds 1-2 --minutes 0",
                            "sim dst --seeds 1-2 --frob"}) {
-    const Ran r = run(args);
+    const Ran r = run_idlefleet(args);
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
   }
 }
@@ -596,7 +582,7 @@ namespace {
 TEST_F(Cli, SimDstReportsAViolationWithItsReproduction) {
   // Seeds 1-20 hold five of the planted bug's catches (1-100 hold 28); the
   // sanitizer build runs those (100 seeds took 81 s there).
-  const Ran r = run(std::string("sim dst --seeds ") + (idlefleet::testing::kSanitized ? "1-20" : "1-100") +
+  const Ran r = run_idlefleet(std::string("sim dst --seeds ") + (idlefleet::testing::kSanitized ? "1-20" : "1-100") +
                     " --quiet --test-plant-double-settlement");
   ASSERT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find(": ledger at step"), std::string::npos) << r.output;
@@ -605,7 +591,7 @@ TEST_F(Cli, SimDstReportsAViolationWithItsReproduction) {
   const size_t args_at = at + std::string("reproduce: idlefleet ").size();
   const std::string args = r.output.substr(args_at, r.output.find('\n', args_at) - args_at);
   EXPECT_NE(args.find("--test-plant-double-settlement"), std::string::npos) << args;
-  const Ran again = run(args + " --quiet");
+  const Ran again = run_idlefleet(args + " --quiet");
   EXPECT_EQ(again.exit_code, 1) << again.output;
   EXPECT_NE(again.output.find("violations: 1"), std::string::npos) << again.output;
 }
@@ -623,8 +609,8 @@ TEST_F(Cli, RunIgnoreEosGoesOnPastTheEndOfTheStory) {
   ASSERT_TRUE(idlefleet::testing::convert_shared_model(model));
   const std::string base = "run --no-echo -m '" + model.string() + "' -p 'Once upon a time' -n 400 --temp 0";
   // -q: the text, then the speed line ("prefill: ... | decode: N tokens ...").
-  const Ran plain = run(base + " -q");
-  const Ran ignoring = run(base + " -q --ignore-eos");
+  const Ran plain = run_idlefleet(base + " -q");
+  const Ran ignoring = run_idlefleet(base + " -q --ignore-eos");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   ASSERT_EQ(ignoring.exit_code, 0) << ignoring.output;
   auto text = [](const std::string& out) {
@@ -650,7 +636,7 @@ TEST_F(Cli, DemoServesItsRequestsFromTheFirst) {
   IDLEFLEET_REQUIRE_SHARED_MODEL("the demo");
   const fs::path model = dir_ / "stories260K.gguf";
   ASSERT_TRUE(idlefleet::testing::convert_shared_model(model));
-  const Ran r = run("demo -m '" + model.string() + "' --seconds 12 --data-dir '" + (dir_ / "data").string() + "'");
+  const Ran r = run_idlefleet("demo -m '" + model.string() + "' --seconds 12 --data-dir '" + (dir_ / "data").string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const size_t last = r.output.rfind("requests ok ");
   ASSERT_NE(last, std::string::npos) << r.output;

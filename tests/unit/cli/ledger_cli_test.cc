@@ -19,6 +19,7 @@
 
 #include "core/ledger.h"
 #include "store/ledger_store.h"
+#include "support/run_command.h"
 
 namespace {
 
@@ -27,23 +28,8 @@ using namespace idlefleet;
 
 constexpr core::TimeMs kJan2 = 1'767'312'000'000;  // 2026-01-02T00:00:00Z
 
-struct Ran {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-Ran run(const std::string& args, const std::string& cwd = "") {
-  const std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + "'" + IDLEFLEET_BINARY + "' " + args + " 2>&1";
-  Ran r{-1, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using idlefleet::testing::Ran;
+using idlefleet::testing::run_idlefleet;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -100,17 +86,17 @@ class LedgerCli : public ::testing::Test {
 };
 
 TEST_F(LedgerCli, VerifyExitsZeroForAGoodLedgerAndOneForABrokenOne) {
-  Ran r = run("ledger verify " + data_);
+  Ran r = run_idlefleet("ledger verify " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("error: no ledger at"), std::string::npos) << r.output;
 
-  r = run("ledger deposit --client key_1 --amount 12.50 --ref bank-7 " + data_);
+  r = run_idlefleet("ledger deposit --client key_1 --amount 12.50 --ref bank-7 " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("deposited 12.500000 to client:key_1 (deposit:bank-7); balance 12.500000"),
             std::string::npos)
       << r.output;
   settle("j1", kJan2);
-  r = run("ledger verify " + data_);
+  r = run_idlefleet("ledger verify " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // A deposit (2 postings) and a settlement (2 charge, 4 per owner).
   EXPECT_NE(r.output.find("ledger ok: 2 transactions, 12 postings, 6 accounts, total 0.000000"), std::string::npos)
@@ -119,18 +105,18 @@ TEST_F(LedgerCli, VerifyExitsZeroForAGoodLedgerAndOneForABrokenOne) {
   // --config finds the same directory through data_dir.
   const fs::path toml = dir_ / "c.toml";
   std::ofstream(toml) << "data_dir = \"" << (dir_ / "data").string() << "\"\n";
-  r = run("ledger verify -c '" + toml.string() + "'");
+  r = run_idlefleet("ledger verify -c '" + toml.string() + "'");
   EXPECT_EQ(r.exit_code, 0) << r.output;
 
   raw_exec("UPDATE postings SET receipt_id = '' WHERE txn_id = 'settle:j1' AND account = 'owner:bob'");
-  r = run("ledger verify " + data_);
+  r = run_idlefleet("ledger verify " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("error: ledger broken: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pays owner 'bob' without a receipt"), std::string::npos) << r.output;
 
   raw_exec("UPDATE postings SET receipt_id = 'r-j1-b' WHERE txn_id = 'settle:j1' AND account = 'owner:bob'");
   raw_exec("UPDATE postings SET amount = amount - 1 WHERE txn_id = 'settle:j1' AND seq = 1");
-  r = run("ledger verify " + data_);
+  r = run_idlefleet("ledger verify " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("postings sum to -1 micros, not zero"), std::string::npos) << r.output;
 
@@ -138,7 +124,7 @@ TEST_F(LedgerCli, VerifyExitsZeroForAGoodLedgerAndOneForABrokenOne) {
   fs::remove_all(dir_ / "data");
   fs::create_directories(dir_ / "data");
   std::ofstream(ledger_file()) << std::string(4096, 'j');
-  r = run("ledger verify " + data_);
+  r = run_idlefleet("ledger verify " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("ledger.sqlite3"), std::string::npos) << r.output;
 }
@@ -146,7 +132,7 @@ TEST_F(LedgerCli, VerifyExitsZeroForAGoodLedgerAndOneForABrokenOne) {
 TEST_F(LedgerCli, StatementsPayoutsBalancesAndCreditLimits) {
   settle("j1", kJan2);
   settle("j2", kJan2 + 1000);
-  Ran r = run("ledger statement --owner alice --month 2026-01 --format csv " + data_);
+  Ran r = run_idlefleet("ledger statement --owner alice --month 2026-01 --format csv " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // Per job: 0.75 of the 1-unit pool, 250 micros of energy (1 Wh at 0.25 per kWh).
   EXPECT_NE(r.output.find("date,transaction,job,receipt,kind,amount\n"
@@ -155,31 +141,31 @@ TEST_F(LedgerCli, StatementsPayoutsBalancesAndCreditLimits) {
       << r.output;
   EXPECT_NE(r.output.find("total,,,,net,1.500500\n"), std::string::npos) << r.output;
   const fs::path json_file = dir_ / "alice.json";
-  r = run("ledger statement --owner owner:alice --month 2026-01 -o '" + json_file.string() + "' " + data_);
+  r = run_idlefleet("ledger statement --owner owner:alice --month 2026-01 -o '" + json_file.string() + "' " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto statement = nlohmann::json::parse(read_file(json_file));
   EXPECT_EQ(statement["closing_balance"], "1.500500");
   EXPECT_EQ(statement["jobs"], 2);
 
   const fs::path csv = dir_ / "payouts.csv";
-  r = run("ledger payouts --month 2026-01 --min 0.6 -o '" + csv.string() + "' " + data_);
+  r = run_idlefleet("ledger payouts --month 2026-01 --min 0.6 -o '" + csv.string() + "' " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("posted 1 payouts"), std::string::npos) << r.output;
   const std::string first = read_file(csv);
   EXPECT_EQ(first,
             "owner,amount,batch_id,transaction_id\n"
             "alice,1.500500,payout:2026-01,payout:2026-01:alice\n");
-  r = run("ledger payouts --month 2026-01 " + data_);  // again, without --min: the same batch
+  r = run_idlefleet("ledger payouts --month 2026-01 " + data_);  // again, without --min: the same batch
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find(first), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("already paid"), std::string::npos) << r.output;
-  r = run("ledger payouts --month 2999-01 " + data_);
+  r = run_idlefleet("ledger payouts --month 2999-01 " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("is not over"), std::string::npos) << r.output;
 
-  r = run("ledger credit-limit --client key_1 --amount 10 " + data_);
+  r = run_idlefleet("ledger credit-limit --client key_1 --amount 10 " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run("ledger balances --json " + data_);
+  r = run_idlefleet("ledger balances --json " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto balances = nlohmann::json::parse(r.output);
   int64_t total = 0;
@@ -194,10 +180,10 @@ TEST_F(LedgerCli, StatementsPayoutsBalancesAndCreditLimits) {
     }
   }
   EXPECT_EQ(total, 0);
-  r = run("ledger balances " + data_);
+  r = run_idlefleet("ledger balances " + data_);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("external:payouts"), std::string::npos) << r.output;
-  EXPECT_EQ(run("ledger verify " + data_).exit_code, 0);
+  EXPECT_EQ(run_idlefleet("ledger verify " + data_).exit_code, 0);
 }
 
 TEST_F(LedgerCli, MalformedFlagsExitTwo) {
@@ -217,13 +203,13 @@ TEST_F(LedgerCli, MalformedFlagsExitTwo) {
            "ledger deposit --client owner:alice --amount 1 " + data_,
            "ledger deposit --client key_1 --amount 1 --ref ':x' " + data_,
            "ledger credit-limit --client key_1 --amount -5 " + data_, "ledger credit-limit --amount 5 " + data_}) {
-    const Ran r = run(args, dir_.string());
+    const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
   }
   EXPECT_FALSE(fs::exists(dir_ / "data")) << "a refused command made the data directory";
   // A deposit under a reference already used for another amount: a runtime error.
-  ASSERT_EQ(run("ledger deposit --client key_1 --amount 1 --ref r1 " + data_).exit_code, 0);
-  const Ran r = run("ledger deposit --client key_1 --amount 2 --ref r1 " + data_);
+  ASSERT_EQ(run_idlefleet("ledger deposit --client key_1 --amount 1 --ref r1 " + data_).exit_code, 0);
+  const Ran r = run_idlefleet("ledger deposit --client key_1 --amount 2 --ref r1 " + data_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("already exists with other content"), std::string::npos) << r.output;
 }

@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-namespace idlefleet {
+namespace idlefleet::crypto_test {
 namespace {
 
 TEST(Crypto, Sha256KnownAnswersAndPieces) {
@@ -49,4 +49,4 @@ TEST(Crypto, SignaturesVerifyOnlyForTheirKeyAndMessage) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::crypto_test

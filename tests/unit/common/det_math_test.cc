@@ -11,7 +11,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet {
+namespace idlefleet::det_math_test {
 namespace {
 
 // Distance in float ulps between a and b.
@@ -67,4 +67,4 @@ TEST(DetMath, SinCosMatchTheLibraryForRopeAngles) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::det_math_test

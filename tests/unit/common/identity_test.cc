@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
-namespace idlefleet {
+namespace idlefleet::identity_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -60,4 +60,4 @@ TEST_F(IdentityTest, AFileOthersMayReadOrThatIsNotAKeyIsRefused) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::identity_test

@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-namespace idlefleet {
+namespace idlefleet::log_limiter_test {
 namespace {
 
 TEST(LogLimiter, LimitsAFloodPerKeyAndCountsWhatItDropped) {
@@ -27,4 +27,4 @@ TEST(LogLimiter, BoundsTheKeysItTracks) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::log_limiter_test

@@ -6,7 +6,7 @@
 
 #include <string>
 
-namespace idlefleet {
+namespace idlefleet::nkey_test {
 namespace {
 
 // The NATS documentation's example user (docs.nats.io, NKey authentication).
@@ -95,4 +95,4 @@ TEST(NkeyTest, RefusesGarbage) {
 }
 
 }  // namespace
-}  // namespace idlefleet
+}  // namespace idlefleet::nkey_test

@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::batch_test {
 namespace {
 
 using nlohmann::json;
@@ -152,4 +152,4 @@ TEST(Batch, ObjectsRoundTripAndLinesAreJsonl) {
 }
 
 }  // namespace
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::batch_test

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::config_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -406,4 +406,4 @@ TEST(CoordinatorConfig, PricesPerModel) {
   EXPECT_FALSE(c.validate());
 }
 
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::config_test

@@ -16,7 +16,7 @@
 
 #include "coordinator/web_assets.h"
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::dashboard_parts_test {
 namespace {
 
 using nlohmann::json;
@@ -313,4 +313,4 @@ TEST(DashboardSnapshot, ListsAreBoundedAndBadBytesAreReplaced) {
 }
 
 }  // namespace
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::dashboard_parts_test

@@ -8,7 +8,7 @@
 
 #include <filesystem>
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::key_gate_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -172,4 +172,4 @@ TEST(KeyGate, SpendIsRoundedUpAndNeverOverflows) {
 }
 
 }  // namespace
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::key_gate_test

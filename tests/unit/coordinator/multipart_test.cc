@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::multipart_test {
 namespace {
 
 const std::string kType = "multipart/form-data; boundary=----b0undary";
@@ -84,4 +84,4 @@ TEST(Multipart, RefusesGarbage) {
 }
 
 }  // namespace
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::multipart_test

@@ -23,7 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace idlefleet::coordinator {
+namespace idlefleet::coordinator::openai_test {
 namespace {
 
 using nlohmann::json;
@@ -775,4 +775,4 @@ TEST(OpenAiPrompt, ChatTemplatesRenderToControlTokens) {
 }
 
 }  // namespace
-}  // namespace idlefleet::coordinator
+}  // namespace idlefleet::coordinator::openai_test

@@ -5,7 +5,7 @@
 
 #include <limits>
 
-namespace idlefleet::core {
+namespace idlefleet::core::agent_machine_test {
 namespace {
 
 constexpr TimeMs kT0 = 1'700'000'000'000;  // a Tuesday
@@ -711,4 +711,4 @@ TEST(AgentMachine, ADriverReturningDuringAnEmbeddingPreemptsIt) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::agent_machine_test

@@ -9,7 +9,7 @@
 
 #include "core/coordinator_machine.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::coordinator_conflict_test {
 namespace {
 
 constexpr TimeMs kT0 = 1'700'000'000'000;
@@ -116,4 +116,4 @@ TEST(CoordinatorConflict, AVehicleThatStaysBusyNeverBurnsTheJobsAttempts) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::coordinator_conflict_test

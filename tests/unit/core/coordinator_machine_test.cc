@@ -9,7 +9,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::coordinator_machine_test {
 namespace {
 
 constexpr TimeMs kT0 = 1'700'000'000'000;
@@ -855,4 +855,4 @@ TEST(CoordinatorMachine, ChaosLosesAndDuplicatesNothing) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::coordinator_machine_test

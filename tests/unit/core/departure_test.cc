@@ -13,7 +13,7 @@
 #include <sstream>
 #include <string>
 
-namespace idlefleet::core {
+namespace idlefleet::core::departure_test {
 namespace {
 
 const std::string kDataDir = std::string(IDLEFLEET_SOURCE_DIR) + "/../shared/data/";
@@ -587,4 +587,4 @@ TEST(DeparturePriorCsv, BinaryJunkNeverCrashes) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::departure_test

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <limits>
 
-namespace idlefleet::core {
+namespace idlefleet::core::energy_test {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -468,4 +468,4 @@ TEST(Energy, SameInputsGiveBitIdenticalOutputs) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::energy_test

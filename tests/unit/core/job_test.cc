@@ -4,7 +4,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::job_test {
 namespace {
 
 std::vector<int32_t> ids(std::initializer_list<int32_t> l) { return l; }
@@ -184,4 +184,4 @@ TEST(Job, SeededChaosKeepsProducedAPrefixOfTheTruth) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::job_test

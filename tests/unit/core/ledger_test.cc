@@ -10,7 +10,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::ledger_test {
 namespace {
 
 constexpr TimeMs kJan1 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z, a Thursday
@@ -551,4 +551,4 @@ TEST(LedgerStatement, TotalsCountsAndOrder) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::ledger_test

@@ -11,7 +11,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::policy_test {
 namespace {
 
 // 2026-11-27T10:00:00Z, a Friday; local time is UTC+1, so 11:00.
@@ -705,4 +705,4 @@ TEST(CorePolicy, PropertyGarbageNeverCrashes) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::policy_test

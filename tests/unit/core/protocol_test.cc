@@ -12,7 +12,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::protocol_test {
 namespace {
 
 ReceiptMessage sample_receipt() {
@@ -520,4 +520,4 @@ TEST(Protocol, ReceiptsAreCheckedAndTheirSignedBytesAreFixed) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::protocol_test

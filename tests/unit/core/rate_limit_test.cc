@@ -9,7 +9,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::rate_limit_test {
 namespace {
 
 constexpr TimeMs kT0 = 1'700'000'000'000;
@@ -203,4 +203,4 @@ TEST(RateLimitProperty, KeysAreIndependent) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::rate_limit_test

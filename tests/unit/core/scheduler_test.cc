@@ -6,7 +6,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::scheduler_test {
 namespace {
 
 constexpr TimeMs kNow = 1'000'000'000;
@@ -150,4 +150,4 @@ TEST(Scheduler, TheChoiceDoesNotDependOnInputOrder) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::scheduler_test

@@ -7,7 +7,7 @@
 #include <limits>
 #include <string>
 
-namespace idlefleet::core {
+namespace idlefleet::core::signals_test {
 namespace {
 
 constexpr std::string_view kSpeed = "Vehicle.Speed";
@@ -232,4 +232,4 @@ TEST(CoreSignals, Names) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::signals_test

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-namespace idlefleet::core {
+namespace idlefleet::core::time_test {
 namespace {
 
 TEST(CoreTime, EpochIsThursdayMidnightUtc) {
@@ -64,4 +64,4 @@ TEST(Calendar, DaysAndDatesRoundTripAcrossLeapYearsAndBeforeTheEpoch) {
   EXPECT_EQ(local_month_index(days_from_civil(2026, 1, 1) * kDayMs, -60), 2025 * 12 + 11);
 }
 
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::time_test

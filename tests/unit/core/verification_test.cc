@@ -13,7 +13,7 @@
 
 #include "core/coordinator_machine.h"
 
-namespace idlefleet::core {
+namespace idlefleet::core::verification_test {
 namespace {
 
 constexpr TimeMs kT0 = 1'700'000'000'000;
@@ -473,4 +473,4 @@ TEST(VerificationMachine, AJobStoppedByTheCoordinatorIsNotChecked) {
 }
 
 }  // namespace
-}  // namespace idlefleet::core
+}  // namespace idlefleet::core::verification_test

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::chat_template_test {
 namespace {
 
 enum class Conversation { kNosys, kSys, kOne, kBad };
@@ -789,4 +789,4 @@ TEST(ChatTemplateLimits, GarbageNeverCrashes) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::chat_template_test

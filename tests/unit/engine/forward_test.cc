@@ -11,7 +11,7 @@
 #include "engine/session.h"
 #include "test_models.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::forward_test {
 namespace {
 
 using testing::load_model;
@@ -550,4 +550,4 @@ TEST(Session, GarbageJsonIsRefused) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::forward_test

@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::gguf_test {
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;
@@ -959,4 +959,4 @@ TEST(GgufCorpus, SeedCorpusMatchesItsGenerator) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::gguf_test

@@ -14,7 +14,7 @@
 #include "common/random.h"
 #include "engine/quant.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::kernels_test {
 namespace {
 
 struct Matrix {
@@ -210,9 +210,9 @@ TEST(Kernels, ActivationQuantisationRoundsHalfToEvenAndSaturates) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::kernels_test
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::kernels_test {
 namespace {
 
 TEST(Kernels, ActivationQuantisationIsIdenticalInEverySet) {
@@ -310,4 +310,4 @@ TEST(Kernels, AttentionKernelsEqualScalarReferenceBitForBit) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::kernels_test

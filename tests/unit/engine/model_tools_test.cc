@@ -25,7 +25,7 @@
 #include "engine/quant.h"
 #include "support/sanitized.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::model_tools_test {
 namespace {
 
 namespace keys = gguf_keys;
@@ -681,4 +681,4 @@ TEST(ModelTools, ProgressPrinter) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::model_tools_test

@@ -18,7 +18,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::sampler_test {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -689,4 +689,4 @@ TEST(SamplerParams, Validation) {
 
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::sampler_test

@@ -13,7 +13,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::stop_strings_test {
 namespace {
 
 StopMatcher matcher(std::vector<std::string> stops) {
@@ -194,4 +194,4 @@ TEST(StopMatcher, SameOutputHoweverTheTextIsSplit) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::stop_strings_test

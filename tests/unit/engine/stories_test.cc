@@ -17,7 +17,7 @@
 #include "engine/tokenizer.h"
 #include "test_models.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::stories_test {
 namespace {
 
 struct Case {
@@ -212,4 +212,4 @@ TEST_F(Stories, CommandLineRejectsGarbageFlags) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::stories_test

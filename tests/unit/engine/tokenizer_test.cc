@@ -24,7 +24,7 @@
 #include "engine/gguf.h"
 #include "engine/model_format.h"
 
-namespace idlefleet::engine {
+namespace idlefleet::engine::tokenizer_test {
 namespace {
 
 namespace keys = gguf_keys;
@@ -690,4 +690,4 @@ TEST(TokenizerGguf, RefusesGarbage) {
 }
 
 }  // namespace
-}  // namespace idlefleet::engine
+}  // namespace idlefleet::engine::tokenizer_test

@@ -16,7 +16,7 @@
 #include "sim/summary.h"
 #include "unit/sim/small_scenario.h"
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::detailed_test {
 namespace {
 
 // The small scenario for a day, with long jobs and every model held by
@@ -239,4 +239,4 @@ TEST(Detailed, WaitBucketsAreOrdered) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::detailed_test

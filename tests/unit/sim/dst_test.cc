@@ -9,7 +9,7 @@
 
 #include "support/sanitized.h"
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::dst_test {
 namespace {
 
 std::string describe(uint64_t seed, const DstResult& r) {
@@ -171,4 +171,4 @@ TEST(Dst, SeedsDrawCalmAndStormyFaults) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::dst_test

@@ -21,7 +21,7 @@
 #include "core/energy.h"
 #include "unit/sim/small_scenario.h"
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::fleet_scale_test {
 namespace {
 
 // The small scenario (one computer class, one charger, a flat tariff, owners
@@ -393,4 +393,4 @@ TEST(FleetScale, BadOptionsAndScenariosAreRefusedByName) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::fleet_scale_test

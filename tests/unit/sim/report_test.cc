@@ -19,7 +19,7 @@
 #include "sim/sensitivity.h"
 #include "sim/summary.h"
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::report_test {
 namespace {
 
 // A small valid scenario with a hostile description: two computer classes,
@@ -394,4 +394,4 @@ TEST(Report, FormatsPercentAndEscapes) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::report_test

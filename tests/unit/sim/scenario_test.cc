@@ -10,7 +10,7 @@
 #include <fstream>
 #include <string>
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::scenario_test {
 namespace {
 
 // The smallest valid scenario; tests append to it or replace a line. Line
@@ -430,4 +430,4 @@ TEST(Scenario, ValidateNamesTheKeyWithoutAFile) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::scenario_test

@@ -8,7 +8,7 @@
 #include "core/energy.h"
 #include "support/sanitized.h"
 
-namespace idlefleet::sim {
+namespace idlefleet::sim::vehicle_month_test {
 namespace {
 
 VehicleMonthParams params(int days = 7) {
@@ -160,4 +160,4 @@ TEST(VehicleMonth, BadParametersAreRefusedByName) {
 }
 
 }  // namespace
-}  // namespace idlefleet::sim
+}  // namespace idlefleet::sim::vehicle_month_test

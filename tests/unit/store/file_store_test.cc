@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-namespace idlefleet::store {
+namespace idlefleet::store::file_store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -124,4 +124,4 @@ TEST_F(FileStoreTest, DamagedFilesAndRowsAreErrors) {
 }
 
 }  // namespace
-}  // namespace idlefleet::store
+}  // namespace idlefleet::store::file_store_test

@@ -14,7 +14,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::store {
+namespace idlefleet::store::job_store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -357,4 +357,4 @@ TEST_F(JobStoreTest, InMemoryStoreForTests) {
 }
 
 }  // namespace
-}  // namespace idlefleet::store
+}  // namespace idlefleet::store::job_store_test

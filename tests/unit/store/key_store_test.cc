@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace idlefleet::store {
+namespace idlefleet::store::key_store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -357,4 +357,4 @@ TEST_F(KeyStoreTest, DamagedRowsGiveCorruptNamingTheKey) {
 }
 
 }  // namespace
-}  // namespace idlefleet::store
+}  // namespace idlefleet::store::key_store_test

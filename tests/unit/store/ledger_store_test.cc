@@ -18,7 +18,7 @@
 
 #include "common/random.h"
 
-namespace idlefleet::store {
+namespace idlefleet::store::ledger_store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -490,4 +490,4 @@ TEST_F(LedgerStoreTest, FilesThatAreNotOursAreRefused) {
 }
 
 }  // namespace
-}  // namespace idlefleet::store
+}  // namespace idlefleet::store::ledger_store_test

@@ -9,7 +9,7 @@
 
 #include <filesystem>
 
-namespace idlefleet::store {
+namespace idlefleet::store::vehicle_store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -206,4 +206,4 @@ TEST_F(VehicleStoreTest, StandingsPersistAndDamagedOnesAreReported) {
 }
 
 }  // namespace
-}  // namespace idlefleet::store
+}  // namespace idlefleet::store::vehicle_store_test

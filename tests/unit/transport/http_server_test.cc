@@ -18,7 +18,7 @@
 
 #include "support/http_client.h"
 
-namespace idlefleet::transport {
+namespace idlefleet::transport::http_server_test {
 namespace {
 
 using testing::HttpResult;
@@ -669,4 +669,4 @@ TEST(SseParser, SplitsEventsAcrossPieces) {
 }
 
 }  // namespace
-}  // namespace idlefleet::transport
+}  // namespace idlefleet::transport::http_server_test

@@ -8,7 +8,7 @@
 #include <limits>
 #include <thread>
 
-namespace idlefleet::transport {
+namespace idlefleet::transport::metrics_test {
 namespace {
 
 TEST(Metrics, RendersTheTextFormatExactly) {
@@ -166,4 +166,4 @@ TEST(Metrics, NamesMayHoldColons) {
 }
 
 }  // namespace
-}  // namespace idlefleet::transport
+}  // namespace idlefleet::transport::metrics_test

@@ -18,7 +18,7 @@
 #include "transport/nats_server.h"
 #include "transport/process.h"
 
-namespace idlefleet::transport {
+namespace idlefleet::transport::nats_client_test {
 namespace {
 
 constexpr int64_t kWaitMs = 10'000;  // generous: a loaded CI machine, ASan
@@ -523,4 +523,4 @@ TEST_F(NatsTest, SlowConsumerDropsAreCounted) {
 }
 
 }  // namespace
-}  // namespace idlefleet::transport
+}  // namespace idlefleet::transport::nats_client_test

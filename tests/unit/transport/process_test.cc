@@ -20,7 +20,7 @@
 #include <sstream>
 #include <thread>
 
-namespace idlefleet::transport {
+namespace idlefleet::transport::process_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -222,4 +222,4 @@ TEST(FindProgram, SearchesPath) {
 }
 
 }  // namespace
-}  // namespace idlefleet::transport
+}  // namespace idlefleet::transport::process_test

@@ -441,7 +441,7 @@ TEST_F(Cli, SimScenarioRefusesABadFileWithTheKeyAndLine) {
   EXPECT_NE(r.output.find("bad.toml:4: fleet.home_charging_share"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "out" / "timeseries.csv"));
   const std::string scenario = std::string(IDLEFLEET_SOURCE_DIR) + "/scenarios/us-suburban.toml";
-  for (const std::string args :
+  for (const std::string& args :
        {"sim --out " + (dir_ / "o").string(), "sim --scenario " + scenario,
         "sim --scenario " + (dir_ / "missing.toml").string() + " --out x",
         "sim --scenario " + scenario + " --out x --vehicles 0", "sim --scenario " + scenario + " --out x --days 0",
@@ -496,7 +496,7 @@ TEST_F(Cli, SimLiveRefusesWhatItCannotRunLive) {
   const Ran many = run_idlefleet("sim live --scenario " + (dir_ / "big.toml").string() + " --out " + (dir_ / "c").string());
   EXPECT_EQ(many.exit_code, 1) << many.output;
   EXPECT_NE(many.output.find("at most 200"), std::string::npos) << many.output;
-  for (const std::string args :
+  for (const std::string& args :
        {"sim live --out " + (dir_ / "b").string(), "sim live --scenario " + check,
         "sim live --scenario " + check + " --out x --vehicles 0", "sim live --scenario " + check + " --out x --vehicles 201",
         "sim live --scenario " + check + " --out x --day-minutes 0.5", "sim live --scenario " + check + " --out x --days 8",

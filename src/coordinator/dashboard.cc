@@ -122,7 +122,11 @@ FleetNow gather_fleet(const core::CoordinatorMachine& machine, const std::vector
     if (st != f.by_state.end()) ++st->second;  // a state name from the future is counted only as online
     if (up) {
       ++f.vehicles_online;
-      if (v.state->power_w > 0.0) (*full_load_w)[id] = v.state->power_w;
+      if (v.state->power_w > 0.0) {
+        (*full_load_w)[id] = v.state->power_w;
+      } else if (v.hello.power_w > 0.0 && full_load_w->count(id) == 0) {
+        (*full_load_w)[id] = v.hello.power_w;  // declared in its hello, not yet seen serving
+      }
       const bool serving = state == "serving" || !v.job_id.empty();
       if (serving) f.compute_in_use_kw += v.state->power_w / 1000.0;
       if (v.state->eligible || serving) {

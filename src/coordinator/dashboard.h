@@ -117,9 +117,10 @@ struct FleetNow {
 };
 
 // Gathers FleetNow from the machine. `served_models`: the catalog's ids.
-// `full_load_w`: each vehicle's draw as last reported while serving, kept by
-// the caller across calls (updated here); a workable vehicle never seen
-// serving counts at the mean of the others (0 when none has served yet).
+// `full_load_w`: each vehicle's draw as last reported while serving, or as
+// declared in its hello until then, kept by the caller across calls (updated
+// here); a workable vehicle with neither (an agent that predates the hello's
+// power_w) counts at the mean of the others (0 when there are none).
 FleetNow gather_fleet(const core::CoordinatorMachine& machine, const std::vector<std::string>& served_models,
                       double tokens_per_second, std::map<std::string, double>* full_load_w);
 

@@ -153,6 +153,8 @@ void AgentMachine::send_hello(TimeMs now, std::vector<AgentEffect>* out) {
   h.public_key = config_.public_key;
   h.engine_build = config_.engine_build;
   h.utc_offset_minutes = config_.utc_offset_minutes;
+  const double power_w = config_.inference_power_kw * 1000.0;
+  h.power_w = power_w > 0.0 && power_w <= 1e6 ? power_w : 0.0;  // never NaN on the wire
   out->push_back(SendEffect{std::move(h)});
   last_hello_sent_ = now;
 }

@@ -477,6 +477,7 @@ struct Encoder {
     if (!m.public_key.empty()) j["public_key"] = m.public_key;
     if (!m.engine_build.empty()) j["engine_build"] = m.engine_build;
     if (m.utc_offset_minutes != 0) j["utc_offset_minutes"] = m.utc_offset_minutes;
+    if (m.power_w > 0.0) j["power_w"] = m.power_w;
     return j;
   }
   json operator()(const StateMessage& m) const {
@@ -674,6 +675,7 @@ Result<Message> decode_message(std::string_view text) {
     }
     m.utc_offset_minutes = static_cast<int32_t>(
         r.integer("utc_offset_minutes", kUtcOffsetMinutesMin, kUtcOffsetMinutesMax, false));
+    m.power_w = r.number("power_w", 0.0, 1e6, false);
     return finish(r, std::move(m));
   }
   if (type == "state") {

@@ -138,6 +138,10 @@ struct HelloMessage {
   // predate it): settlement prices an attempt at the owner's time-of-use
   // tariff in local time.
   int32_t utc_offset_minutes = 0;
+  // The accelerator's draw while serving, in W (optional: 0 from agents that
+  // predate it; at most 1 MW): the dashboard's "compute online" counts a
+  // vehicle that can work at this draw before it has served anything.
+  double power_w = 0.0;
 };
 
 struct StateMessage {

@@ -234,6 +234,16 @@ TEST(DashboardSnapshot, TheDocumentDescribesTheFleetTheMachineKnows) {
   ASSERT_EQ(f.jobs[0].attempts.size(), 1u);
   EXPECT_EQ(f.jobs[0].attempts[0].vehicle_id, "car-1");
   EXPECT_EQ(f.jobs_running, 1u);
+  EXPECT_DOUBLE_EQ(f.compute_online_kw, 0.0);  // no vehicle has said what it draws
+
+  // A vehicle that declares its draw in its hello counts at it before serving
+  // (car-1 is assigned, so workable; car-2 and car-3 cannot work now).
+  core::HelloMessage with_power = hello("car-1", {"m"});
+  with_power.power_w = 350;
+  machine.handle(core::VehicleMessageEvent{"car-1", with_power}, kT0 + 1);
+  f = gather_fleet(machine, {"m", "unused"}, 12.5, &full_load);
+  EXPECT_DOUBLE_EQ(f.compute_online_kw, 0.35);
+  EXPECT_DOUBLE_EQ(f.compute_in_use_kw, 0.0);  // nothing reported while serving yet
 
   // The vehicle reports its draw while serving: in use, and online at full load.
   core::StateMessage serving = state("car-1", "serving", true, kT0 + 2);

@@ -118,12 +118,15 @@ TEST(Protocol, EmbedAssignmentsAndVectorsRoundTripExactly) {
   ASSERT_TRUE(hello);
   EXPECT_FALSE(std::get<HelloMessage>(*hello).embeddings);
   EXPECT_EQ(std::get<HelloMessage>(*hello).utc_offset_minutes, 0);  // UTC when not said
+  EXPECT_EQ(std::get<HelloMessage>(*hello).power_w, 0.0);             // no draw declared
   HelloMessage h;
   h.vehicle_id = "car-7";
   h.utc_offset_minutes = -300;
+  h.power_w = 437.5;
   auto h_back = decode_message(encode_message(h));
   ASSERT_TRUE(h_back) << h_back.error().to_string();
   EXPECT_EQ(std::get<HelloMessage>(*h_back).utc_offset_minutes, -300);
+  EXPECT_EQ(std::get<HelloMessage>(*h_back).power_w, 437.5);
 
   // Every float comes back bitwise, whatever digits it needs.
   EmbeddingMessage e{"emb-1-0", 1, 3, {}};
@@ -219,6 +222,10 @@ TEST(Protocol, GarbageIsRefusedWithTheFieldNamed) {
                  "utc_offset_minutes");
   expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"utc_offset_minutes":"+01:00"})",
                  "utc_offset_minutes");
+  // power_w: a draw in W, 0 to 1 MW.
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"power_w":-1})", "power_w");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"power_w":1e7})", "power_w");
+  expect_refused(R"({"v":1,"type":"hello","vehicle_id":"a","memory_bytes":1,"power_w":"400"})", "power_w");
   const std::string embedding = R"({"v":1,"type":"embedding","job_id":"j","attempt":1,)";
   expect_refused(embedding + R"("tokens":3})", "values");
   expect_refused(embedding + R"("tokens":3,"values":[]})", "values");

@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_locator.h"
+#include "common/text_file.h"
 #include "coordinator/openai.h"
 #include "engine/model.h"
 #include "engine/session.h"
@@ -50,14 +51,6 @@ void write_logprobs(const engine::Tokenizer& tok, int32_t id, const engine::Toke
   std::fprintf(stderr, "%s\n", line.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CommandError{"cannot read " + path};
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void write(const std::string& text) {
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
@@ -80,7 +73,10 @@ void run(const RunOptions& o) {
   const engine::Tokenizer& tok = m.tokenizer();
 
   if (!o.resume_session.empty()) {
-    auto state = engine::SessionState::from_json(read_file(o.resume_session));
+    // A session file is input like any other: read with the bound its parser has.
+    auto text = read_text_file(o.resume_session, engine::kSessionJsonBytesMax, "session file");
+    if (!text) throw CommandError{text.error().to_string()};
+    auto state = engine::SessionState::from_json(*text);
     if (!state) throw CommandError{o.resume_session + ": " + state.error().to_string()};
     // -n with --resume allows that many more tokens than the session has.
     if (o.tokens_given) state->max_tokens = o.tokens == 0 ? 0 : static_cast<int64_t>(state->produced_ids.size()) + o.tokens;

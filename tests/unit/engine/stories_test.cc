@@ -4,9 +4,11 @@
 // the `idlefleet` command, with an export and resume in between; penalties,
 // logprobs and embeddings on the same model, across thread counts.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -15,6 +17,7 @@
 #include "engine/model_tools.h"
 #include "engine/session.h"
 #include "engine/tokenizer.h"
+#include "support/run_command.h"
 #include "test_models.h"
 
 namespace idlefleet::engine::stories_test {
@@ -199,6 +202,25 @@ TEST_F(Stories, CommandLinePenaltiesResumeAndEmbeddings) {
   EXPECT_EQ(j.at("tokens").get<size_t>(), c.prompt_ids.size());
   EXPECT_EQ(run_command(embed + " -t 2", &status), one);
   EXPECT_EQ(run_command(embed + " -t 4", &status), one);
+}
+
+TEST_F(Stories, ResumeRefusesAnOversizedOrGarbageSessionFile) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / ("resume_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path huge = dir / "huge.json", junk = dir / "junk.json";
+  std::ofstream(huge) << "{";
+  fs::resize_file(huge, kSessionJsonBytesMax + 1);  // sparse: nothing is written
+  std::ofstream(junk) << R"({"prompt_ids":"not ids"})";
+  for (const fs::path& file : {huge, junk}) {
+    const idlefleet::testing::Ran r = idlefleet::testing::run_idlefleet("run -q -m " + gguf_ + " --resume " + file.string());
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(file.string()), std::string::npos) << r.output;  // names the file
+  }
+  const idlefleet::testing::Ran r = idlefleet::testing::run_idlefleet("run -q -m " + gguf_ + " --resume " + huge.string());
+  EXPECT_NE(r.output.find("more than " + std::to_string(kSessionJsonBytesMax) + " bytes"), std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
 }
 
 TEST_F(Stories, CommandLineRejectsGarbageFlags) {

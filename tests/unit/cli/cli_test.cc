@@ -2,11 +2,9 @@
 // embed on a synthetic model, and clear errors (exit 1 or 2, nothing left
 // behind) for garbage.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>

@@ -63,10 +63,10 @@ idlefleet_layer(idlefleet_transport IDLEFLEET_TRANSPORT_SOURCES)
 target_link_libraries(idlefleet_transport ${idlefleet_transport_scope} idlefleet_common Boost::headers PkgConfig::NATS
   PkgConfig::SODIUM CURL::libcurl Threads::Threads)
 
-# Persistence behind small interfaces: SQLite (WAL).
+# Persistence behind small interfaces: SQLite (WAL), or PostgreSQL (libpq).
 file(GLOB IDLEFLEET_STORE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/store/*.cc)
 idlefleet_layer(idlefleet_store IDLEFLEET_STORE_SOURCES)
-target_link_libraries(idlefleet_store ${idlefleet_store_scope} idlefleet_core PkgConfig::SQLITE3 PkgConfig::SODIUM)
+target_link_libraries(idlefleet_store ${idlefleet_store_scope} idlefleet_core PkgConfig::SQLITE3 PkgConfig::LIBPQ PkgConfig::SODIUM)
 
 # The shells: they turn I/O into core events and core effects into I/O.
 file(GLOB IDLEFLEET_AGENT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/agent/*.cc)

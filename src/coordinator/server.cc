@@ -416,6 +416,7 @@ struct CoordinatorServer::Impl {
   std::map<std::string, std::pair<std::shared_ptr<EmbeddingClient>, size_t>> embedding_jobs;
   std::vector<std::string> cancel_jobs;  // jobs to cancel after the effects at hand (apply())
   std::set<std::string> dirty;
+  std::map<std::string, store::StoredJob> unwritten;  // rows of a failed put, by job id
   std::map<std::string, std::string> request_json;  // job id -> the request as accepted (until persisted final)
   // Idempotency keys of requests still running: scope + '\n' + key -> body hash.
   std::map<std::string, store::Sha256> idem_in_flight;
@@ -2974,8 +2975,11 @@ struct CoordinatorServer::Impl {
     }
   }
 
+  // Writes the jobs that changed. Rows whose write failed (a database
+  // that went away) are kept and written again with the next flush, newer
+  // rows replacing older ones of the same job.
   void flush_dirty(core::TimeMs now) {
-    if (dirty.empty() || machine == nullptr || store == nullptr) return;
+    if ((dirty.empty() && unwritten.empty()) || machine == nullptr || store == nullptr) return;
     std::vector<store::StoredJob> rows;
     for (const std::string& id : dirty) {
       const core::JobEntry* e = machine->job(id);
@@ -3004,7 +3008,17 @@ struct CoordinatorServer::Impl {
       if (core::job_state_final(e->job.state())) request_json.erase(id);
     }
     dirty.clear();
-    if (auto st = store->put(rows); !st) log("store: " + st.error().to_string());
+    if (!unwritten.empty()) {
+      for (store::StoredJob& row : rows) unwritten[row.id] = std::move(row);
+      rows.clear();
+      for (auto& [id, row] : unwritten) rows.push_back(std::move(row));
+      unwritten.clear();
+    }
+    if (auto st = store->put(rows); !st) {
+      log_limited("job_store", "store: " + st.error().to_string() + " (" + std::to_string(rows.size()) +
+                                   " jobs kept for the next write)");
+      for (store::StoredJob& row : rows) unwritten[row.id] = std::move(row);
+    }
   }
 
   void publish_status(core::TimeMs now) {

@@ -1,5 +1,6 @@
-// JobStore: the coordinator's jobs on disk, in SQLite, so that a restart
-// loses no accepted job and no produced token.
+// JobStore: the coordinator's jobs on disk, so that a restart loses no
+// accepted job and no produced token. In SQLite by default (one machine), or
+// in PostgreSQL when the coordinator's `store` setting is a postgresql:// URL.
 //
 // The coordinator keeps its jobs in memory and writes the changed ones in
 // batches (put(): one transaction per batch, so a batch is all or nothing).
@@ -7,34 +8,39 @@
 // and resumes them. Fields the store does not interpret (the client's request,
 // sampling parameters, the attempt history) are opaque JSON text.
 //
-// Durability: WAL journal with synchronous=NORMAL. A committed batch survives
-// a process crash; a power loss may drop the last batches, never corrupt the
-// file. For jobs that is the right trade: a lost batch means tokens produced
-// again, not money lost (the ledger will use synchronous=FULL).
+// Durability: SQLite with a WAL journal and synchronous=NORMAL: a committed
+// batch survives a process crash; a power loss may drop the last batches,
+// never corrupt the file. For jobs that is the right trade: a lost batch means
+// tokens produced again, not money lost (the ledger uses synchronous=FULL).
+// PostgreSQL: a committed batch is as durable as the server is configured.
 //
-// Schema: a `schema_version` table holds one row per migration applied.
-// open() applies the missing numbered migrations in one transaction and
-// refuses a file written by a newer build (kUnsupported).
+// Schema: numbered migrations, applied in one transaction by open(), which
+// refuses a database written by a newer build (kUnsupported). SQLite records
+// them in `schema_version`, PostgreSQL in `idlefleet_schema` (store "jobs").
 //
-// The `jobs` row, column by column:
-//   id TEXT PRIMARY KEY (1..kIdBytesMax bytes) | kind TEXT ("completion",
-//   "chat" or "embedding") | model_id TEXT | request_json TEXT | prompt_ids BLOB |
-//   max_tokens INTEGER | stop_ids BLOB | sampling_json TEXT |
-//   batch INTEGER (0 or 1) | state TEXT (a core::job_state_name()) |
-//   produced BLOB | finish_reason TEXT | attempts_json TEXT |
-//   created_at INTEGER (TimeMs) | updated_at INTEGER (TimeMs)
-//   A token BLOB is count x int32, little-endian, no header: its length is a
+// The `jobs` row, column by column (SQLite type / PostgreSQL type where it
+// differs):
+//   id TEXT PRIMARY KEY (1..kIdBytesMax bytes of printable ASCII) |
+//   kind TEXT ("completion", "chat" or "embedding") | model_id TEXT/BYTEA |
+//   request_json TEXT/BYTEA | prompt_ids BLOB/BYTEA | max_tokens INTEGER/BIGINT |
+//   stop_ids BLOB/BYTEA | sampling_json TEXT/BYTEA | batch INTEGER (0 or 1)/BOOLEAN |
+//   state TEXT (a core::job_state_name()) | produced BLOB/BYTEA |
+//   finish_reason TEXT/BYTEA | attempts_json TEXT/BYTEA |
+//   created_at INTEGER/BIGINT (TimeMs) | updated_at INTEGER/BIGINT (TimeMs)
+//   A token array is count x int32, little-endian, no header: its length is a
 //   multiple of 4 bytes (checked on read, kCorrupt naming the job otherwise);
-//   an empty array is a zero-length BLOB, never NULL.
+//   an empty array is zero bytes, never NULL. The free-form fields are BYTEA
+//   in PostgreSQL so that both stores keep any bytes (PostgreSQL's TEXT
+//   refuses NUL and text that is not UTF-8).
 //
 // Every put() is validated against the limits below before anything is
 // written; every row read is validated before it is returned (a hand-edited
-// or damaged file gives kCorrupt naming the job, never a crash).
+// or damaged database gives kCorrupt naming the job, never a crash).
 //
-// Thread-safety: none. One JobStore is used from one thread at a time (the
-// connection is opened without SQLite's own mutex); move it between threads
-// only with external synchronisation. Separate processes may open the same
-// file: writers wait up to kBusyTimeoutMs for each other.
+// Thread-safety: none. One JobStore is used from one thread at a time; move
+// it between threads only with external synchronisation. Separate processes
+// may open the same database: SQLite writers wait up to kBusyTimeoutMs for
+// each other.
 #pragma once
 
 #include <cstddef>
@@ -44,13 +50,11 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
 #include "core/time.h"
-
-struct sqlite3;
-struct sqlite3_stmt;
 
 namespace idlefleet::store {
 
@@ -93,67 +97,88 @@ struct StoredJob {
   bool operator==(const StoredJob&) const = default;
 };
 
+// The job store's interface; SqliteJobStore (store/sqlite_job_store.h) and
+// PgJobStore (store/pg_job_store.h) implement it with the same behaviour, and
+// the same tests run against both.
 class JobStore {
  public:
-  // Opens (creating if absent) the database at `path` and migrates it to
-  // kSchemaVersion. ":memory:" gives a private in-memory store (no WAL) for
-  // tests. A file that is not SQLite, or is damaged, gives kCorrupt naming the
-  // path; one the OS refuses gives kIo; one from a newer build kUnsupported.
-  static Result<std::unique_ptr<JobStore>> open(const std::string& path);
+  // Opens the store at `location`: a postgresql:// URL (store/pg_db.h) or a
+  // SQLite file, created if absent, migrated to the current schema either way.
+  // ":memory:" gives a private in-memory SQLite store for tests. A file that
+  // is not SQLite, or is damaged, gives kCorrupt naming the path; one the OS
+  // refuses kIo; a database from a newer build kUnsupported; a server that
+  // cannot be reached kIo.
+  static Result<std::unique_ptr<JobStore>> open(const std::string& location);
 
-  ~JobStore();
-  JobStore(const JobStore&) = delete;
-  JobStore& operator=(const JobStore&) = delete;
+  virtual ~JobStore() = default;
 
   // Inserts or replaces (by id) every job, in one transaction: all are
   // written or none. If an id appears twice, the later entry wins.
   // REQUIRES: jobs.size() <= kPutJobsMax (else kOutOfRange, nothing written).
-  Status put(std::span<const StoredJob> jobs);
+  virtual Status put(std::span<const StoredJob> jobs) = 0;
 
   // The job with this id, or nullopt.
-  Result<std::optional<StoredJob>> get(const std::string& id);
+  virtual Result<std::optional<StoredJob>> get(const std::string& id) = 0;
 
   // Every job whose state is not final (not done, failed or cancelled),
   // oldest first: ordered by created_at, then id.
-  Result<std::vector<StoredJob>> load_unfinished();
+  virtual Result<std::vector<StoredJob>> load_unfinished() = 0;
 
   // The `limit` newest jobs, newest first (created_at, then id, descending).
   // REQUIRES: limit <= kListRecentJobsMax (else kOutOfRange).
-  Result<std::vector<StoredJob>> list_recent(size_t limit);
+  virtual Result<std::vector<StoredJob>> list_recent(size_t limit) = 0;
 
   // Jobs that finished done with updated_at >= since, oldest first, at most
   // `limit` (for the settlement sweep after a restart).
   // REQUIRES: limit <= kListRecentJobsMax (else kOutOfRange).
-  Result<std::vector<StoredJob>> done_since(core::TimeMs since, size_t limit);
+  virtual Result<std::vector<StoredJob>> done_since(core::TimeMs since, size_t limit) = 0;
 
-  // The ids of every job that finished done (for `idlefleet ledger verify`).
-  // kOutOfRange beyond kDoneIdsMax.
-  Result<std::vector<std::string>> done_job_ids();
+  // The ids of every job that finished done (for `idlefleet ledger verify`),
+  // ordered by id. kOutOfRange beyond kDoneIdsMax.
+  virtual Result<std::vector<std::string>> done_job_ids() = 0;
 
   // Jobs per state. Every state name is present, zero included, so that a
   // gauge per state reads 0 rather than vanishing.
-  Result<std::map<std::string, uint64_t>> count_by_state();
+  virtual Result<std::map<std::string, uint64_t>> count_by_state() = 0;
 
-  // The file this store was opened on, as given to open().
-  const std::string& path() const { return path_; }
+  // What the store was opened on: the path as given to open(), or the URL
+  // without its password.
+  virtual const std::string& location() const = 0;
 
- private:
-  JobStore(std::string path, sqlite3* db);
-  Status prepare_statements();
-  Status exec(const char* sql, const char* what);
-  Status put_in_transaction(std::span<const StoredJob> jobs);
-  Result<std::vector<StoredJob>> read_all(sqlite3_stmt* stmt);
-  // An Error for SQLite result code `rc` while doing `what`, naming the file.
-  Unexpected sqlite_error(int rc, const std::string& what) const;
-
-  std::string path_;
-  sqlite3* db_ = nullptr;
-  sqlite3_stmt* upsert_ = nullptr;
-  sqlite3_stmt* get_ = nullptr;
-  sqlite3_stmt* unfinished_ = nullptr;
-  sqlite3_stmt* recent_ = nullptr;
-  sqlite3_stmt* done_since_ = nullptr;
-  sqlite3_stmt* count_ = nullptr;
+ protected:
+  JobStore() = default;
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
 };
+
+// What both implementations share (store/job_store.cc).
+namespace job_rows {
+
+// Every job state, and whether a name is one of them.
+std::span<const std::string_view> state_names();
+bool known_state(std::string_view name);
+// The SQL condition that selects unfinished jobs (`state NOT IN (...)`).
+const char* unfinished_where();
+// CHECKs that the final states in unfinished_where() are core's: otherwise
+// recovery would skip live jobs or resurrect finished ones.
+void check_final_states_match_core();
+// Every limit above, and a known kind and state (kOutOfRange or
+// kInvalidArgument naming the job and the field).
+Status validate(const StoredJob& job);
+// kOutOfRange when a put of `count` jobs is too many, or a list limit too high.
+Status check_put_count(size_t count, const std::string& label);
+Status check_list_limit(size_t limit, const char* call, const std::string& label);
+// Token arrays as stored: count x int32 little-endian.
+std::string encode_tokens(std::span<const int32_t> ids);
+// Decodes a stored token array into `out` (kCorrupt naming the job and column
+// when its length is not a multiple of 4 or beyond kTokensMax).
+Status decode_tokens(const StoredJob& job, const char* column, std::string_view bytes, std::vector<int32_t>& out);
+// Checks and sets the fields read back as integers and the state (kCorrupt
+// naming the job and column).
+Status finish_read(StoredJob& job, int64_t max_tokens, int64_t batch);
+// Every state at 0: count_by_state()'s starting point.
+std::map<std::string, uint64_t> zero_counts();
+
+}  // namespace job_rows
 
 }  // namespace idlefleet::store

@@ -1,6 +1,8 @@
-// JobStore: round trips, upserts, reopening, recovery order, limits, and the
-// refusals for files that are not ours (random bytes, a newer schema, a
-// damaged token array).
+// JobStore: round trips, upserts, reopening, recovery order, limits and
+// damaged rows, run against both implementations (SQLite, and PostgreSQL on a
+// private server started for the test: tests/support/postgres_server.h); then
+// what is particular to each (files that are not SQLite, WAL; URLs, servers
+// that cannot be reached or restart).
 #include "store/job_store.h"
 
 #include <gtest/gtest.h>
@@ -11,37 +13,73 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <thread>
 
 #include "common/random.h"
+#include "store/pg_db.h"
+#include "store/pg_job_store.h"
+#include "transport/process.h"
+#include "support/postgres_server.h"
 
 namespace idlefleet::store::job_store_test {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory per test, removed afterwards.
-class JobStoreTest : public ::testing::Test {
+enum class Backend { kSqlite, kPostgres };
+
+// One PostgreSQL server per test process (ctest runs each test in its own),
+// started on first use; each test gets a database of its own.
+testing::PostgresServer& postgres() {
+  static std::unique_ptr<testing::PostgresServer> server = [] {
+    auto s = testing::PostgresServer::start();
+    if (!s) {
+      ADD_FAILURE() << s.error().to_string();
+      std::abort();
+    }
+    return std::move(*s);
+  }();
+  return *server;
+}
+
+// A fresh directory (SQLite) or database (PostgreSQL) per test, removed afterwards.
+class JobStoreFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void start(Backend backend) {
+    backend_ = backend;
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = fs::temp_directory_path() /
            ("idlefleet-job-store-" + std::to_string(::getpid()) + "-" + info->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    if (backend_ == Backend::kPostgres) {
+      static int databases = 0;  // several tests in one process share the server
+      database_ = "jobs_" + std::to_string(::getpid()) + "_" + std::to_string(++databases);
+      auto url = postgres().create_database(database_);
+      ASSERT_TRUE(url) << url.error().to_string();
+      url_ = *url;
+    }
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   std::string db_path() const { return (dir_ / "jobs.db").string(); }
+  std::string location() const { return backend_ == Backend::kPostgres ? url_ : db_path(); }
 
   std::unique_ptr<JobStore> open_ok() {
-    auto store = JobStore::open(db_path());
+    auto store = JobStore::open(location());
     EXPECT_TRUE(store) << store.error().to_string();
     return store ? std::move(*store) : nullptr;
   }
 
   // Runs one statement on a separate raw connection, as a person with the
-  // sqlite3 shell would, and returns `column` of the first row.
+  // sqlite3 shell or psql would, and returns `column` of the first row
+  // (PostgreSQL: the first column of every row, a line each).
   std::string raw_sql(const std::string& sql, int column = 0) {
+    if (backend_ == Backend::kPostgres) {
+      auto r = postgres().query(database_, sql);
+      EXPECT_TRUE(r) << r.error().to_string();
+      return r ? *r : "";
+    }
     sqlite3* db = nullptr;
     EXPECT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
     sqlite3_stmt* st = nullptr;
@@ -57,7 +95,29 @@ class JobStoreTest : public ::testing::Test {
     return out;
   }
 
+  bool postgres_backend() const { return backend_ == Backend::kPostgres; }
+
+  Backend backend_ = Backend::kSqlite;
   fs::path dir_;
+  std::string database_, url_;
+};
+
+// What is particular to the SQLite store.
+class JobStoreTest : public JobStoreFixture {
+ protected:
+  void SetUp() override { start(Backend::kSqlite); }
+};
+
+// What is particular to the PostgreSQL store.
+class PgJobStoreTest : public JobStoreFixture {
+ protected:
+  void SetUp() override { start(Backend::kPostgres); }
+};
+
+// The contract: the same tests against both.
+class JobStoreContract : public JobStoreFixture, public ::testing::WithParamInterface<Backend> {
+ protected:
+  void SetUp() override { start(GetParam()); }
 };
 
 StoredJob make_job(std::string id, core::TimeMs created_at, std::string state = "queued") {
@@ -81,11 +141,11 @@ std::vector<std::string> ids_of(const std::vector<StoredJob>& jobs) {
   return out;
 }
 
-TEST_F(JobStoreTest, RoundTripsEveryField) {
+TEST_P(JobStoreContract, RoundTripsEveryField) {
   auto store = open_ok();
   ASSERT_TRUE(store);
   StoredJob j;
-  j.id = "job-\xe2\x9c\x93-1";
+  j.id = "chatcmpl-0123456789ab";
   j.kind = "chat";
   j.model_id = "llama-7b";
   j.request_json = std::string(R"({"messages":[{"role":"user","content":"hi\u0000"}]})") + '\0' + "tail";
@@ -96,7 +156,7 @@ TEST_F(JobStoreTest, RoundTripsEveryField) {
   j.batch = true;
   j.state = "running";
   j.produced = {5, 6, 7, -7};
-  j.finish_reason = "";
+  j.finish_reason = "failed: \xff\xfe not UTF-8";  // any bytes, in both stores
   j.attempts_json = R"([{"number":1,"vehicle":"car-a"}])";
   j.created_at = -5;  // before the epoch: only an integer to the store
   j.updated_at = std::numeric_limits<int64_t>::max();
@@ -118,7 +178,12 @@ TEST_F(JobStoreTest, RoundTripsEveryField) {
   auto got_e = store->get("empty");
   ASSERT_TRUE(got_e && got_e->has_value());
   EXPECT_EQ(**got_e, e);
-  EXPECT_EQ(raw_sql("SELECT typeof(prompt_ids) FROM jobs WHERE id = 'empty'"), "blob");
+  if (postgres_backend()) {
+    EXPECT_EQ(raw_sql("SELECT pg_typeof(prompt_ids)::text FROM jobs WHERE id = 'empty'"), "bytea");
+    EXPECT_EQ(raw_sql("SELECT length(prompt_ids) FROM jobs WHERE id = 'empty'"), "0");
+  } else {
+    EXPECT_EQ(raw_sql("SELECT typeof(prompt_ids) FROM jobs WHERE id = 'empty'"), "blob");
+  }
 
   // An embedding job: no tokens to produce, no sampling to keep.
   StoredJob emb = make_job("emb-1-0", 2);
@@ -134,15 +199,19 @@ TEST_F(JobStoreTest, RoundTripsEveryField) {
   EXPECT_FALSE(missing->has_value());
 }
 
-TEST_F(JobStoreTest, TokensAreLittleEndianInt32Blobs) {
+TEST_P(JobStoreContract, TokensAreLittleEndianInt32Blobs) {
   auto store = open_ok();
   StoredJob j = make_job("le", 1);
   j.prompt_ids = {0x01020304, -2};
   ASSERT_TRUE(store->put(std::span(&j, 1)));
-  EXPECT_EQ(raw_sql("SELECT hex(prompt_ids) FROM jobs WHERE id = 'le'"), "04030201FEFFFFFF");
+  if (postgres_backend()) {
+    EXPECT_EQ(raw_sql("SELECT upper(encode(prompt_ids, 'hex')) FROM jobs WHERE id = 'le'"), "04030201FEFFFFFF");
+  } else {
+    EXPECT_EQ(raw_sql("SELECT hex(prompt_ids) FROM jobs WHERE id = 'le'"), "04030201FEFFFFFF");
+  }
 }
 
-TEST_F(JobStoreTest, PutUpsertsById) {
+TEST_P(JobStoreContract, PutUpsertsById) {
   auto store = open_ok();
   StoredJob j = make_job("a", 10);
   ASSERT_TRUE(store->put(std::span(&j, 1)));
@@ -162,7 +231,7 @@ TEST_F(JobStoreTest, PutUpsertsById) {
   EXPECT_EQ((*store->get("b"))->state, "running");
 }
 
-TEST_F(JobStoreTest, ReopenKeepsData) {
+TEST_P(JobStoreContract, ReopenKeepsData) {
   {
     auto store = open_ok();
     std::vector<StoredJob> jobs = {make_job("x", 1), make_job("y", 2, "done")};
@@ -179,10 +248,15 @@ TEST_F(JobStoreTest, ReopenKeepsData) {
   EXPECT_EQ(counts->at("done"), 1u);
   EXPECT_EQ(counts->at("running"), 0u);  // every state present
   EXPECT_EQ(counts->size(), 7u);
-  EXPECT_EQ(raw_sql("SELECT MAX(version) FROM schema_version"), std::to_string(kSchemaVersion));
+  if (postgres_backend()) {
+    EXPECT_EQ(raw_sql("SELECT MAX(version) FROM idlefleet_schema WHERE store = 'jobs'"),
+              std::to_string(kPgJobsSchemaVersion));
+  } else {
+    EXPECT_EQ(raw_sql("SELECT MAX(version) FROM schema_version"), std::to_string(kSchemaVersion));
+  }
 }
 
-TEST_F(JobStoreTest, LoadUnfinishedFiltersAndOrders) {
+TEST_P(JobStoreContract, LoadUnfinishedFiltersAndOrders) {
   auto store = open_ok();
   std::vector<StoredJob> jobs = {
       make_job("late", 30, "queued"),   make_job("done", 5, "done"),     make_job("b", 10, "running"),
@@ -201,14 +275,16 @@ TEST_F(JobStoreTest, LoadUnfinishedFiltersAndOrders) {
   ASSERT_TRUE(unfinished);
   EXPECT_EQ(ids_of(*unfinished), (std::vector<std::string>{"first", "a", "b"}));
 
-  // The recovery query runs from its partial index, not a table scan.
-  const std::string plan = raw_sql(
-      "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state NOT IN ('done', 'failed', 'cancelled') "
-      "ORDER BY created_at, id", 3);
+  // The recovery query can run from its partial index, not a table scan
+  // (PostgreSQL prefers a scan of a table this small unless told otherwise).
+  const std::string query =
+      "SELECT id FROM jobs WHERE state NOT IN ('done', 'failed', 'cancelled') ORDER BY created_at, id";
+  const std::string plan = postgres_backend() ? raw_sql("SET enable_seqscan = off; EXPLAIN " + query)
+                                              : raw_sql("EXPLAIN QUERY PLAN " + query, 3);
   EXPECT_NE(plan.find("jobs_unfinished"), std::string::npos) << plan;
 }
 
-TEST_F(JobStoreTest, ListRecentIsNewestFirstAndBounded) {
+TEST_P(JobStoreContract, ListRecentIsNewestFirstAndBounded) {
   auto store = open_ok();
   std::vector<StoredJob> jobs = {make_job("j1", 1), make_job("j3", 3, "done"), make_job("j2", 2),
                                  make_job("j3b", 3)};
@@ -224,7 +300,7 @@ TEST_F(JobStoreTest, ListRecentIsNewestFirstAndBounded) {
   EXPECT_EQ(too_many.error().code, ErrorCode::kOutOfRange);
 }
 
-TEST_F(JobStoreTest, TenThousandJobsInOnePut) {
+TEST_P(JobStoreContract, TenThousandJobsInOnePut) {
   auto store = open_ok();
   std::vector<StoredJob> jobs;
   Rng rng(7);
@@ -252,7 +328,7 @@ TEST_F(JobStoreTest, TenThousandJobsInOnePut) {
   std::printf("put of 10000 jobs: %lld ms\n", static_cast<long long>(put_ms));
 }
 
-TEST_F(JobStoreTest, LimitsAreCheckedAndABadBatchWritesNothing) {
+TEST_P(JobStoreContract, LimitsAreCheckedAndABadBatchWritesNothing) {
   auto store = open_ok();
   auto refused = [&](StoredJob bad, ErrorCode code, const std::string& field) {
     std::vector<StoredJob> batch = {make_job("good", 1), std::move(bad)};
@@ -278,6 +354,9 @@ TEST_F(JobStoreTest, LimitsAreCheckedAndABadBatchWritesNothing) {
   j.kind = "image";
   refused(j, ErrorCode::kInvalidArgument, "kind");
   refused(make_job("", 1), ErrorCode::kInvalidArgument, "empty id");
+  refused(make_job("job\xe2\x9c\x93", 1), ErrorCode::kInvalidArgument, "printable ASCII");
+  refused(make_job("job 1", 1), ErrorCode::kInvalidArgument, "printable ASCII");
+  refused(make_job(std::string("job\0", 4), 1), ErrorCode::kInvalidArgument, "printable ASCII");
 
   // At the limits exactly: accepted.
   j = make_job(std::string(kIdBytesMax, 'y'), 1);
@@ -325,11 +404,12 @@ TEST_F(JobStoreTest, WalModeIsOn) {
   EXPECT_EQ(raw_sql("PRAGMA journal_mode"), "wal");
 }
 
-TEST_F(JobStoreTest, ADamagedTokenArrayIsCorruptNamingTheJob) {
+TEST_P(JobStoreContract, ADamagedTokenArrayIsCorruptNamingTheJob) {
   auto store = open_ok();
   std::vector<StoredJob> jobs = {make_job("fine", 1), make_job("broken", 2)};
   ASSERT_TRUE(store->put(jobs));
-  raw_sql("UPDATE jobs SET produced = x'010203' WHERE id = 'broken'");
+  raw_sql(postgres_backend() ? "UPDATE jobs SET produced = '\\x010203'::bytea WHERE id = 'broken'"
+                             : "UPDATE jobs SET produced = x'010203' WHERE id = 'broken'");
   auto got = store->get("broken");
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code, ErrorCode::kCorrupt);
@@ -355,6 +435,111 @@ TEST_F(JobStoreTest, InMemoryStoreForTests) {
   auto got = (*store)->get("m");
   ASSERT_TRUE(got && got->has_value());
 }
+
+TEST_F(PgJobStoreTest, AFutureSchemaVersionIsUnsupported) {
+  { ASSERT_TRUE(open_ok()); }
+  raw_sql("INSERT INTO idlefleet_schema (store, version) VALUES ('jobs', " +
+          std::to_string(kPgJobsSchemaVersion + 1) + ")");
+  auto store = JobStore::open(location());
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, ErrorCode::kUnsupported) << store.error().to_string();
+  EXPECT_NE(store.error().message.find("schema version " + std::to_string(kPgJobsSchemaVersion + 1)),
+            std::string::npos)
+      << store.error().to_string();
+}
+
+TEST_F(PgJobStoreTest, AnUnreachableServerIsAnIoErrorThatHidesThePassword) {
+  auto port = transport::free_loopback_port();
+  ASSERT_TRUE(port);
+  const std::string url = "postgresql://someone:s3cret@127.0.0.1:" + std::to_string(*port) + "/jobs?connect_timeout=2";
+  auto store = JobStore::open(url);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, ErrorCode::kIo) << store.error().to_string();
+  EXPECT_NE(store.error().message.find("someone:***@127.0.0.1"), std::string::npos) << store.error().to_string();
+  EXPECT_EQ(store.error().message.find("s3cret"), std::string::npos) << store.error().to_string();
+  EXPECT_EQ(redact_postgres_url("postgres://h/db?user=u&password=pw&sslmode=disable"),
+            "postgres://h/db?user=u&password=***&sslmode=disable");
+}
+
+TEST_F(PgJobStoreTest, AMalformedUrlIsInvalid) {
+  for (const std::string url : {"postgresql://h/db?nosuchoption=1", "postgresql://[::1/db", "postgresql://h/db?x"}) {
+    auto store = JobStore::open(url);
+    ASSERT_FALSE(store) << url;
+    EXPECT_EQ(store.error().code, ErrorCode::kInvalidArgument) << url << ": " << store.error().to_string();
+  }
+  auto huge = JobStore::open("postgresql://h/" + std::string(kStoreLocationBytesMax, 'd'));
+  ASSERT_FALSE(huge);
+  EXPECT_EQ(huge.error().code, ErrorCode::kInvalidArgument);
+}
+
+// A server that restarts, or is killed and started again, costs the store at
+// most the call in flight: the next ones reconnect, and committed jobs are there.
+TEST_F(PgJobStoreTest, ReconnectsAfterTheServerRestartsOrIsKilled) {
+  auto store = open_ok();
+  ASSERT_TRUE(store);
+  std::vector<StoredJob> jobs = {make_job("before", 1)};
+  ASSERT_TRUE(store->put(jobs));
+  for (bool killed : {false, true}) {
+    if (killed) {
+      postgres().kill();
+      ASSERT_TRUE(postgres().restart());
+    } else {
+      ASSERT_TRUE(postgres().restart());
+    }
+    int failures = 0;
+    Status put;
+    for (int attempt = 0; attempt < 3 && !(put = store->put(jobs)); ++attempt) {
+      ++failures;
+      EXPECT_EQ(put.error().code, ErrorCode::kIo) << put.error().to_string();
+    }
+    ASSERT_TRUE(put) << put.error().to_string();
+    EXPECT_LE(failures, 1) << (killed ? "after a kill" : "after a restart");
+    jobs.push_back(make_job(killed ? "after-kill" : "after-restart", 2));
+    ASSERT_TRUE(store->put(jobs));
+  }
+  auto unfinished = store->load_unfinished();
+  ASSERT_TRUE(unfinished) << unfinished.error().to_string();
+  EXPECT_EQ(ids_of(*unfinished), (std::vector<std::string>{"before", "after-kill", "after-restart"}));
+}
+
+// Replicas that start together migrate the database once between them.
+TEST_F(PgJobStoreTest, StoresOpeningTogetherMigrateOnce) {
+  constexpr int kStores = 6;
+  std::vector<Result<std::unique_ptr<JobStore>>> opened;
+  opened.reserve(kStores);
+  for (int i = 0; i < kStores; ++i) opened.emplace_back(Unexpected(ErrorCode::kInternal, "not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStores; ++i) {
+    threads.emplace_back([&, i] { opened[static_cast<size_t>(i)] = JobStore::open(location()); });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& o : opened) ASSERT_TRUE(o) << o.error().to_string();
+  EXPECT_EQ(raw_sql("SELECT COUNT(*) FROM idlefleet_schema WHERE store = 'jobs'"),
+            std::to_string(kPgJobsSchemaVersion));
+  StoredJob j = make_job("shared", 1);
+  ASSERT_TRUE((*opened[0])->put(std::span(&j, 1)));
+  auto got = (*opened[kStores - 1])->get("shared");
+  ASSERT_TRUE(got && got->has_value());
+  EXPECT_EQ(**got, j);
+}
+
+// A table altered by hand is reported, not misread.
+TEST_F(PgJobStoreTest, AColumnOfAnotherTypeIsCorrupt) {
+  auto store = open_ok();
+  StoredJob j = make_job("typed", 1);
+  ASSERT_TRUE(store->put(std::span(&j, 1)));
+  raw_sql("ALTER TABLE jobs ALTER COLUMN max_tokens TYPE integer");
+  auto got = store->get("typed");
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, ErrorCode::kCorrupt) << got.error().to_string();
+  EXPECT_NE(got.error().message.find("max_tokens"), std::string::npos) << got.error().to_string();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, JobStoreContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kPostgres ? std::string("PostgreSQL")
+                                                                   : std::string("SQLite");
+                         });
 
 }  // namespace
 }  // namespace idlefleet::store::job_store_test

@@ -1,0 +1,151 @@
+// The PostgreSQL plumbing the stores share (libpq): a connection that
+// reconnects after the server went away, statements prepared once per
+// connection, parameters and results in binary (no quoting, no text parsing
+// of numbers), SQLSTATEs turned into Errors, and numbered migrations.
+//
+// Which database: a store is opened on a location; one that starts with
+// postgresql:// or postgres:// is a libpq connection URI
+// (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNSTRING),
+// anything else is a SQLite file. Several stores share one database: each
+// keeps its own tables and its own row in the migrations table.
+//
+// Migrations: `idlefleet_schema (store, version, applied_at)` records each
+// migration applied, per store. migrate() takes a transaction-scoped advisory
+// lock first, so that replicas starting together do not both migrate, and
+// refuses a database written by a newer build (kUnsupported). Shipped
+// migrations never change: a new schema is a new entry.
+//
+// Errors: a connection that cannot be made or is lost is kIo (the next call
+// reconnects); a unique violation kAlreadyExists; a value the server refuses
+// (bad UTF-8, out of range) kInvalidArgument; data the server reports
+// corrupted kCorrupt; SQL of ours the server rejects kInternal. Messages
+// carry the store's label (the URL without its password), what was being
+// done, and the server's own message.
+//
+// Thread-safety: none. A PgConnection is used by one thread at a time, as a
+// SQLite handle is.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+
+struct pg_conn;
+struct pg_result;
+
+namespace idlefleet::store {
+
+// How long connecting may take before kIo.
+inline constexpr int kPgConnectTimeoutS = 10;
+// A statement that runs longer is cancelled by the server (kIo).
+inline constexpr int kPgStatementTimeoutMs = 60'000;
+// Bytes of one location string (a URL or a path).
+inline constexpr size_t kStoreLocationBytesMax = 4096;
+
+// True for a location that names a PostgreSQL database.
+bool is_postgres_url(std::string_view location);
+// The URL with its password (if any) replaced by "***", for labels and logs.
+std::string redact_postgres_url(std::string_view url);
+
+// Server type OIDs of the columns the stores use (pg_type.oid; stable).
+enum class PgType : uint32_t { kBool = 16, kBytea = 17, kInt8 = 20, kInt4 = 23, kText = 25 };
+
+// Parameters of one statement, all sent in binary.
+class PgParams {
+ public:
+  PgParams& text(std::string_view v) { return add(PgType::kText, v); }
+  PgParams& bytes(std::string_view v) { return add(PgType::kBytea, v); }
+  PgParams& int8(int64_t v);
+  PgParams& boolean(bool v);
+  size_t size() const { return types_.size(); }
+
+ private:
+  friend class PgConnection;
+  PgParams& add(PgType type, std::string_view v);
+  std::vector<uint32_t> types_;
+  std::vector<std::string> values_;
+};
+
+// One statement's result rows (binary). Owns the libpq result.
+class PgResult {
+ public:
+  explicit PgResult(pg_result* res) : res_(res) {}
+  PgResult(PgResult&& other) noexcept : res_(other.res_) { other.res_ = nullptr; }
+  PgResult& operator=(PgResult&& other) noexcept;
+  PgResult(const PgResult&) = delete;
+  PgResult& operator=(const PgResult&) = delete;
+  ~PgResult();
+
+  int rows() const;
+  int columns() const;
+  // Rows affected by an INSERT, UPDATE or DELETE.
+  int64_t affected() const;
+  bool is_null(int row, int col) const;
+  // Checks that the columns have these types, in order (kCorrupt naming the
+  // column otherwise: a table changed by hand must not be misread).
+  Status check_types(std::span<const PgType> types, const std::string& label) const;
+  // A column's raw bytes (text or bytea); empty for NULL.
+  std::string_view bytes(int row, int col) const;
+  std::string text(int row, int col) const { return std::string(bytes(row, col)); }
+  // An int8, int4 or bool column (by its declared type), 0 for NULL.
+  int64_t integer(int row, int col) const;
+
+ private:
+  friend class PgConnection;
+  pg_result* res_ = nullptr;
+};
+
+class PgConnection {
+ public:
+  // Connects to `url`. `store` names the store in messages ("job store").
+  // kInvalidArgument for a malformed URL, kIo when the server cannot be reached.
+  static Result<std::unique_ptr<PgConnection>> connect(const std::string& url, const std::string& store);
+
+  ~PgConnection();
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  // Runs one statement with binary parameters and results. The statement is
+  // prepared on first use per connection (keyed by its text). A lost
+  // connection is re-established once before the statement is sent; if the
+  // statement itself fails because the server went away, the error is kIo
+  // and the next call reconnects.
+  Result<PgResult> exec(const std::string& sql, const PgParams& params, const std::string& what);
+  Result<PgResult> exec(const std::string& sql, const std::string& what) { return exec(sql, PgParams(), what); }
+  // Runs SQL text (one or more statements, no parameters, no results).
+  Status exec_script(const char* sql, const std::string& what);
+
+  // A transaction: begin(), then commit() or rollback(). rollback() never
+  // fails (an aborted or lost transaction is gone either way).
+  Status begin(const std::string& what) { return exec_script("BEGIN", what); }
+  Status commit(const std::string& what) { return exec_script("COMMIT", what); }
+  void rollback();
+
+  // Applies the missing migrations of `store_name` (migration N is
+  // migrations[N - 1]) in one transaction under an advisory lock.
+  Status migrate(std::string_view store_name, std::span<const char* const> migrations);
+
+  // "job store 'postgresql://user@host/db'" (no password).
+  const std::string& label() const { return label_; }
+  Unexpected error(const std::string& what, const std::string& detail, ErrorCode code) const;
+
+ private:
+  PgConnection(pg_conn* conn, std::string url, std::string label);
+  static pg_conn* open_conn(const std::string& url);
+  Status ensure_connected();
+  Unexpected result_error(pg_result* res, const std::string& what) const;
+
+  pg_conn* conn_ = nullptr;
+  std::string url_;
+  std::string label_;
+  // Statement text -> prepared name, for this connection (cleared on reconnect).
+  std::unordered_map<std::string, std::string> prepared_;
+};
+
+}  // namespace idlefleet::store

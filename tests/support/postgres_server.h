@@ -1,0 +1,67 @@
+// A private PostgreSQL server for the tests that run the stores against a
+// real database: initdb into a fresh temporary directory, then `postgres` on
+// a free loopback port (no Unix socket), stopped and removed with the object.
+//
+// PostgreSQL refuses to run as root; when the tests run as root (CI does), the
+// server runs as the `postgres` user that Debian's package creates, through
+// setpriv (which execs, so signals reach the server itself). fsync is off: a
+// killed server loses nothing (the OS still has the pages), only a power loss
+// would, and the tests do not cut the power.
+//
+// The binaries come from /usr/lib/postgresql/<version>/bin (the highest
+// version installed); scripts/bootstrap installs postgresql-15.
+//
+// Thread-safety: owned by one thread, which must outlive the server (it is
+// started with kill_with_parent; transport/process.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/result.h"
+#include "transport/process.h"
+
+namespace idlefleet::testing {
+
+class PostgresServer {
+ public:
+  // initdb and start; returns once the server accepts connections. Errors say
+  // what is missing (binaries, the postgres user) or quote the log's end.
+  static Result<std::unique_ptr<PostgresServer>> start();
+  ~PostgresServer();
+  PostgresServer(const PostgresServer&) = delete;
+  PostgresServer& operator=(const PostgresServer&) = delete;
+
+  // postgresql://idlefleet@127.0.0.1:PORT/DATABASE
+  std::string url(const std::string& database = "postgres") const;
+  uint16_t port() const { return port_; }
+  // Creates an empty database and returns its URL.
+  Result<std::string> create_database(const std::string& name);
+  // Runs SQL on `database` as the superuser and returns the first column of
+  // the last statement's rows, one line each ("" when there are none).
+  Result<std::string> query(const std::string& database, const std::string& sql);
+
+  // SIGKILL, as a crash would.
+  void kill();
+  // Starts the server again on the same port and data directory (after
+  // kill() or on a running server, which is stopped first).
+  Status restart();
+
+ private:
+  PostgresServer() = default;
+  Status launch();
+  std::string log_tail() const;
+  // The command line for `program` with `args`, through setpriv when root.
+  transport::ProcessOptions as_server_user(const std::string& program, std::vector<std::string> args) const;
+
+  std::string bin_dir_;
+  std::string work_dir_;
+  std::string log_path_;
+  bool drop_to_postgres_ = false;
+  uint16_t port_ = 0;
+  std::optional<transport::Process> process_;
+};
+
+}  // namespace idlefleet::testing

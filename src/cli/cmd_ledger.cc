@@ -182,7 +182,7 @@ void verify(const DataLocation& where) {
   std::printf("ledger ok: %llu transactions, %llu postings, %llu accounts, total %s%s (%s)\n",
               static_cast<unsigned long long>(summary->transactions),
               static_cast<unsigned long long>(summary->postings), static_cast<unsigned long long>(summary->accounts),
-              format_money_fixed(summary->total_micros).c_str(), checked.c_str(), ledger->path().c_str());
+              format_money_fixed(summary->total_micros).c_str(), checked.c_str(), ledger->location().c_str());
 }
 
 void balances(const DataLocation& where, bool as_json) {

@@ -1,8 +1,8 @@
 #include "store/ledger_store.h"
 
-#include <sqlite3.h>
-
 #include <algorithm>
+#include <array>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -12,7 +12,7 @@
 
 #include "common/check.h"
 #include "common/money.h"
-#include "store/sqlite_db.h"
+#include "store/pg_db.h"
 
 namespace idlefleet::store {
 namespace {
@@ -23,7 +23,7 @@ using core::Transaction;
 using i128 = __int128;
 
 // Migration N (1-based) is kMigrations[N - 1]; shipped entries never change.
-constexpr const char* kMigrations[] = {
+constexpr const char* kSqliteMigrations[] = {
     R"sql(
 CREATE TABLE transactions (
   id TEXT PRIMARY KEY NOT NULL,
@@ -56,29 +56,54 @@ CREATE TABLE payout_batches (
 ) STRICT;
 )sql",
 };
-static_assert(std::size(kMigrations) == kLedgerSchemaVersion, "one migration per schema version");
+static_assert(std::size(kSqliteMigrations) == kLedgerSchemaVersion, "one migration per schema version");
 
-// A transaction's postings joined with the transaction: LedgerEntry columns.
+// The same schema in PostgreSQL (recorded as store "ledger").
+constexpr const char* kPostgresMigrations[] = {
+    R"sql(
+CREATE TABLE transactions (
+  id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+  kind TEXT COLLATE "C" NOT NULL,
+  job_id TEXT COLLATE "C" NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX one_settlement_per_job ON transactions(job_id) WHERE kind = 'settlement';
+CREATE UNIQUE INDEX one_refund_per_job ON transactions(job_id) WHERE kind = 'refund';
+CREATE INDEX transactions_by_job ON transactions(job_id, created_at);
+CREATE TABLE postings (
+  txn_id TEXT COLLATE "C" NOT NULL REFERENCES transactions(id),
+  seq BIGINT NOT NULL,
+  account TEXT COLLATE "C" NOT NULL,
+  amount BIGINT NOT NULL,
+  kind TEXT COLLATE "C" NOT NULL,
+  receipt_id TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (txn_id, seq)
+);
+CREATE INDEX postings_by_account ON postings(account);
+CREATE TABLE accounts (
+  id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+  credit_limit_micros BIGINT NOT NULL
+);
+CREATE TABLE payout_batches (
+  period TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+  min_amount_micros BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  payouts BIGINT NOT NULL
+);
+)sql",
+};
+static_assert(std::size(kPostgresMigrations) == kLedgerSchemaVersion, "one migration per schema version");
+
+// A transaction with its postings, one row per posting (a transaction with
+// none has one row of NULLs after its own columns): t.* then p.*.
 constexpr const char* kEntryColumns =
     "t.id, t.kind, t.job_id, t.created_at, p.seq, p.account, p.amount, p.kind, p.receipt_id";
+constexpr const char* kEntryJoin = " FROM transactions t LEFT JOIN postings p ON p.txn_id = t.id ";
 
-// Finalizes a statement when the scope ends.
-class Stmt {
- public:
-  Stmt() = default;
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  sqlite3_stmt** out() { return &stmt_; }
-  sqlite3_stmt* get() const { return stmt_; }
-
- private:
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-int bind_text(sqlite3_stmt* st, int col, std::string_view v) {
-  return sqlite3_bind_text(st, col, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-}
+// Aggregates of amounts, in both dialects: COUNT, SUM, MIN, MAX, count of zeros.
+constexpr const char* kSumColumns =
+    "COUNT(*), CAST(COALESCE(SUM(p.amount), 0) AS BIGINT), COALESCE(MIN(p.amount), 0), "
+    "COALESCE(MAX(p.amount), 0), COALESCE(SUM(CASE WHEN p.amount = 0 THEN 1 ELSE 0 END), 0)";
 
 // For messages: a stored value cut short, anything odd replaced.
 std::string shown(std::string_view text) {
@@ -91,74 +116,71 @@ std::string shown(std::string_view text) {
   return "'" + out + "'";
 }
 
-// Reads a TEXT column of at most `max` bytes; false if it is not one.
-bool column_text(sqlite3_stmt* st, int col, size_t max, std::string& out) {
-  if (sqlite3_column_type(st, col) != SQLITE_TEXT) return false;
-  const auto* p = sqlite3_column_text(st, col);
-  const auto n = static_cast<size_t>(sqlite3_column_bytes(st, col));
-  if (p == nullptr || n > max) return false;
-  out.assign(reinterpret_cast<const char*>(p), n);
+// Reads a text column of at most `max` bytes; false if it is not one.
+bool column_text(const SqlRow& r, size_t col, size_t max, std::string& out) {
+  if (col >= r.size() || r[col].type != SqlValue::Type::kText || r[col].bytes.size() > max) return false;
+  out = r[col].bytes;
   return true;
 }
 
-bool column_int(sqlite3_stmt* st, int col, int64_t& out) {
-  if (sqlite3_column_type(st, col) != SQLITE_INTEGER) return false;
-  out = sqlite3_column_int64(st, col);
+bool column_int(const SqlRow& r, size_t col, int64_t& out) {
+  if (col >= r.size() || r[col].type != SqlValue::Type::kInt) return false;
+  out = r[col].integer;
   return true;
 }
 
 // Columns id, kind, job_id, created_at from `first` on. A transaction's own
 // row; what spans rows (its postings) is checked by core::validate later.
-Status read_transaction_row(sqlite3_stmt* st, int first, Transaction& t) {
-  if (!column_text(st, first, core::kTransactionIdBytesMax, t.id) || t.id.empty()) {
+Status read_transaction_row(const SqlRow& r, size_t first, Transaction& t) {
+  if (!column_text(r, first, core::kTransactionIdBytesMax, t.id) || t.id.empty()) {
     return Unexpected(ErrorCode::kCorrupt, "a transaction row's id is not an id");
   }
   auto bad = [&](const char* column, const std::string& why) {
     return Unexpected(ErrorCode::kCorrupt, "transaction " + shown(t.id) + ": column " + column + " " + why);
   };
-  if (!column_text(st, first + 1, 32, t.kind) || !core::valid_transaction_kind(t.kind)) {
+  if (!column_text(r, first + 1, 32, t.kind) || !core::valid_transaction_kind(t.kind)) {
     return bad("kind", "is not a transaction kind");
   }
-  if (!column_text(st, first + 2, core::kLedgerIdBytesMax, t.job_id) ||
+  if (!column_text(r, first + 2, core::kLedgerIdBytesMax, t.job_id) ||
       (!t.job_id.empty() && !core::valid_ledger_id(t.job_id))) {
     return bad("job_id", "is not a job id");
   }
-  if (!column_int(st, first + 3, t.created_at_ms) || t.created_at_ms < 0) return bad("created_at", "is not a time");
+  if (!column_int(r, first + 3, t.created_at_ms) || t.created_at_ms < 0) return bad("created_at", "is not a time");
   return {};
 }
 
 // Columns seq, account, amount, kind, receipt_id from `first` on.
-Status read_posting_row(sqlite3_stmt* st, int first, const std::string& txn_id, int64_t& seq, Posting& p) {
+Status read_posting_row(const SqlRow& r, size_t first, const std::string& txn_id, int64_t& seq, Posting& p) {
   const std::string name = "posting of " + shown(txn_id);
-  if (!column_int(st, first, seq) || seq < 0 || seq >= static_cast<int64_t>(core::kPostingsPerTransactionMax)) {
+  if (!column_int(r, first, seq) || seq < 0 || seq >= static_cast<int64_t>(core::kPostingsPerTransactionMax)) {
     return Unexpected(ErrorCode::kCorrupt, name + ": column seq is not a place in a transaction");
   }
   auto bad = [&](const char* column, const std::string& why) {
     return Unexpected(ErrorCode::kCorrupt, name + " seq " + std::to_string(seq) + ": column " + column + " " + why);
   };
-  if (!column_text(st, first + 1, core::kAccountBytesMax, p.account) || !core::valid_account(p.account)) {
+  if (!column_text(r, first + 1, core::kAccountBytesMax, p.account) || !core::valid_account(p.account)) {
     return bad("account", "is not an account");
   }
-  if (!column_int(st, first + 2, p.amount_micros) || p.amount_micros == 0 ||
+  if (!column_int(r, first + 2, p.amount_micros) || p.amount_micros == 0 ||
       p.amount_micros > core::kAmountMicrosMax || p.amount_micros < -core::kAmountMicrosMax) {
     return bad("amount", "is not a non-zero amount within +-2^53 micros");
   }
-  if (!column_text(st, first + 3, 32, p.kind) || !core::valid_posting_kind(p.kind)) {
+  if (!column_text(r, first + 3, 32, p.kind) || !core::valid_posting_kind(p.kind)) {
     return bad("kind", "is not a posting kind");
   }
-  if (!column_text(st, first + 4, core::kLedgerIdBytesMax, p.receipt_id) ||
+  if (!column_text(r, first + 4, core::kLedgerIdBytesMax, p.receipt_id) ||
       (!p.receipt_id.empty() && !core::valid_ledger_id(p.receipt_id))) {
     return bad("receipt_id", "is not a receipt id");
   }
   return {};
 }
 
-// One kEntryColumns row.
-Status read_entry_row(sqlite3_stmt* st, LedgerEntry& e) {
+// One kEntryColumns row with its posting.
+Status read_entry_row(const SqlRow& r, LedgerEntry& e) {
   Transaction t;
-  IF_RETURN_IF_ERROR(read_transaction_row(st, 0, t));
+  IF_RETURN_IF_ERROR(read_transaction_row(r, 0, t));
   int64_t seq = 0;
-  IF_RETURN_IF_ERROR(read_posting_row(st, 4, t.id, seq, e.posting));
+  IF_RETURN_IF_ERROR(read_posting_row(r, 4, t.id, seq, e.posting));
   e.transaction_id = std::move(t.id);
   e.transaction_kind = std::move(t.kind);
   e.job_id = std::move(t.job_id);
@@ -167,7 +189,54 @@ Status read_entry_row(sqlite3_stmt* st, LedgerEntry& e) {
   return {};
 }
 
-// Aggregates of an account's amounts: COUNT, SUM, MIN, MAX, count of zeros.
+// Puts kEntryColumns rows (ordered by transaction, then seq) back together
+// into transactions, checks each (its postings' places, core::validate) and
+// hands it on. Errors are kCorrupt messages without the store's label.
+class Assembler {
+ public:
+  explicit Assembler(std::function<Status(Transaction&&)> done) : done_(std::move(done)) {}
+
+  Status add(const SqlRow& r) {
+    std::string id;
+    if (!have_ || !column_text(r, 0, core::kTransactionIdBytesMax, id) || id != current_.id) {
+      IF_RETURN_IF_ERROR(finish());
+      current_ = Transaction();
+      IF_RETURN_IF_ERROR(read_transaction_row(r, 0, current_));
+      have_ = true;
+    }
+    if (r.size() > 4 && r[4].type == SqlValue::Type::kNull) return {};  // no postings at all
+    if (current_.postings.size() >= core::kPostingsPerTransactionMax) {
+      return Unexpected(ErrorCode::kCorrupt, "transaction " + shown(current_.id) + " has more than " +
+                                                 std::to_string(core::kPostingsPerTransactionMax) + " postings");
+    }
+    int64_t seq = 0;
+    Posting p;
+    IF_RETURN_IF_ERROR(read_posting_row(r, 4, current_.id, seq, p));
+    if (seq != static_cast<int64_t>(current_.postings.size())) {
+      return Unexpected(ErrorCode::kCorrupt, "transaction " + shown(current_.id) + ": posting seq " +
+                                                 std::to_string(seq) + " where " +
+                                                 std::to_string(current_.postings.size()) +
+                                                 " belongs (a posting is missing)");
+    }
+    current_.postings.push_back(std::move(p));
+    return {};
+  }
+
+  // Hands on the last transaction; call once after the last row.
+  Status finish() {
+    if (!have_) return {};
+    have_ = false;
+    if (Status v = core::validate(current_); !v) return Unexpected(ErrorCode::kCorrupt, v.error().message);
+    return done_(std::move(current_));
+  }
+
+ private:
+  std::function<Status(Transaction&&)> done_;
+  Transaction current_;
+  bool have_ = false;
+};
+
+// Aggregates of an account's amounts, from kSumColumns.
 // Valid rows hold non-zero amounts within +-2^53; anything else is damage.
 struct Sums {
   int64_t count = 0;
@@ -177,10 +246,10 @@ struct Sums {
   int64_t zeros = 0;
 };
 
-bool read_sums(sqlite3_stmt* st, int first, Sums& s) {
+bool read_sums(const SqlRow& r, size_t first, Sums& s) {
   int64_t v[5];
-  for (int i = 0; i < 5; ++i) {
-    if (!column_int(st, first + i, v[i])) return false;
+  for (size_t i = 0; i < 5; ++i) {
+    if (!column_int(r, first + i, v[i])) return false;
   }
   s = {v[0], v[1], v[2], v[3], v[4]};
   if (s.count < 0 || s.zeros != 0) return false;
@@ -197,85 +266,55 @@ std::string csv_field(std::string_view v) {
   return out + "\"";
 }
 
+// Parameters of a statement, built inline.
+std::vector<SqlValue> args(std::initializer_list<SqlValue> values) { return std::vector<SqlValue>(values); }
+
 }  // namespace
 
-LedgerStore::LedgerStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(db) {}
+LedgerStore::LedgerStore(std::string location, std::unique_ptr<SqlDb> db)
+    : location_(std::move(location)), db_(std::move(db)) {}
 
-LedgerStore::~LedgerStore() { sqlite3_close_v2(db_); }
-
-Unexpected LedgerStore::sqlite_error(int rc, const std::string& what) const {
-  return store::sqlite_error(db_, rc, "ledger '" + path_ + "'", what);
-}
+LedgerStore::~LedgerStore() = default;
 
 Unexpected LedgerStore::corrupt(const std::string& what) const {
-  return Unexpected(ErrorCode::kCorrupt, "ledger '" + path_ + "': " + what);
+  return Unexpected(ErrorCode::kCorrupt, db_->label() + ": " + what);
 }
 
-Status LedgerStore::exec(const char* sql, const char* what) {
-  return sqlite_exec(db_, sql, "ledger '" + path_ + "'", what);
-}
-
-Result<std::unique_ptr<LedgerStore>> LedgerStore::open(const std::string& path) {
-  sqlite3* db = nullptr;
-  IF_RETURN_IF_ERROR(open_database(path, kMigrations, "ledger '" + path + "'", &db));
-  std::unique_ptr<LedgerStore> store(new LedgerStore(path, db));
-  sqlite3_busy_timeout(db, kLedgerBusyTimeoutMs);
+Result<std::unique_ptr<LedgerStore>> LedgerStore::open(const std::string& location) {
+  SqlDbOptions o;
+  o.store = "ledger";
+  o.sqlite_migrations = kSqliteMigrations;
+  o.postgres_migrations = kPostgresMigrations;
   // Money: a committed posting survives a power loss too.
-  IF_RETURN_IF_ERROR(store->exec("PRAGMA synchronous = FULL", "setting pragmas"));
-  return store;
+  o.sqlite_synchronous_full = true;
+  o.sqlite_busy_timeout_ms = kLedgerBusyTimeoutMs;
+  auto db = open_sql_db(location, o);
+  if (!db) return Unexpected(db.error());
+  const std::string shown_location = is_postgres_url(location) ? redact_postgres_url(location) : location;
+  return std::unique_ptr<LedgerStore>(new LedgerStore(shown_location, std::move(*db)));
 }
 
-Result<std::vector<Transaction>> LedgerStore::read_transactions(sqlite3_stmt* st) {
+Result<std::vector<Transaction>> LedgerStore::read_transactions(const std::string& where, const std::string& order,
+                                                                std::span<const SqlValue> params) {
   std::vector<Transaction> out;
-  for (;;) {
-    const int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) break;
-    if (rc != SQLITE_ROW) return sqlite_error(rc, "reading transactions");
+  Assembler assembler([&](Transaction&& t) -> Status {
     if (out.size() >= kLedgerRowsReadMax) {
-      return Unexpected(ErrorCode::kOutOfRange, "ledger '" + path_ + "': more than " +
-                                                    std::to_string(kLedgerRowsReadMax) + " transactions to read");
+      return Unexpected(ErrorCode::kOutOfRange, db_->label() + ": more than " + std::to_string(kLedgerRowsReadMax) +
+                                                    " transactions to read");
     }
-    Transaction t;
-    if (Status s = read_transaction_row(st, 0, t); !s) return corrupt(s.error().message);
     out.push_back(std::move(t));
-  }
-  Stmt postings;
-  int rc = sqlite3_prepare_v2(db_, "SELECT seq, account, amount, kind, receipt_id FROM postings WHERE txn_id = ?1 "
-                                   "ORDER BY seq", -1, postings.out(), nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a postings read");
-  for (Transaction& t : out) {
-    sqlite3_reset(postings.get());
-    rc = bind_text(postings.get(), 1, t.id);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "binding a postings read");
-    for (;;) {
-      rc = sqlite3_step(postings.get());
-      if (rc == SQLITE_DONE) break;
-      if (rc != SQLITE_ROW) return sqlite_error(rc, "reading postings");
-      if (t.postings.size() >= core::kPostingsPerTransactionMax) {
-        return corrupt("transaction " + shown(t.id) + " has more than " +
-                       std::to_string(core::kPostingsPerTransactionMax) + " postings");
-      }
-      int64_t seq = 0;
-      Posting p;
-      if (Status s = read_posting_row(postings.get(), 0, t.id, seq, p); !s) return corrupt(s.error().message);
-      if (seq != static_cast<int64_t>(t.postings.size())) {
-        return corrupt("transaction " + shown(t.id) + ": posting seq " + std::to_string(seq) + " where " +
-                       std::to_string(t.postings.size()) + " belongs");
-      }
-      t.postings.push_back(std::move(p));
-    }
-    if (Status s = core::validate(t); !s) return corrupt(s.error().message);
-  }
+    return {};
+  });
+  const std::string sql = std::string("SELECT ") + kEntryColumns + kEntryJoin + where + " ORDER BY " + order + ", p.seq";
+  Status s = db_->query(sql, params, "reading transactions", [&](const SqlRow& r) { return assembler.add(r); });
+  if (s) s = assembler.finish();
+  if (!s) return s.error().code == ErrorCode::kCorrupt ? corrupt(s.error().message) : Unexpected(s.error());
   return out;
 }
 
 Result<std::optional<Transaction>> LedgerStore::read_transaction(std::string_view id) {
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_, "SELECT id, kind, job_id, created_at FROM transactions WHERE id = ?1", -1, st.out(),
-                              nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, id);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a transaction read");
-  auto rows = read_transactions(st.get());
+  const auto params = args({SqlValue::text(id)});
+  auto rows = read_transactions("WHERE t.id = $1", "t.id", params);
   if (!rows) return Unexpected(rows.error());
   if (rows->empty()) return std::optional<Transaction>();
   return std::optional<Transaction>(std::move(rows->front()));
@@ -287,59 +326,35 @@ Result<std::vector<Transaction>> LedgerStore::transactions_for_job(std::string_v
   if (!core::valid_ledger_id(job_id)) {
     return Unexpected(ErrorCode::kInvalidArgument, "job id " + shown(job_id) + " is not a valid id");
   }
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_,
-                              "SELECT id, kind, job_id, created_at FROM transactions WHERE job_id = ?1 "
-                              "ORDER BY created_at, id",
-                              -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, job_id);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a job's transactions read");
-  return read_transactions(st.get());
+  const auto params = args({SqlValue::text(job_id)});
+  return read_transactions("WHERE t.job_id = $1", "t.created_at, t.id", params);
 }
 
 Status LedgerStore::insert(const Transaction& txn) {
-  Stmt t;
-  int rc = sqlite3_prepare_v2(db_, "INSERT INTO transactions (id, kind, job_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                              -1, t.out(), nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a transaction insert");
-  const int binds[] = {bind_text(t.get(), 1, txn.id), bind_text(t.get(), 2, txn.kind),
-                       bind_text(t.get(), 3, txn.job_id), sqlite3_bind_int64(t.get(), 4, txn.created_at_ms)};
-  for (int b : binds) {
-    if (b != SQLITE_OK) return sqlite_error(b, "binding a transaction");
+  auto wrote = db_->exec("INSERT INTO transactions (id, kind, job_id, created_at) VALUES ($1, $2, $3, $4)",
+                         args({SqlValue::text(txn.id), SqlValue::text(txn.kind), SqlValue::text(txn.job_id),
+                               SqlValue::of(txn.created_at_ms)}),
+                         "writing transaction " + shown(txn.id));
+  if (!wrote && wrote.error().code == ErrorCode::kAlreadyExists) {
+    return Unexpected(ErrorCode::kAlreadyExists, db_->label() + ": job " + shown(txn.job_id) + " already has a " +
+                                                     txn.kind + " under another id");
   }
-  rc = sqlite3_step(t.get());
-  if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-    return Unexpected(ErrorCode::kAlreadyExists, "ledger '" + path_ + "': job " + shown(txn.job_id) +
-                                                     " already has a " + txn.kind + " under another id");
-  }
-  if (rc != SQLITE_DONE) return sqlite_error(rc, "writing transaction " + shown(txn.id));
-  Stmt p;
-  rc = sqlite3_prepare_v2(db_,
-                          "INSERT INTO postings (txn_id, seq, account, amount, kind, receipt_id) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                          -1, p.out(), nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a posting insert");
+  if (!wrote) return Unexpected(wrote.error());
   for (size_t i = 0; i < txn.postings.size(); ++i) {
     const Posting& posting = txn.postings[i];
-    sqlite3_reset(p.get());
-    const int pb[] = {bind_text(p.get(), 1, txn.id),
-                      sqlite3_bind_int64(p.get(), 2, static_cast<int64_t>(i)),
-                      bind_text(p.get(), 3, posting.account),
-                      sqlite3_bind_int64(p.get(), 4, posting.amount_micros),
-                      bind_text(p.get(), 5, posting.kind),
-                      bind_text(p.get(), 6, posting.receipt_id)};
-    for (int b : pb) {
-      if (b != SQLITE_OK) return sqlite_error(b, "binding a posting");
-    }
-    rc = sqlite3_step(p.get());
-    if (rc != SQLITE_DONE) return sqlite_error(rc, "writing a posting of " + shown(txn.id));
+    auto p = db_->exec(
+        "INSERT INTO postings (txn_id, seq, account, amount, kind, receipt_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        args({SqlValue::text(txn.id), SqlValue::of(static_cast<int64_t>(i)), SqlValue::text(posting.account),
+              SqlValue::of(posting.amount_micros), SqlValue::text(posting.kind), SqlValue::text(posting.receipt_id)}),
+        "writing a posting of " + shown(txn.id));
+    if (!p) return Unexpected(p.error());
   }
   return {};
 }
 
 Result<bool> LedgerStore::post(const Transaction& txn) {
   IF_RETURN_IF_ERROR(core::validate(txn));
-  IF_RETURN_IF_ERROR(exec("BEGIN IMMEDIATE", "starting a post"));
+  IF_RETURN_IF_ERROR(db_->begin_write("starting a post"));
   auto write = [&]() -> Result<bool> {
     auto existing = read_transaction(txn.id);
     if (!existing) return Unexpected(existing.error());
@@ -348,44 +363,43 @@ Result<bool> LedgerStore::post(const Transaction& txn) {
       // A retry: the same money under the same id. The first write's time
       // stands (a retry built later may carry a later one).
       if (old.kind == txn.kind && old.job_id == txn.job_id && old.postings == txn.postings) return false;
-      return Unexpected(ErrorCode::kAlreadyExists, "ledger '" + path_ + "': transaction " + shown(txn.id) +
+      return Unexpected(ErrorCode::kAlreadyExists, db_->label() + ": transaction " + shown(txn.id) +
                                                        " already exists with other content");
     }
     IF_RETURN_IF_ERROR(insert(txn));
     return true;
   };
   auto wrote = write();
-  if (!wrote) {
-    if (sqlite3_get_autocommit(db_) == 0) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  if (!wrote || !*wrote) {
+    db_->rollback();
     return wrote;
   }
-  if (Status s = exec(*wrote ? "COMMIT" : "ROLLBACK", "committing a post"); !s) {
-    if (sqlite3_get_autocommit(db_) == 0) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  if (Status s = db_->commit("committing a post"); !s) {
+    db_->rollback();
     return Unexpected(s.error());
   }
   return wrote;
 }
 
 Result<int64_t> LedgerStore::balance_before(std::string_view account, core::TimeMs before_ms) {
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_,
-                              "SELECT COUNT(*), COALESCE(SUM(p.amount), 0), COALESCE(MIN(p.amount), 0), "
-                              "COALESCE(MAX(p.amount), 0), COALESCE(SUM(p.amount = 0), 0) "
-                              "FROM postings p JOIN transactions t ON t.id = p.txn_id "
-                              "WHERE p.account = ?1 AND t.created_at < ?2",
-                              -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, account);
-  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 2, before_ms);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a balance");
-  rc = sqlite3_step(st.get());
-  // SQLite stops an integer SUM that overflows with an error: only damaged
-  // rows can make one, since each amount is at most 2^53.
-  if ((rc & 0xff) == SQLITE_ERROR) {
-    return corrupt("the postings of " + shown(account) + " do not sum: " + sqlite3_errmsg(db_));
-  }
-  if (rc != SQLITE_ROW) return sqlite_error(rc, "reading a balance");
   Sums s;
-  if (!read_sums(st.get(), 0, s)) return corrupt("account " + shown(account) + " has a posting that is not an amount");
+  bool read = false, valid = false;
+  Status q = db_->query(std::string("SELECT ") + kSumColumns +
+                            " FROM postings p JOIN transactions t ON t.id = p.txn_id "
+                            "WHERE p.account = $1 AND t.created_at < $2",
+                        args({SqlValue::text(account), SqlValue::of(before_ms)}), "reading a balance",
+                        [&](const SqlRow& r) -> Status {
+                          read = true;
+                          valid = read_sums(r, 0, s);
+                          return {};
+                        });
+  // An integer SUM that overflows stops with kOutOfRange: only damaged rows
+  // can make one, since each amount is at most 2^53.
+  if (!q && q.error().code == ErrorCode::kOutOfRange) {
+    return corrupt("the postings of " + shown(account) + " do not sum: " + q.error().message);
+  }
+  if (!q) return Unexpected(q.error());
+  if (!read || !valid) return corrupt("account " + shown(account) + " has a posting that is not an amount");
   return s.sum;
 }
 
@@ -394,58 +408,60 @@ Result<int64_t> LedgerStore::balance(std::string_view account) {
   return balance_before(account, std::numeric_limits<core::TimeMs>::max());
 }
 
-Result<std::vector<AccountBalance>> LedgerStore::balances() {
-  std::map<std::string, AccountBalance> by_name;
-  {
-    Stmt st;
-    int rc = sqlite3_prepare_v2(db_,
-                                "SELECT p.account, COUNT(*), SUM(p.amount), MIN(p.amount), MAX(p.amount), "
-                                "SUM(p.amount = 0) FROM postings p JOIN transactions t ON t.id = p.txn_id "
-                                "GROUP BY p.account ORDER BY p.account",
-                                -1, st.out(), nullptr);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing balances");
-    for (;;) {
-      rc = sqlite3_step(st.get());
-      if (rc == SQLITE_DONE) break;
-      if ((rc & 0xff) == SQLITE_ERROR) return corrupt(std::string("postings do not sum: ") + sqlite3_errmsg(db_));
-      if (rc != SQLITE_ROW) return sqlite_error(rc, "reading balances");
-      if (by_name.size() >= kLedgerRowsReadMax) return corrupt("more accounts than " + std::to_string(kLedgerRowsReadMax));
-      AccountBalance b;
-      if (!column_text(st.get(), 0, core::kAccountBytesMax, b.account) || !core::valid_account(b.account)) {
-        return corrupt("a posting's account " + shown(b.account) + " is not an account");
-      }
-      Sums s;
-      if (!read_sums(st.get(), 1, s)) return corrupt("account " + shown(b.account) + " has a posting that is not an amount");
-      b.balance_micros = s.sum;
-      by_name[b.account] = b;
-    }
-  }
-  Stmt limits;
-  int rc = sqlite3_prepare_v2(db_, "SELECT id, credit_limit_micros FROM accounts ORDER BY id", -1, limits.out(), nullptr);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing credit limits");
-  for (;;) {
-    rc = sqlite3_step(limits.get());
-    if (rc == SQLITE_DONE) break;
-    if (rc != SQLITE_ROW) return sqlite_error(rc, "reading credit limits");
-    std::string id;
-    int64_t limit = 0;
-    if (!column_text(limits.get(), 0, core::kAccountBytesMax, id)) return corrupt("an accounts row's id is not text");
-    auto account = core::parse_account(id);
-    if (!account || account->type != core::AccountType::kClient) {
-      return corrupt("accounts row " + shown(id) + " is not a client account");
-    }
-    if (!column_int(limits.get(), 1, limit) || limit < 0 || limit > kCreditLimitMicrosMax) {
-      return corrupt("accounts row " + shown(id) + ": column credit_limit_micros is out of range");
-    }
-    if (by_name.size() >= kLedgerRowsReadMax) return corrupt("more accounts than " + std::to_string(kLedgerRowsReadMax));
-    AccountBalance& b = by_name[id];
-    b.account = id;
-    b.credit_limit_micros = limit;
-  }
+Result<std::vector<AccountBalance>> LedgerStore::read_credit_limits(std::map<std::string, AccountBalance>& by_name) {
+  Status s = db_->query("SELECT id, credit_limit_micros FROM accounts ORDER BY id", {}, "reading credit limits",
+                        [&](const SqlRow& r) -> Status {
+                          std::string id;
+                          int64_t limit = 0;
+                          const bool text = column_text(r, 0, core::kAccountBytesMax, id);
+                          auto account = text ? core::parse_account(id) : core::parse_account("");
+                          if (!account || account->type != core::AccountType::kClient) {
+                            return corrupt("accounts row " + shown(id) + " is not a client account");
+                          }
+                          if (!column_int(r, 1, limit) || limit < 0 || limit > kCreditLimitMicrosMax) {
+                            return corrupt("accounts row " + shown(id) +
+                                           ": column credit_limit_micros is out of range");
+                          }
+                          if (by_name.size() >= kLedgerRowsReadMax) {
+                            return corrupt("more accounts than " + std::to_string(kLedgerRowsReadMax));
+                          }
+                          AccountBalance& b = by_name[id];
+                          b.account = id;
+                          b.credit_limit_micros = limit;
+                          return {};
+                        });
+  if (!s) return Unexpected(s.error());
   std::vector<AccountBalance> out;
   out.reserve(by_name.size());
   for (auto& [name, b] : by_name) out.push_back(std::move(b));
   return out;
+}
+
+Result<std::vector<AccountBalance>> LedgerStore::balances() {
+  std::map<std::string, AccountBalance> by_name;
+  Status s = db_->query(std::string("SELECT p.account, ") + kSumColumns +
+                            " FROM postings p JOIN transactions t ON t.id = p.txn_id "
+                            "GROUP BY p.account ORDER BY p.account",
+                        {}, "reading balances", [&](const SqlRow& r) -> Status {
+                          if (by_name.size() >= kLedgerRowsReadMax) {
+                            return corrupt("more accounts than " + std::to_string(kLedgerRowsReadMax));
+                          }
+                          AccountBalance b;
+                          if (!column_text(r, 0, core::kAccountBytesMax, b.account) ||
+                              !core::valid_account(b.account)) {
+                            return corrupt("a posting's account " + shown(b.account) + " is not an account");
+                          }
+                          Sums sums;
+                          if (!read_sums(r, 1, sums)) {
+                            return corrupt("account " + shown(b.account) + " has a posting that is not an amount");
+                          }
+                          b.balance_micros = sums.sum;
+                          by_name[b.account] = b;
+                          return {};
+                        });
+  if (!s && s.error().code == ErrorCode::kOutOfRange) return corrupt("postings do not sum: " + s.error().message);
+  if (!s) return Unexpected(s.error());
+  return read_credit_limits(by_name);
 }
 
 Result<std::vector<LedgerEntry>> LedgerStore::postings_for_account(std::string_view account, core::TimeMs from_ms,
@@ -455,29 +471,24 @@ Result<std::vector<LedgerEntry>> LedgerStore::postings_for_account(std::string_v
     return Unexpected(ErrorCode::kInvalidArgument,
                       "[" + std::to_string(from_ms) + ", " + std::to_string(to_ms) + ") is not a span of time");
   }
-  Stmt st;
-  const std::string sql = std::string("SELECT ") + kEntryColumns +
-                          " FROM postings p JOIN transactions t ON t.id = p.txn_id "
-                          "WHERE p.account = ?1 AND t.created_at >= ?2 AND t.created_at < ?3 "
-                          "ORDER BY t.created_at, t.id, p.seq";
-  int rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, account);
-  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 2, from_ms);
-  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 3, to_ms);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing an account's postings read");
   std::vector<LedgerEntry> out;
-  for (;;) {
-    rc = sqlite3_step(st.get());
-    if (rc == SQLITE_DONE) break;
-    if (rc != SQLITE_ROW) return sqlite_error(rc, "reading an account's postings");
-    if (out.size() >= kLedgerRowsReadMax) {
-      return Unexpected(ErrorCode::kOutOfRange, "ledger '" + path_ + "': " + shown(account) + " has more than " +
-                                                    std::to_string(kLedgerRowsReadMax) + " postings in the span");
-    }
-    LedgerEntry e;
-    if (Status s = read_entry_row(st.get(), e); !s) return corrupt(s.error().message);
-    out.push_back(std::move(e));
-  }
+  Status s = db_->query(std::string("SELECT ") + kEntryColumns +
+                            " FROM postings p JOIN transactions t ON t.id = p.txn_id "
+                            "WHERE p.account = $1 AND t.created_at >= $2 AND t.created_at < $3 "
+                            "ORDER BY t.created_at, t.id, p.seq",
+                        args({SqlValue::text(account), SqlValue::of(from_ms), SqlValue::of(to_ms)}),
+                        "reading an account's postings", [&](const SqlRow& r) -> Status {
+                          if (out.size() >= kLedgerRowsReadMax) {
+                            return Unexpected(ErrorCode::kOutOfRange,
+                                              db_->label() + ": " + shown(account) + " has more than " +
+                                                  std::to_string(kLedgerRowsReadMax) + " postings in the span");
+                          }
+                          LedgerEntry e;
+                          if (Status bad = read_entry_row(r, e); !bad) return corrupt(bad.error().message);
+                          out.push_back(std::move(e));
+                          return {};
+                        });
+  if (!s) return Unexpected(s.error());
   return out;
 }
 
@@ -490,16 +501,11 @@ Status LedgerStore::set_credit_limit(std::string_view client_account, int64_t cr
     return Unexpected(ErrorCode::kOutOfRange, "a credit limit is 0 to " + std::to_string(kCreditLimitMicrosMax) +
                                                   " micros, not " + std::to_string(credit_limit_micros));
   }
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_,
-                              "INSERT INTO accounts (id, credit_limit_micros) VALUES (?1, ?2) "
-                              "ON CONFLICT (id) DO UPDATE SET credit_limit_micros = excluded.credit_limit_micros",
-                              -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, client_account);
-  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 2, credit_limit_micros);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a credit limit");
-  rc = sqlite3_step(st.get());
-  if (rc != SQLITE_DONE) return sqlite_error(rc, "writing a credit limit");
+  auto wrote = db_->exec("INSERT INTO accounts (id, credit_limit_micros) VALUES ($1, $2) "
+                         "ON CONFLICT (id) DO UPDATE SET credit_limit_micros = excluded.credit_limit_micros",
+                         args({SqlValue::text(client_account), SqlValue::of(credit_limit_micros)}),
+                         "writing a credit limit");
+  if (!wrote) return Unexpected(wrote.error());
   return {};
 }
 
@@ -508,15 +514,12 @@ Result<int64_t> LedgerStore::credit_limit(std::string_view client_account) {
   if (!account || account->type != core::AccountType::kClient) {
     return Unexpected(ErrorCode::kInvalidArgument, shown(client_account) + " is not a client account (client:<id>)");
   }
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_, "SELECT credit_limit_micros FROM accounts WHERE id = ?1", -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, client_account);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a credit limit read");
-  rc = sqlite3_step(st.get());
-  if (rc == SQLITE_DONE) return int64_t{0};
-  if (rc != SQLITE_ROW) return sqlite_error(rc, "reading a credit limit");
+  auto rows = db_->rows("SELECT credit_limit_micros FROM accounts WHERE id = $1",
+                        args({SqlValue::text(client_account)}), "reading a credit limit", 1);
+  if (!rows) return Unexpected(rows.error());
+  if (rows->empty()) return int64_t{0};
   int64_t limit = 0;
-  if (!column_int(st.get(), 0, limit) || limit < 0 || limit > kCreditLimitMicrosMax) {
+  if (!column_int(rows->front(), 0, limit) || limit < 0 || limit > kCreditLimitMicrosMax) {
     return corrupt("accounts row " + shown(client_account) + ": column credit_limit_micros is out of range");
   }
   return limit;
@@ -542,10 +545,10 @@ Result<core::Statement> LedgerStore::statement(std::string_view owner_id, int ye
   const core::TimeMs from = core::month_start_ms(m);
   const core::TimeMs to = core::month_start_ms(core::next_month(m));
   // One read transaction, so the opening balance and the entries agree.
-  IF_RETURN_IF_ERROR(exec("BEGIN", "starting a statement"));
+  IF_RETURN_IF_ERROR(db_->begin_read("starting a statement"));
   auto opening = balance_before(*account, from);
   auto entries = opening ? postings_for_account(*account, from, to) : Unexpected(opening.error());
-  sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);  // read only: nothing to lose
+  db_->rollback();  // read only: nothing to keep
   if (!opening) return Unexpected(opening.error());
   if (!entries) return Unexpected(entries.error());
   return core::build_statement(owner_id, m, *opening, std::move(*entries));
@@ -553,41 +556,31 @@ Result<core::Statement> LedgerStore::statement(std::string_view owner_id, int ye
 
 Result<std::optional<PayoutBatch>> LedgerStore::read_batch(core::Month month) {
   const std::string period = core::month_text(month);
-  Stmt st;
-  int rc = sqlite3_prepare_v2(db_, "SELECT min_amount_micros, created_at, payouts FROM payout_batches WHERE period = ?1",
-                              -1, st.out(), nullptr);
-  if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, period);
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a payout batch read");
-  rc = sqlite3_step(st.get());
-  if (rc == SQLITE_DONE) return std::optional<PayoutBatch>();
-  if (rc != SQLITE_ROW) return sqlite_error(rc, "reading a payout batch");
+  auto rows = db_->rows("SELECT min_amount_micros, created_at, payouts FROM payout_batches WHERE period = $1",
+                        args({SqlValue::text(period)}), "reading a payout batch", 1);
+  if (!rows) return Unexpected(rows.error());
+  if (rows->empty()) return std::optional<PayoutBatch>();
+  const SqlRow& row = rows->front();
   PayoutBatch batch;
   batch.month = month;
   batch.batch_id = "payout:" + period;
   int64_t count = 0;
   const core::TimeMs end = core::month_start_ms(core::next_month(month));
-  if (!column_int(st.get(), 0, batch.min_amount_micros) || batch.min_amount_micros < 0 ||
-      batch.min_amount_micros > core::kAmountMicrosMax || !column_int(st.get(), 1, batch.created_at_ms) ||
-      batch.created_at_ms != end || !column_int(st.get(), 2, count) || count < 0 ||
+  if (!column_int(row, 0, batch.min_amount_micros) || batch.min_amount_micros < 0 ||
+      batch.min_amount_micros > core::kAmountMicrosMax || !column_int(row, 1, batch.created_at_ms) ||
+      batch.created_at_ms != end || !column_int(row, 2, count) || count < 0 ||
       count > static_cast<int64_t>(kPayoutBatchOwnersMax)) {
     return corrupt("payout batch " + period + ": a column is out of range");
   }
-  Stmt txns;
-  rc = sqlite3_prepare_v2(db_,
-                          "SELECT id, kind, job_id, created_at FROM transactions WHERE id >= ?1 AND id < ?2 "
-                          "ORDER BY id",
-                          -1, txns.out(), nullptr);
   // Ids "payout:P:<owner>" sort between "payout:P:" and "payout:P;" (':' + 1).
-  if (rc == SQLITE_OK) rc = bind_text(txns.get(), 1, batch.batch_id + ":");
-  if (rc == SQLITE_OK) rc = bind_text(txns.get(), 2, batch.batch_id + ";");
-  if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a payout read");
-  auto rows = read_transactions(txns.get());
-  if (!rows) return Unexpected(rows.error());
-  if (static_cast<int64_t>(rows->size()) != count) {
+  const auto params = args({SqlValue::text(batch.batch_id + ":"), SqlValue::text(batch.batch_id + ";")});
+  auto txns = read_transactions("WHERE t.id >= $1 AND t.id < $2", "t.id", params);
+  if (!txns) return Unexpected(txns.error());
+  if (static_cast<int64_t>(txns->size()) != count) {
     return corrupt("payout batch " + period + " records " + std::to_string(count) + " payouts, the ledger holds " +
-                   std::to_string(rows->size()));
+                   std::to_string(txns->size()));
   }
-  for (const Transaction& t : *rows) {
+  for (const Transaction& t : *txns) {
     // validate() made sure of the id's form and of one owner's money moving.
     const Posting* owner = nullptr;
     for (const Posting& p : t.postings) {
@@ -600,6 +593,28 @@ Result<std::optional<PayoutBatch>> LedgerStore::read_batch(core::Month month) {
         {owner->account.substr(core::kOwnerAccountPrefix.size()), -owner->amount_micros, t.id});
   }
   return std::optional<PayoutBatch>(std::move(batch));
+}
+
+Status LedgerStore::pay_owner(const SqlRow& r, core::Month month, int64_t min_amount_micros, core::TimeMs end,
+                              PayoutBatch& batch, std::vector<Transaction>& txns) const {
+  std::string account;
+  if (!column_text(r, 0, core::kAccountBytesMax, account)) return corrupt("an owner account is not text");
+  auto parsed = core::parse_account(account);
+  if (!parsed || parsed->type != core::AccountType::kOwner) {
+    return corrupt("posting account " + shown(account) + " is not an account");
+  }
+  Sums sums;
+  if (!read_sums(r, 1, sums)) return corrupt("account " + shown(account) + " has a posting that is not an amount");
+  if (sums.sum <= 0 || sums.sum < min_amount_micros) return {};
+  if (txns.size() >= kPayoutBatchOwnersMax) {
+    return Unexpected(ErrorCode::kOutOfRange,
+                      "more than " + std::to_string(kPayoutBatchOwnersMax) + " owners to pay in one batch");
+  }
+  auto txn = core::build_payout(core::month_text(month), parsed->id, sums.sum, end);
+  if (!txn) return Unexpected(txn.error());  // a balance above 2^53 micros: kOutOfRange
+  batch.payouts.push_back({parsed->id, sums.sum, txn->id});
+  txns.push_back(std::move(*txn));
+  return {};
 }
 
 Result<PayoutBatch> LedgerStore::payout_batch(std::string_view period, int64_t min_amount_micros, core::TimeMs now) {
@@ -615,7 +630,7 @@ Result<PayoutBatch> LedgerStore::payout_batch(std::string_view period, int64_t m
     return Unexpected(ErrorCode::kInvalidArgument, "month " + core::month_text(*month) + " is not over until " +
                                                        core::iso8601_utc(end) + ": its balances may still change");
   }
-  IF_RETURN_IF_ERROR(exec("BEGIN IMMEDIATE", "starting a payout batch"));
+  IF_RETURN_IF_ERROR(db_->begin_write("starting a payout batch"));
   auto run = [&]() -> Result<PayoutBatch> {
     auto earlier = read_batch(*month);
     if (!earlier) return Unexpected(earlier.error());
@@ -628,41 +643,23 @@ Result<PayoutBatch> LedgerStore::payout_batch(std::string_view period, int64_t m
     batch.created_at_ms = end;
     batch.posted_now = true;
     std::vector<Transaction> txns;
-    {
-      Stmt st;
-      // Owner accounts are the names between "owner:" and "owner;" (':' + 1).
-      int rc = sqlite3_prepare_v2(db_,
-                                  "SELECT p.account, COUNT(*), SUM(p.amount), MIN(p.amount), MAX(p.amount), "
-                                  "SUM(p.amount = 0) FROM postings p JOIN transactions t ON t.id = p.txn_id "
-                                  "WHERE p.account >= 'owner:' AND p.account < 'owner;' AND t.created_at < ?1 "
-                                  "GROUP BY p.account ORDER BY p.account",
-                                  -1, st.out(), nullptr);
-      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 1, end);
-      if (rc != SQLITE_OK) return sqlite_error(rc, "preparing owners' balances");
-      for (;;) {
-        rc = sqlite3_step(st.get());
-        if (rc == SQLITE_DONE) break;
-        if ((rc & 0xff) == SQLITE_ERROR) return corrupt(std::string("postings do not sum: ") + sqlite3_errmsg(db_));
-        if (rc != SQLITE_ROW) return sqlite_error(rc, "reading owners' balances");
-        std::string account;
-        if (!column_text(st.get(), 0, core::kAccountBytesMax, account)) return corrupt("an owner account is not text");
-        auto parsed = core::parse_account(account);
-        if (!parsed || parsed->type != core::AccountType::kOwner) {
-          return corrupt("posting account " + shown(account) + " is not an account");
-        }
-        Sums s;
-        if (!read_sums(st.get(), 1, s)) return corrupt("account " + shown(account) + " has a posting that is not an amount");
-        if (s.sum <= 0 || s.sum < min_amount_micros) continue;
-        if (txns.size() >= kPayoutBatchOwnersMax) {
-          return Unexpected(ErrorCode::kOutOfRange, "more than " + std::to_string(kPayoutBatchOwnersMax) +
-                                                        " owners to pay in one batch");
-        }
-        auto txn = core::build_payout(core::month_text(*month), parsed->id, s.sum, end);
-        if (!txn) return Unexpected(txn.error());  // a balance above 2^53 micros: kOutOfRange
-        batch.payouts.push_back({parsed->id, s.sum, txn->id});
-        txns.push_back(std::move(*txn));
-      }
-    }
+    // What went wrong inside the visits, told apart from the query's own
+    // kOutOfRange (a SUM past int64: damage).
+    Status inner;
+    // Owner accounts are the names between "owner:" and "owner;" (':' + 1).
+    Status s = db_->query(
+        std::string("SELECT p.account, ") + kSumColumns +
+            " FROM postings p JOIN transactions t ON t.id = p.txn_id "
+            "WHERE p.account >= 'owner:' AND p.account < 'owner;' AND t.created_at < $1 "
+            "GROUP BY p.account ORDER BY p.account",
+        args({SqlValue::of(end)}), "reading owners' balances", [&](const SqlRow& r) -> Status {
+          inner = pay_owner(r, *month, min_amount_micros, end, batch, txns);
+          if (!inner) return Unexpected(ErrorCode::kInternal, "stopped");
+          return {};
+        });
+    if (!inner) return Unexpected(inner.error());
+    if (!s && s.error().code == ErrorCode::kOutOfRange) return corrupt("postings do not sum: " + s.error().message);
+    if (!s) return Unexpected(s.error());
     for (const Transaction& t : txns) {
       auto existing = read_transaction(t.id);
       if (!existing) return Unexpected(existing.error());
@@ -671,27 +668,21 @@ Result<PayoutBatch> LedgerStore::payout_batch(std::string_view period, int64_t m
       }
       IF_RETURN_IF_ERROR(insert(t));
     }
-    Stmt st;
-    int rc = sqlite3_prepare_v2(db_,
-                                "INSERT INTO payout_batches (period, min_amount_micros, created_at, payouts) "
-                                "VALUES (?1, ?2, ?3, ?4)",
-                                -1, st.out(), nullptr);
-    if (rc == SQLITE_OK) rc = bind_text(st.get(), 1, core::month_text(*month));
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 2, min_amount_micros);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 3, end);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st.get(), 4, static_cast<int64_t>(txns.size()));
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a payout batch");
-    rc = sqlite3_step(st.get());
-    if (rc != SQLITE_DONE) return sqlite_error(rc, "writing a payout batch");
+    auto wrote = db_->exec("INSERT INTO payout_batches (period, min_amount_micros, created_at, payouts) "
+                           "VALUES ($1, $2, $3, $4)",
+                           args({SqlValue::text(core::month_text(*month)), SqlValue::of(min_amount_micros),
+                                 SqlValue::of(end), SqlValue::of(static_cast<int64_t>(txns.size()))}),
+                           "writing a payout batch");
+    if (!wrote) return Unexpected(wrote.error());
     return batch;
   };
   auto batch = run();
-  if (!batch) {
-    if (sqlite3_get_autocommit(db_) == 0) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  if (!batch || !batch->posted_now) {
+    db_->rollback();
     return batch;
   }
-  if (Status s = exec(batch->posted_now ? "COMMIT" : "ROLLBACK", "committing a payout batch"); !s) {
-    if (sqlite3_get_autocommit(db_) == 0) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  if (Status s = db_->commit("committing a payout batch"); !s) {
+    db_->rollback();
     return Unexpected(s.error());
   }
   return batch;
@@ -699,7 +690,7 @@ Result<PayoutBatch> LedgerStore::payout_batch(std::string_view period, int64_t m
 
 Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
   // One read transaction: a consistent snapshot while writers carry on.
-  IF_RETURN_IF_ERROR(exec("BEGIN", "starting a verify"));
+  IF_RETURN_IF_ERROR(db_->begin_read("starting a verify"));
   auto run = [&]() -> Result<VerifySummary> {
     VerifySummary summary;
     i128 total = 0;
@@ -709,67 +700,16 @@ Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
     std::map<std::string, std::pair<std::string, int64_t>> refunded;
     std::map<std::string, int64_t> payouts_by_period;
 
-    Stmt txns;
-    int rc = sqlite3_prepare_v2(db_, "SELECT id, kind, job_id, created_at FROM transactions ORDER BY id", -1,
-                                txns.out(), nullptr);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a verify");
-    Stmt posts;
-    rc = sqlite3_prepare_v2(db_,
-                            "SELECT txn_id, seq, account, amount, kind, receipt_id FROM postings "
-                            "ORDER BY txn_id, seq",
-                            -1, posts.out(), nullptr);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing a verify");
-
-    // The postings cursor runs alongside the transactions, both by id.
-    std::string post_txn;
-    bool post_ready = false;
-    auto advance = [&]() -> Status {
-      const int prc = sqlite3_step(posts.get());
-      if (prc == SQLITE_DONE) {
-        post_ready = false;
-        return {};
-      }
-      if (prc != SQLITE_ROW) return sqlite_error(prc, "reading postings");
-      if (!column_text(posts.get(), 0, core::kTransactionIdBytesMax, post_txn)) {
-        return corrupt("a posting's txn_id is not a transaction id");
-      }
-      post_ready = true;
-      return {};
-    };
-    IF_RETURN_IF_ERROR(advance());
-
-    for (;;) {
-      rc = sqlite3_step(txns.get());
-      if (rc == SQLITE_DONE) break;
-      if (rc != SQLITE_ROW) return sqlite_error(rc, "reading transactions");
-      Transaction t;
-      if (Status s = read_transaction_row(txns.get(), 0, t); !s) return corrupt(s.error().message);
-      if (post_ready && post_txn < t.id) {
-        return corrupt("posting of " + shown(post_txn) + " belongs to no transaction");
-      }
-      while (post_ready && post_txn == t.id) {
-        if (t.postings.size() >= core::kPostingsPerTransactionMax) {
-          return corrupt("transaction " + shown(t.id) + " has more than " +
-                         std::to_string(core::kPostingsPerTransactionMax) + " postings");
-        }
-        int64_t seq = 0;
-        Posting p;
-        if (Status s = read_posting_row(posts.get(), 1, t.id, seq, p); !s) return corrupt(s.error().message);
-        if (seq != static_cast<int64_t>(t.postings.size())) {
-          return corrupt("transaction " + shown(t.id) + ": posting seq " + std::to_string(seq) + " where " +
-                         std::to_string(t.postings.size()) + " belongs (a posting is missing)");
-        }
-        t.postings.push_back(std::move(p));
-        IF_RETURN_IF_ERROR(advance());
-      }
-      if (Status s = core::validate(t); !s) return corrupt(s.error().message);
+    // Every transaction with its postings, by id, one at a time.
+    Assembler assembler([&](Transaction&& t) -> Status {
       for (const Posting& p : t.postings) {
         total += p.amount_micros;
         accounts.insert(p.account);
         if (options.verified_receipt_ids && p.account.rfind(core::kOwnerAccountPrefix, 0) == 0 &&
             !p.receipt_id.empty() && options.verified_receipt_ids->count(p.receipt_id) == 0) {
-          return corrupt("transaction " + shown(t.id) + " pays " + shown(p.account) + " on receipt " +
-                         shown(p.receipt_id) + ", which is not a verified receipt");
+          return Unexpected(ErrorCode::kCorrupt, "transaction " + shown(t.id) + " pays " + shown(p.account) +
+                                                     " on receipt " + shown(p.receipt_id) +
+                                                     ", which is not a verified receipt");
         }
       }
       if (t.kind == core::kTransactionSettlement || t.kind == core::kTransactionRefund) {
@@ -778,7 +718,7 @@ Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
         for (const Posting& p : t.postings) {
           if (p.account.rfind(core::kClientAccountPrefix, 0) == 0) {
             if (!client.empty() && client != p.account) {
-              return corrupt("transaction " + shown(t.id) + " moves money of two clients");
+              return Unexpected(ErrorCode::kCorrupt, "transaction " + shown(t.id) + " moves money of two clients");
             }
             client = p.account;
             amount += p.amount_micros;
@@ -790,8 +730,23 @@ Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
       if (t.kind == core::kTransactionPayout) ++payouts_by_period[t.id.substr(7, 7)];
       summary.transactions += 1;
       summary.postings += t.postings.size();
+      return {};
+    });
+    Status s = db_->query(std::string("SELECT ") + kEntryColumns + kEntryJoin + "ORDER BY t.id, p.seq", {},
+                          "reading transactions", [&](const SqlRow& r) { return assembler.add(r); });
+    if (s) s = assembler.finish();
+    if (!s) return s.error().code == ErrorCode::kCorrupt ? corrupt(s.error().message) : Unexpected(s.error());
+
+    auto orphans = db_->rows(
+        "SELECT p.txn_id FROM postings p LEFT JOIN transactions t ON t.id = p.txn_id WHERE t.id IS NULL "
+        "ORDER BY p.txn_id LIMIT 1",
+        {}, "looking for postings without a transaction", 1);
+    if (!orphans) return Unexpected(orphans.error());
+    if (!orphans->empty()) {
+      std::string txn;
+      column_text(orphans->front(), 0, core::kTransactionIdBytesMax, txn);
+      return corrupt("posting of " + shown(txn) + " belongs to no transaction");
     }
-    if (post_ready) return corrupt("posting of " + shown(post_txn) + " belongs to no transaction");
     // Each transaction sums to zero, so this holds; it is the invariant
     // people ask about, so it is checked on its own all the same.
     if (total != 0) return corrupt("all postings sum to " + std::to_string(static_cast<int64_t>(total)) + ", not zero");
@@ -816,34 +771,16 @@ Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
       }
     }
 
-    Stmt limits;
-    rc = sqlite3_prepare_v2(db_, "SELECT id, credit_limit_micros FROM accounts ORDER BY id", -1, limits.out(), nullptr);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing credit limits");
-    for (;;) {
-      rc = sqlite3_step(limits.get());
-      if (rc == SQLITE_DONE) break;
-      if (rc != SQLITE_ROW) return sqlite_error(rc, "reading credit limits");
-      std::string id;
-      int64_t limit = 0;
-      auto account = column_text(limits.get(), 0, core::kAccountBytesMax, id) ? core::parse_account(id)
-                                                                                 : core::parse_account("");
-      if (!account || account->type != core::AccountType::kClient) {
-        return corrupt("accounts row " + shown(id) + " is not a client account");
-      }
-      if (!column_int(limits.get(), 1, limit) || limit < 0 || limit > kCreditLimitMicrosMax) {
-        return corrupt("accounts row " + shown(id) + ": column credit_limit_micros is out of range");
-      }
-    }
+    std::map<std::string, AccountBalance> limits;
+    auto read_limits = read_credit_limits(limits);
+    if (!read_limits) return Unexpected(read_limits.error());
 
-    Stmt batches;
-    rc = sqlite3_prepare_v2(db_, "SELECT period FROM payout_batches ORDER BY period", -1, batches.out(), nullptr);
-    if (rc != SQLITE_OK) return sqlite_error(rc, "preparing payout batches");
-    for (;;) {
-      rc = sqlite3_step(batches.get());
-      if (rc == SQLITE_DONE) break;
-      if (rc != SQLITE_ROW) return sqlite_error(rc, "reading payout batches");
+    auto periods = db_->rows("SELECT period FROM payout_batches ORDER BY period", {}, "reading payout batches",
+                             kLedgerRowsReadMax);
+    if (!periods) return Unexpected(periods.error());
+    for (const SqlRow& row : *periods) {
       std::string period;
-      if (!column_text(batches.get(), 0, 7, period) || !core::parse_month(period)) {
+      if (!column_text(row, 0, 7, period) || !core::parse_month(period)) {
         return corrupt("payout batch " + shown(period) + " is not a month");
       }
       auto batch = read_batch(*core::parse_month(period));  // checks its row and its count
@@ -858,7 +795,7 @@ Result<VerifySummary> LedgerStore::verify(const VerifyOptions& options) {
     return summary;
   };
   auto summary = run();
-  sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);  // read only
+  db_->rollback();  // read only
   return summary;
 }
 

@@ -1,13 +1,17 @@
-// LedgerStore: the double-entry ledger (core/ledger.h) in SQLite,
-// `<data_dir>/ledger.sqlite3`: transactions, their postings, clients' credit
-// limits, payout batches; balances, statements and verification.
+// LedgerStore: the double-entry ledger (core/ledger.h): transactions, their
+// postings, clients' credit limits, payout batches; balances, statements and
+// verification. In SQLite (`<data_dir>/ledger.sqlite3`) by default, or in
+// PostgreSQL when opened on a postgresql:// URL: the logic is written once,
+// over SqlDb (store/sql_db.h), in SQL both accept.
 //
-// Exactly once: post() writes a transaction and its postings in one SQLite
+// Exactly once: post() writes a transaction and its postings in one database
 // transaction, keyed by the transaction's id. Ids are deterministic
 // (settle:<job_id>, refund:<job_id>, payout:<YYYY-MM>:<owner>), so a retry of
 // the same settlement finds its own earlier write and returns false; the same
 // id with other content is refused (kAlreadyExists) and nothing changes. Two
 // partial UNIQUE indexes also allow one settlement and one refund per job.
+// Writers are serialised (SqlDb::begin_write), so coordinators sharing one
+// PostgreSQL ledger get the same answers as one coordinator would.
 //
 // Balances are sums of postings; nothing is stored twice, so they cannot
 // disagree with the postings. A client spends its prepaid balance and then
@@ -17,33 +21,40 @@
 // end of January (postings created before Feb 1 00:00 UTC) is at least `min`
 // and positive: one transaction payout:2026-01:<owner> each, created at that
 // instant (so it shows in February's statement), and a payout_batches row, all
-// in one SQLite transaction. A second call for the same month reads the batch
-// back and posts nothing, whatever changed since.
+// in one database transaction. A second call for the same month reads the
+// batch back and posts nothing, whatever changed since.
 //
-// Durability: WAL with synchronous=FULL: this is money.
+// Durability: SQLite in WAL with synchronous=FULL: this is money. PostgreSQL:
+// as durable as the server is configured (synchronous_commit on, the default).
 //
-// Schema (`schema_version` with one row per migration, as job_store.h; open()
-// migrates and refuses a newer file, kUnsupported):
+// Schema (migrations as job_store.h: SQLite's `schema_version`, PostgreSQL's
+// `idlefleet_schema` under store "ledger"; open() migrates and refuses a newer
+// database, kUnsupported). PostgreSQL types where they differ after a slash;
+// its text columns are COLLATE "C", so that ids and accounts sort as in SQLite:
 //   transactions: id TEXT PRIMARY KEY | kind TEXT | job_id TEXT ('' for
-//     deposits and payouts) | created_at INTEGER (TimeMs)
+//     deposits and payouts) | created_at INTEGER/BIGINT (TimeMs)
 //     UNIQUE (job_id) WHERE kind = 'settlement'; likewise for 'refund'
-//   postings: txn_id TEXT REFERENCES transactions | seq INTEGER (0, 1, ...) |
-//     account TEXT | amount INTEGER (micros, non-zero) | kind TEXT |
+//   postings: txn_id TEXT REFERENCES transactions | seq INTEGER/BIGINT (0, 1,
+//     ...) | account TEXT | amount INTEGER/BIGINT (micros, non-zero) | kind TEXT |
 //     receipt_id TEXT ('' for none); PRIMARY KEY (txn_id, seq); index by account
-//   accounts: id TEXT PRIMARY KEY (client:<id>) | credit_limit_micros INTEGER
+//   accounts: id TEXT PRIMARY KEY (client:<id>) | credit_limit_micros INTEGER/BIGINT
 //   payout_batches: period TEXT PRIMARY KEY (YYYY-MM) | min_amount_micros
-//     INTEGER | created_at INTEGER | payouts INTEGER (how many transactions)
-// Every row read is validated: a hand-edited or damaged file gives kCorrupt
-// naming the row, never a crash. verify() checks the whole file.
+//     INTEGER/BIGINT | created_at INTEGER/BIGINT | payouts INTEGER/BIGINT (how
+//     many transactions)
+// Every text written is an id, account or kind that core::validate accepted
+// (ASCII). Every row read is validated: a hand-edited or damaged database
+// gives kCorrupt naming the row, never a crash. verify() checks all of it.
 //
 // Thread-safety: none, as KeyStore: one thread at a time. Separate processes
-// may open the same file (the CLI while the coordinator runs): writers wait up
-// to kLedgerBusyTimeoutMs for each other.
+// may open the same ledger (the CLI while the coordinator runs): SQLite
+// writers wait up to kLedgerBusyTimeoutMs for each other.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -52,9 +63,7 @@
 #include "common/result.h"
 #include "core/ledger.h"
 #include "core/time.h"
-
-struct sqlite3;
-struct sqlite3_stmt;
+#include "store/sql_db.h"
 
 namespace idlefleet::store {
 
@@ -109,9 +118,11 @@ struct VerifySummary {
 
 class LedgerStore {
  public:
-  // Opens (creating if absent) the ledger at `path`; ":memory:" for tests.
-  // kCorrupt for a file that is not SQLite, kIo, kUnsupported for a newer schema.
-  static Result<std::unique_ptr<LedgerStore>> open(const std::string& path);
+  // Opens (creating if absent) the ledger at `location`: a SQLite path
+  // (":memory:" for tests) or a postgresql:// URL. kCorrupt for a file that
+  // is not SQLite, kIo (also for a server that cannot be reached),
+  // kUnsupported for a newer schema.
+  static Result<std::unique_ptr<LedgerStore>> open(const std::string& location);
 
   ~LedgerStore();
   LedgerStore(const LedgerStore&) = delete;
@@ -161,22 +172,29 @@ class LedgerStore {
   // finished jobs against settlements; credit limit rows; payout batches.
   Result<VerifySummary> verify(const VerifyOptions& options = {});
 
-  const std::string& path() const { return path_; }
+  // What the ledger was opened on: the path, or the URL without its password.
+  const std::string& location() const { return location_; }
 
  private:
-  LedgerStore(std::string path, sqlite3* db);
-  Status exec(const char* sql, const char* what);
-  Unexpected sqlite_error(int rc, const std::string& what) const;
+  LedgerStore(std::string location, std::unique_ptr<SqlDb> db);
   Unexpected corrupt(const std::string& what) const;
   // Sum of an account's postings created before `before_ms`.
   Result<int64_t> balance_before(std::string_view account, core::TimeMs before_ms);
   Result<std::optional<core::Transaction>> read_transaction(std::string_view id);
-  Result<std::vector<core::Transaction>> read_transactions(sqlite3_stmt* stmt);
+  // The transactions `where` selects (SQL after FROM transactions t ... WHERE),
+  // in `order` (t.* columns), with their postings.
+  Result<std::vector<core::Transaction>> read_transactions(const std::string& where, const std::string& order,
+                                                           std::span<const SqlValue> params);
   Status insert(const core::Transaction& txn);
   Result<std::optional<PayoutBatch>> read_batch(core::Month month);
+  // Adds the credit limits to `by_name` and returns it all, by name.
+  Result<std::vector<AccountBalance>> read_credit_limits(std::map<std::string, AccountBalance>& by_name);
+  // One row of owners' sums (account, then the sums) into a payout, if owed.
+  Status pay_owner(const SqlRow& r, core::Month month, int64_t min_amount_micros, core::TimeMs end,
+                   PayoutBatch& batch, std::vector<core::Transaction>& txns) const;
 
-  std::string path_;
-  sqlite3* db_ = nullptr;
+  std::string location_;
+  std::unique_ptr<SqlDb> db_;
 };
 
 // A statement as JSON: owner, month, opening/closing balances, totals by

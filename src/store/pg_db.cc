@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 #include "common/check.h"
@@ -37,6 +38,7 @@ ErrorCode code_for_sqlstate(std::string_view state) {
   if (state.size() != 5) return ErrorCode::kIo;
   const std::string_view cls = state.substr(0, 2);
   if (state == "23505") return ErrorCode::kAlreadyExists;
+  if (state == "22003") return ErrorCode::kOutOfRange;  // numeric value out of range: a SUM past int64
   if (cls == "22") return ErrorCode::kInvalidArgument;  // data exception: bad UTF-8, out of range
   if (state == "XX001" || state == "XX002") return ErrorCode::kCorrupt;
   if (cls == "42" || cls == "0A" || cls == "26" || cls == "34") return ErrorCode::kInternal;  // our SQL is wrong
@@ -120,6 +122,8 @@ Status PgResult::check_types(std::span<const PgType> types, const std::string& l
   return {};
 }
 
+PgType PgResult::type(int col) const { return static_cast<PgType>(PQftype(res_, col)); }
+
 std::string_view PgResult::bytes(int row, int col) const {
   if (is_null(row, col)) return {};
   return {PQgetvalue(res_, row, col), static_cast<size_t>(PQgetlength(res_, row, col))};
@@ -202,31 +206,78 @@ Status PgConnection::ensure_connected() {
   return {};
 }
 
-Result<PgResult> PgConnection::exec(const std::string& sql, const PgParams& params, const std::string& what) {
+Result<std::string> PgConnection::prepared(const std::string& sql, const PgParams& params, const std::string& what) {
   IF_RETURN_IF_ERROR(ensure_connected());
   auto it = prepared_.find(sql);
-  if (it == prepared_.end()) {
-    std::string name = std::to_string(prepared_.size());
-    name.insert(name.begin(), 's');  // (not "s" + ...: g++ 12 warns falsely on that)
-    PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(params.size()),
-                            params.types_.empty() ? nullptr : reinterpret_cast<const Oid*>(params.types_.data())));
-    // (Oid is an unsigned int, as the uint32_t type ids are.)
-    static_assert(sizeof(Oid) == sizeof(uint32_t));
-    if (PQresultStatus(prep.res_) != PGRES_COMMAND_OK) return result_error(prep.res_, what);
-    it = prepared_.emplace(sql, name).first;
-  }
+  if (it != prepared_.end()) return it->second;
+  std::string name = std::to_string(prepared_.size());
+  name.insert(name.begin(), 's');  // (not "s" + ...: g++ 12 warns falsely on that)
+  static_assert(sizeof(Oid) == sizeof(uint32_t));  // the type ids are Oids
+  PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(params.size()),
+                          params.types_.empty() ? nullptr : reinterpret_cast<const Oid*>(params.types_.data())));
+  if (PQresultStatus(prep.res_) != PGRES_COMMAND_OK) return result_error(prep.res_, what);
+  prepared_.emplace(sql, name);
+  return name;
+}
+
+namespace {
+
+// libpq's view of a PgParams: pointers into it, every value binary.
+struct Wire {
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+};
+
+}  // namespace
+
+Result<PgResult> PgConnection::exec(const std::string& sql, const PgParams& params, const std::string& what) {
+  auto name = prepared(sql, params, what);
+  if (!name) return Unexpected(name.error());
   const size_t n = params.size();
-  std::vector<const char*> values(n);
-  std::vector<int> lengths(n), formats(n, 1);
+  Wire w{std::vector<const char*>(n), std::vector<int>(n), std::vector<int>(n, 1)};
   for (size_t i = 0; i < n; ++i) {
-    values[i] = params.values_[i].data();
-    lengths[i] = static_cast<int>(params.values_[i].size());
+    w.values[i] = params.values_[i].data();
+    w.lengths[i] = static_cast<int>(params.values_[i].size());
   }
-  PgResult res(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(n), values.data(), lengths.data(),
-                              formats.data(), 1));
+  PgResult res(PQexecPrepared(conn_, name->c_str(), static_cast<int>(n), w.values.data(), w.lengths.data(),
+                              w.formats.data(), 1));
   const ExecStatusType status = PQresultStatus(res.res_);
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) return result_error(res.res_, what);
   return res;
+}
+
+Status PgConnection::exec_each(const std::string& sql, const PgParams& params, const std::string& what,
+                               const std::function<Status(const PgResult&)>& row) {
+  auto name = prepared(sql, params, what);
+  if (!name) return Unexpected(name.error());
+  const size_t n = params.size();
+  Wire w{std::vector<const char*>(n), std::vector<int>(n), std::vector<int>(n, 1)};
+  for (size_t i = 0; i < n; ++i) {
+    w.values[i] = params.values_[i].data();
+    w.lengths[i] = static_cast<int>(params.values_[i].size());
+  }
+  if (PQsendQueryPrepared(conn_, name->c_str(), static_cast<int>(n), w.values.data(), w.lengths.data(),
+                          w.formats.data(), 1) == 0) {
+    return error(what, trimmed(PQerrorMessage(conn_)), ErrorCode::kIo);
+  }
+  PQsetSingleRowMode(conn_);
+  Status status;
+  // Every result is read, even after an error, so that the connection is
+  // ready for the next statement.
+  while (pg_result* r = PQgetResult(conn_)) {
+    PgResult res(r);
+    switch (PQresultStatus(r)) {
+      case PGRES_SINGLE_TUPLE:
+        if (status) status = row(res);
+        break;
+      case PGRES_TUPLES_OK:
+      case PGRES_COMMAND_OK:
+        break;
+      default:
+        if (status) status = result_error(r, what);
+    }
+  }
+  return status;
 }
 
 Status PgConnection::exec_script(const char* sql, const std::string& what) {

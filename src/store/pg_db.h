@@ -16,8 +16,9 @@
 // migrations never change: a new schema is a new entry.
 //
 // Errors: a connection that cannot be made or is lost is kIo (the next call
-// reconnects); a unique violation kAlreadyExists; a value the server refuses
-// (bad UTF-8, out of range) kInvalidArgument; data the server reports
+// reconnects); a unique violation kAlreadyExists; a number out of range
+// (22003: a SUM cast to BIGINT past int64) kOutOfRange; another value the
+// server refuses (bad UTF-8) kInvalidArgument; data the server reports
 // corrupted kCorrupt; SQL of ours the server rejects kInternal. Messages
 // carry the store's label (the URL without its password), what was being
 // done, and the server's own message.
@@ -27,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -90,6 +92,8 @@ class PgResult {
   // Checks that the columns have these types, in order (kCorrupt naming the
   // column otherwise: a table changed by hand must not be misread).
   Status check_types(std::span<const PgType> types, const std::string& label) const;
+  // A column's declared type.
+  PgType type(int col) const;
   // A column's raw bytes (text or bytea); empty for NULL.
   std::string_view bytes(int row, int col) const;
   std::string text(int row, int col) const { return std::string(bytes(row, col)); }
@@ -118,6 +122,12 @@ class PgConnection {
   // and the next call reconnects.
   Result<PgResult> exec(const std::string& sql, const PgParams& params, const std::string& what);
   Result<PgResult> exec(const std::string& sql, const std::string& what) { return exec(sql, PgParams(), what); }
+  // Runs one statement and calls `row` with each result row as it arrives
+  // (libpq's single-row mode: each PgResult holds row 0 only), so that a long
+  // read is never held in memory whole. An error from `row` stops the visits
+  // and is returned.
+  Status exec_each(const std::string& sql, const PgParams& params, const std::string& what,
+                   const std::function<Status(const PgResult&)>& row);
   // Runs SQL text (one or more statements, no parameters, no results).
   Status exec_script(const char* sql, const std::string& what);
 
@@ -139,6 +149,8 @@ class PgConnection {
   PgConnection(pg_conn* conn, std::string url, std::string label);
   static pg_conn* open_conn(const std::string& url);
   Status ensure_connected();
+  // The prepared statement's name for `sql`, preparing it on first use.
+  Result<std::string> prepared(const std::string& sql, const PgParams& params, const std::string& what);
   Unexpected result_error(pg_result* res, const std::string& what) const;
 
   pg_conn* conn_ = nullptr;

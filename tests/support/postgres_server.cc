@@ -1,5 +1,6 @@
 #include "support/postgres_server.h"
 
+#include <gtest/gtest.h>
 #include <libpq-fe.h>
 #include <pwd.h>
 #include <signal.h>
@@ -7,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -200,6 +203,31 @@ std::string PostgresServer::log_tail() const {
   all << in.rdbuf();
   const std::string text = all.str();
   return text.size() > 2000 ? text.substr(text.size() - 2000) : text;
+}
+
+PostgresServer& shared_postgres() {
+  static std::unique_ptr<PostgresServer> server = [] {
+    auto s = PostgresServer::start();
+    if (!s) {
+      ADD_FAILURE() << "cannot start PostgreSQL for this test: " << s.error().to_string();
+      std::fprintf(stderr, "cannot start PostgreSQL for this test: %s\n", s.error().to_string().c_str());
+      std::abort();
+    }
+    return std::move(*s);
+  }();
+  return *server;
+}
+
+std::string fresh_postgres_database(const std::string& prefix, std::string* name) {
+  static int databases = 0;
+  const std::string db = prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(++databases);
+  auto url = shared_postgres().create_database(db);
+  if (!url) {
+    ADD_FAILURE() << url.error().to_string();
+    std::abort();
+  }
+  if (name != nullptr) *name = db;
+  return *url;
 }
 
 }  // namespace idlefleet::testing

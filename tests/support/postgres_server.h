@@ -64,4 +64,14 @@ class PostgresServer {
   std::optional<transport::Process> process_;
 };
 
+// One server per test process (ctest runs each test in a process of its
+// own), started on first use and stopped at exit. A failure to start fails
+// the test loudly and ends the process: the tests that need PostgreSQL must
+// never pass without it.
+PostgresServer& shared_postgres();
+
+// A fresh, empty database on shared_postgres() for one test ("<prefix>_<pid>_<n>");
+// sets *name to its name when given, and returns its URL.
+std::string fresh_postgres_database(const std::string& prefix, std::string* name = nullptr);
+
 }  // namespace idlefleet::testing

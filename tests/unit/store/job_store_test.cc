@@ -28,19 +28,7 @@ namespace fs = std::filesystem;
 
 enum class Backend { kSqlite, kPostgres };
 
-// One PostgreSQL server per test process (ctest runs each test in its own),
-// started on first use; each test gets a database of its own.
-testing::PostgresServer& postgres() {
-  static std::unique_ptr<testing::PostgresServer> server = [] {
-    auto s = testing::PostgresServer::start();
-    if (!s) {
-      ADD_FAILURE() << s.error().to_string();
-      std::abort();
-    }
-    return std::move(*s);
-  }();
-  return *server;
-}
+testing::PostgresServer& postgres() { return testing::shared_postgres(); }
 
 // A fresh directory (SQLite) or database (PostgreSQL) per test, removed afterwards.
 class JobStoreFixture : public ::testing::Test {
@@ -53,11 +41,7 @@ class JobStoreFixture : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     if (backend_ == Backend::kPostgres) {
-      static int databases = 0;  // several tests in one process share the server
-      database_ = "jobs_" + std::to_string(::getpid()) + "_" + std::to_string(++databases);
-      auto url = postgres().create_database(database_);
-      ASSERT_TRUE(url) << url.error().to_string();
-      url_ = *url;
+      url_ = testing::fresh_postgres_database("jobs", &database_);
     }
   }
   void TearDown() override { fs::remove_all(dir_); }

@@ -2,8 +2,10 @@
 // a taken id is refused), balances that sum to zero after many random
 // transactions, clients' credit limits, statements as JSON and CSV, payout
 // batches that are made once, verify() catching each kind of broken
-// invariant that a person with the sqlite3 shell could cause, and refusals
-// for files that are not ours or newer than this build.
+// invariant that a person with the sqlite3 shell or psql could cause, and
+// refusals for files that are not ours or newer than this build. The same
+// tests run against SQLite and PostgreSQL (a private server started for the
+// test: tests/support/postgres_server.h).
 #include "store/ledger_store.h"
 
 #include <gtest/gtest.h>
@@ -13,10 +15,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/random.h"
+#include "support/postgres_server.h"
+#include "transport/process.h"
 
 namespace idlefleet::store::ledger_store_test {
 namespace {
@@ -53,33 +58,50 @@ Transaction settle(const std::string& job, core::TimeMs at, uint64_t tokens,
   return *txn;
 }
 
-class LedgerStoreTest : public ::testing::Test {
+enum class Backend { kSqlite, kPostgres };
+
+class LedgerFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void start(Backend backend) {
+    backend_ = backend;
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = fs::temp_directory_path() / ("idlefleet-ledger-" + std::to_string(::getpid()) + "-" + info->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    if (backend_ == Backend::kPostgres) url_ = testing::fresh_postgres_database("ledger", &database_);
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   std::string db_path() const { return (dir_ / std::string(kLedgerFileName)).string(); }
+  std::string location() const { return backend_ == Backend::kPostgres ? url_ : db_path(); }
 
-  std::unique_ptr<LedgerStore> open_ok(const std::string& path = "") {
-    auto store = LedgerStore::open(path.empty() ? db_path() : path);
+  std::unique_ptr<LedgerStore> open_ok(const std::string& where = "") {
+    auto store = LedgerStore::open(where.empty() ? location() : where);
     EXPECT_TRUE(store) << store.error().to_string();
     return store ? std::move(*store) : nullptr;
   }
 
-  // One statement on a separate connection, as a person with the sqlite3 shell.
-  void raw_exec(const std::string& sql) {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-    char* err = nullptr;
-    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
-    sqlite3_free(err);
-    sqlite3_close(db);
+  // A store of the test's own (":memory:" for SQLite, the test's database for PostgreSQL).
+  std::unique_ptr<LedgerStore> open_scratch() {
+    return open_ok(backend_ == Backend::kPostgres ? url_ : ":memory:");
   }
+
+  // SQL on a separate connection, as a person with the sqlite3 shell or psql
+  // would: true if it ran. In PostgreSQL the foreign key from postings to
+  // transactions is switched off for it (session_replication_role), as
+  // SQLite's shell leaves foreign keys off, so that damage can be made.
+  bool raw_exec(const std::string& sql) {
+    if (backend_ == Backend::kPostgres) {
+      auto r = testing::shared_postgres().query(database_, "SET session_replication_role = replica; " + sql);
+      return static_cast<bool>(r);
+    }
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    return rc == SQLITE_OK;
+  }
+  void damage(const std::string& sql) { ASSERT_TRUE(raw_exec(sql)) << sql; }
 
   // A ledger with one of everything: a deposit, two settlements (one
   // refunded), a credit limit and January's payouts.
@@ -107,10 +129,30 @@ class LedgerStoreTest : public ::testing::Test {
     EXPECT_NE(v.error().message.find(want), std::string::npos) << v.error().message;
   }
 
+  Backend backend_ = Backend::kSqlite;
   fs::path dir_;
+  std::string database_, url_;
 };
 
-TEST_F(LedgerStoreTest, PostIsExactlyOnce) {
+// What is particular to SQLite.
+class LedgerStoreTest : public LedgerFixture {
+ protected:
+  void SetUp() override { start(Backend::kSqlite); }
+};
+
+// What is particular to PostgreSQL.
+class PgLedgerStoreTest : public LedgerFixture {
+ protected:
+  void SetUp() override { start(Backend::kPostgres); }
+};
+
+// The same tests against both.
+class LedgerContract : public LedgerFixture, public ::testing::WithParamInterface<Backend> {
+ protected:
+  void SetUp() override { start(GetParam()); }
+};
+
+TEST_P(LedgerContract, PostIsExactlyOnce) {
   auto store = open_ok();
   const Transaction s1 = settle("j1", kJan2, 1000, {{"alice", 2}, {"bob", 1}});
   auto posted = store->post(s1);
@@ -167,8 +209,8 @@ TEST_F(LedgerStoreTest, ItIsAWalFile) {
   sqlite3_close(db);
 }
 
-TEST_F(LedgerStoreTest, BalancesSumToZeroAfterManyRandomTransactions) {
-  auto store = open_ok(":memory:");
+TEST_P(LedgerContract, BalancesSumToZeroAfterManyRandomTransactions) {
+  auto store = open_scratch();
   Rng rng(5);
   std::map<std::string, int64_t> expected;
   auto apply = [&](const Transaction& t) {
@@ -237,7 +279,7 @@ TEST_F(LedgerStoreTest, BalancesSumToZeroAfterManyRandomTransactions) {
   EXPECT_EQ(summary->accounts, all->size());
 }
 
-TEST_F(LedgerStoreTest, CreditLimits) {
+TEST_P(LedgerContract, CreditLimits) {
   auto store = open_ok();
   EXPECT_TRUE(*store->can_spend("client:key_1", 0));
   EXPECT_FALSE(*store->can_spend("client:key_1", 1));
@@ -267,7 +309,7 @@ TEST_F(LedgerStoreTest, CreditLimits) {
   EXPECT_TRUE(store->verify());
 }
 
-TEST_F(LedgerStoreTest, StatementsAsJsonAndCsv) {
+TEST_P(LedgerContract, StatementsAsJsonAndCsv) {
   auto store = open_ok();
   ASSERT_TRUE(store->post(settle("dec", kDec15, 100, {{"alice", 1}})));                   // before: the opening balance
   ASSERT_TRUE(store->post(settle("j1", kJan2 + 3'600'000, 1000, {{"alice", 3}, {"bob", 1}})));
@@ -307,7 +349,7 @@ TEST_F(LedgerStoreTest, StatementsAsJsonAndCsv) {
   EXPECT_EQ(store->statement("alice", 2026, 13).error().code, ErrorCode::kInvalidArgument);
 }
 
-TEST_F(LedgerStoreTest, PayoutsAreMadeOncePerMonth) {
+TEST_P(LedgerContract, PayoutsAreMadeOncePerMonth) {
   auto store = open_ok();
   ASSERT_TRUE(store->post(settle("j1", kJan2, 4'000'000, {{"alice", 3}, {"bob", 1}})));
   ASSERT_TRUE(store->post(settle("j2", kJan2, 10, {{"carol", 1}})));
@@ -355,7 +397,7 @@ TEST_F(LedgerStoreTest, PayoutsAreMadeOncePerMonth) {
   ASSERT_TRUE(v) << v.error().to_string();
 }
 
-TEST_F(LedgerStoreTest, VerifyPassesAndSummarises) {
+TEST_P(LedgerContract, VerifyPassesAndSummarises) {
   auto store = open_ok();
   populate(*store);
   auto v = store->verify({std::vector<std::string>{"j1", "j2", "j1"},
@@ -370,34 +412,34 @@ TEST_F(LedgerStoreTest, VerifyPassesAndSummarises) {
   EXPECT_EQ(v->total_micros, 0);
 }
 
-TEST_F(LedgerStoreTest, VerifyFindsUnbalancedTransactions) {
+TEST_P(LedgerContract, VerifyFindsUnbalancedTransactions) {
   populate(*open_ok());
-  raw_exec("UPDATE postings SET amount = amount + 1 WHERE txn_id = 'settle:j1' AND seq = 0");
+  damage("UPDATE postings SET amount = amount + 1 WHERE txn_id = 'settle:j1' AND seq = 0");
   expect_broken("'settle:j1': postings sum to 1 micros, not zero");
 }
 
-TEST_F(LedgerStoreTest, VerifyFindsOwnersPaidWithoutAReceipt) {
+TEST_P(LedgerContract, VerifyFindsOwnersPaidWithoutAReceipt) {
   populate(*open_ok());
-  raw_exec("UPDATE postings SET receipt_id = '' WHERE txn_id = 'settle:j1' AND account = 'owner:bob'");
+  damage("UPDATE postings SET receipt_id = '' WHERE txn_id = 'settle:j1' AND account = 'owner:bob'");
   expect_broken("pays owner 'bob' without a receipt");
 }
 
-TEST_F(LedgerStoreTest, VerifyFindsMissingAndOrphanPostings) {
+TEST_P(LedgerContract, VerifyFindsMissingAndOrphanPostings) {
   populate(*open_ok());
-  raw_exec("DELETE FROM postings WHERE txn_id = 'settle:j1' AND seq = 0");
+  damage("DELETE FROM postings WHERE txn_id = 'settle:j1' AND seq = 0");
   expect_broken("'settle:j1': posting seq 1 where 0 belongs");
-  raw_exec("DELETE FROM postings WHERE txn_id = 'settle:j1'");
+  damage("DELETE FROM postings WHERE txn_id = 'settle:j1'");
   expect_broken("'settle:j1': has no postings");
-  raw_exec("DELETE FROM transactions WHERE id = 'settle:j1'");
-  raw_exec("INSERT INTO postings VALUES ('settle:ghost', 0, 'client:key_1', 5, 'charge', '')");
+  damage("DELETE FROM transactions WHERE id = 'settle:j1'");
+  damage("INSERT INTO postings VALUES ('settle:ghost', 0, 'client:key_1', 5, 'charge', '')");
   expect_broken("posting of 'settle:ghost' belongs to no transaction");
-  raw_exec("UPDATE postings SET txn_id = 'zzz' WHERE txn_id = 'settle:ghost'");
+  damage("UPDATE postings SET txn_id = 'zzz' WHERE txn_id = 'settle:ghost'");
   expect_broken("posting of 'zzz' belongs to no transaction");
 }
 
-TEST_F(LedgerStoreTest, VerifyAndReadsNameDamagedRows) {
+TEST_P(LedgerContract, VerifyAndReadsNameDamagedRows) {
   populate(*open_ok());
-  raw_exec("UPDATE transactions SET kind = 'gift' WHERE id = 'settle:j2'");
+  damage("UPDATE transactions SET kind = 'gift' WHERE id = 'settle:j2'");
   expect_broken("transaction 'settle:j2': column kind is not a transaction kind");
   {
     auto store = open_ok();
@@ -406,28 +448,28 @@ TEST_F(LedgerStoreTest, VerifyAndReadsNameDamagedRows) {
     EXPECT_EQ(t.error().code, ErrorCode::kCorrupt);
     EXPECT_EQ(store->transactions_for_job("j2").error().code, ErrorCode::kCorrupt);
   }
-  raw_exec("UPDATE transactions SET kind = 'settlement' WHERE id = 'settle:j2'");
-  raw_exec("UPDATE postings SET account = 'bank' WHERE txn_id = 'settle:j2' AND seq = 0");
+  damage("UPDATE transactions SET kind = 'settlement' WHERE id = 'settle:j2'");
+  damage("UPDATE postings SET account = 'bank' WHERE txn_id = 'settle:j2' AND seq = 0");
   expect_broken("posting of 'settle:j2' seq 0: column account is not an account");
-  raw_exec("UPDATE postings SET account = 'client:key_1', amount = 0 WHERE txn_id = 'settle:j2' AND seq = 0");
+  damage("UPDATE postings SET account = 'client:key_1', amount = 0 WHERE txn_id = 'settle:j2' AND seq = 0");
   expect_broken("posting of 'settle:j2' seq 0: column amount");
-  raw_exec("UPDATE postings SET amount = -10000 WHERE txn_id = 'settle:j2' AND seq = 0");
-  raw_exec("UPDATE transactions SET created_at = -5 WHERE id = 'settle:j2'");
+  damage("UPDATE postings SET amount = -10000 WHERE txn_id = 'settle:j2' AND seq = 0");
+  damage("UPDATE transactions SET created_at = -5 WHERE id = 'settle:j2'");
   expect_broken("transaction 'settle:j2': column created_at is not a time");
-  raw_exec("UPDATE transactions SET created_at = 1 WHERE id = 'settle:j2'");
+  damage("UPDATE transactions SET created_at = 1 WHERE id = 'settle:j2'");
   ASSERT_TRUE(open_ok()->verify());
-  raw_exec("UPDATE accounts SET credit_limit_micros = -1");
+  damage("UPDATE accounts SET credit_limit_micros = -1");
   expect_broken("accounts row 'client:key_1': column credit_limit_micros is out of range");
   EXPECT_EQ(open_ok()->balances().error().code, ErrorCode::kCorrupt);
   EXPECT_EQ(open_ok()->can_spend("client:key_1", 0).error().code, ErrorCode::kCorrupt);
 }
 
-TEST_F(LedgerStoreTest, DamagedAmountsNeverOverflow) {
+TEST_P(LedgerContract, DamagedAmountsNeverOverflow) {
   populate(*open_ok());
   // Sums past int64 only damage can make: kCorrupt, not a wrapped balance.
-  raw_exec("INSERT INTO transactions VALUES ('deposit:x', 'deposit', '', 5)");
-  raw_exec("INSERT INTO postings VALUES ('deposit:x', 0, 'client:key_9', 9000000000000000000, 'deposit', '')");
-  raw_exec("INSERT INTO postings VALUES ('deposit:x', 1, 'client:key_9', 9000000000000000000, 'deposit', '')");
+  damage("INSERT INTO transactions VALUES ('deposit:x', 'deposit', '', 5)");
+  damage("INSERT INTO postings VALUES ('deposit:x', 0, 'client:key_9', 9000000000000000000, 'deposit', '')");
+  damage("INSERT INTO postings VALUES ('deposit:x', 1, 'client:key_9', 9000000000000000000, 'deposit', '')");
   auto store = open_ok();
   EXPECT_EQ(store->balance("client:key_9").error().code, ErrorCode::kCorrupt);
   EXPECT_EQ(store->balances().error().code, ErrorCode::kCorrupt);
@@ -435,17 +477,17 @@ TEST_F(LedgerStoreTest, DamagedAmountsNeverOverflow) {
   expect_broken("posting of 'deposit:x' seq 0: column amount");
 }
 
-TEST_F(LedgerStoreTest, VerifyChecksRefundsAgainstSettlements) {
+TEST_P(LedgerContract, VerifyChecksRefundsAgainstSettlements) {
   populate(*open_ok());
-  raw_exec("UPDATE postings SET amount = amount + 1 WHERE txn_id = 'refund:j2' AND seq = 0");
-  raw_exec("UPDATE postings SET amount = amount - 1 WHERE txn_id = 'refund:j2' AND seq = 1");
+  damage("UPDATE postings SET amount = amount + 1 WHERE txn_id = 'refund:j2' AND seq = 0");
+  damage("UPDATE postings SET amount = amount - 1 WHERE txn_id = 'refund:j2' AND seq = 1");
   expect_broken("the refund of job 'j2' returns 0.010001 to 'client:key_1', its settlement charged 0.010000");
-  raw_exec("DELETE FROM postings WHERE txn_id = 'settle:j2'");
-  raw_exec("DELETE FROM transactions WHERE id = 'settle:j2'");
+  damage("DELETE FROM postings WHERE txn_id = 'settle:j2'");
+  damage("DELETE FROM transactions WHERE id = 'settle:j2'");
   expect_broken("job 'j2' has a refund but no settlement");
 }
 
-TEST_F(LedgerStoreTest, VerifyChecksFinishedJobsAndReceipts) {
+TEST_P(LedgerContract, VerifyChecksFinishedJobsAndReceipts) {
   populate(*open_ok());
   expect_broken("finished job 'j3' has no settlement", {std::vector<std::string>{"j1", "j2", "j3"}, std::nullopt});
   expect_broken("job 'j2' is settled but did not finish", {std::vector<std::string>{"j1"}, std::nullopt});
@@ -453,24 +495,20 @@ TEST_F(LedgerStoreTest, VerifyChecksFinishedJobsAndReceipts) {
                 {std::nullopt, std::unordered_set<std::string>{"rcpt-j1-alice", "rcpt-j2-alice"}});
 }
 
-TEST_F(LedgerStoreTest, VerifyChecksPayoutBatches) {
+TEST_P(LedgerContract, VerifyChecksPayoutBatches) {
   populate(*open_ok());
-  raw_exec("DELETE FROM postings WHERE txn_id = 'payout:2026-01:bob'");
-  raw_exec("DELETE FROM transactions WHERE id = 'payout:2026-01:bob'");
+  damage("DELETE FROM postings WHERE txn_id = 'payout:2026-01:bob'");
+  damage("DELETE FROM transactions WHERE id = 'payout:2026-01:bob'");
   expect_broken("payout batch 2026-01 records 2 payouts, the ledger holds 1");
-  raw_exec("DELETE FROM payout_batches");
+  damage("DELETE FROM payout_batches");
   expect_broken("payouts for 2026-01 exist without their batch");
 }
 
-TEST_F(LedgerStoreTest, TheUniqueJobIndexesHold) {
+TEST_P(LedgerContract, TheUniqueJobIndexesHold) {
   populate(*open_ok());
   // A second settlement of j1 under another id (only a hand edit can try).
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-  EXPECT_NE(sqlite3_exec(db, "INSERT INTO transactions VALUES ('settle:j1b', 'settlement', 'j1', 5)", nullptr,
-                         nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  EXPECT_FALSE(raw_exec("INSERT INTO transactions VALUES ('settle:j1b', 'settlement', 'j1', 5)"));
+  EXPECT_FALSE(raw_exec("INSERT INTO transactions VALUES ('refund:j2b', 'refund', 'j2', 5)"));
 }
 
 TEST_F(LedgerStoreTest, FilesThatAreNotOursAreRefused) {
@@ -483,11 +521,90 @@ TEST_F(LedgerStoreTest, FilesThatAreNotOursAreRefused) {
   EXPECT_EQ(notdb.error().code, ErrorCode::kCorrupt);
   fs::remove(db_path());
   { auto fresh = open_ok(); }
-  raw_exec("INSERT INTO schema_version (version) VALUES (2)");
+  damage("INSERT INTO schema_version (version) VALUES (2)");
   auto newer = LedgerStore::open(db_path());
   ASSERT_FALSE(newer);
   EXPECT_EQ(newer.error().code, ErrorCode::kUnsupported);
 }
+
+TEST_F(PgLedgerStoreTest, AFutureSchemaIsRefusedAndAServerAwayIsAnIoError) {
+  { auto fresh = open_ok(); }
+  damage("INSERT INTO idlefleet_schema (store, version) VALUES ('ledger', " + std::to_string(kLedgerSchemaVersion + 1) +
+         ")");
+  auto newer = LedgerStore::open(location());
+  ASSERT_FALSE(newer);
+  EXPECT_EQ(newer.error().code, ErrorCode::kUnsupported) << newer.error().to_string();
+  auto port = transport::free_loopback_port();
+  ASSERT_TRUE(port);
+  auto away = LedgerStore::open("postgresql://idlefleet:pw@127.0.0.1:" + std::to_string(*port) + "/x");
+  ASSERT_FALSE(away);
+  EXPECT_EQ(away.error().code, ErrorCode::kIo) << away.error().to_string();
+  EXPECT_EQ(away.error().message.find(":pw@"), std::string::npos) << away.error().to_string();
+}
+
+// Coordinators sharing one PostgreSQL ledger: the same settlement posted by
+// several at once is written once, and the others see a retry, as one
+// process would; a payout batch is made once.
+TEST_F(PgLedgerStoreTest, ReplicasPostingTheSameMoneyWriteItOnce) {
+  constexpr int kReplicas = 4;
+  constexpr int kJobs = 30;
+  std::vector<std::unique_ptr<LedgerStore>> replicas;
+  for (int i = 0; i < kReplicas; ++i) replicas.push_back(open_ok());
+  std::vector<Transaction> settlements;
+  for (int j = 0; j < kJobs; ++j) {
+    settlements.push_back(settle("job" + std::to_string(j), kJan2 + j, 1000 + j, {{"alice", 2}, {"bob", 1}}));
+  }
+  std::vector<int> wrote(kReplicas, 0), errors(kReplicas, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kReplicas; ++i) {
+    threads.emplace_back([&, i] {
+      for (const Transaction& t : settlements) {
+        auto posted = replicas[static_cast<size_t>(i)]->post(t);
+        if (!posted) {
+          ++errors[static_cast<size_t>(i)];
+        } else if (*posted) {
+          ++wrote[static_cast<size_t>(i)];
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  int total = 0;
+  for (int i = 0; i < kReplicas; ++i) {
+    EXPECT_EQ(errors[static_cast<size_t>(i)], 0) << "replica " << i;
+    total += wrote[static_cast<size_t>(i)];
+  }
+  EXPECT_EQ(total, kJobs);
+  int64_t charged = 0;
+  for (const Transaction& t : settlements) {
+    for (const Posting& p : t.postings) {
+      if (p.account == "client:key_1") charged += p.amount_micros;
+    }
+  }
+  EXPECT_EQ(*replicas[0]->balance("client:key_1"), charged);
+  std::vector<Result<PayoutBatch>> batches(kReplicas, Unexpected(ErrorCode::kInternal, "not run"));
+  threads.clear();
+  for (int i = 0; i < kReplicas; ++i) {
+    threads.emplace_back([&, i] { batches[static_cast<size_t>(i)] = replicas[static_cast<size_t>(i)]->payout_batch("2026-01", 0, kFeb1); });
+  }
+  for (auto& t : threads) t.join();
+  int posted_now = 0;
+  for (auto& b : batches) {
+    ASSERT_TRUE(b) << b.error().to_string();
+    posted_now += b->posted_now ? 1 : 0;
+    EXPECT_EQ(b->payouts.size(), 2u);
+  }
+  EXPECT_EQ(posted_now, 1);
+  auto verified = replicas[kReplicas - 1]->verify();
+  ASSERT_TRUE(verified) << verified.error().to_string();
+  EXPECT_EQ(verified->total_micros, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, LedgerContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kPostgres ? std::string("PostgreSQL")
+                                                                   : std::string("SQLite");
+                         });
 
 }  // namespace
 }  // namespace idlefleet::store::ledger_store_test

@@ -13,7 +13,7 @@ pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)  # common/crypto.cc
 set(IDLEFLEET_FUZZ_SOURCES common/result.cc common/crypto.cc common/text_file.cc
   core/protocol.cc core/policy.cc core/signals.cc core/time.cc core/verification.cc
   agent/replay.cc transport/query.cc
-  coordinator/openai.cc coordinator/multipart.cc coordinator/batch.cc coordinator/config.cc
+  coordinator/openai.cc coordinator/multipart.cc coordinator/batch.cc coordinator/config.cc store/location.cc
   engine/gguf.cc engine/quant.cc engine/stop_strings.cc engine/chat_template.cc engine/tokenizer.cc
   sim/scenario.cc)
 list(TRANSFORM IDLEFLEET_FUZZ_SOURCES PREPEND ${PROJECT_SOURCE_DIR}/src/)

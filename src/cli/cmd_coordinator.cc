@@ -9,6 +9,7 @@
 #include "cli/model_locator.h"
 #include "cli/shutdown.h"
 #include "coordinator/server.h"
+#include "store/location.h"
 
 namespace idlefleet::cli {
 
@@ -20,6 +21,7 @@ struct CoordinatorFlags {
   std::string http_host;
   int http_port = -1;
   std::string data_dir;
+  std::string database;
   std::vector<std::string> models;  // ID=PATH
   int64_t lease_ms = 0;
   bool verbose = false;
@@ -37,6 +39,7 @@ coordinator::CoordinatorConfig resolve(const CoordinatorFlags& f) {
   if (!f.http_host.empty()) c.http_host = f.http_host;
   if (f.http_port >= 0) c.http_port = static_cast<uint16_t>(f.http_port);
   if (!f.data_dir.empty()) c.data_dir = f.data_dir;
+  if (!f.database.empty()) c.database = f.database;
   if (f.lease_ms > 0) c.lease_ms = f.lease_ms;
   for (const std::string& m : f.models) {
     const size_t eq = m.find('=');
@@ -60,9 +63,11 @@ void run_coordinator(const CoordinatorFlags& f) {
   block_shutdown_signals();
   auto server = coordinator::CoordinatorServer::start(options);
   if (!server) throw CommandError{server.error().message};
-  std::fprintf(stderr, "coordinator: serving http://%s:%u (NATS %s, store %s/jobs.sqlite3)\n",
-               options.config.http_host.c_str(), (*server)->http_port(), options.config.nats_url.c_str(),
-               options.config.data_dir.c_str());
+  const std::string stores = options.config.database.empty()
+                                 ? "SQLite in " + options.config.data_dir
+                                 : "PostgreSQL " + store::redact_postgres_url(options.config.database);
+  std::fprintf(stderr, "coordinator: serving http://%s:%u (NATS %s, stores: %s)\n", options.config.http_host.c_str(),
+               (*server)->http_port(), options.config.nats_url.c_str(), stores.c_str());
   for (const auto& m : options.config.models) {
     std::fprintf(stderr, "coordinator: model %s from %s\n", m.id.c_str(), m.path.c_str());
   }
@@ -81,7 +86,9 @@ void add_coordinator(CLI::App& app) {
   cmd->add_option("--http-host", f->http_host, "Address to serve HTTP on (default 127.0.0.1)");
   cmd->add_option("--http-port", f->http_port, "Port to serve HTTP on (default 8080; 0 picks one)")
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--data-dir", f->data_dir, "Where the job store lives (default idlefleet-data)");
+  cmd->add_option("--data-dir", f->data_dir, "Where the SQLite stores and the coordinator's key live (default idlefleet-data)");
+  cmd->add_option("--database", f->database,
+                  "A postgresql:// URL: keep the stores in that database (shared by replicas) instead of SQLite");
   cmd->add_option("--model", f->models, "A model to serve, as ID=PATH (repeatable)");
   cmd->add_option("--lease-ms", f->lease_ms, "Lease of an attempt, renewed by every chunk and heartbeat")
       ->check(CLI::Range(int64_t{100}, int64_t{3'600'000}));

@@ -36,6 +36,7 @@
 #include "core/ledger.h"
 #include "store/job_store.h"
 #include "store/ledger_store.h"
+#include "store/location.h"
 #include "store/vehicle_store.h"
 
 namespace idlefleet::cli {
@@ -44,13 +45,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string ledger_path(const DataLocation& where) { return data_file(where, store::kLedgerFileName); }
-
-// Opens the ledger; `create` false refuses to make a new file (the readers).
+// Opens the ledger; `create` false refuses to make a new SQLite file (the
+// readers). A PostgreSQL ledger is opened (and its tables made) either way.
 std::unique_ptr<store::LedgerStore> open_ledger(const DataLocation& where, bool create) {
-  const std::string path = ledger_path(where);
-  if (!create && !fs::exists(path)) throw CommandError{"no ledger at " + path + " (nothing was ever posted there)"};
-  if (create) {
+  const std::string path = store_location(where, store::kLedgerFileName);
+  const bool postgres = store::is_postgres_url(path);
+  if (!postgres && !create && !fs::exists(path)) {
+    throw CommandError{"no ledger at " + path + " (nothing was ever posted there)"};
+  }
+  if (!postgres && create) {
     std::error_code ec;
     fs::create_directories(fs::path(path).parent_path(), ec);
   }
@@ -145,10 +148,11 @@ void verify(const DataLocation& where) {
   // settled exactly once, no other job is, and every owner posting names a
   // stored receipt (stored only once its signature verified).
   store::VerifyOptions options;
-  const std::string jobs_path = data_file(where, "jobs.sqlite3");
-  const std::string vehicles_path = data_file(where, "vehicles.sqlite3");
+  const std::string jobs_path = store_location(where, "jobs.sqlite3");
+  const std::string vehicles_path = store_location(where, "vehicles.sqlite3");
+  auto present = [](const std::string& at) { return store::is_postgres_url(at) || fs::exists(at); };
   std::string checked = "";
-  if (fs::exists(jobs_path) && fs::exists(vehicles_path)) {
+  if (present(jobs_path) && present(vehicles_path)) {
     auto jobs = store::JobStore::open(jobs_path);
     if (!jobs) throw CommandError{jobs.error().message};
     auto vehicles = store::VehicleStore::open(vehicles_path);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -13,6 +14,7 @@
 
 #include "common/toml_names.h"
 #include "store/job_store.h"
+#include "store/location.h"
 
 namespace idlefleet::coordinator {
 
@@ -78,6 +80,11 @@ Status check_text(std::string_view key, std::string_view at, std::string_view v,
 Status check_fields(const CoordinatorConfig& c, std::string_view at) {
   IF_RETURN_IF_ERROR(check_text("nats_url", at, c.nats_url, kUrlBytesMax));
   IF_RETURN_IF_ERROR(check_text("data_dir", at, c.data_dir, kPathBytesMax));
+  if (!c.database.empty()) IF_RETURN_IF_ERROR(check_text("database", at, c.database, kUrlBytesMax));
+  if (!c.database.empty() && !store::is_postgres_url(c.database)) {
+    return Unexpected(ErrorCode::kInvalidArgument,
+                      "database" + std::string(at) + " must be a postgresql:// (or postgres://) URL, or empty for SQLite in data_dir");
+  }
   IF_RETURN_IF_ERROR(check_text("http.host", at, c.http_host, kHostBytesMax));
   IF_RETURN_IF_ERROR(check_int("http.port", at, c.http_port, kHttpPortRange));
   IF_RETURN_IF_ERROR(check_int("http.threads", at, c.http_threads, kHttpThreadsRange));
@@ -130,10 +137,15 @@ class Reader {
   explicit Reader(std::string_view source) : source_(source) {}
 
   Status read(const toml::table& root, CoordinatorConfig& c) {
-    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "http", "jobs", "batches", "auth", "pricing",
+    IF_RETURN_IF_ERROR(only_keys(root, "", {"nats_url", "data_dir", "database", "http", "jobs", "batches", "auth", "pricing",
                                             "vehicles", "ledger", "nats", "verification", "models"}));
     IF_RETURN_IF_ERROR(text(root, "", "nats_url", kUrlBytesMax, c.nats_url));
     IF_RETURN_IF_ERROR(text(root, "", "data_dir", kPathBytesMax, c.data_dir));
+    // "" is the default (SQLite in data_dir), written out or not.
+    const toml::node* database = root.get("database");
+    if (database == nullptr || database->as_string() == nullptr || !database->as_string()->get().empty()) {
+      IF_RETURN_IF_ERROR(text(root, "", "database", kUrlBytesMax, c.database));
+    }
     const toml::table* http = nullptr;
     IF_RETURN_IF_ERROR(table(root, "http", http));
     if (http != nullptr) {
@@ -479,6 +491,11 @@ Result<CoordinatorConfig> load_coordinator_config(const std::string& path) {
   }
   text.resize(n);
   return parse_coordinator_config(text, path);
+}
+
+std::string store_location(const CoordinatorConfig& config, std::string_view sqlite_file) {
+  if (!config.database.empty()) return config.database;
+  return (std::filesystem::path(config.data_dir) / std::string(sqlite_file)).string();
 }
 
 }  // namespace idlefleet::coordinator

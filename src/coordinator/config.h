@@ -1,7 +1,8 @@
 // The coordinator's configuration: a TOML file read once at start.
 //
 //   nats_url = "nats://127.0.0.1:4222"
-//   data_dir = "idlefleet-data"          # the SQLite files live here
+//   data_dir = "idlefleet-data"          # the SQLite files live here (and the coordinator's key)
+//   database = ""                        # "postgresql://user@host/db": the stores live there instead
 //   [http]
 //   host = "127.0.0.1"
 //   port = 8080                          # 0: the OS picks a free port (tests)
@@ -145,6 +146,10 @@ struct CoordinatorConfig {
   uint16_t http_port = 8080;
   int http_threads = 2;
   std::string data_dir = "idlefleet-data";  // SQLite lives here
+  // "" keeps every store in a SQLite file in data_dir (one machine); a
+  // postgresql:// URL puts them all in that database, which coordinator
+  // replicas share (store/pg_db.h). Validated as such a URL when set.
+  std::string database;
   std::vector<ModelEntry> models;
   int64_t lease_ms = 10000;
   int64_t tick_ms = 50;
@@ -209,5 +214,9 @@ Result<CoordinatorConfig> load_coordinator_config(const std::string& path);
 // missing model field -> kInvalidArgument; a value out of range ->
 // kOutOfRange. Each names the key and its line: "unknown key 'foo' at line 3".
 Result<CoordinatorConfig> parse_coordinator_config(std::string_view toml_text, std::string_view source_name);
+
+// Where a store lives: the database when one is set, else the SQLite file
+// `sqlite_file` in data_dir.
+std::string store_location(const CoordinatorConfig& config, std::string_view sqlite_file);
 
 }  // namespace idlefleet::coordinator

@@ -548,7 +548,7 @@ struct CoordinatorServer::Impl {
     IF_RETURN_IF_ERROR(load_models());
     std::error_code ec;
     fs::create_directories(config.data_dir, ec);
-    auto st = store::JobStore::open((fs::path(config.data_dir) / "jobs.sqlite3").string());
+    auto st = store::JobStore::open(store_location(config, "jobs.sqlite3"));
     if (!st) return Unexpected(st.error());
     store = std::move(*st);
     auto ks = store::KeyStore::open((fs::path(config.data_dir) / "keys.db").string());
@@ -565,7 +565,7 @@ struct CoordinatorServer::Impl {
       vehicle_keys[v.vehicle_id] = *from_hex<32>(v.public_key);
       vehicle_owners[v.vehicle_id] = v.owner_id;
     }
-    auto ls = store::LedgerStore::open((fs::path(config.data_dir) / store::kLedgerFileName).string());
+    auto ls = store::LedgerStore::open(store_location(config, store::kLedgerFileName));
     if (!ls) return Unexpected(ls.error());
     ledger = std::move(*ls);
 

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "store/location.h"
 
 struct pg_conn;
 struct pg_result;
@@ -47,14 +48,6 @@ namespace idlefleet::store {
 inline constexpr int kPgConnectTimeoutS = 10;
 // A statement that runs longer is cancelled by the server (kIo).
 inline constexpr int kPgStatementTimeoutMs = 60'000;
-// Bytes of one location string (a URL or a path).
-inline constexpr size_t kStoreLocationBytesMax = 4096;
-
-// True for a location that names a PostgreSQL database.
-bool is_postgres_url(std::string_view location);
-// The URL with its password (if any) replaced by "***", for labels and logs.
-std::string redact_postgres_url(std::string_view url);
-
 // Server type OIDs of the columns the stores use (pg_type.oid; stable).
 enum class PgType : uint32_t { kBool = 16, kBytea = 17, kInt8 = 20, kInt4 = 23, kText = 25 };
 

@@ -189,6 +189,26 @@ TEST(CoordinatorConfig, Batches) {
   expect_error("[batches]\nwindow = \"24h\"\n", ErrorCode::kInvalidArgument, {"unknown key 'batches.window'"});
 }
 
+TEST(CoordinatorConfig, DatabaseIsSqliteByDefaultOrAPostgresUrl) {
+  const CoordinatorConfig defaults;
+  EXPECT_EQ(defaults.database, "");
+  EXPECT_EQ(store_location(defaults, "jobs.sqlite3"), "idlefleet-data/jobs.sqlite3");
+  auto r = parse_coordinator_config("database = \"postgresql://fleet@db.internal:5432/idlefleet\"\n", "a.toml");
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->database, "postgresql://fleet@db.internal:5432/idlefleet");
+  EXPECT_EQ(store_location(*r, "jobs.sqlite3"), r->database);
+  EXPECT_EQ(store_location(*r, "ledger.sqlite3"), r->database);
+  EXPECT_TRUE(parse_coordinator_config("database = \"postgres://h/db\"\n", "a.toml"));
+  auto empty = parse_coordinator_config("database = \"\"\n", "a.toml");
+  ASSERT_TRUE(empty) << empty.error().to_string();
+  EXPECT_EQ(empty->database, "");
+  expect_error("database = \"mysql://h/db\"\n", ErrorCode::kInvalidArgument, {"database", "postgresql://"});
+  expect_error("database = \"/var/lib/idlefleet/jobs.db\"\n", ErrorCode::kInvalidArgument, {"database"});
+  expect_error("database = 5\n", ErrorCode::kInvalidArgument, {"'database' at line 1", "string"});
+  expect_error("database = \"postgresql://" + std::string(kUrlBytesMax, 'h') + "\"\n", ErrorCode::kOutOfRange,
+               {"database at line 1"});
+}
+
 TEST(CoordinatorConfig, VehiclesAndLedger) {
   const CoordinatorConfig defaults;
   EXPECT_FALSE(defaults.enrolment_required);  // the demo runs without enrolment

@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +20,7 @@
 #include "common/identity.h"
 #include "common/nkey.h"
 #include "common/check.h"
+#include "common/crypto.h"
 #include "common/log_limiter.h"
 #include "common/wall_clock.h"
 #include "engine/kernels.h"
@@ -99,6 +102,13 @@ Status FleetOptions::validate() const {
     return bad("the token chunk interval must be 0 to " + std::to_string(kChunkUsMax) + " us");
   }
   if (heartbeat_ms < 100 || heartbeat_ms > 60000) return bad("heartbeat must be 100 to 60000 ms");
+  if (nats_connections < 0 || nats_connections > std::min(vehicles, kFleetConnectionsMax)) {
+    return bad("NATS connections must be 0 (one per vehicle) to " + std::to_string(std::min(vehicles, kFleetConnectionsMax)));
+  }
+  if (!(fake_tokens_per_second > 0.0 && fake_tokens_per_second <= kPacedTokensPerSecondMax)) {
+    return bad("fake tokens per second must be above 0 and at most " + std::to_string(kPacedTokensPerSecondMax));
+  }
+  if (fake_engine && test_tamper_outputs) return bad("the fake engine and tampered outputs do not go together");
   if (cache_bytes_max == 0) return bad("the model cache needs some room");
   if (auto st = policy.validate(); !st) return bad("owner policy: " + st.error().message);
   if (!sim_cars.empty()) {
@@ -127,13 +137,91 @@ Status FleetOptions::validate() const {
 // Pacing (FleetSimCar) sleeps at most this long between checks of the stop flag.
 constexpr int64_t kPacedSleepNsMax = 2'000'000;
 
+// An attempt's tokens on their way to the loop thread. Tokens wait here for
+// at most about chunk_us (see FleetOptions), so that a small model's hundreds
+// of tokens a second travel as a few dozen messages; flush() before the
+// attempt's last event sends whatever waits.
+class TokenRelay {
+ public:
+  TokenRelay(std::function<void(core::AgentEvent)> post, const core::AssignMessage& a, int64_t chunk_ns,
+             size_t chunk_tokens_max)
+      : post_(std::move(post)), held_{a.job_id, a.attempt, a.produced_ids.size(), {}}, chunk_ns_(chunk_ns),
+        chunk_tokens_max_(chunk_tokens_max) {}
+
+  void add(int32_t id, std::optional<core::TokenLogprobs> logprobs) {
+    held_.ids.push_back(id);
+    if (logprobs) held_.logprobs.push_back(std::move(*logprobs));
+    if (steady_ns() - last_sent_ns_ >= chunk_ns_ || held_.ids.size() >= chunk_tokens_max_) flush();
+  }
+
+  void flush() {
+    if (held_.ids.empty()) return;
+    const uint64_t next_index = held_.first_index + held_.ids.size();
+    post_(held_);
+    held_.ids.clear();
+    held_.logprobs.clear();
+    held_.first_index = next_index;
+    last_sent_ns_ = steady_ns();
+  }
+
+ private:
+  std::function<void(core::AgentEvent)> post_;
+  core::EngineTokensEvent held_;
+  int64_t chunk_ns_;
+  size_t chunk_tokens_max_;
+  int64_t last_sent_ns_ = std::numeric_limits<int64_t>::min() / 2;
+};
+
+// Paced tokens (FleetSimCar, the fake engine): the attempt's k-th new token
+// is not made before (prefill + k / tokens per second) simulated seconds
+// after it began; the wait is cut into short sleeps so that a stop still
+// takes about a token.
+class Pacer {
+ public:
+  // tokens_per_second 0: no pacing. `context` tokens (prompt and any resumed)
+  // take context x token time / prefill_speedup before the first new one.
+  Pacer(double tokens_per_second, double time_scale, double prefill_speedup, size_t context)
+      : token_ns_(tokens_per_second > 0.0 ? 1e9 / (tokens_per_second * time_scale) : 0.0),
+        prefill_ns_(static_cast<double>(context) * token_ns_ / prefill_speedup), origin_ns_(steady_ns()) {}
+
+  // Waits until the next token is due, or `stop` is set.
+  void wait(const std::atomic<bool>& stop) {
+    if (token_ns_ <= 0.0) return;
+    const int64_t due_ns = origin_ns_ + static_cast<int64_t>(prefill_ns_ + static_cast<double>(made_ + 1) * token_ns_);
+    for (int64_t now_ns = steady_ns(); now_ns < due_ns && !stop.load(std::memory_order_acquire); now_ns = steady_ns()) {
+      std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(due_ns - now_ns, kPacedSleepNsMax)));
+    }
+    ++made_;
+  }
+
+ private:
+  double token_ns_;
+  double prefill_ns_;
+  int64_t origin_ns_;
+  uint64_t made_ = 0;
+};
+
+// The fake engine's token at `position` of `job_id`: the same in every run
+// and on every vehicle, so that a resumed attempt continues the same text.
+// Ids 259..511: merged pieces in any llama vocabulary of 512 or more (3..258
+// are the byte tokens, which would make the text invalid UTF-8).
+int32_t fake_token(std::string_view job_id, uint64_t position) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : job_id) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  h ^= position * 0x9e3779b97f4a7c15ull;
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 32;
+  return 259 + static_cast<int32_t>(h % 253);
+}
+
 struct Fleet::Vehicle {
   std::string id;
   std::unique_ptr<core::AgentMachine> machine;
   std::unique_ptr<SimVehicle> sim;
   std::unique_ptr<ReplaySource> replay;
   core::VehicleSignals signals;
-  std::unique_ptr<transport::NatsClient> nats;
+  transport::NatsClient* nats = nullptr;  // one of Fleet::connections_
   std::thread engine;
   std::shared_ptr<std::atomic<bool>> stop;
   std::atomic<int64_t> stop_origin_ns{0};  // when the event that stopped the engine reached us
@@ -220,6 +308,7 @@ Status Fleet::init() {
     if (!replay_events.empty() && options_.sim_start == 0) sim_start_ = replay_events.front().t;
   }
   const int width = options_.vehicles >= 1000 ? 5 : (options_.vehicles >= 100 ? 3 : 2);
+  const auto vehicles_total = static_cast<size_t>(options_.vehicles);
   for (int i = 0; i < options_.vehicles; ++i) {
     auto v = std::make_unique<Vehicle>();
     char suffix[16];
@@ -228,9 +317,17 @@ Status Fleet::init() {
 
     const std::string key_dir =
         options_.key_dir.empty() ? (std::filesystem::path(options_.cache_dir) / "keys").string() : options_.key_dir;
-    auto key = load_or_create_key((std::filesystem::path(key_dir) / (v->id + ".key")).string());
-    if (!key) return Unexpected(key.error());
-    v->key = *key;
+    if (options_.fake_engine) {
+      // A load generator's vehicles: keys from the seed, never on disk.
+      const Sha256Digest d = sha256_of("idlefleet-load-key:" + std::to_string(options_.seed) + ":" + v->id);
+      Ed25519SecretKey secret{};
+      std::copy(d.begin(), d.end(), secret.begin());
+      v->key = Ed25519Keypair::from_secret(secret);
+    } else {
+      auto key = load_or_create_key((std::filesystem::path(key_dir) / (v->id + ".key")).string());
+      if (!key) return Unexpected(key.error());
+      v->key = *key;
+    }
 
     core::AgentConfig c;
     c.vehicle_id = v->id;
@@ -248,7 +345,12 @@ Status Fleet::init() {
     if (*stored) v->policy_saved = core::encode_policy(**stored);
     c.utc_offset_minutes = options_.utc_offset_minutes;
     c.models_cached = cached;
-    c.embeddings = true;  // engine_main runs kind "embed"
+    if (options_.fake_engine) {
+      std::lock_guard<std::mutex> lock(catalog_mu_);
+      c.models_cached.clear();
+      for (const CatalogEntry& e : catalog_) c.models_cached.push_back(e.id);
+    }
+    c.embeddings = !options_.fake_engine;  // engine_main runs kind "embed"; the fake engine does not
     const double scale = options_.time_scale;
     c.heartbeat_ms = static_cast<core::DurationMs>(static_cast<double>(options_.heartbeat_ms) * scale);
     c.hello_ms = static_cast<core::DurationMs>(10000.0 * scale);
@@ -269,6 +371,10 @@ Status Fleet::init() {
         v->paced_tokens_per_second = options_.sim_cars[i].paced_tokens_per_second;
         v->prefill_speedup = options_.sim_cars[i].prefill_speedup;
       }
+      if (options_.fake_engine) {
+        v->paced_tokens_per_second = options_.fake_tokens_per_second;
+        v->prefill_speedup = 50.0;
+      }
       IF_RETURN_IF_ERROR(p.validate());
       v->sim = std::make_unique<SimVehicle>(p, sim_start_);
       c.battery_capacity_kwh = p.battery.capacity_kwh;
@@ -284,23 +390,34 @@ Status Fleet::init() {
     v->machine = std::make_unique<core::AgentMachine>(std::move(c));
     v->status.id = v->id;
 
-    transport::NatsOptions n;
-    n.url = options_.nats_url;
-    n.name = "idlefleet-agent " + v->id;
-    // The vehicle's identity is also its NATS user (common/nkey.h): a server
-    // with per-vehicle permissions knows it by this key; one without
-    // authorisation ignores it.
-    n.nkey_identity = v->key;
-    auto client = transport::NatsClient::connect(n);
-    if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
-    v->nats = std::move(*client);
     const size_t index = vehicles_.size();
-    v->nats->set_connection_callbacks(nullptr, [this, index] {
-      InboxItem item;
-      item.index = index;
-      item.event = core::ConnectedEvent{};
-      post(std::move(item));
-    });
+    const bool shared = options_.nats_connections > 0;
+    if (!shared || connections_.size() < static_cast<size_t>(options_.nats_connections)) {
+      transport::NatsOptions n;
+      n.url = options_.nats_url;
+      n.name = shared ? "idlefleet-agent " + options_.id_prefix + " shared " + std::to_string(connections_.size() + 1)
+                      : "idlefleet-agent " + v->id;
+      // A vehicle's identity is also its NATS user (common/nkey.h): a server
+      // with per-vehicle permissions knows it by this key; one without
+      // authorisation ignores it. A shared connection is nobody's.
+      if (!shared) n.nkey_identity = v->key;
+      auto client = transport::NatsClient::connect(n);
+      if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
+      // Vehicle i rides connection i mod N (N = the connections, or the
+      // vehicles when each has its own): all of them hear of a reconnect.
+      const size_t conn = connections_.size();
+      const size_t stride = shared ? static_cast<size_t>(options_.nats_connections) : vehicles_total;
+      connections_.push_back(std::move(*client));
+      connections_.back()->set_connection_callbacks(nullptr, [this, conn, stride, vehicles_total] {
+        for (size_t rider = conn; rider < vehicles_total; rider += stride) {
+          InboxItem item;
+          item.index = rider;
+          item.event = core::ConnectedEvent{};
+          post(std::move(item));
+        }
+      });
+    }
+    v->nats = connections_[index % connections_.size()].get();
     {
       // Queued before anything the coordinator may send once we subscribe:
       // a new instance says hello before it acts on any message (an
@@ -332,8 +449,8 @@ Status Fleet::init() {
     }
     vehicles_.push_back(std::move(v));
   }
-  for (auto& v : vehicles_) {
-    if (auto st = v->nats->flush(); !st) return nats_setup_error(*v, st.error());
+  for (size_t c = 0; c < connections_.size(); ++c) {
+    if (auto st = connections_[c]->flush(); !st) return nats_setup_error(*vehicles_[c], st.error());
   }
   loop_thread_ = std::thread([this] { loop(); });
   return {};
@@ -349,7 +466,8 @@ void Fleet::stop() {
   for (auto& v : vehicles_) {
     if (v->engine.joinable()) v->engine.join();
   }
-  for (auto& v : vehicles_) v->nats.reset();
+  for (auto& v : vehicles_) v->nats = nullptr;
+  connections_.clear();
 }
 
 void Fleet::post(InboxItem item) {
@@ -546,6 +664,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     post(std::move(item));
   };
   auto fail = [&](const std::string& why) { post_event(core::EngineFailedEvent{a.job_id, a.attempt, why}); };
+  if (options_.fake_engine) return fake_attempt(index, a, *stop);
   auto entry = catalog_entry(a.model_id);
   if (!entry) return fail(entry.error().to_string());
   const bool was_cached = cache_.has(entry->sha256);
@@ -579,58 +698,26 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     if (auto st = gen.enable_logprobs(a.logprobs); !st) return fail(st.error().to_string());
   }
   const size_t chunk_tokens_max = logprobs ? core::kChunkLogprobTokensMax : core::kChunkTokensMax;
-  // Tokens wait here for at most about chunk_us (see FleetOptions), so that a
-  // small model's hundreds of tokens a second travel as a few dozen messages;
-  // whatever waits goes out before the attempt's last event.
-  const int64_t chunk_ns = options_.chunk_us * 1000;
-  core::EngineTokensEvent held{a.job_id, a.attempt, a.produced_ids.size(), {}};
-  int64_t last_sent_ns = std::numeric_limits<int64_t>::min() / 2;
-  auto send_held = [&] {
-    if (held.ids.empty()) return;
-    const uint64_t next_index = held.first_index + held.ids.size();
-    post_event(held);
-    held.ids.clear();
-    held.logprobs.clear();
-    held.first_index = next_index;
-    last_sent_ns = steady_ns();
-  };
-  // FleetSimCar pacing: the attempt's k-th new token is not made before
-  // (prefill + k / tokens per second) simulated seconds after it began; the
-  // wait is cut into short sleeps so that a stop still takes about a token.
+  TokenRelay relay(post_event, a, options_.chunk_us * 1000, chunk_tokens_max);
   const bool paced = v.paced_tokens_per_second > 0.0;
-  const double token_ns = paced ? 1e9 / (v.paced_tokens_per_second * options_.time_scale) : 0.0;
-  const double prefill_ns =
-      static_cast<double>(a.prompt_ids.size() + a.produced_ids.size()) * token_ns / v.prefill_speedup;
-  const int64_t paced_origin_ns = steady_ns();
-  uint64_t paced_made = 0;
+  Pacer pacer(v.paced_tokens_per_second, options_.time_scale, v.prefill_speedup,
+              a.prompt_ids.size() + a.produced_ids.size());
   for (;;) {
-    if (paced && gen.state().produced_ids.size() < a.max_tokens) {
-      const int64_t due_ns =
-          paced_origin_ns + static_cast<int64_t>(prefill_ns + static_cast<double>(paced_made + 1) * token_ns);
-      for (int64_t now_ns = steady_ns(); now_ns < due_ns && !stop->load(std::memory_order_acquire);
-           now_ns = steady_ns()) {
-        std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(due_ns - now_ns, kPacedSleepNsMax)));
-      }
-      ++paced_made;
-    }
+    if (paced && gen.state().produced_ids.size() < a.max_tokens) pacer.wait(*stop);
     if (stop->load(std::memory_order_acquire)) {
-      send_held();
-      const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        latencies_ms_.push_back(ms);
-      }
+      relay.flush();
+      record_stop_latency(v);
       post_event(core::EngineStoppedEvent{a.job_id, a.attempt, gen.state().produced_ids.size()});
       return;
     }
     auto token = gen.next();
     if (!token) {
-      send_held();
+      relay.flush();
       return fail(token.error().to_string());
     }
     const uint64_t total = gen.state().produced_ids.size();
     if (*token < 0) {
-      send_held();
+      relay.flush();
       const char* reason = gen.stop_reason() == engine::StopReason::kStopToken ? "stop" : "length";
       post_event(core::EngineFinishedEvent{a.job_id, a.attempt, total, reason});
       return;
@@ -639,14 +726,53 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
     // first new token altered, still a valid id; the engine itself goes on
     // from the true one, as a cheat that saves nothing but lies would.
     const bool tamper = options_.test_tamper_outputs && total == a.produced_ids.size() + 1;
-    held.ids.push_back(tamper ? (*token >= 4 ? *token - 1 : *token + 1) : *token);
+    std::optional<core::TokenLogprobs> lp;
     if (logprobs) {
-      const engine::TokenLogprobs* lp = gen.last_logprobs();
-      CHECK(lp != nullptr && lp->chosen.id == *token);
-      held.logprobs.push_back(to_wire(*lp));
+      const engine::TokenLogprobs* last = gen.last_logprobs();
+      CHECK(last != nullptr && last->chosen.id == *token);
+      lp = to_wire(*last);
     }
-    if (steady_ns() - last_sent_ns >= chunk_ns || held.ids.size() >= chunk_tokens_max) send_held();
+    relay.add(tamper ? (*token >= 4 ? *token - 1 : *token + 1) : *token, std::move(lp));
   }
+}
+
+void Fleet::record_stop_latency(const Vehicle& v) {
+  const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
+  std::lock_guard<std::mutex> lock(mu_);
+  latencies_ms_.push_back(ms);
+}
+
+// The fake engine (FleetOptions::fake_engine): the real attempt's events and
+// pacing, with tokens from fake_token() instead of a model. It never stops
+// early (no stop tokens): an attempt ends at max_tokens, "length".
+void Fleet::fake_attempt(size_t index, const core::AssignMessage& a, const std::atomic<bool>& stop) {
+  Vehicle& v = *vehicles_[index];
+  auto post_event = [&](core::AgentEvent e) {
+    InboxItem item;
+    item.index = index;
+    item.event = std::move(e);
+    post(std::move(item));
+  };
+  if (a.kind == core::WorkKind::kEmbed) {  // not offered (hello), so only a confused coordinator asks
+    post_event(core::EngineFailedEvent{a.job_id, a.attempt, "the fake engine makes no embeddings"});
+    return;
+  }
+  TokenRelay relay(post_event, a, options_.chunk_us * 1000, core::kChunkTokensMax);
+  Pacer pacer(v.paced_tokens_per_second, options_.time_scale, v.prefill_speedup,
+              a.prompt_ids.size() + a.produced_ids.size());
+  for (uint64_t position = a.produced_ids.size(); position < a.max_tokens; ++position) {
+    pacer.wait(stop);
+    if (stop.load(std::memory_order_acquire)) {
+      relay.flush();
+      record_stop_latency(v);
+      post_event(core::EngineStoppedEvent{a.job_id, a.attempt, position});
+      return;
+    }
+    relay.add(fake_token(a.job_id, position), std::nullopt);
+  }
+  relay.flush();
+  post_event(core::EngineFinishedEvent{a.job_id, a.attempt, std::max<uint64_t>(a.max_tokens, a.produced_ids.size()),
+                                       "length"});
 }
 
 // An embed attempt is one call into the engine (a batched prefill of the
@@ -669,11 +795,7 @@ void Fleet::embed_attempt(size_t index, const core::AssignMessage& a, const std:
     return;
   }
   auto values = v.engine_ctx->embed_sequence(a.prompt_ids);
-  if (stop.load(std::memory_order_acquire)) {
-    const double ms = static_cast<double>(steady_ns() - v.stop_origin_ns.load()) / 1e6;
-    std::lock_guard<std::mutex> lock(mu_);
-    latencies_ms_.push_back(ms);
-  }
+  if (stop.load(std::memory_order_acquire)) record_stop_latency(v);
   if (!values) {
     post_event(core::EngineFailedEvent{a.job_id, a.attempt, values.error().to_string()});
     return;

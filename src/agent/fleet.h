@@ -50,6 +50,7 @@ inline constexpr size_t kSimCommandBytesMax = 1024;
 inline constexpr int kEngineNice = 5;  // engine threads yield to the control path (fleet.cc)
 inline constexpr size_t kInboxEventsMax = 1u << 20;
 inline constexpr int64_t kChunkUsMax = 100'000;  // FleetOptions::chunk_us
+inline constexpr int kFleetConnectionsMax = 1024;  // FleetOptions::nats_connections
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };
 
@@ -110,6 +111,20 @@ struct FleetOptions {
   // seed, plug-in probability and policy above then do not apply to them).
   std::vector<FleetSimCar> sim_cars;
   bool sim_control = true;                // accept idlefleet.v1.sim.<id> commands (simulated cars only)
+  // NATS connections: 0 gives each vehicle its own, as a real car has; N
+  // shares N connections among the vehicles, round-robin (a load generator:
+  // a hundred thousand vehicles in one process). A shared connection carries
+  // no vehicle's identity, so it needs a server without per-vehicle
+  // authorisation. 0 .. min(vehicles, kFleetConnectionsMax).
+  int nats_connections = 0;
+  // LOAD GENERATION ONLY (bench/replica_load.sh): no model is loaded or
+  // downloaded. An attempt makes tokens from a hash of (job, position) at
+  // fake_tokens_per_second (simulated), every catalog model counts as cached,
+  // and each vehicle's key is derived from the seed in memory rather than
+  // kept on disk. Everything else (policy, signals, protocol, receipts) is
+  // the real agent's, so the coordinator sees a real fleet's traffic.
+  bool fake_engine = false;
+  double fake_tokens_per_second = 20.0;  // (0, kPacedTokensPerSecondMax]
   std::string instance;                   // "" = random per start
   // TEST ONLY: every vehicle reports the first token of each generation
   // attempt altered (and signs receipts for what it reported), as a cheat
@@ -180,6 +195,10 @@ class Fleet {
   // Counts and logs (at a bounded rate) input from the fabric that we refuse.
   void refuse(const char* what, const std::string& text);
   void advance_sources(core::TimeMs sim_now);
+  // Records how long the engine took to stop since stop_origin_ns.
+  void record_stop_latency(const Vehicle& v);
+  // engine_main for FleetOptions::fake_engine.
+  void fake_attempt(size_t index, const core::AssignMessage& assign, const std::atomic<bool>& stop);
   Result<CatalogEntry> catalog_entry(const std::string& model_id);
   std::vector<std::string> cached_model_ids();
   core::TimeMs to_wall(core::TimeMs sim) const;
@@ -195,6 +214,9 @@ class Fleet {
   std::vector<CatalogEntry> catalog_;
 
   std::vector<std::unique_ptr<Vehicle>> vehicles_;
+  // The NATS connections: one per vehicle, or FleetOptions::nats_connections
+  // shared (vehicle i rides connection i mod their number).
+  std::vector<std::unique_ptr<transport::NatsClient>> connections_;
   mutable std::mutex mu_;  // inbox, status snapshots, latencies
   std::condition_variable cv_;
   std::deque<InboxItem> inbox_;

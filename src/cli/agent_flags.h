@@ -36,6 +36,12 @@ struct AgentFlags {
   bool verbose = false;
   int status_every_s = 10;
   bool test_tamper_outputs = false;  // TEST ONLY (`idlefleet agent`): needs IDLEFLEET_TESTING=1
+  // The load generator (`idlefleet agent`): shared NATS connections, the
+  // fake engine, and a slower tick for a hundred thousand simulated cars.
+  int nats_connections = 0;
+  bool fake_engine = false;
+  double fake_tokens_per_second = 20.0;
+  int64_t tick_ms = 10;
 };
 
 void add_agent_flags(CLI::App* cmd, AgentFlags* flags);

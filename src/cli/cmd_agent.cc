@@ -35,6 +35,10 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   o.utc_offset_minutes = f.utc_offset_minutes;
   o.verbose = f.verbose;
   o.chunk_us = f.chunk_us;
+  o.nats_connections = f.nats_connections;
+  o.fake_engine = f.fake_engine;
+  o.fake_tokens_per_second = f.fake_tokens_per_second;
+  o.tick_ms = f.tick_ms;
   if (f.test_tamper_outputs) {
     // A switch that makes a vehicle lie must never be turned on by mistake.
     const char* testing = std::getenv("IDLEFLEET_TESTING");
@@ -90,6 +94,13 @@ void run_agent(const AgentFlags& f) {
   std::fprintf(stderr, "agent: %d vehicle%s (%s-...), NATS %s, catalog %s, clock x%g\n", o.vehicles,
                o.vehicles == 1 ? "" : "s", o.id_prefix.c_str(), o.nats_url.c_str(), o.coordinator_url.c_str(),
                o.time_scale);
+  if (o.fake_engine) {
+    std::fprintf(stderr,
+                 "agent: LOAD GENERATOR: fake engine (no model; %g tokens/s a vehicle), %d shared NATS "
+                 "connection%s, tick %lld ms. Its outputs are not a model's.\n",
+                 o.fake_tokens_per_second, o.nats_connections, o.nats_connections == 1 ? "" : "s",
+                 static_cast<long long>(o.tick_ms));
+  }
   int seconds = 0;
   const int sig = wait_for_shutdown(1000, [&] {
     if (f.status_every_s > 0 && ++seconds % f.status_every_s == 0) {
@@ -212,6 +223,18 @@ void add_agent(CLI::App& app) {
   add_agent_flags(cmd, f.get());
   cmd->add_option("--status-every", f->status_every_s, "Print the vehicles' states every N seconds (0: never)")
       ->check(CLI::Range(0, 3600))->capture_default_str();
+  cmd->add_option("--nats-connections", f->nats_connections,
+                  "Share this many NATS connections among the vehicles (0: one each, as real cars). For load "
+                  "generation; needs a server without per-vehicle authorisation")
+      ->check(CLI::Range(0, agent::kFleetConnectionsMax))->capture_default_str();
+  cmd->add_flag("--fake-engine", f->fake_engine,
+                "LOAD GENERATION: load no model; make stand-in tokens at --fake-tokens-per-second (a coordinator's "
+                "capacity, bench/replica_load.sh)");
+  cmd->add_option("--fake-tokens-per-second", f->fake_tokens_per_second,
+                  "Tokens a second each fake engine makes (simulated time)")
+      ->check(CLI::Range(0.001, agent::kPacedTokensPerSecondMax))->capture_default_str();
+  cmd->add_option("--tick-ms", f->tick_ms, "How often the simulated cars and the agents' timers advance (wall ms)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}))->capture_default_str();
   cmd->add_flag("--test-tamper-outputs", f->test_tamper_outputs,
                 "TEST ONLY (needs IDLEFLEET_TESTING=1): report altered tokens, to test verification");
 

@@ -416,6 +416,7 @@ struct CoordinatorServer::Impl {
   std::map<std::string, std::pair<std::shared_ptr<EmbeddingClient>, size_t>> embedding_jobs;
   std::vector<std::string> cancel_jobs;  // jobs to cancel after the effects at hand (apply())
   std::set<std::string> dirty;
+  transport::Counter* vehicle_messages = nullptr;  // set before the subscription that counts
   std::map<std::string, store::StoredJob> unwritten;  // rows of a failed put, by job id
   std::map<std::string, std::string> request_json;  // job id -> the request as accepted (until persisted final)
   // Idempotency keys of requests still running: scope + '\n' + key -> body hash.
@@ -438,8 +439,9 @@ struct CoordinatorServer::Impl {
   // Published by the loop for HTTP threads.
   mutable std::mutex snapshot_mu;
   std::string status;
-  std::string vehicles_doc = "{\"data\":[]}";
+  std::string vehicles_doc;  // loop thread: GET /v1/vehicles (vehicles_route)
   core::TimeMs vehicles_doc_at = 0;
+  core::TimeMs status_at = 0;  // loop thread: the last publish_status()
 
   transport::Counter* rejected_inbox_full = nullptr;
   std::mutex log_mu;
@@ -628,6 +630,8 @@ struct CoordinatorServer::Impl {
     }
     if (!client) return Unexpected(client.error().code, "NATS at " + config.nats_url + ": " + client.error().message);
     nats = std::move(*client);
+    vehicle_messages = &metrics.counter("idlefleet_vehicle_messages_total",
+                                        "Messages from vehicles received (hello, state, tokens, ...), valid or not");
     auto sub = nats->subscribe(core::kUpSubjectWildcard,
                                [this](std::string_view subject, std::string_view data) { on_nats(subject, data); });
     if (!sub) return Unexpected(sub.error());
@@ -711,6 +715,7 @@ struct CoordinatorServer::Impl {
   }
 
   void on_nats(std::string_view subject, std::string_view data) {
+    vehicle_messages->inc();
     const std::string_view vid = core::vehicle_of_up_subject(subject);
     if (vid.empty()) {
       count_refusal("bad_subject", "message on subject '" + std::string(subject.substr(0, 200)) + "'");
@@ -765,10 +770,7 @@ struct CoordinatorServer::Impl {
       std::lock_guard<std::mutex> lock(snapshot_mu);
       return x->respond(json_response(200, status));
     }
-    if (r.method == "GET" && p == "/v1/vehicles") {
-      std::lock_guard<std::mutex> lock(snapshot_mu);
-      return x->respond(json_response(200, vehicles_doc));
-    }
+    if (r.method == "GET" && p == "/v1/vehicles") return vehicles_route(x);
     if (p == "/v1/vehicles/enroll") return enrol_route(r, x);
     if (p.rfind("/v1/owner/", 0) == 0) return owner_route(r, x);
     std::string key_id;
@@ -856,6 +858,30 @@ struct CoordinatorServer::Impl {
     }
     metrics.gauge("idlefleet_dashboard_streams", "Open dashboard event streams (GET /v1/dashboard/events)")
         .set(static_cast<double>(dashboard_streams.size()));
+  }
+
+  // GET /v1/vehicles: the list is built on the loop thread when asked for,
+  // and at most every kVehiclesDocMs (readers in between share it), rather
+  // than on every tick: with a hundred thousand vehicles, building it five
+  // times a second cost the coordinator most of its time
+  // (bench/replica_load.sh, 2026-11-29).
+  void vehicles_route(const std::shared_ptr<HttpExchange>& x) {
+    Item item;
+    item.task = [this, x](core::TimeMs now) {
+      if (vehicles_doc_at == 0 || now - vehicles_doc_at >= kVehiclesDocMs) {
+        json list = json::array();
+        for (const auto& [id, v] : machine->vehicles()) {
+          if (list.size() >= kVehiclesListedMax) break;
+          list.push_back(vehicle_json(v));
+        }
+        vehicles_doc = json{{"object", "list"}, {"data", list}}.dump(-1, ' ', false, json::error_handler_t::replace);
+        vehicles_doc_at = now;
+      }
+      x->respond(json_response(200, vehicles_doc));
+    };
+    if (!post(std::move(item))) {
+      x->respond(error_response(api_error(503, "server_error", "the coordinator is overloaded; retry shortly"), 1));
+    }
   }
 
   static ApiError bad_idempotency_key() {
@@ -1997,7 +2023,18 @@ struct CoordinatorServer::Impl {
         flush_dirty(now);
         settle_due(now);
         sync_keys(now);
-        publish_status(now);
+        // The status walks every vehicle and job: a few times a second is
+        // plenty for people and gauges, and every tick cost a fleet of a
+        // hundred thousand most of a core (bench/replica_load.sh).
+        if (now - status_at >= kStatusMs) {
+          publish_status(now);
+          status_at = now;
+        } else if (const size_t idle = machine->vehicles_available(); idle > workable_vehicles.load()) {
+          // Between statuses, a car that became free opens the door to
+          // clients at once (the count of idle cars costs nothing; the
+          // status sets the exact number of workable ones).
+          workable_vehicles.store(idle);
+        }
         next_tick = now + tick_ms;
       }
     }
@@ -3061,22 +3098,9 @@ struct CoordinatorServer::Impl {
         {"preemptions", k.preemptions},
         {"attempts_lost", k.attempts_lost},
         {"messages", {{"accepted", k.messages_accepted}, {"rejected", k.messages_rejected}}}};
-    // The vehicles, at most every 200 ms and kVehiclesListedMax of them: a
-    // view for people and tests, not a feed.
-    std::string vdoc;
-    if (now - vehicles_doc_at >= 200) {
-      json list = json::array();
-      for (const auto& [id, v] : machine->vehicles()) {
-        if (list.size() >= kVehiclesListedMax) break;
-        list.push_back(vehicle_json(v));
-      }
-      vdoc = json{{"object", "list"}, {"data", list}}.dump(-1, ' ', false, json::error_handler_t::replace);
-      vehicles_doc_at = now;
-    }
     {
       std::lock_guard<std::mutex> lock(snapshot_mu);
       status = doc.dump();
-      if (!vdoc.empty()) vehicles_doc = std::move(vdoc);
     }
     for (const auto& [s, n] : by_state) {
       metrics.gauge("idlefleet_vehicles", "Vehicles by state", {{"state", s}}).set(n);

@@ -204,17 +204,6 @@ Status PgConnection::ensure_connected() {
 
 Result<PgResult> PgConnection::exec(const std::string& sql, const PgParams& params, const std::string& what) {
   IF_RETURN_IF_ERROR(ensure_connected());
-  auto it = prepared_.find(sql);
-  if (it == prepared_.end()) {
-    std::string name = std::to_string(prepared_.size());
-    name.insert(name.begin(), 's');  // (not "s" + ...: g++ 12 warns falsely on that)
-    PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(params.size()),
-                            params.types_.empty() ? nullptr : reinterpret_cast<const Oid*>(params.types_.data())));
-    // (Oid is an unsigned int, as the uint32_t type ids are.)
-    static_assert(sizeof(Oid) == sizeof(uint32_t));
-    if (PQresultStatus(prep.res_) != PGRES_COMMAND_OK) return result_error(prep.res_, what);
-    it = prepared_.emplace(sql, name).first;
-  }
   const size_t n = params.size();
   std::vector<const char*> values(n);
   std::vector<int> lengths(n), formats(n, 1);
@@ -222,11 +211,58 @@ Result<PgResult> PgConnection::exec(const std::string& sql, const PgParams& para
     values[i] = params.values_[i].data();
     lengths[i] = static_cast<int>(params.values_[i].size());
   }
-  PgResult res(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(n), values.data(), lengths.data(),
-                              formats.data(), 1));
-  const ExecStatusType status = PQresultStatus(res.res_);
-  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) return result_error(res.res_, what);
-  return res;
+  // Twice at most: see the end of the loop.
+  for (int attempt = 0;; ++attempt) {
+    auto it = prepared_.find(sql);
+    if (it == prepared_.end()) {
+      std::string name = std::to_string(statements_named_++);
+      name.insert(name.begin(), 's');  // (not "s" + ...: g++ 12 warns falsely on that)
+      PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(n),
+                              params.types_.empty() ? nullptr : reinterpret_cast<const Oid*>(params.types_.data())));
+      // (Oid is an unsigned int, as the uint32_t type ids are.)
+      static_assert(sizeof(Oid) == sizeof(uint32_t));
+      if (PQresultStatus(prep.res_) != PGRES_COMMAND_OK) return result_error(prep.res_, what);
+      it = prepared_.emplace(sql, name).first;
+    }
+    PgResult res(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(n), values.data(), lengths.data(),
+                                formats.data(), 1));
+    const ExecStatusType status = PQresultStatus(res.res_);
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return res;
+    // A table altered since the statement was prepared fails it every time
+    // ("cached plan must not change result type", 0A000): outside a
+    // transaction, prepare it once more, so that the query reports what it
+    // finds now (check_types) instead of failing for as long as the
+    // connection lives.
+    const char* state = PQresultErrorField(res.res_, PG_DIAG_SQLSTATE);
+    if (attempt > 0 || state == nullptr || std::string_view(state) != "0A000" ||
+        PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+      return result_error(res.res_, what);
+    }
+    const std::string name = it->second;
+    PQclear(PQexec(conn_, ("DEALLOCATE " + name).c_str()));
+    PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(n),
+                            params.types_.empty() ? nullptr : reinterpret_cast<const Oid*>(params.types_.data())));
+    if (PQresultStatus(prep.res_) != PGRES_COMMAND_OK) {
+      prepared_.erase(it);
+      return result_error(prep.res_, what);
+    }
+  }
+}
+
+Result<PgResult> PgConnection::query(const std::string& sql, const PgParams& params, std::span<const PgType> types,
+                                     const std::string& what) {
+  auto r = exec(sql, params, what);
+  if (!r) return r;
+  IF_RETURN_IF_ERROR(r->check_types(types, label_));
+  for (int row = 0; row < r->rows(); ++row) {
+    for (int col = 0; col < r->columns(); ++col) {
+      if (r->is_null(row, col)) {
+        return Unexpected(ErrorCode::kCorrupt, label_ + ": " + what + ": column " + PQfname(r->res_, col) +
+                                                   " of row " + std::to_string(row + 1) + " is NULL");
+      }
+    }
+  }
+  return r;
 }
 
 Status PgConnection::exec_script(const char* sql, const std::string& what) {

@@ -138,7 +138,7 @@ void revoke_key(const DataLocation& where, const std::string& id) {
   auto store = open_store(keys_path(where), false);
   auto before = store->get(id);
   if (!before) throw CommandError{before.error().message};
-  if (!before->has_value()) throw CommandError{"no key '" + id + "' in " + store->path()};
+  if (!before->has_value()) throw CommandError{"no key '" + id + "' in " + store->location()};
   auto revoked = store->revoke(id, wall_clock_ms());
   if (!revoked) throw CommandError{revoked.error().message};
   if ((*before)->revoked()) {

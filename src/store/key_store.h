@@ -1,5 +1,6 @@
 // KeyStore: client API keys, their usage, and stored responses for
-// Idempotency-Key replays, in SQLite (`<data_dir>/keys.db`).
+// Idempotency-Key replays. In SQLite (`<data_dir>/keys.db`) by default, or in
+// PostgreSQL when opened on a postgresql:// URL.
 //
 // A key's secret ("sk-idf-" + 64 hex digits: 32 bytes from libsodium's
 // randombytes) is returned once, by create(), and never stored: the file holds
@@ -10,8 +11,16 @@
 // add_usage(), one transaction for a batch of keys, as increments, so that a
 // revoke written by another process (`idlefleet admin keys revoke`) is never
 // overwritten by the coordinator's usage updates. data_version() tells a
-// reader when another connection has committed, so the coordinator reloads
-// its keys only when something changed.
+// reader when another connection has committed a change, so the coordinator
+// reloads its keys only when something changed. SQLite: PRAGMA data_version,
+// which changes with any commit by another connection. PostgreSQL: the
+// one-row counter `key_changes.version`, incremented in the same transaction
+// as every change the store makes to api_keys (create, a revoke that revokes,
+// usage that updates a key; stored responses are not keys and leave it
+// alone), less the increments this store made itself: so it changes when
+// another connection committed a change to the keys, and never for the
+// store's own. Either way a value is only compared with earlier values from
+// the same store object.
 //
 // Idempotent responses: one row per (scope, key) with the SHA-256 of the
 // request body, the status and the body returned; put_response() refuses one
@@ -19,24 +28,36 @@
 // it), and prune_responses() deletes rows older than a cutoff and the oldest
 // beyond kIdempotencyEntriesMax.
 //
-// Durability: WAL with synchronous=FULL: usage is what clients are billed by.
+// Durability: SQLite with WAL and synchronous=FULL: usage is what clients are
+// billed by. PostgreSQL: as durable as the server is configured.
 //
-// Schema: `schema_version` with one row per migration applied, as in
-// job_store.h; open() migrates and refuses a newer file (kUnsupported).
-//   api_keys: id TEXT PRIMARY KEY ("key_" + 24 hex) | name TEXT |
-//     secret_sha256 BLOB (32 bytes, UNIQUE) | created_at INTEGER (TimeMs) |
-//     revoked_at INTEGER (TimeMs, 0 = active) | requests_per_minute INTEGER |
-//     tokens_per_minute INTEGER | spend_limit_micros INTEGER (0 = none) |
-//     requests, prompt_tokens, completion_tokens, spend_micros INTEGER (>= 0) |
-//     scopes TEXT ("*" or kScopes names joined by ','; migration 2)
-//   idempotency: scope TEXT | idem_key TEXT | request_sha256 BLOB (32) |
-//     status INTEGER | body TEXT | created_at INTEGER; PRIMARY KEY (scope, idem_key)
-// Every row read is validated (a hand-edited or damaged file gives kCorrupt
-// naming the row, never a crash).
+// Schema: numbered migrations, as in job_store.h: SQLite records them in
+// `schema_version`, PostgreSQL in `idlefleet_schema` (store "keys", one
+// migration: the whole schema below); open() migrates and refuses a newer
+// database (kUnsupported). Column by column (SQLite type / PostgreSQL type
+// where it differs; PostgreSQL's TEXT is COLLATE "C", bytewise as SQLite's):
+//   api_keys: id TEXT PRIMARY KEY ("key_" + 24 hex) | name TEXT/BYTEA |
+//     secret_sha256 BLOB/BYTEA (32 bytes, UNIQUE) | created_at INTEGER/BIGINT
+//     (TimeMs) | revoked_at INTEGER/BIGINT (TimeMs, 0 = active) |
+//     requests_per_minute, tokens_per_minute INTEGER/BIGINT |
+//     spend_limit_micros INTEGER/BIGINT (0 = none) | requests, prompt_tokens,
+//     completion_tokens, spend_micros INTEGER/BIGINT (>= 0) | scopes TEXT
+//     ("*" or kScopes names joined by ','; SQLite migration 2)
+//   idempotency: scope TEXT/BYTEA | idem_key TEXT/BYTEA | request_sha256
+//     BLOB/BYTEA (32) | status INTEGER/BIGINT | body TEXT/BYTEA | created_at
+//     INTEGER/BIGINT; PRIMARY KEY (scope, idem_key)
+//   key_changes (PostgreSQL only): one BOOLEAN PRIMARY KEY (true: one row) |
+//     version BIGINT (see data_version above)
+// A key's name, and the scope, key and body of a response, are BYTEA in
+// PostgreSQL, so that both stores keep any bytes (PostgreSQL's TEXT refuses
+// NUL and text that is not UTF-8). Every row read is validated (a hand-edited
+// or damaged database gives kCorrupt naming the row, never a crash).
 //
 // Thread-safety: none, as JobStore: one thread at a time. Separate processes
-// may open the same file (the CLI while the coordinator runs): writers wait up
-// to kKeyStoreBusyTimeoutMs for each other.
+// may open the same database (the CLI while the coordinator runs): SQLite
+// writers wait up to kKeyStoreBusyTimeoutMs for each other; PostgreSQL's key
+// writers take the key_changes row first, so they run one at a time as
+// SQLite's do.
 #pragma once
 
 #include <array>
@@ -52,9 +73,6 @@
 #include "common/result.h"
 #include "core/rate_limit.h"
 #include "core/time.h"
-
-struct sqlite3;
-struct sqlite3_stmt;
 
 namespace idlefleet::store {
 
@@ -156,56 +174,88 @@ struct StoredResponse {
   core::TimeMs created_at = 0;
 };
 
+// The key store's interface; SqliteKeyStore (store/sqlite_key_store.h) and
+// PgKeyStore (store/pg_key_store.h) implement it with the same behaviour, and
+// the same tests run against both.
 class KeyStore {
  public:
-  // Opens (creating if absent) the database at `path`; ":memory:" for tests.
-  // Errors as JobStore::open(): kCorrupt for a file that is not SQLite, kIo,
-  // kUnsupported for a newer schema.
-  static Result<std::unique_ptr<KeyStore>> open(const std::string& path);
+  // Opens the store at `location`: a postgresql:// URL (store/pg_db.h) or a
+  // SQLite file, created if absent, migrated either way; ":memory:" for
+  // tests. Errors as JobStore::open(): kCorrupt for a file that is not
+  // SQLite, kIo, kUnsupported for a newer schema.
+  static Result<std::unique_ptr<KeyStore>> open(const std::string& location);
 
-  ~KeyStore();
-  KeyStore(const KeyStore&) = delete;
-  KeyStore& operator=(const KeyStore&) = delete;
+  virtual ~KeyStore() = default;
 
   // A new key with a fresh id and secret. kInvalidArgument for a bad name,
   // kOutOfRange for limits beyond their maxima or kKeysMax keys already.
-  Result<CreatedKey> create(const NewKey& request, core::TimeMs now);
+  virtual Result<CreatedKey> create(const NewKey& request, core::TimeMs now) = 0;
 
   // Every key, oldest first (created_at, then id).
-  Result<std::vector<ApiKey>> list();
+  virtual Result<std::vector<ApiKey>> list() = 0;
 
-  // The key with this id, or nullopt.
-  Result<std::optional<ApiKey>> get(std::string_view id);
+  // The key with this id, or nullopt (an id that is not a key id too).
+  virtual Result<std::optional<ApiKey>> get(std::string_view id) = 0;
 
   // Marks the key revoked at `now`; the key it was (revoked_at is the first
   // revocation's time when it already was). kNotFound for an unknown id.
-  Result<ApiKey> revoke(std::string_view id, core::TimeMs now);
+  virtual Result<ApiKey> revoke(std::string_view id, core::TimeMs now) = 0;
 
   // Adds every delta in one transaction (all or none). Deltas for ids that
   // no longer exist are skipped.
-  Status add_usage(std::span<const UsageDelta> deltas);
+  virtual Status add_usage(std::span<const UsageDelta> deltas) = 0;
 
-  // SQLite's data_version: changes when another connection commits.
-  Result<int64_t> data_version();
+  // Changes when another connection commits a change (see the top of this
+  // file); the store's own commits leave it as it was.
+  virtual Result<int64_t> data_version() = 0;
 
   // The stored response for (scope, key), or nullopt.
-  Result<std::optional<StoredResponse>> get_response(std::string_view scope, std::string_view idem_key);
+  virtual Result<std::optional<StoredResponse>> get_response(std::string_view scope, std::string_view idem_key) = 0;
   // Stores (or replaces) it. kOutOfRange for a scope, key or body over its limit.
-  Status put_response(std::string_view scope, std::string_view idem_key, const StoredResponse& response);
+  virtual Status put_response(std::string_view scope, std::string_view idem_key, const StoredResponse& response) = 0;
   // Deletes responses created before `before`, then the oldest beyond
-  // kIdempotencyEntriesMax. Returns how many were deleted.
-  Result<uint64_t> prune_responses(core::TimeMs before);
+  // kIdempotencyEntriesMax (created_at, then scope and key, descending, are
+  // kept). Returns how many were deleted.
+  virtual Result<uint64_t> prune_responses(core::TimeMs before) = 0;
 
-  const std::string& path() const { return path_; }
+  // What the store was opened on: the path as given to open(), or the URL
+  // without its password.
+  virtual const std::string& location() const = 0;
 
- private:
-  KeyStore(std::string path, sqlite3* db);
-  Status exec(const char* sql, const char* what);
-  Unexpected sqlite_error(int rc, const std::string& what) const;
-  Result<std::vector<ApiKey>> read_keys(sqlite3_stmt* stmt);
-
-  std::string path_;
-  sqlite3* db_ = nullptr;
+ protected:
+  KeyStore() = default;
+  KeyStore(const KeyStore&) = delete;
+  KeyStore& operator=(const KeyStore&) = delete;
 };
+
+// What both implementations share (store/key_store.cc).
+namespace key_rows {
+
+// The api_keys columns in the order both stores read them.
+inline constexpr const char* kKeyColumns =
+    "id, name, secret_sha256, created_at, revoked_at, requests_per_minute, tokens_per_minute, spend_limit_micros, "
+    "requests, prompt_tokens, completion_tokens, spend_micros, scopes";
+
+// create()'s checks (kInvalidArgument, kOutOfRange), then a new key: a fresh
+// id and secret, the secret's hash, the scopes normalised.
+Result<CreatedKey> new_key(const NewKey& request, core::TimeMs now);
+// kOutOfRange when the store already holds `keys` >= kKeysMax keys.
+Status check_key_count(uint64_t keys, const std::string& label);
+// A key row read back, its other fields already in `k` (kCorrupt naming the
+// key and column). `numbers` are the columns created_at .. spend_micros in
+// the table's order.
+Status check_key_row(ApiKey& k, std::string_view secret_sha256, std::span<const int64_t, 9> numbers);
+// The names of those nine columns, for messages.
+extern const char* const kNumberColumns[9];
+// A usage increment as written: saturated far below 2^63, so that a sum
+// never wraps even in a database edited by hand.
+int64_t usage_increment(uint64_t add);
+// put_response()'s bounds (kOutOfRange).
+Status check_response(std::string_view scope, std::string_view idem_key, const StoredResponse& response);
+// A stored response read back (kCorrupt, naming the store by `label`).
+Result<StoredResponse> response_row(std::string_view request_sha256, int64_t status, std::string body,
+                                    core::TimeMs created_at, const std::string& label);
+
+}  // namespace key_rows
 
 }  // namespace idlefleet::store

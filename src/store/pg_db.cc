@@ -182,7 +182,7 @@ Result<std::string> PgConnection::prepared(const std::string& sql, const PgParam
   IF_RETURN_IF_ERROR(ensure_connected());
   auto it = prepared_.find(sql);
   if (it != prepared_.end()) return it->second;
-  std::string name = std::to_string(prepared_.size());
+  std::string name = std::to_string(statements_named_++);
   name.insert(name.begin(), 's');  // (not "s" + ...: g++ 12 warns falsely on that)
   static_assert(sizeof(Oid) == sizeof(uint32_t));  // the type ids are Oids
   PgResult prep(PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(params.size()),
@@ -203,19 +203,49 @@ struct Wire {
 }  // namespace
 
 Result<PgResult> PgConnection::exec(const std::string& sql, const PgParams& params, const std::string& what) {
-  auto name = prepared(sql, params, what);
-  if (!name) return Unexpected(name.error());
   const size_t n = params.size();
   Wire w{std::vector<const char*>(n), std::vector<int>(n), std::vector<int>(n, 1)};
   for (size_t i = 0; i < n; ++i) {
     w.values[i] = params.values_[i].data();
     w.lengths[i] = static_cast<int>(params.values_[i].size());
   }
-  PgResult res(PQexecPrepared(conn_, name->c_str(), static_cast<int>(n), w.values.data(), w.lengths.data(),
-                              w.formats.data(), 1));
-  const ExecStatusType status = PQresultStatus(res.res_);
-  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) return result_error(res.res_, what);
-  return res;
+  // Twice at most: see the end of the loop.
+  for (int attempt = 0;; ++attempt) {
+    auto name = prepared(sql, params, what);
+    if (!name) return Unexpected(name.error());
+    PgResult res(PQexecPrepared(conn_, name->c_str(), static_cast<int>(n), w.values.data(), w.lengths.data(),
+                                w.formats.data(), 1));
+    const ExecStatusType status = PQresultStatus(res.res_);
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return res;
+    // A table altered since the statement was prepared fails it every time
+    // ("cached plan must not change result type", 0A000): outside a
+    // transaction, prepare it once more, so that the query reports what it
+    // finds now (check_types) instead of failing for as long as the
+    // connection lives.
+    const char* state = PQresultErrorField(res.res_, PG_DIAG_SQLSTATE);
+    if (attempt > 0 || state == nullptr || std::string_view(state) != "0A000" ||
+        PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+      return result_error(res.res_, what);
+    }
+    PQclear(PQexec(conn_, ("DEALLOCATE " + *name).c_str()));
+    prepared_.erase(sql);
+  }
+}
+
+Result<PgResult> PgConnection::query(const std::string& sql, const PgParams& params, std::span<const PgType> types,
+                                     const std::string& what) {
+  auto r = exec(sql, params, what);
+  if (!r) return r;
+  IF_RETURN_IF_ERROR(r->check_types(types, label_));
+  for (int row = 0; row < r->rows(); ++row) {
+    for (int col = 0; col < r->columns(); ++col) {
+      if (r->is_null(row, col)) {
+        return Unexpected(ErrorCode::kCorrupt, label_ + ": " + what + ": column " + PQfname(r->res_, col) +
+                                                   " of row " + std::to_string(row + 1) + " is NULL");
+      }
+    }
+  }
+  return r;
 }
 
 Status PgConnection::exec_each(const std::string& sql, const PgParams& params, const std::string& what,

@@ -109,7 +109,8 @@ class PgConnection {
   PgConnection& operator=(const PgConnection&) = delete;
 
   // Runs one statement with binary parameters and results. The statement is
-  // prepared on first use per connection (keyed by its text). A lost
+  // prepared on first use per connection (keyed by its text), and again when
+  // a table it reads was altered since (outside a transaction). A lost
   // connection is re-established once before the statement is sent; if the
   // statement itself fails because the server went away, the error is kIo
   // and the next call reconnects.
@@ -121,6 +122,11 @@ class PgConnection {
   // and is returned.
   Status exec_each(const std::string& sql, const PgParams& params, const std::string& what,
                    const std::function<Status(const PgResult&)>& row);
+  // exec() for a query whose result must have columns of `types`, in order,
+  // and no NULL (kCorrupt naming the column otherwise: the stores' columns are
+  // all NOT NULL, and a table changed by hand must not be misread).
+  Result<PgResult> query(const std::string& sql, const PgParams& params, std::span<const PgType> types,
+                         const std::string& what);
   // Runs SQL text (one or more statements, no parameters, no results).
   Status exec_script(const char* sql, const std::string& what);
 
@@ -151,6 +157,8 @@ class PgConnection {
   std::string label_;
   // Statement text -> prepared name, for this connection (cleared on reconnect).
   std::unordered_map<std::string, std::string> prepared_;
+  // Names given so far ("s0", "s1", ...): a name is never reused on a connection.
+  uint64_t statements_named_ = 0;
 };
 
 }  // namespace idlefleet::store

@@ -1,15 +1,13 @@
 #include "support/postgres_server.h"
 
-#include <gtest/gtest.h>
 #include <libpq-fe.h>
 #include <pwd.h>
+#include <sqlite3.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -205,12 +203,15 @@ std::string PostgresServer::log_tail() const {
   return text.size() > 2000 ? text.substr(text.size() - 2000) : text;
 }
 
-PostgresServer& shared_postgres() {
+std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
+  return info.param == Backend::kPostgres ? "PostgreSQL" : "SQLite";
+}
+
+PostgresServer& postgres() {
   static std::unique_ptr<PostgresServer> server = [] {
     auto s = PostgresServer::start();
     if (!s) {
-      ADD_FAILURE() << "cannot start PostgreSQL for this test: " << s.error().to_string();
-      std::fprintf(stderr, "cannot start PostgreSQL for this test: %s\n", s.error().to_string().c_str());
+      ADD_FAILURE() << s.error().to_string();
       std::abort();
     }
     return std::move(*s);
@@ -218,16 +219,66 @@ PostgresServer& shared_postgres() {
   return *server;
 }
 
+void StoreFixture::start(Backend backend, const std::string& file_name) {
+  backend_ = backend;
+  file_name_ = file_name;
+  const std::string stem = fs::path(file_name).stem().string();
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  // A parameterised test's names hold '/': one directory level, not three.
+  std::string name = std::string(info->test_suite_name()) + "-" + info->name();
+  std::replace(name.begin(), name.end(), '/', '-');
+  dir_ = fs::temp_directory_path() / ("idlefleet-" + stem + "-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(dir_);
+  fs::create_directories(dir_);
+  if (backend_ == Backend::kPostgres) url_ = fresh_postgres_database(stem, &database_);
+}
+
 std::string fresh_postgres_database(const std::string& prefix, std::string* name) {
-  static int databases = 0;
+  static int databases = 0;  // several tests in one process share the server
   const std::string db = prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(++databases);
-  auto url = shared_postgres().create_database(db);
+  auto url = postgres().create_database(db);
   if (!url) {
     ADD_FAILURE() << url.error().to_string();
     std::abort();
   }
   if (name != nullptr) *name = db;
   return *url;
+}
+
+void StoreFixture::TearDown() {
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+std::string StoreFixture::raw_sql(const std::string& sql, int column) {
+  if (backend_ == Backend::kPostgres) {
+    auto r = postgres().query(database_, sql);
+    EXPECT_TRUE(r) << r.error().to_string();
+    return r ? *r : "";
+  }
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  std::string out;
+  const char* tail = sql.c_str();
+  // Every statement in turn; the last one's first row is the answer.
+  while (tail != nullptr && *tail != '\0') {
+    sqlite3_finalize(st);
+    st = nullptr;
+    const int prepared = sqlite3_prepare_v2(db, tail, -1, &st, &tail);
+    EXPECT_EQ(prepared, SQLITE_OK) << sqlite3_errmsg(db) << ": " << sql;
+    if (prepared != SQLITE_OK || st == nullptr) break;
+    out.clear();
+    int rc = sqlite3_step(st);
+    EXPECT_TRUE(rc == SQLITE_ROW || rc == SQLITE_DONE) << sqlite3_errmsg(db) << ": " << sql;
+    if (rc == SQLITE_ROW && sqlite3_column_text(st, column) != nullptr) {
+      out = reinterpret_cast<const char*>(sqlite3_column_text(st, column));
+    }
+    while (rc == SQLITE_ROW) rc = sqlite3_step(st);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
 }
 
 }  // namespace idlefleet::testing

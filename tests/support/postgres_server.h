@@ -11,11 +11,18 @@
 // The binaries come from /usr/lib/postgresql/<version>/bin (the highest
 // version installed); scripts/bootstrap installs postgresql-15.
 //
+// The stores' tests run one contract against both backends: StoreFixture
+// gives each test a fresh directory (SQLite) or a fresh database on the
+// process's one server (PostgreSQL), and raw SQL on a connection of its own.
+//
 // Thread-safety: owned by one thread, which must outlive the server (it is
 // started with kill_with_parent; transport/process.h).
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,14 +71,43 @@ class PostgresServer {
   std::optional<transport::Process> process_;
 };
 
-// One server per test process (ctest runs each test in a process of its
-// own), started on first use and stopped at exit. A failure to start fails
-// the test loudly and ends the process: the tests that need PostgreSQL must
-// never pass without it.
-PostgresServer& shared_postgres();
+// Which implementation a store test runs against.
+enum class Backend { kSqlite, kPostgres };
+// "SQLite" or "PostgreSQL": the suffix of a parameterised test's name.
+std::string backend_name(const ::testing::TestParamInfo<Backend>& info);
 
-// A fresh, empty database on shared_postgres() for one test ("<prefix>_<pid>_<n>");
-// sets *name to its name when given, and returns its URL.
+// One PostgreSQL server per test process (ctest runs each test in its own),
+// started on first use; a server that cannot start fails the test and aborts.
+PostgresServer& postgres();
+
+// A fresh, empty database on postgres() for one test ("<prefix>_<pid>_<n>");
+// sets *name to its name when given, and returns its URL. Aborts the test
+// process when it cannot be made.
 std::string fresh_postgres_database(const std::string& prefix, std::string* name = nullptr);
+
+// A fresh directory (SQLite) or database (PostgreSQL) per test, removed
+// afterwards (the directory; databases go with the server).
+class StoreFixture : public ::testing::Test {
+ protected:
+  // `file_name` is the SQLite file's name ("jobs.db"); its stem names the
+  // directory and, for PostgreSQL, the database (<stem>_<pid>_<n>).
+  void start(Backend backend, const std::string& file_name);
+  void TearDown() override;
+
+  // The SQLite file (also for PostgreSQL tests, which may need a path).
+  std::string db_path() const { return (dir_ / file_name_).string(); }
+  // What the store is opened on: the URL or the path.
+  std::string location() const { return postgres_backend() ? url_ : db_path(); }
+  bool postgres_backend() const { return backend_ == Backend::kPostgres; }
+
+  // Runs SQL on a separate raw connection, as a person with the sqlite3
+  // shell or psql would, and returns `column` of the first row (PostgreSQL:
+  // the first column of every row, a line each; "" when there are none).
+  std::string raw_sql(const std::string& sql, int column = 0);
+
+  Backend backend_ = Backend::kSqlite;
+  std::filesystem::path dir_;
+  std::string file_name_, database_, url_;
+};
 
 }  // namespace idlefleet::testing

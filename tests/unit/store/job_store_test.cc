@@ -6,8 +6,6 @@
 #include "store/job_store.h"
 
 #include <gtest/gtest.h>
-#include <sqlite3.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -26,64 +24,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
-enum class Backend { kSqlite, kPostgres };
+using testing::Backend;
+using testing::postgres;
 
-testing::PostgresServer& postgres() { return testing::shared_postgres(); }
-
-// A fresh directory (SQLite) or database (PostgreSQL) per test, removed afterwards.
-class JobStoreFixture : public ::testing::Test {
+class JobStoreFixture : public testing::StoreFixture {
  protected:
-  void start(Backend backend) {
-    backend_ = backend;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("idlefleet-job-store-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    if (backend_ == Backend::kPostgres) {
-      url_ = testing::fresh_postgres_database("jobs", &database_);
-    }
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string db_path() const { return (dir_ / "jobs.db").string(); }
-  std::string location() const { return backend_ == Backend::kPostgres ? url_ : db_path(); }
+  void start(Backend backend) { StoreFixture::start(backend, "jobs.db"); }
 
   std::unique_ptr<JobStore> open_ok() {
     auto store = JobStore::open(location());
     EXPECT_TRUE(store) << store.error().to_string();
     return store ? std::move(*store) : nullptr;
   }
-
-  // Runs one statement on a separate raw connection, as a person with the
-  // sqlite3 shell or psql would, and returns `column` of the first row
-  // (PostgreSQL: the first column of every row, a line each).
-  std::string raw_sql(const std::string& sql, int column = 0) {
-    if (backend_ == Backend::kPostgres) {
-      auto r = postgres().query(database_, sql);
-      EXPECT_TRUE(r) << r.error().to_string();
-      return r ? *r : "";
-    }
-    sqlite3* db = nullptr;
-    EXPECT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-    sqlite3_stmt* st = nullptr;
-    std::string out;
-    EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-    const int rc = sqlite3_step(st);
-    EXPECT_TRUE(rc == SQLITE_ROW || rc == SQLITE_DONE) << sqlite3_errmsg(db);
-    if (rc == SQLITE_ROW && sqlite3_column_text(st, column) != nullptr) {
-      out = reinterpret_cast<const char*>(sqlite3_column_text(st, column));
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return out;
-  }
-
-  bool postgres_backend() const { return backend_ == Backend::kPostgres; }
-
-  Backend backend_ = Backend::kSqlite;
-  fs::path dir_;
-  std::string database_, url_;
 };
 
 // What is particular to the SQLite store.
@@ -520,10 +472,7 @@ TEST_F(PgJobStoreTest, AColumnOfAnotherTypeIsCorrupt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, JobStoreContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
-                         [](const ::testing::TestParamInfo<Backend>& info) {
-                           return info.param == Backend::kPostgres ? std::string("PostgreSQL")
-                                                                   : std::string("SQLite");
-                         });
+                         testing::backend_name);
 
 }  // namespace
 }  // namespace idlefleet::store::job_store_test

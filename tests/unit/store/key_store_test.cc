@@ -1,16 +1,21 @@
 // KeyStore: keys round trip without their secrets, only hashes reach the
-// file, revocation, usage increments beside another writer, stored
-// idempotent responses and their bounds, and refusals for files that are not
-// ours or rows a person damaged.
+// database, revocation, usage increments beside another writer and
+// data_version, stored idempotent responses and their bounds, and refusals
+// for rows a person damaged; run against both implementations (SQLite, and
+// PostgreSQL on a private server: tests/support/postgres_server.h). Then what
+// is particular to each (files that are not ours, an old file's migration;
+// schema versions and column types).
 #include "store/key_store.h"
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "store/pg_key_store.h"
+#include "support/postgres_server.h"
 
 namespace idlefleet::store::key_store_test {
 namespace {
@@ -19,33 +24,23 @@ namespace fs = std::filesystem;
 
 constexpr core::TimeMs kT0 = 1'700'000'000'000;
 
-class KeyStoreTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("idlefleet-key-store-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+using testing::Backend;
+using namespace std::string_literals;
 
-  std::string db_path() const { return (dir_ / "keys.db").string(); }
+class KeyStoreFixture : public testing::StoreFixture {
+ protected:
+  void start(Backend backend) { StoreFixture::start(backend, "keys.db"); }
 
   std::unique_ptr<KeyStore> open_ok() {
-    auto store = KeyStore::open(db_path());
+    auto store = KeyStore::open(location());
     EXPECT_TRUE(store) << store.error().to_string();
     return store ? std::move(*store) : nullptr;
   }
 
-  // One statement on a separate connection, as a person with the sqlite3 shell.
-  void raw_exec(const std::string& sql) {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-    char* err = nullptr;
-    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
-    sqlite3_free(err);
-    sqlite3_close(db);
-  }
+  // One statement on a separate connection, as a person with the sqlite3 shell or psql.
+  void raw_exec(const std::string& sql) { raw_sql(sql); }
+  // `sqlite` or `pg`, whichever is this test's dialect (a BLOB literal).
+  void damage(const std::string& sqlite, const std::string& pg) { raw_sql(postgres_backend() ? pg : sqlite); }
 
   std::string file_bytes() const {
     std::string all;
@@ -57,8 +52,24 @@ class KeyStoreTest : public ::testing::Test {
     }
     return all;
   }
+};
 
-  fs::path dir_;
+// What is particular to the SQLite store.
+class KeyStoreTest : public KeyStoreFixture {
+ protected:
+  void SetUp() override { start(Backend::kSqlite); }
+};
+
+// What is particular to the PostgreSQL store.
+class PgKeyStoreTest : public KeyStoreFixture {
+ protected:
+  void SetUp() override { start(Backend::kPostgres); }
+};
+
+// The contract: the same tests against both.
+class KeyStoreContract : public KeyStoreFixture, public ::testing::WithParamInterface<Backend> {
+ protected:
+  void SetUp() override { start(GetParam()); }
 };
 
 NewKey new_key(std::string name, uint64_t rpm = 0, uint64_t tpm = 0, uint64_t spend = 0) {
@@ -69,7 +80,7 @@ NewKey new_key(std::string name, uint64_t rpm = 0, uint64_t tpm = 0, uint64_t sp
   return k;
 }
 
-TEST_F(KeyStoreTest, CreateListGetRevokeRoundTrip) {
+TEST_P(KeyStoreContract, CreateListGetRevokeRoundTrip) {
   auto store = open_ok();
   ASSERT_NE(store, nullptr);
   auto a = store->create(new_key("ci bot", 60, 10000, 5'000'000), kT0);
@@ -140,7 +151,7 @@ TEST_F(KeyStoreTest, OnlyTheHashOfASecretReachesTheFile) {
   sqlite3_close(db);
 }
 
-TEST_F(KeyStoreTest, BadKeysAreRefused) {
+TEST_P(KeyStoreContract, BadKeysAreRefused) {
   auto store = open_ok();
   EXPECT_EQ(store->create(new_key(""), kT0).error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(store->create(new_key("tab\there"), kT0).error().code, ErrorCode::kInvalidArgument);
@@ -157,7 +168,7 @@ TEST_F(KeyStoreTest, BadKeysAreRefused) {
   EXPECT_TRUE(secret_well_formed("sk-idf-" + std::string(64, 'a')));
 }
 
-TEST_F(KeyStoreTest, ScopesAreNormalizedStoredAndChecked) {
+TEST_P(KeyStoreContract, ScopesAreNormalizedStoredAndChecked) {
   EXPECT_EQ(*normalize_scopes("*"), "*");
   EXPECT_EQ(*normalize_scopes("batches, files,models,files"), "models,files,batches");
   for (const char* bad : {"", ",", "models,", "chat", "models;files", "* ,models", "MODELS"}) {
@@ -229,7 +240,7 @@ TEST_F(KeyStoreTest, AVersionOneFileGainsScopesThatAllowEverything) {
   EXPECT_EQ((*got)->usage.requests, 3u);
 }
 
-TEST_F(KeyStoreTest, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
+TEST_P(KeyStoreContract, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
   auto store = open_ok();
   auto k = store->create(new_key("x", 0, 0, 1000), kT0);
   ASSERT_TRUE(k);
@@ -239,7 +250,7 @@ TEST_F(KeyStoreTest, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
   ASSERT_TRUE(before);
   // The CLI revokes through its own connection.
   {
-    auto cli = KeyStore::open(db_path());
+    auto cli = KeyStore::open(location());
     ASSERT_TRUE(cli);
     ASSERT_TRUE((*cli)->revoke(k->key.id, kT0 + 5));
   }
@@ -257,7 +268,7 @@ TEST_F(KeyStoreTest, UsageAddsUpAndNeverUndoesARevokeFromAnotherProcess) {
   EXPECT_EQ(*same, *after) << "our own commits do not change data_version";
 }
 
-TEST_F(KeyStoreTest, IdempotentResponsesAreStoredBoundedAndPruned) {
+TEST_P(KeyStoreContract, IdempotentResponsesAreStoredBoundedAndPruned) {
   auto store = open_ok();
   StoredResponse r;
   r.request_sha256 = sha256("{\"prompt\":\"x\"}");
@@ -319,18 +330,18 @@ TEST_F(KeyStoreTest, FilesThatAreNotOursAreRefused) {
   EXPECT_EQ(newer.error().code, ErrorCode::kUnsupported);
 }
 
-TEST_F(KeyStoreTest, DamagedRowsGiveCorruptNamingTheKey) {
-  const char* damage[] = {
-      "UPDATE api_keys SET secret_sha256 = x'0102'",
-      "UPDATE api_keys SET requests = -5",
-      "UPDATE api_keys SET requests_per_minute = 2000000000",
-      "UPDATE api_keys SET name = ''",
-      "UPDATE api_keys SET id = 'not-a-key'",
+TEST_P(KeyStoreContract, DamagedRowsGiveCorruptNamingTheKey) {
+  const std::pair<const char*, const char*> damage_sql[] = {
+      {"UPDATE api_keys SET secret_sha256 = x'0102'", "UPDATE api_keys SET secret_sha256 = '\\x0102'::bytea"},
+      {"UPDATE api_keys SET requests = -5", "UPDATE api_keys SET requests = -5"},
+      {"UPDATE api_keys SET requests_per_minute = 2000000000", "UPDATE api_keys SET requests_per_minute = 2000000000"},
+      {"UPDATE api_keys SET name = ''", "UPDATE api_keys SET name = ''"},
+      {"UPDATE api_keys SET id = 'not-a-key'", "UPDATE api_keys SET id = 'not-a-key'"},
   };
-  for (const char* sql : damage) {
-    SCOPED_TRACE(sql);
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+  { ASSERT_TRUE(open_ok()); }
+  for (const auto& [sqlite, pg] : damage_sql) {
+    SCOPED_TRACE(sqlite);
+    raw_exec("DELETE FROM api_keys");
     std::string id;
     {
       auto store = open_ok();
@@ -338,11 +349,14 @@ TEST_F(KeyStoreTest, DamagedRowsGiveCorruptNamingTheKey) {
       ASSERT_TRUE(k);
       id = k->key.id;
     }
-    raw_exec(sql);
+    damage(sqlite, pg);
     auto store = open_ok();
     auto list = store->list();
     ASSERT_FALSE(list);
     EXPECT_EQ(list.error().code, ErrorCode::kCorrupt) << list.error().to_string();
+    EXPECT_NE(list.error().message.find(std::string(sqlite).find("SET id") != std::string::npos ? "not-a-key" : id),
+              std::string::npos)
+        << list.error().to_string();
   }
   // A damaged stored response.
   auto store = open_ok();
@@ -355,6 +369,137 @@ TEST_F(KeyStoreTest, DamagedRowsGiveCorruptNamingTheKey) {
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code, ErrorCode::kCorrupt);
 }
+
+// data_version(), with two stores open on one database as the coordinator and
+// `idlefleet admin keys` are: each sees the other's changes to the keys, never
+// its own.
+TEST_P(KeyStoreContract, DataVersionChangesWithAnotherConnectionsChangesOnly) {
+  auto coordinator = open_ok();
+  auto cli = open_ok();
+  ASSERT_TRUE(coordinator && cli);
+  auto version = [](KeyStore& s) {
+    auto v = s.data_version();
+    EXPECT_TRUE(v) << v.error().to_string();
+    return v ? *v : -1;
+  };
+  const int64_t v0 = version(*coordinator);
+  auto mine = coordinator->create(new_key("coordinator's own"), kT0);
+  ASSERT_TRUE(mine);
+  const UsageDelta d[] = {{mine->key.id, {1, 2, 3, 4}}};
+  ASSERT_TRUE(coordinator->add_usage(d));
+  ASSERT_TRUE(coordinator->revoke(mine->key.id, kT0 + 1));
+  EXPECT_EQ(version(*coordinator), v0) << "the store's own commits";
+
+  const int64_t c0 = version(*cli);
+  auto made = cli->create(new_key("from the CLI"), kT0 + 2);
+  ASSERT_TRUE(made);
+  const int64_t v1 = version(*coordinator);
+  EXPECT_NE(v1, v0) << "a key created by another connection";
+  EXPECT_EQ(version(*cli), c0);
+  EXPECT_EQ(version(*coordinator), v1) << "no change since";
+  ASSERT_TRUE(cli->revoke(made->key.id, kT0 + 3));
+  const int64_t v2 = version(*coordinator);
+  EXPECT_NE(v2, v1) << "a revoke by another connection";
+  const UsageDelta u[] = {{made->key.id, {1, 0, 0, 0}}};
+  ASSERT_TRUE(cli->add_usage(u));
+  EXPECT_NE(version(*coordinator), v2) << "usage written by another connection";
+  EXPECT_EQ(version(*cli), c0) << "the CLI's own commits";
+  auto seen = coordinator->get(made->key.id);
+  ASSERT_TRUE(seen && seen->has_value());
+  EXPECT_EQ((*seen)->usage.requests, 1u);
+  EXPECT_EQ((*seen)->revoked_at, kT0 + 3);
+}
+
+// A key's name, and the scope, key and body of a stored response, are kept
+// as the bytes given: NUL and bytes that are not UTF-8 too.
+TEST_P(KeyStoreContract, NamesAndResponsesKeepAnyBytes) {
+  auto store = open_ok();
+  const std::string name = "caf\xe9 \xff\xfe bot";
+  auto k = store->create(new_key(name), kT0);
+  ASSERT_TRUE(k) << k.error().to_string();
+  StoredResponse r;
+  r.request_sha256 = sha256("body");
+  r.status = 201;
+  r.body = "{\"x\":\"\0\xff\"}"s;
+  r.created_at = kT0;
+  const std::string scope = "key_\0\xff"s, idem = "idem \xc3\x28 \0"s;
+  ASSERT_TRUE(store->put_response(scope, idem, r));
+  store.reset();
+  store = open_ok();
+  auto got = store->get(k->key.id);
+  ASSERT_TRUE(got && got->has_value());
+  EXPECT_EQ((*got)->name, name);
+  auto response = store->get_response(scope, idem);
+  ASSERT_TRUE(response && response->has_value()) << (response ? "absent" : response.error().to_string());
+  EXPECT_EQ((*response)->body, r.body);
+  EXPECT_EQ((*response)->status, 201);
+  EXPECT_FALSE(store->get_response("key_", idem)->has_value());
+  // Ids no key can have are simply not there.
+  for (const std::string& id : {"key_nope"s, "key_\0"s, "key_\xff"s, ""s}) {
+    auto absent = store->get(id);
+    ASSERT_TRUE(absent) << absent.error().to_string();
+    EXPECT_FALSE(absent->has_value());
+    auto revoked = store->revoke(id, kT0);
+    ASSERT_FALSE(revoked);
+    EXPECT_EQ(revoked.error().code, ErrorCode::kNotFound);
+  }
+  const UsageDelta d[] = {{"key_\xff"s, {1, 1, 1, 1}}, {k->key.id, {1, 0, 0, 0}}};
+  ASSERT_TRUE(store->add_usage(d));
+  EXPECT_EQ((*store->get(k->key.id))->usage.requests, 1u);
+}
+
+TEST_F(PgKeyStoreTest, OnlyTheHashOfASecretReachesTheDatabase) {
+  auto store = open_ok();
+  auto k = store->create(new_key("x"), kT0);
+  ASSERT_TRUE(k);
+  const std::string secret_hex = k->secret.substr(kSecretPrefix.size());
+  // Every column of every row, as text (bytea as hex).
+  const std::string rows = raw_sql("SELECT row_to_json(k)::text FROM api_keys k");
+  EXPECT_EQ(rows.find(secret_hex.substr(0, 16)), std::string::npos) << rows;
+  const Sha256 h = sha256(k->secret);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string hash_hex;
+  for (uint8_t b : h) {
+    hash_hex += kDigits[b >> 4];
+    hash_hex += kDigits[b & 15];
+  }
+  EXPECT_NE(rows.find(hash_hex), std::string::npos) << rows;
+}
+
+TEST_F(PgKeyStoreTest, AFutureSchemaVersionIsUnsupported) {
+  { ASSERT_TRUE(open_ok()); }
+  raw_exec("INSERT INTO idlefleet_schema (store, version) VALUES ('keys', " +
+           std::to_string(kPgKeysSchemaVersion + 1) + ")");
+  auto store = KeyStore::open(location());
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, ErrorCode::kUnsupported) << store.error().to_string();
+  EXPECT_NE(store.error().message.find("schema version " + std::to_string(kPgKeysSchemaVersion + 1)),
+            std::string::npos)
+      << store.error().to_string();
+}
+
+// A table altered by hand is reported, not misread; so is a key_changes
+// without its row.
+TEST_F(PgKeyStoreTest, AColumnOfAnotherTypeIsCorrupt) {
+  auto store = open_ok();
+  auto k = store->create(new_key("typed"), kT0);
+  ASSERT_TRUE(k);
+  raw_exec("ALTER TABLE api_keys ALTER COLUMN requests TYPE integer");
+  auto list = store->list();
+  ASSERT_FALSE(list);
+  EXPECT_EQ(list.error().code, ErrorCode::kCorrupt) << list.error().to_string();
+  EXPECT_NE(list.error().message.find("requests"), std::string::npos) << list.error().to_string();
+  raw_exec("DELETE FROM key_changes");
+  auto version = store->data_version();
+  ASSERT_FALSE(version);
+  EXPECT_EQ(version.error().code, ErrorCode::kCorrupt) << version.error().to_string();
+  auto made = store->create(new_key("another"), kT0);
+  ASSERT_FALSE(made);
+  EXPECT_EQ(made.error().code, ErrorCode::kCorrupt) << made.error().to_string();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, KeyStoreContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         testing::backend_name);
 
 }  // namespace
 }  // namespace idlefleet::store::key_store_test

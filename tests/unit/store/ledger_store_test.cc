@@ -92,7 +92,7 @@ class LedgerFixture : public ::testing::Test {
   // SQLite's shell leaves foreign keys off, so that damage can be made.
   bool raw_exec(const std::string& sql) {
     if (backend_ == Backend::kPostgres) {
-      auto r = testing::shared_postgres().query(database_, "SET session_replication_role = replica; " + sql);
+      auto r = testing::postgres().query(database_, "SET session_replication_role = replica; " + sql);
       return static_cast<bool>(r);
     }
     sqlite3* db = nullptr;

@@ -31,6 +31,7 @@
 #include "coordinator/config.h"
 #include "coordinator/nats_auth.h"
 #include "store/key_store.h"
+#include "store/location.h"
 #include "store/vehicle_store.h"
 
 namespace idlefleet::cli {
@@ -39,12 +40,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string keys_path(const DataLocation& where) { return data_file(where, "keys.db"); }
+std::string keys_path(const DataLocation& where) { return store_location(where, "keys.db"); }
 
-// Opens the store; `create` false refuses to make a new file (list, revoke).
+// Opens the store; `create` false refuses to make a new SQLite file (list,
+// revoke). A PostgreSQL store is opened (and its tables made) either way.
 std::unique_ptr<store::KeyStore> open_store(const std::string& path, bool create) {
-  if (!create && !fs::exists(path)) throw CommandError{"no key store at " + path + " (no key was ever created there)"};
-  if (create) {
+  const bool postgres = store::is_postgres_url(path);
+  if (!postgres && !create && !fs::exists(path)) {
+    throw CommandError{"no key store at " + path + " (no key was ever created there)"};
+  }
+  if (!postgres && create) {
     std::error_code ec;
     fs::create_directories(fs::path(path).parent_path(), ec);
   }
@@ -94,7 +99,7 @@ void create_key(const CreateFlags& f) {
 void list_keys(const DataLocation& where, bool as_json) {
   const std::string path = keys_path(where);
   std::vector<store::ApiKey> keys;
-  if (fs::exists(path)) {
+  if (store::is_postgres_url(path) || fs::exists(path)) {
     auto store = open_store(path, false);
     auto listed = store->list();
     if (!listed) throw CommandError{listed.error().message};
@@ -149,9 +154,11 @@ void revoke_key(const DataLocation& where, const std::string& id) {
 }
 
 std::unique_ptr<store::VehicleStore> open_vehicle_store(const DataLocation& where) {
-  const std::string path = data_file(where, "vehicles.sqlite3");
-  std::error_code ec;
-  fs::create_directories(fs::path(path).parent_path(), ec);
+  const std::string path = store_location(where, "vehicles.sqlite3");
+  if (!store::is_postgres_url(path)) {
+    std::error_code ec;
+    fs::create_directories(fs::path(path).parent_path(), ec);
+  }
   auto store = store::VehicleStore::open(path);
   if (!store) throw CommandError{store.error().message};
   return std::move(*store);

@@ -553,12 +553,12 @@ struct CoordinatorServer::Impl {
     auto st = store::JobStore::open(store_location(config, "jobs.sqlite3"));
     if (!st) return Unexpected(st.error());
     store = std::move(*st);
-    auto ks = store::KeyStore::open((fs::path(config.data_dir) / "keys.db").string());
+    auto ks = store::KeyStore::open(store_location(config, "keys.db"));
     if (!ks) return Unexpected(ks.error());
     key_store = std::move(*ks);
     gate = std::make_unique<KeyGate>(Prices{config.prompt_micros_per_mtok, config.completion_micros_per_mtok});
     IF_RETURN_IF_ERROR(gate->sync(*key_store));
-    auto vs = store::VehicleStore::open((fs::path(config.data_dir) / "vehicles.sqlite3").string());
+    auto vs = store::VehicleStore::open(store_location(config, "vehicles.sqlite3"));
     if (!vs) return Unexpected(vs.error());
     vehicle_store = std::move(*vs);
     auto pinned = vehicle_store->vehicles();
@@ -590,7 +590,7 @@ struct CoordinatorServer::Impl {
     }
     rejected_inbox_full = &metrics.counter("idlefleet_inbox_full_total", "Events dropped because the inbox was full");
     IF_RETURN_IF_ERROR(restore_jobs(wall_clock_ms()));
-    auto fstore = store::FileStore::open((fs::path(config.data_dir) / "files.sqlite3").string());
+    auto fstore = store::FileStore::open(store_location(config, "files.sqlite3"));
     if (!fstore) return Unexpected(fstore.error());
     files = std::move(*fstore);
     IF_RETURN_IF_ERROR(restore_batches(wall_clock_ms()));

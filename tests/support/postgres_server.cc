@@ -23,6 +23,8 @@ namespace fs = std::filesystem;
 constexpr int64_t kInitdbTimeoutMs = 120'000;
 constexpr int64_t kReadyTimeoutMs = 60'000;
 constexpr int64_t kStopGraceMs = 10'000;
+// Raise when initdb's options change: older templates are then not used.
+constexpr const char* kTemplateFormat = "2";
 
 // /usr/lib/postgresql/<highest version>/bin, or "" when none is installed.
 std::string find_bin_dir() {
@@ -48,12 +50,14 @@ transport::ProcessOptions PostgresServer::as_server_user(const std::string& prog
   transport::ProcessOptions o;
   o.stdout_path = log_path_;
   o.stderr_path = log_path_;
+  // A PostgreSQL program by name, anything else by its path.
+  const std::string path = program.starts_with("/") ? program : bin_dir_ + "/" + program;
   if (drop_to_postgres_) {
     o.program = "setpriv";
-    o.args = {"--reuid=postgres", "--regid=postgres", "--init-groups", bin_dir_ + "/" + program};
+    o.args = {"--reuid=postgres", "--regid=postgres", "--init-groups", path};
     o.args.insert(o.args.end(), args.begin(), args.end());
   } else {
-    o.program = bin_dir_ + "/" + program;
+    o.program = path;
     o.args = std::move(args);
   }
   return o;
@@ -92,16 +96,7 @@ Result<std::unique_ptr<PostgresServer>> PostgresServer::start() {
       }
     }
   }
-  auto initdb = transport::Process::spawn(server->as_server_user(
-      "initdb", {"-D", server->work_dir_ + "/data", "-U", "idlefleet", "-A", "trust", "-E", "UTF8", "--locale=C",
-                 "--no-sync"}));
-  if (!initdb) return Unexpected(initdb.error());
-  const auto status = initdb->wait(kInitdbTimeoutMs);
-  if (status != 0) {
-    return Unexpected(ErrorCode::kIo, "initdb " + std::string(status ? "exited " + std::to_string(*status)
-                                                                      : "did not finish") +
-                                          "; its log ends:\n" + server->log_tail());
-  }
+  IF_RETURN_IF_ERROR(server->make_data_dir());
   // A free port may be taken before the server binds it: try a few.
   Status launched;
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -114,10 +109,43 @@ Result<std::unique_ptr<PostgresServer>> PostgresServer::start() {
   return Unexpected(launched.error());
 }
 
+// initdb takes about a second, a copy of the cluster it made a tenth of that,
+// and every test process starts a server. The first server on a machine
+// makes a template cluster under a name that holds the binaries' version, the
+// server's user and kTemplateFormat; the rest copy it. A template is published
+// by rename(), so that a half-made one is never seen; two processes racing to
+// make it both succeed, and one's copy is thrown away.
+Status PostgresServer::make_data_dir() {
+  const std::string version = fs::path(bin_dir_).parent_path().filename().string();
+  const std::string user = drop_to_postgres_ ? "postgres" : std::to_string(::geteuid());
+  const fs::path tmpl = fs::temp_directory_path() / ("idlefleet-pg-template-" + version + "-" + user + "-" + kTemplateFormat);
+  auto run = [&](const std::string& program, std::vector<std::string> args, const char* what) -> Status {
+    auto p = transport::Process::spawn(as_server_user(program, std::move(args)));
+    if (!p) return Unexpected(p.error());
+    const auto status = p->wait(kInitdbTimeoutMs);
+    if (status == 0) return {};
+    return Unexpected(ErrorCode::kIo, std::string(what) + " " +
+                                          (status ? "exited " + std::to_string(*status) : std::string("did not finish")) +
+                                          "; the log ends:\n" + log_tail());
+  };
+  std::error_code ec;
+  if (!fs::exists(tmpl / "PG_VERSION", ec)) {
+    const std::string staging = tmpl.string() + ".staging-" + std::to_string(::getpid());
+    fs::remove_all(staging, ec);
+    IF_RETURN_IF_ERROR(run("initdb",
+                           {"-D", staging, "-U", "idlefleet", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
+                            "--wal-segsize=1"},  // 1 MB WAL segments: less to copy per server
+                           "initdb"));
+    if (::rename(staging.c_str(), tmpl.c_str()) != 0) fs::remove_all(staging, ec);  // another process was first
+  }
+  return run("/bin/cp", {"-a", tmpl.string(), work_dir_ + "/data"}, "copying the template cluster");
+}
+
 Status PostgresServer::launch() {
   auto p = transport::Process::spawn(as_server_user(
       "postgres", {"-D", work_dir_ + "/data", "-p", std::to_string(port_), "-k", "", "-c",
-                   "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"}));
+                   "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200", "-c",
+                   "shared_buffers=16MB"}));
   if (!p) return Unexpected(p.error());
   process_.emplace(std::move(*p));
   const std::string conninfo = url();

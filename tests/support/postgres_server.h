@@ -59,6 +59,8 @@ class PostgresServer {
  private:
   PostgresServer() = default;
   Status launch();
+  // work_dir_/data: a copy of a template cluster, made by initdb once per machine.
+  Status make_data_dir();
   std::string log_tail() const;
   // The command line for `program` with `args`, through setpriv when root.
   transport::ProcessOptions as_server_user(const std::string& program, std::vector<std::string> args) const;

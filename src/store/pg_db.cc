@@ -2,6 +2,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <functional>
@@ -278,6 +279,58 @@ Status PgConnection::exec_each(const std::string& sql, const PgParams& params, c
       default:
         if (status) status = result_error(r, what);
     }
+  }
+  return status;
+}
+
+Status PgConnection::exec_pipelined(const std::string& sql, std::span<const PgParams> rows, const std::string& what) {
+  if (rows.empty()) return {};
+  auto name = prepared(sql, rows.front(), what);
+  if (!name) return Unexpected(name.error());
+  if (PQenterPipelineMode(conn_) != 1) return error(what, trimmed(PQerrorMessage(conn_)), ErrorCode::kIo);
+  Status status;
+  for (size_t start = 0; start < rows.size() && status; start += kPgPipelineGroupMax) {
+    const size_t end = std::min(rows.size(), start + kPgPipelineGroupMax);
+    size_t sent = 0;
+    for (size_t i = start; i < end; ++i) {
+      const PgParams& p = rows[i];
+      const size_t n = p.size();
+      Wire w{std::vector<const char*>(n), std::vector<int>(n), std::vector<int>(n, 1)};
+      for (size_t k = 0; k < n; ++k) {
+        w.values[k] = p.values_[k].data();
+        w.lengths[k] = static_cast<int>(p.values_[k].size());
+      }
+      if (PQsendQueryPrepared(conn_, name->c_str(), static_cast<int>(n), w.values.data(), w.lengths.data(),
+                              w.formats.data(), 1) == 0) {
+        status = error(what, trimmed(PQerrorMessage(conn_)), ErrorCode::kIo);
+        break;
+      }
+      ++sent;
+    }
+    if (PQpipelineSync(conn_) != 1) {
+      if (status) status = error(what, trimmed(PQerrorMessage(conn_)), ErrorCode::kIo);
+      break;
+    }
+    // Each statement's results end with a null; then the sync's own result.
+    for (size_t i = 0; i < sent; ++i) {
+      while (pg_result* r = PQgetResult(conn_)) {
+        PgResult res(r);
+        const ExecStatusType st = PQresultStatus(r);
+        if (status && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+          // After a failure the rest of the group comes back aborted.
+          status = st == PGRES_PIPELINE_ABORTED ? error(what, "aborted", ErrorCode::kIo) : result_error(r, what);
+        }
+      }
+    }
+    pg_result* sync = PQgetResult(conn_);
+    const bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced && status) status = error(what, "the pipeline lost its sync: " + trimmed(PQerrorMessage(conn_)),
+                                          ErrorCode::kIo);
+    if (!synced) break;
+  }
+  if (PQexitPipelineMode(conn_) != 1 && status) {
+    status = error(what, "cannot leave pipeline mode: " + trimmed(PQerrorMessage(conn_)), ErrorCode::kIo);
   }
   return status;
 }

@@ -44,6 +44,10 @@ struct pg_result;
 
 namespace idlefleet::store {
 
+// Statements sent before their results are read (exec_pipelined): the
+// results of a group must fit in the socket's buffers while the group is
+// still being sent, or client and server would each wait for the other.
+inline constexpr size_t kPgPipelineGroupMax = 512;
 // How long connecting may take before kIo.
 inline constexpr int kPgConnectTimeoutS = 10;
 // A statement that runs longer is cancelled by the server (kIo).
@@ -127,6 +131,12 @@ class PgConnection {
   // all NOT NULL, and a table changed by hand must not be misread).
   Result<PgResult> query(const std::string& sql, const PgParams& params, std::span<const PgType> types,
                          const std::string& what);
+  // Runs one statement once per entry of `rows` (all the same parameter
+  // types), sent in libpq's pipeline mode: groups of kPgPipelineGroupMax
+  // statements travel before their results are read, instead of a round trip
+  // each. The first failure ends it (the statements after it are not run) and
+  // is returned; use inside a transaction, so that a failure leaves nothing.
+  Status exec_pipelined(const std::string& sql, std::span<const PgParams> rows, const std::string& what);
   // Runs SQL text (one or more statements, no parameters, no results).
   Status exec_script(const char* sql, const std::string& what);
 

@@ -471,6 +471,26 @@ TEST_F(PgJobStoreTest, AColumnOfAnotherTypeIsCorrupt) {
   EXPECT_NE(got.error().message.find("max_tokens"), std::string::npos) << got.error().to_string();
 }
 
+// A put is pipelined in groups of kPgPipelineGroupMax rows: a row the server
+// refuses deep inside a later group fails the put, leaves nothing of it
+// behind, and the connection goes on working.
+TEST_F(PgJobStoreTest, ARowRefusedInsideAPipelinedPutLeavesNothing) {
+  auto store = open_ok();
+  raw_sql("ALTER TABLE jobs ADD CONSTRAINT test_refuses_one CHECK (id <> 'job-1300')");
+  std::vector<StoredJob> jobs;
+  for (int i = 0; i < 2000; ++i) jobs.push_back(make_job("job-" + std::to_string(i), i));
+  static_assert(kPgPipelineGroupMax < 1300, "the refused row must lie beyond the first group");
+  auto put = store->put(jobs);
+  ASSERT_FALSE(put);
+  EXPECT_NE(put.error().message.find("test_refuses_one"), std::string::npos) << put.error().to_string();
+  EXPECT_EQ(raw_sql("SELECT COUNT(*) FROM jobs"), "0");
+  jobs.erase(jobs.begin() + 1300);
+  ASSERT_TRUE(store->put(jobs));
+  auto counts = store->count_by_state();
+  ASSERT_TRUE(counts) << counts.error().to_string();
+  EXPECT_EQ(counts->at("queued"), 1999u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, JobStoreContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
                          testing::backend_name);
 

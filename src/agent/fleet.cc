@@ -401,6 +401,8 @@ Status Fleet::init() {
       // with per-vehicle permissions knows it by this key; one without
       // authorisation ignores it. A shared connection is nobody's.
       if (!shared) n.nkey_identity = v->key;
+      // Thousands of subscriptions on one connection: no thread each.
+      n.global_message_delivery = shared;
       auto client = transport::NatsClient::connect(n);
       if (!client) return Unexpected(client.error().code, "vehicle " + v->id + ": " + client.error().message);
       // Vehicle i rides connection i mod N (N = the connections, or the

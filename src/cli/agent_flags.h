@@ -42,6 +42,7 @@ struct AgentFlags {
   bool fake_engine = false;
   double fake_tokens_per_second = 20.0;
   int64_t tick_ms = 10;
+  int64_t heartbeat_ms = 2000;
 };
 
 void add_agent_flags(CLI::App* cmd, AgentFlags* flags);

@@ -39,6 +39,7 @@ agent::FleetOptions fleet_options(const AgentFlags& f) {
   o.fake_engine = f.fake_engine;
   o.fake_tokens_per_second = f.fake_tokens_per_second;
   o.tick_ms = f.tick_ms;
+  o.heartbeat_ms = f.heartbeat_ms;
   if (f.test_tamper_outputs) {
     // A switch that makes a vehicle lie must never be turned on by mistake.
     const char* testing = std::getenv("IDLEFLEET_TESTING");
@@ -233,6 +234,9 @@ void add_agent(CLI::App& app) {
   cmd->add_option("--fake-tokens-per-second", f->fake_tokens_per_second,
                   "Tokens a second each fake engine makes (simulated time)")
       ->check(CLI::Range(0.001, agent::kPacedTokensPerSecondMax))->capture_default_str();
+  cmd->add_option("--heartbeat-ms", f->heartbeat_ms,
+                  "A vehicle reports its state at least this often (wall ms; and at once on any change)")
+      ->check(CLI::Range(int64_t{100}, int64_t{60000}))->capture_default_str();
   cmd->add_option("--tick-ms", f->tick_ms, "How often the simulated cars and the agents' timers advance (wall ms)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}))->capture_default_str();
   cmd->add_flag("--test-tamper-outputs", f->test_tamper_outputs,

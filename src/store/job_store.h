@@ -12,7 +12,9 @@
 // batch survives a process crash; a power loss may drop the last batches,
 // never corrupt the file. For jobs that is the right trade: a lost batch means
 // tokens produced again, not money lost (the ledger uses synchronous=FULL).
-// PostgreSQL: a committed batch is as durable as the server is configured.
+// PostgreSQL: the job store's connection commits with synchronous_commit =
+// off: a coordinator crash loses nothing, a database server crash may lose the
+// last fraction of a second of batches (the other stores keep it on).
 //
 // Schema: numbered migrations, applied in one transaction by open(), which
 // refuses a database written by a newer build (kUnsupported). SQLite records

@@ -116,10 +116,11 @@ PgConnection::PgConnection(pg_conn* conn, std::string url, std::string label)
 
 PgConnection::~PgConnection() { PQfinish(conn_); }
 
-pg_conn* PgConnection::open_conn(const std::string& url) {
+pg_conn* PgConnection::open_conn(const std::string& url, bool synchronous_commit) {
   // Our defaults first: with expand_dbname, the URL's own settings come later and win.
   const std::string timeout = std::to_string(kPgConnectTimeoutS);
-  const std::string options = "-c statement_timeout=" + std::to_string(kPgStatementTimeoutMs);
+  std::string options = "-c statement_timeout=" + std::to_string(kPgStatementTimeoutMs);
+  if (!synchronous_commit) options += " -c synchronous_commit=off";
   const std::array<const char*, 6> keys = {"connect_timeout", "application_name", "client_encoding", "options",
                                            "dbname", nullptr};
   const std::array<const char*, 6> values = {timeout.c_str(), "idlefleet", "UTF8", options.c_str(), url.c_str(),
@@ -131,7 +132,8 @@ pg_conn* PgConnection::open_conn(const std::string& url) {
   return conn;
 }
 
-Result<std::unique_ptr<PgConnection>> PgConnection::connect(const std::string& url, const std::string& store) {
+Result<std::unique_ptr<PgConnection>> PgConnection::connect(const std::string& url, const std::string& store,
+                                                           bool synchronous_commit) {
   const std::string label = store + " '" + redact_postgres_url(url) + "'";
   if (url.size() > kStoreLocationBytesMax) {
     return Unexpected(ErrorCode::kInvalidArgument, store + ": the database URL is " + std::to_string(url.size()) +
@@ -145,7 +147,7 @@ Result<std::unique_ptr<PgConnection>> PgConnection::connect(const std::string& u
     return Unexpected(ErrorCode::kInvalidArgument, label + ": not a valid PostgreSQL URL: " + why);
   }
   PQconninfoFree(parsed);
-  pg_conn* conn = open_conn(url);
+  pg_conn* conn = open_conn(url, synchronous_commit);
   if (conn == nullptr) return Unexpected(ErrorCode::kIo, label + ": cannot allocate a connection");
   if (PQstatus(conn) != CONNECTION_OK) {
     std::string why = trimmed(PQerrorMessage(conn));

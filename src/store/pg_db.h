@@ -105,8 +105,15 @@ class PgResult {
 class PgConnection {
  public:
   // Connects to `url`. `store` names the store in messages ("job store").
+  // synchronous_commit false: a commit returns before its WAL reaches the
+  // disk (PostgreSQL's synchronous_commit = off, for this connection): a
+  // server crash may lose the last few hundred milliseconds of commits, never
+  // corrupt anything. For data that can be made again (the job store), as
+  // SQLite's synchronous=NORMAL; never for money. The setting survives
+  // reconnects (it is a connection option).
   // kInvalidArgument for a malformed URL, kIo when the server cannot be reached.
-  static Result<std::unique_ptr<PgConnection>> connect(const std::string& url, const std::string& store);
+  static Result<std::unique_ptr<PgConnection>> connect(const std::string& url, const std::string& store,
+                                                       bool synchronous_commit = true);
 
   ~PgConnection();
   PgConnection(const PgConnection&) = delete;
@@ -156,7 +163,7 @@ class PgConnection {
 
  private:
   PgConnection(pg_conn* conn, std::string url, std::string label);
-  static pg_conn* open_conn(const std::string& url);
+  static pg_conn* open_conn(const std::string& url, bool synchronous_commit);
   Status ensure_connected();
   // The prepared statement's name for `sql`, preparing it on first use.
   Result<std::string> prepared(const std::string& sql, const PgParams& params, const std::string& what);

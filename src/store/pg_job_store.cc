@@ -85,7 +85,11 @@ Status read_row(const PgResult& r, int row, StoredJob& job) {
 
 Result<std::unique_ptr<PgJobStore>> PgJobStore::open(const std::string& url) {
   job_rows::check_final_states_match_core();
-  auto db = PgConnection::connect(url, "job store");
+  // Jobs can be made again (their tokens regenerated from the prompt and
+  // seed): commits need not wait for the disk, as SQLite's synchronous=NORMAL
+  // (job_store.h). A coordinator that crashes loses nothing by it; only a
+  // database server that crashes may lose the last fraction of a second.
+  auto db = PgConnection::connect(url, "job store", /*synchronous_commit=*/false);
   if (!db) return Unexpected(db.error());
   IF_RETURN_IF_ERROR((*db)->migrate("jobs", kMigrations));
   return std::unique_ptr<PgJobStore>(new PgJobStore(std::move(*db), redact_postgres_url(url)));

@@ -262,6 +262,9 @@ Result<std::unique_ptr<NatsClient>> NatsClient::connect(NatsOptions options) {
                                 "NATS: reconnect buffer"));
   IF_RETURN_IF_ERROR(
       check_nats(natsOptions_SetMaxPendingMsgs(o, options.pending_messages_max), "NATS: pending messages"));
+  if (options.global_message_delivery) {
+    IF_RETURN_IF_ERROR(check_nats(natsOptions_UseGlobalMessageDelivery(o, true), "NATS: global message delivery"));
+  }
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetDisconnectedCB(o, on_disconnected, events), "NATS: callbacks"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetReconnectedCB(o, on_reconnected, events), "NATS: callbacks"));
   IF_RETURN_IF_ERROR(check_nats(natsOptions_SetClosedCB(o, on_closed, events), "NATS: callbacks"));

@@ -82,6 +82,11 @@ struct NatsOptions {
   // server without authorisation sends no nonce and lets the client in all
   // the same. Empty: connect anonymously.
   std::optional<Ed25519Keypair> nkey_identity{};
+  // Deliver every subscription's messages from libnats's shared delivery
+  // threads instead of a thread per subscription (its default): for a
+  // connection with thousands of subscriptions (the load generator's shared
+  // connections), which would otherwise need as many threads.
+  bool global_message_delivery = false;
 };
 
 // Receives a message. subject and data are valid only during the call.

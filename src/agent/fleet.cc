@@ -472,6 +472,13 @@ void Fleet::stop() {
   connections_.clear();
 }
 
+void Fleet::post_event_of(size_t index, core::AgentEvent event) {
+  InboxItem item;
+  item.index = index;
+  item.event = std::move(event);
+  post(std::move(item));
+}
+
 void Fleet::post(InboxItem item) {
   item.received_ns = steady_ns();
   {
@@ -659,12 +666,7 @@ void Fleet::engine_main(size_t index, core::AssignMessage a, std::shared_ptr<std
   sched_param no_priority{};
   (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &no_priority);
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), kEngineNice);
-  auto post_event = [&](core::AgentEvent e) {
-    InboxItem item;
-    item.index = index;
-    item.event = std::move(e);
-    post(std::move(item));
-  };
+  auto post_event = [this, index](core::AgentEvent e) { post_event_of(index, std::move(e)); };
   auto fail = [&](const std::string& why) { post_event(core::EngineFailedEvent{a.job_id, a.attempt, why}); };
   if (options_.fake_engine) return fake_attempt(index, a, *stop);
   auto entry = catalog_entry(a.model_id);
@@ -749,12 +751,7 @@ void Fleet::record_stop_latency(const Vehicle& v) {
 // early (no stop tokens): an attempt ends at max_tokens, "length".
 void Fleet::fake_attempt(size_t index, const core::AssignMessage& a, const std::atomic<bool>& stop) {
   Vehicle& v = *vehicles_[index];
-  auto post_event = [&](core::AgentEvent e) {
-    InboxItem item;
-    item.index = index;
-    item.event = std::move(e);
-    post(std::move(item));
-  };
+  auto post_event = [this, index](core::AgentEvent e) { post_event_of(index, std::move(e)); };
   if (a.kind == core::WorkKind::kEmbed) {  // not offered (hello), so only a confused coordinator asks
     post_event(core::EngineFailedEvent{a.job_id, a.attempt, "the fake engine makes no embeddings"});
     return;
@@ -786,12 +783,7 @@ void Fleet::fake_attempt(size_t index, const core::AssignMessage& a, const std::
 // starts as in a fresh one.
 void Fleet::embed_attempt(size_t index, const core::AssignMessage& a, const std::atomic<bool>& stop) {
   Vehicle& v = *vehicles_[index];
-  auto post_event = [&](core::AgentEvent e) {
-    InboxItem item;
-    item.index = index;
-    item.event = std::move(e);
-    post(std::move(item));
-  };
+  auto post_event = [this, index](core::AgentEvent e) { post_event_of(index, std::move(e)); };
   if (stop.load(std::memory_order_acquire)) {
     post_event(core::EngineStoppedEvent{a.job_id, a.attempt, 0});
     return;

@@ -49,7 +49,7 @@ inline constexpr size_t kVssMessageBytesMax = 64u << 10;
 inline constexpr size_t kSimCommandBytesMax = 1024;
 inline constexpr int kEngineNice = 5;  // engine threads yield to the control path (fleet.cc)
 inline constexpr size_t kInboxEventsMax = 1u << 20;
-inline constexpr int64_t kChunkUsMax = 100'000;  // FleetOptions::chunk_us
+inline constexpr int64_t kChunkUsMax = 1'000'000;  // FleetOptions::chunk_us: a second (at scale, 250 ms: docs/operations.md)
 inline constexpr int kFleetConnectionsMax = 1024;  // FleetOptions::nats_connections
 
 enum class SignalSourceKind { kSimulated, kReplay, kNats };
@@ -183,6 +183,8 @@ class Fleet {
   void loop();
   void coalesce_tokens(std::deque<InboxItem>* items);
   void post(InboxItem item);
+  // post() of an event of vehicle `index` (the engine threads' events).
+  void post_event_of(size_t index, core::AgentEvent event);
   void handle(size_t index, const core::AgentEvent& event);
   void run_effects(size_t index, std::vector<core::AgentEffect> effects);
   void start_engine(size_t index, const core::AssignMessage& assign);

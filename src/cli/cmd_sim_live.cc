@@ -65,9 +65,10 @@ constexpr uint64_t kSimLiveBatchJobsMax = 50'000;
 constexpr size_t kSimLiveClientsMax = 512;  // interactive requests in flight
 constexpr long kSimLiveRequestTimeoutS = 3600;
 constexpr long kSimLiveUploadTimeoutS = 120;
-// Tokens travel in chunks of up to 100 ms (agent::kChunkUsMax): a few
-// thousand paced tokens a second would otherwise be as many messages.
-constexpr int64_t kSimLiveChunkUs = agent::kChunkUsMax;
+// Tokens travel in chunks of up to 100 ms: a few thousand paced tokens a
+// second would otherwise be as many messages.
+constexpr int64_t kSimLiveChunkUs = 100'000;
+static_assert(kSimLiveChunkUs <= agent::kChunkUsMax);
 // A chip at full power settles this far above ambient (the simulator's
 // assumption for wear; its eligibility takes the chip at ambient).
 constexpr double kSimLiveChipRiseC = 35.0;

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <functional>
+#include <future>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -761,14 +762,23 @@ struct CoordinatorServer::Impl {
       return x->respond(resp);
     }
     if (r.method == "GET" && p == "/metrics") {
-      HttpResponse resp;
-      resp.content_type = "text/plain; version=0.0.4";
-      resp.body = metrics.render();
-      return x->respond(resp);
+      auto respond = [this, x] {
+        HttpResponse resp;
+        resp.content_type = "text/plain; version=0.0.4";
+        resp.body = metrics.render();
+        x->respond(resp);
+      };
+      // An overloaded coordinator still answers, from the last status.
+      if (!with_fresh_status(respond)) respond();
+      return;
     }
     if (r.method == "GET" && p == "/v1/status") {
-      std::lock_guard<std::mutex> lock(snapshot_mu);
-      return x->respond(json_response(200, status));
+      auto respond = [this, x] {
+        std::lock_guard<std::mutex> lock(snapshot_mu);
+        x->respond(json_response(200, status));
+      };
+      if (!with_fresh_status(respond)) respond();
+      return;
     }
     if (r.method == "GET" && p == "/v1/vehicles") return vehicles_route(x);
     if (p == "/v1/vehicles/enroll") return enrol_route(r, x);
@@ -858,6 +868,21 @@ struct CoordinatorServer::Impl {
     }
     metrics.gauge("idlefleet_dashboard_streams", "Open dashboard event streams (GET /v1/dashboard/events)")
         .set(static_cast<double>(dashboard_streams.size()));
+  }
+
+  // Runs `then` on the loop thread once the status and the gauges are at most
+  // a tick old, for the readers of /v1/status and /metrics (between readers,
+  // publish_status runs every kStatusMs). False if the inbox refused it.
+  bool with_fresh_status(std::function<void()> then) {
+    Item item;
+    item.task = [this, then = std::move(then)](core::TimeMs now) {
+      if (now - status_at >= config.tick_ms) {
+        publish_status(now);
+        status_at = now;
+      }
+      then();
+    };
+    return post(std::move(item));
   }
 
   // GET /v1/vehicles: the list is built on the loop thread when asked for,
@@ -3143,6 +3168,13 @@ void CoordinatorServer::stop() {
 uint16_t CoordinatorServer::http_port() const { return impl_->http ? impl_->http->port() : 0; }
 
 std::string CoordinatorServer::status_json() const {
+  // At most a tick old, as GET /v1/status; the last one if the loop does not
+  // answer within kStatusWaitMs (overloaded, or stopped).
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> answered = done->get_future();
+  if (impl_->with_fresh_status([done] { done->set_value(); })) {
+    answered.wait_for(std::chrono::milliseconds(kStatusWaitMs));
+  }
   std::lock_guard<std::mutex> lock(impl_->snapshot_mu);
   return impl_->status;
 }

@@ -68,7 +68,8 @@ namespace idlefleet::coordinator {
 inline constexpr size_t kInboxEventsMax = 1u << 18;
 inline constexpr size_t kVehiclesListedMax = 10000;  // GET /v1/vehicles
 inline constexpr int64_t kVehiclesDocMs = 200;       // GET /v1/vehicles is rebuilt at most this often
-inline constexpr int64_t kStatusMs = 250;            // /v1/status, the gauges and the dashboard: at most this often
+inline constexpr int64_t kStatusMs = 250;            // the status, gauges and dashboard, unasked: at most this often
+inline constexpr int64_t kStatusWaitMs = 2000;       // status_json() waits this long for a fresh status
 inline constexpr int64_t kIdempotencyWindowMs = 24 * 3600 * 1000;  // a stored response is replayed this long
 // A finished job settles when all its receipts are in, or this long after it
 // finished with the receipts that came (an attempt without one earns nothing).
@@ -90,7 +91,8 @@ class CoordinatorServer {
   void stop();
 
   uint16_t http_port() const;
-  // The /v1/status document.
+  // The /v1/status document, at most a tick old (it waits up to
+  // kStatusWaitMs for the loop thread). Not from the loop thread.
   std::string status_json() const;
 
   struct Impl;

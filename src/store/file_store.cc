@@ -4,6 +4,7 @@
 #include <array>
 #include <utility>
 
+#include "store/open.h"
 #include "store/pg_db.h"
 #include "store/pg_file_store.h"
 #include "store/sqlite_file_store.h"
@@ -11,14 +12,7 @@
 namespace idlefleet::store {
 
 Result<std::unique_ptr<FileStore>> FileStore::open(const std::string& location) {
-  if (is_postgres_url(location)) {
-    auto pg = PgFileStore::open(location);
-    if (!pg) return Unexpected(pg.error());
-    return std::unique_ptr<FileStore>(std::move(*pg));
-  }
-  auto lite = SqliteFileStore::open(location);
-  if (!lite) return Unexpected(lite.error());
-  return std::unique_ptr<FileStore>(std::move(*lite));
+  return open_store_at<FileStore, PgFileStore, SqliteFileStore>(location);
 }
 
 namespace file_rows {

@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "core/job.h"
+#include "store/open.h"
 #include "store/pg_db.h"
 #include "store/pg_job_store.h"
 #include "store/sqlite_job_store.h"
@@ -14,14 +15,7 @@
 namespace idlefleet::store {
 
 Result<std::unique_ptr<JobStore>> JobStore::open(const std::string& location) {
-  if (is_postgres_url(location)) {
-    auto pg = PgJobStore::open(location);
-    if (!pg) return Unexpected(pg.error());
-    return std::unique_ptr<JobStore>(std::move(*pg));
-  }
-  auto lite = SqliteJobStore::open(location);
-  if (!lite) return Unexpected(lite.error());
-  return std::unique_ptr<JobStore>(std::move(*lite));
+  return open_store_at<JobStore, PgJobStore, SqliteJobStore>(location);
 }
 
 namespace job_rows {

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "store/open.h"
 #include "store/pg_db.h"
 #include "store/pg_key_store.h"
 #include "store/sqlite_key_store.h"
@@ -68,14 +69,7 @@ Status check_name(std::string_view name) {
 
 Result<std::unique_ptr<KeyStore>> KeyStore::open(const std::string& location) {
   sodium_ready();
-  if (is_postgres_url(location)) {
-    auto pg = PgKeyStore::open(location);
-    if (!pg) return Unexpected(pg.error());
-    return std::unique_ptr<KeyStore>(std::move(*pg));
-  }
-  auto lite = SqliteKeyStore::open(location);
-  if (!lite) return Unexpected(lite.error());
-  return std::unique_ptr<KeyStore>(std::move(*lite));
+  return open_store_at<KeyStore, PgKeyStore, SqliteKeyStore>(location);
 }
 
 Sha256 sha256(std::string_view bytes) {

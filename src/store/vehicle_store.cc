@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "common/crypto.h"
+#include "store/open.h"
 #include "store/pg_db.h"
 #include "store/pg_vehicle_store.h"
 #include "store/sqlite_vehicle_store.h"
@@ -10,14 +11,7 @@
 namespace idlefleet::store {
 
 Result<std::unique_ptr<VehicleStore>> VehicleStore::open(const std::string& location) {
-  if (is_postgres_url(location)) {
-    auto pg = PgVehicleStore::open(location);
-    if (!pg) return Unexpected(pg.error());
-    return std::unique_ptr<VehicleStore>(std::move(*pg));
-  }
-  auto lite = SqliteVehicleStore::open(location);
-  if (!lite) return Unexpected(lite.error());
-  return std::unique_ptr<VehicleStore>(std::move(*lite));
+  return open_store_at<VehicleStore, PgVehicleStore, SqliteVehicleStore>(location);
 }
 
 namespace vehicle_rows {

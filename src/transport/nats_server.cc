@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <chrono>
@@ -86,6 +87,17 @@ Result<std::unique_ptr<NatsServer>> NatsServer::start(NatsServerOptions options)
                                                   std::to_string(options.max_payload_bytes) + " is not in 1.." +
                                                   std::to_string(kNatsPayloadBytesMax));
   }
+  if (options.cluster_port != 0) {
+    const std::string& name = options.cluster_name;
+    const bool plain = !name.empty() && name.size() <= 64 &&
+                       std::all_of(name.begin(), name.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
+                       });
+    if (!plain) {
+      return Unexpected(ErrorCode::kInvalidArgument,
+                        "nats-server: cluster name '" + name.substr(0, 64) + "' must be 1 to 64 of [A-Za-z0-9_-]");
+    }
+  }
   auto binary = resolve_binary(options.binary);
   if (!binary) return Unexpected(binary.error());
   auto dir = make_private_dir();
@@ -105,6 +117,14 @@ Result<std::unique_ptr<NatsServer>> NatsServer::start(NatsServerOptions options)
     server->config_path_ = server->work_dir_ + "/nats-server.conf";
     std::ofstream config(server->config_path_);
     config << "max_payload: " << o.max_payload_bytes << "\n";
+    if (o.cluster_port != 0) {
+      config << "cluster {\n  name: " << o.cluster_name << "\n  listen: " << o.host << ":" << o.cluster_port
+             << "\n  routes: [";
+      for (size_t i = 0; i < o.cluster_routes.size(); ++i) {
+        config << (i == 0 ? "" : ", ") << "nats-route://" << o.host << ":" << o.cluster_routes[i];
+      }
+      config << "]\n}\n";
+    }
     if (!config.flush()) {
       return Unexpected(ErrorCode::kIo, "cannot write '" + server->config_path_ + "'");
     }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "transport/process.h"
@@ -38,6 +39,13 @@ struct NatsServerOptions {
   std::string config_path{};  // optional -c file; when given, it decides max_payload
   int64_t start_timeout_ms = 10000;
   size_t max_payload_bytes = 8u << 20;  // REQUIRES: 1 .. kNatsPayloadBytesMax
+  // A member of a cluster (ignored with config_path): the port this server
+  // takes routes from (0: not clustered) and the other members' route ports,
+  // all on `host`. Clients learn the other members from the server, so a
+  // client given one member's URL fails over to the rest.
+  uint16_t cluster_port = 0;
+  std::vector<uint16_t> cluster_routes{};
+  std::string cluster_name = "idlefleet";
 };
 
 class NatsServer {

@@ -181,7 +181,7 @@ TEST_F(Cli, FleetCommandsRefuseGarbage) {
   // Usage errors (CLI11 range checks): exit 2.
   for (const char* args : {"agent --vehicles 0", "agent --vehicles many", "agent --soc-floor 120",
                            "agent --time-scale 0.5", "agent --plug-in-probability 1.5",
-                           "agent --plug-in-probability -0.1", "agent --chunk-us -1", "agent --chunk-us 100001",
+                           "agent --plug-in-probability -0.1", "agent --chunk-us -1", "agent --chunk-us 1000001",
                            "coordinator --http-port 70000", "demo --rate 0"}) {
     const Ran r = run_idlefleet(args, dir_.string());
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;

@@ -58,22 +58,11 @@ Transaction settle(const std::string& job, core::TimeMs at, uint64_t tokens,
   return *txn;
 }
 
-enum class Backend { kSqlite, kPostgres };
+using testing::Backend;
 
-class LedgerFixture : public ::testing::Test {
+class LedgerFixture : public testing::StoreFixture {
  protected:
-  void start(Backend backend) {
-    backend_ = backend;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("idlefleet-ledger-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    if (backend_ == Backend::kPostgres) url_ = testing::fresh_postgres_database("ledger", &database_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string db_path() const { return (dir_ / std::string(kLedgerFileName)).string(); }
-  std::string location() const { return backend_ == Backend::kPostgres ? url_ : db_path(); }
+  void start(Backend backend) { StoreFixture::start(backend, std::string(kLedgerFileName)); }
 
   std::unique_ptr<LedgerStore> open_ok(const std::string& where = "") {
     auto store = LedgerStore::open(where.empty() ? location() : where);
@@ -83,7 +72,7 @@ class LedgerFixture : public ::testing::Test {
 
   // A store of the test's own (":memory:" for SQLite, the test's database for PostgreSQL).
   std::unique_ptr<LedgerStore> open_scratch() {
-    return open_ok(backend_ == Backend::kPostgres ? url_ : ":memory:");
+    return open_ok(postgres_backend() ? url_ : ":memory:");
   }
 
   // SQL on a separate connection, as a person with the sqlite3 shell or psql
@@ -91,7 +80,7 @@ class LedgerFixture : public ::testing::Test {
   // transactions is switched off for it (session_replication_role), as
   // SQLite's shell leaves foreign keys off, so that damage can be made.
   bool raw_exec(const std::string& sql) {
-    if (backend_ == Backend::kPostgres) {
+    if (postgres_backend()) {
       auto r = testing::postgres().query(database_, "SET session_replication_role = replica; " + sql);
       return static_cast<bool>(r);
     }
@@ -129,9 +118,6 @@ class LedgerFixture : public ::testing::Test {
     EXPECT_NE(v.error().message.find(want), std::string::npos) << v.error().message;
   }
 
-  Backend backend_ = Backend::kSqlite;
-  fs::path dir_;
-  std::string database_, url_;
 };
 
 // What is particular to SQLite.
@@ -601,10 +587,7 @@ TEST_F(PgLedgerStoreTest, ReplicasPostingTheSameMoneyWriteItOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LedgerContract, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
-                         [](const ::testing::TestParamInfo<Backend>& info) {
-                           return info.param == Backend::kPostgres ? std::string("PostgreSQL")
-                                                                   : std::string("SQLite");
-                         });
+                         testing::backend_name);
 
 }  // namespace
 }  // namespace idlefleet::store::ledger_store_test
